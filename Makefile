@@ -1,0 +1,65 @@
+# Tracktion DR: everything an operator or CI needs, from nothing.
+#   make demo     create the venv, install, start the sandbox, run the demo scenario
+#   make test     install, start what the tests need, run the whole suite
+#   make airflow  airflow standalone wired to the sandbox (UI on http://localhost:8080)
+#   make shell    a shell where plain "airflow ..." commands act on the sandbox
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+ENV := . sandbox/env.sh &&
+PYTEST_ARGS ?=
+
+.PHONY: help install postgres sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
+        demo test lint airflow shell bench constraints
+
+help:
+	@sed -n '2,6p' Makefile | sed 's/^# *//'
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+airflow-db: install
+	@$(ENV) airflow db migrate >/dev/null
+
+sandbox-up: install postgres
+	@$(ENV) $(PY) -m tracktion_sandbox up
+
+sandbox-down:
+	@if [ -x $(PY) ]; then $(ENV) $(PY) -m tracktion_sandbox down; fi
+
+sandbox-status: install
+	@$(ENV) $(PY) -m tracktion_sandbox status
+
+sandbox-reset: install
+	@$(ENV) $(PY) -m tracktion_sandbox reset
+
+demo: sandbox-up airflow-db
+	@$(ENV) $(PY) -m tracktion_sandbox.demo
+
+test: install postgres airflow-db
+	@$(ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check dags include plugins sandbox tests bench
+
+airflow: sandbox-up airflow-db
+	@echo "Airflow UI: http://localhost:8080 (admin password: $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
+	@$(ENV) exec airflow standalone
+
+shell: install
+	@bash --rcfile <(echo '[ -f ~/.bashrc ] && . ~/.bashrc; . sandbox/env.sh; PS1="(tracktion-dr) $$PS1"') -i
+
+# Regenerate the lock file from the current venv (after changing requirements.txt).
+constraints: install
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^tracktion-dr' > constraints.txt

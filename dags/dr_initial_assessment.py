@@ -1,0 +1,92 @@
+"""
+### DR initial assessment
+
+The first five minutes of any incident: **what is up and what is down, right now?**
+
+Probes, all at once and each with its own timeout (one hung endpoint costs at most its
+timeout, never the sum):
+
+| component | check |
+|---|---|
+| every service in the plan | `GET` its health URL |
+| every database (and its replica) | connect and run a query |
+| every storage area | directory present and writable |
+| external dependencies | `GET` their health URL (down = *degraded*, not ours to fix) |
+
+**Output**: a readable table in the `probe_platform` log, and the structured result in XCom
+(`status`, `down`, `degraded`, `results`). Touches nothing, so `dry_run` changes nothing.
+
+**Params**: `incident_id` is generated (`DR-YYYYMMDD-HHMMSS`) when empty;
+`incident_started_at` starts the RTO clock (default: now); `environment` picks the plan's
+targets; `notify` posts the table to the plan's Slack channel (best effort).
+
+Replaces the seed's `initial_assessment.sh`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from airflow.sdk import dag, task
+
+from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
+from tracktion_dr.plan import load_plan
+
+log = logging.getLogger(__name__)
+
+PLAN = load_plan()
+
+
+@dag(
+    dag_id="dr_initial_assessment",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=4,
+    tags=["dr", "scenario", "assessment"],
+    default_args=DEFAULT_ARGS,
+    params=common_params(PLAN, environment_default="production"),
+    doc_md=__doc__,
+)
+def dr_initial_assessment():
+    @task
+    def open_incident(**context) -> dict:
+        from tracktion_dr.incident import resolve_incident
+
+        run_started = context["dag_run"].start_date or datetime.now(UTC)
+        incident = resolve_incident(
+            context["params"],
+            run_started_at=run_started,
+            known_environments=sorted(PLAN.environments),
+            plan_name=PLAN.name,
+        )
+        log.info("incident %s, environment %s, clock started %s",
+                 incident.incident_id, incident.environment, incident.started_at)
+        return incident.as_dict()
+
+    # Re-probing on retry would describe a different moment; the operator re-runs instead.
+    @task(retries=0)
+    def probe_platform(incident: dict) -> dict:
+        from tracktion_dr.assessment import assess
+        from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.plan import load_plan as load_current_plan
+
+        environment = load_current_plan().environment(incident["environment"])
+        assessment = assess(environment, conninfo_for=conninfo)
+        log.info("\n%s", assessment.report(incident["incident_id"], incident["environment"]))
+        return {"incident": incident, **assessment.as_dict()}
+
+    @task(retries=0)
+    def notify_channels(result: dict) -> dict:
+        from tracktion_dr.notify.assessment import post_assessment
+
+        if not result["incident"]["notify"]:
+            log.info("notify is off: nothing sent")
+            return {"sent": [], "failed": []}
+        return post_assessment(load_plan(), result)
+
+    notify_channels(probe_platform(open_incident()))
+
+
+dr_initial_assessment()

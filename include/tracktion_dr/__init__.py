@@ -1,0 +1,1 @@
+"""Tracktion disaster-recovery library: plain, typed Python used by the Airflow DAGs."""

@@ -1,0 +1,105 @@
+"""The thin Airflow-facing layer: params every DAG shares, connections, controllers.
+
+Everything else in ``tracktion_dr`` is plain Python that knows nothing of Airflow. This
+module imports only ``airflow.sdk`` names, and only what parse time needs at module level;
+connection lookups happen inside task execution.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Connection, Param
+from psycopg.conninfo import make_conninfo
+
+from tracktion_dr.incident import INCIDENT_ID_PATTERN
+from tracktion_dr.plan import Controller, Plan
+from tracktion_dr.services.base import ServiceController
+
+OWNER = "sre"
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": OWNER,
+    "retries": 1,
+    "retry_delay": timedelta(seconds=15),
+}
+
+
+def common_params(plan: Plan, *, environment_default: str | None) -> dict[str, Param]:
+    """The params every recovery DAG takes (DESIGN.md, contracts)."""
+    environment_kwargs: dict[str, Any] = {}
+    if environment_default is not None:
+        environment_kwargs["default"] = environment_default
+    return {
+        "incident_id": Param(
+            "",
+            type="string",
+            pattern=INCIDENT_ID_PATTERN.replace("^", "^(").replace("$", ")?$"),
+            title="Incident ID",
+            description="DR-YYYYMMDD-HHMMSS. Leave empty to generate one from the clock start.",
+            section="Incident",
+        ),
+        "incident_started_at": Param(
+            "",
+            type="string",
+            title="Incident started at",
+            description=(
+                "ISO 8601 with a time zone, e.g. 2026-11-26T03:12:00Z. Starts the RTO clock; "
+                "empty means the moment this run started."
+            ),
+            section="Incident",
+        ),
+        "environment": Param(
+            type="string",
+            enum=sorted(plan.environments),
+            title="Environment",
+            description="Which environment's targets this run acts on (from the DR plan).",
+            section="Incident",
+            **environment_kwargs,
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan and print every action; touch nothing.",
+            section="Run",
+        ),
+        "notify": Param(
+            False,
+            type="boolean",
+            title="Notify",
+            description="Send the result to the plan's notification channels (best effort).",
+            section="Run",
+        ),
+    }
+
+
+def conninfo(conn_id: str, dbname: str | None = None) -> str:
+    """A libpq conninfo for an Airflow connection. Contains the password: never log it,
+    never return it from a task (XCom)."""
+    connection = Connection.get(conn_id)
+    return make_conninfo(
+        host=connection.host or "127.0.0.1",
+        port=str(connection.port or 5432),
+        user=connection.login or "postgres",
+        password=connection.password or "",
+        dbname=dbname or connection.schema or "postgres",
+    )
+
+
+def controller(spec: Controller) -> ServiceController:
+    """Build the service controller the plan names."""
+    if spec.kind == "supervisord":
+        from tracktion_dr.services.supervisord import SupervisordController
+
+        assert spec.conn_id  # enforced by the plan model
+        connection = Connection.get(spec.conn_id)
+        return SupervisordController(
+            host=connection.host or "127.0.0.1",
+            port=int(connection.port or 9001),
+            username=connection.login,
+            password=connection.password,
+        )
+    raise NotImplementedError(
+        f"the {spec.kind} controller is not available yet (tracked in the service recovery issue)"
+    )

@@ -1,0 +1,1 @@
+"""Message building, and delivery through Airflow's notification providers."""

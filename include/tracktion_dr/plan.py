@@ -1,0 +1,516 @@
+"""The disaster-recovery plan as a typed, validated model, and its loader.
+
+The plan file (``include/config/*.yaml``, chosen by the ``DR_PLAN`` environment variable) is
+the single description of what must be recovered and how fast: tiers with their RTO/RPO,
+the databases, services, storage and backups of each environment, who is told and how, and
+when the drills run. DAGs are built from it, so adding a service is a YAML change.
+
+A bad plan must never half-load: every problem is reported at once, each as
+``<file>: <field path>: <reason>``, so an Airflow import error tells the operator exactly
+which line of YAML to fix.
+
+Strings may reference environment variables as ``${NAME}``; an unset variable is an error
+(naming the field), never an empty string silently spliced into a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PLAN_ENV_VAR = "DR_PLAN"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+DEFAULT_PLAN_FILE = CONFIG_DIR / "sandbox.yaml"
+
+ENVIRONMENT_NAMES = ("production", "drill")
+
+
+class PlanError(ValueError):
+    """The plan file cannot be used. The message names the file, the field and the reason."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"{self.path}: {field}: {reason}" for field, reason in problems]
+        super().__init__("invalid DR plan\n" + "\n".join(lines))
+
+
+# --- value types -------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``30m``, ``2h``, ``1h30m``, ``90s``, ``1d`` into a timedelta.
+
+    Bare numbers are refused on purpose: "30" could be seconds or minutes, and a wrong guess
+    in an RTO target silently changes what counts as a met objective.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r} (write it with a unit, e.g. 30m, 2h, 1d)")
+    text = value.strip().lower()
+    position, total = 0, timedelta()
+    for match in _DURATION_PART.finditer(text):
+        if text[position : match.start()].strip():
+            break
+        total += timedelta(**{_DURATION_UNITS[match.group(2)]: float(match.group(1))})
+        position = match.end()
+    if not text or position == 0 or text[position:].strip():
+        raise ValueError(f"not a duration: {value!r} (write it with a unit, e.g. 30m, 2h, 1d)")
+    if total <= timedelta():
+        raise ValueError(f"duration must be positive: {value!r}")
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way operators read targets: ``2h``, ``30m``, ``1h 30m 5s``."""
+    seconds = int(round(value.total_seconds()))
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    if secs or not parts:
+        parts.append(f"{secs}s")
+    return sign + " ".join(parts)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_LOCATION = re.compile(r"^(file:///|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$))")
+
+
+def _check_location(value: str) -> str:
+    if not _LOCATION.match(value):
+        raise ValueError(
+            f"not a backup location: {value!r} (use file:///absolute/path or s3://bucket/prefix)"
+        )
+    return value
+
+
+Location = Annotated[str, BeforeValidator(_check_location)]
+
+_HTTP_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+
+def _check_http_url(value: str) -> str:
+    if not isinstance(value, str) or not _HTTP_URL.match(value):
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(_check_http_url)]
+
+_CONN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}$")
+
+
+def _check_conn_id(value: str) -> str:
+    if not isinstance(value, str) or not _CONN_ID.match(value):
+        raise ValueError(f"not an Airflow connection id: {value!r}")
+    return value
+
+
+ConnId = Annotated[str, BeforeValidator(_check_conn_id)]
+
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"not a 5-field cron expression: {value!r}")
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(_check_cron)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo such as "rto_target" must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- plan sections ------------------------------------------------------------------------
+
+
+class Tier(_Model):
+    rto: Duration
+    rpo: Duration
+    description: str = ""
+    requirements: str = ""
+
+
+class DataCategory(_Model):
+    rpo: Duration
+    backup_frequency: str
+
+
+class EscalationLevel(_Model):
+    level: int = Field(ge=1, le=4)
+    name: str
+    trigger: str
+    responders: list[str]
+    response_time: Duration
+    authority: str
+
+
+class ContactRole(_Model):
+    """A role, not a person: names and numbers live in Airflow variables (or a secrets
+    backend), so the plan in git holds no personal data."""
+
+    description: str = ""
+    variable: str
+    backup_variable: str | None = None
+
+
+class NotificationChannel(_Model):
+    kind: Literal["slack", "pagerduty", "email", "status_page", "webhook"]
+    conn_id: ConnId
+    target: str = ""  # Slack channel, or comma-separated roles for e-mail
+    description: str = ""
+
+
+class ScheduledTest(_Model):
+    name: str
+    cron: Cron
+    duration: Duration
+    scope: str
+    participants: list[str] = []
+
+
+class Cluster(_Model):
+    """A PostgreSQL cluster (one data directory, one postmaster)."""
+
+    conn_id: ConnId  # superuser maintenance connection
+    data_directory: str
+    bin_dir: str = "/usr/lib/postgresql/15/bin"
+    os_user: str = "postgres"
+    replica_conn_id: ConnId | None = None
+    replica_data_directory: str | None = None
+
+
+class Database(_Model):
+    cluster: str
+    name: str
+    tier: str
+    data_category: str = "transactional"
+    restore_jobs: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError(f"not a plain PostgreSQL database name: {value!r}")
+        return value
+
+
+class FunctionalCheck(_Model):
+    method: Literal["GET", "POST"] = "GET"
+    url: HttpUrl
+    sample_file: str | None = None  # uploaded as multipart field "file" when set
+    expect_status: int = 200
+    expect_json: dict[str, Any] = {}
+    timeout: Duration = timedelta(seconds=30)
+
+
+class Service(_Model):
+    tier: str
+    health_url: HttpUrl
+    controller: str
+    unit: str | None = None  # program / compose service / systemd unit; defaults to the key
+    depends_on: list[str] = []
+    functional_check: FunctionalCheck | None = None
+    probe_timeout: Duration = timedelta(seconds=5)
+
+
+class Controller(_Model):
+    kind: Literal["supervisord", "docker_compose", "systemd"]
+    conn_id: ConnId | None = None  # supervisord: XML-RPC endpoint and credentials
+    compose_file: str | None = None
+    project: str | None = None
+
+    @model_validator(mode="after")
+    def _required_per_kind(self) -> Controller:
+        if self.kind == "supervisord" and not self.conn_id:
+            raise ValueError("a supervisord controller needs conn_id (its XML-RPC connection)")
+        if self.kind == "docker_compose" and not (self.compose_file and self.project):
+            raise ValueError("a docker_compose controller needs compose_file and project")
+        return self
+
+
+class StorageArea(_Model):
+    path: str
+    data_category: str
+    must_be_writable: bool = True
+    owner: str | None = None  # "user:group"
+    mode: str | None = None  # octal, e.g. "0755"
+
+
+class BackupLocations(_Model):
+    logical: Location
+    base: Location
+    wal_archive: Location
+    configuration: Location
+    storage: Location
+    offsite: Location | None = None
+
+
+class ExternalDependency(_Model):
+    url: HttpUrl
+    timeout: Duration = timedelta(seconds=5)
+    # An external outage degrades the platform but is not ours to recover.
+    severity_when_down: Literal["degraded", "down"] = "degraded"
+
+
+class LoadBalancer(_Model):
+    conn_id: ConnId
+
+
+class Environment(_Model):
+    description: str = ""
+    destructive_requires_confirmation: bool
+    clusters: dict[str, Cluster]
+    databases: dict[str, Database]
+    services: dict[str, Service]
+    controllers: dict[str, Controller]
+    storage: dict[str, StorageArea] = {}
+    config_paths: list[str] = []
+    backups: BackupLocations
+    external_dependencies: dict[str, ExternalDependency] = {}
+    load_balancer: LoadBalancer | None = None
+    probe_timeout: Duration = timedelta(seconds=5)
+
+
+class Plan(_Model):
+    name: str
+    version: Literal[1] = 1
+    tiers: dict[str, Tier]
+    data_categories: dict[str, DataCategory]
+    escalation: list[EscalationLevel]
+    contacts: dict[str, ContactRole]
+    notifications: dict[str, NotificationChannel]
+    test_schedule: dict[str, ScheduledTest]
+    environments: dict[str, Environment]
+    default_environment: Literal["production", "drill"] = "drill"
+
+    @field_validator("environments")
+    @classmethod
+    def _known_environments(cls, value: dict[str, Environment]) -> dict[str, Environment]:
+        unknown = sorted(set(value) - set(ENVIRONMENT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown environment(s) {unknown}; allowed: {list(ENVIRONMENT_NAMES)}")
+        if "production" not in value:
+            raise ValueError("the plan must describe the production environment")
+        return value
+
+    @field_validator("escalation")
+    @classmethod
+    def _four_levels(cls, value: list[EscalationLevel]) -> list[EscalationLevel]:
+        if sorted(level.level for level in value) != [1, 2, 3, 4]:
+            raise ValueError("escalation must list levels 1, 2, 3 and 4 exactly once each")
+        return value
+
+    # -- cross references: checked after the structure is known to be right --------------
+
+    def reference_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+
+        def check(path: str, name: str, known: dict[str, Any] | set[str], what: str) -> None:
+            if name not in known:
+                problems.append((path, f"unknown {what} {name!r} (known: {sorted(known)})"))
+
+        if self.default_environment not in self.environments:
+            problems.append(("default_environment", f"{self.default_environment!r} is not defined"))
+        for i, level in enumerate(self.escalation):
+            for j, role in enumerate(level.responders):
+                check(f"escalation[{i}].responders[{j}]", role, self.contacts, "contact role")
+        for env_name, env in self.environments.items():
+            base = f"environments.{env_name}"
+            for name, db in env.databases.items():
+                check(f"{base}.databases.{name}.cluster", db.cluster, env.clusters, "cluster")
+                check(f"{base}.databases.{name}.tier", db.tier, self.tiers, "tier")
+                check(
+                    f"{base}.databases.{name}.data_category",
+                    db.data_category,
+                    self.data_categories,
+                    "data category",
+                )
+            for name, area in env.storage.items():
+                check(
+                    f"{base}.storage.{name}.data_category",
+                    area.data_category,
+                    self.data_categories,
+                    "data category",
+                )
+            dependency_targets = set(env.services) | set(env.databases) | set(env.storage)
+            for name, service in env.services.items():
+                path = f"{base}.services.{name}"
+                check(f"{path}.tier", service.tier, self.tiers, "tier")
+                check(f"{path}.controller", service.controller, env.controllers, "controller")
+                for i, dependency in enumerate(service.depends_on):
+                    if dependency == name:
+                        problems.append((f"{path}.depends_on[{i}]", "a service cannot depend on itself"))
+                    else:
+                        check(
+                            f"{path}.depends_on[{i}]",
+                            dependency,
+                            dependency_targets,
+                            "service, database or storage area",
+                        )
+            cycle = _find_cycle({n: s.depends_on for n, s in env.services.items()})
+            if cycle:
+                problems.append((f"{base}.services", f"dependency cycle: {' -> '.join(cycle)}"))
+        return problems
+
+    # -- conveniences used by DAGs --------------------------------------------------------
+
+    def environment(self, name: str | None = None) -> Environment:
+        key = name or self.default_environment
+        try:
+            return self.environments[key]
+        except KeyError:
+            raise PlanError(
+                "<plan>", [("environment", f"{key!r} is not defined (have {sorted(self.environments)})")]
+            ) from None
+
+    def tier_of_service(self, environment: str, service: str) -> Tier:
+        return self.tiers[self.environment(environment).services[service].tier]
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one dependency cycle among services (edges to non-services are ignored)."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return visiting[visiting.index(node) :] + [node]
+        if node in done or node not in graph:
+            return None
+        visiting.append(node)
+        for neighbour in graph[node]:
+            found = visit(neighbour)
+            if found:
+                return found
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in graph:
+        found = visit(start)
+        if found:
+            return found
+    return None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append((path, f"environment variable {name} is not set"))
+                return match.group(0)
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "<root>"
+
+
+def _reason(error: dict[str, Any]) -> str:
+    message = str(error["msg"])
+    # pydantic prefixes messages raised by our validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (not part of the plan schema; check the spelling)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    return message
+
+
+def parse_plan(data: Any, source: Path | str = "<memory>") -> Plan:
+    """Validate already-parsed YAML data; raise PlanError listing every problem."""
+    if not isinstance(data, dict):
+        raise PlanError(source, [("<root>", "the plan must be a YAML mapping")])
+    # Top-level "x-..." keys are YAML anchors' homes (as in docker compose files): they let
+    # the two environments share one block and are not part of the plan itself.
+    data = {key: value for key, value in data.items() if not str(key).startswith("x-")}
+    problems: list[tuple[str, str]] = []
+    expanded = _expand(data, "", problems)
+    if problems:
+        raise PlanError(source, problems)
+    try:
+        plan = Plan.model_validate(expanded)
+    except ValidationError as exc:
+        raise PlanError(
+            source, [(_field_path(tuple(e["loc"])), _reason(dict(e))) for e in exc.errors()]
+        ) from None
+    problems = plan.reference_problems()
+    if problems:
+        raise PlanError(source, problems)
+    return plan
+
+
+def plan_path() -> Path:
+    """The plan file in force: ``$DR_PLAN`` (a path, or a name under include/config)."""
+    selected = os.environ.get(PLAN_ENV_VAR)
+    if not selected:
+        return DEFAULT_PLAN_FILE
+    candidate = Path(selected)
+    if not candidate.is_absolute() and not candidate.exists():
+        named = CONFIG_DIR / (selected if selected.endswith(".yaml") else f"{selected}.yaml")
+        if named.exists():
+            return named
+    return candidate
+
+
+def load_plan(path: Path | str | None = None) -> Plan:
+    """Load and validate a plan file (default: the one ``DR_PLAN`` selects)."""
+    source = Path(path) if path is not None else plan_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(source, [("<file>", f"cannot read the plan file: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        raise PlanError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return parse_plan(data, source)

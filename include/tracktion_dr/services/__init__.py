@@ -1,0 +1,10 @@
+"""Service controllers: one interface over supervisord (sandbox), docker compose, systemd."""
+
+from tracktion_dr.services.base import (
+    ControllerError,
+    ServiceController,
+    ServiceState,
+    ServiceStatus,
+)
+
+__all__ = ["ControllerError", "ServiceController", "ServiceState", "ServiceStatus"]
