@@ -61,8 +61,12 @@ def dr_initial_assessment():
             known_environments=sorted(PLAN.environments),
             plan_name=PLAN.name,
         )
-        log.info("incident %s, environment %s, clock started %s",
-                 incident.incident_id, incident.environment, incident.started_at)
+        log.info(
+            "incident %s, environment %s, clock started %s",
+            incident.incident_id,
+            incident.environment,
+            incident.started_at,
+        )
         return incident.as_dict()
 
     # Re-probing on retry would describe a different moment; the operator re-runs instead.

@@ -27,7 +27,9 @@ from tracktion_dr.probes import (
 ConninfoResolver = Callable[[str, str], str]
 
 
-def assessment_targets(environment: Environment, conninfo_for: ConninfoResolver) -> list[ProbeTarget]:
+def assessment_targets(
+    environment: Environment, conninfo_for: ConninfoResolver
+) -> list[ProbeTarget]:
     timeout = environment.probe_timeout.total_seconds()
     targets = [
         ProbeTarget(
@@ -75,7 +77,9 @@ def assessment_targets(environment: Environment, conninfo_for: ConninfoResolver)
                 kind="external",
                 check=http_health(dependency.url),
                 timeout=dependency.timeout.total_seconds(),
-                status_when_failing="DOWN" if dependency.severity_when_down == "down" else "DEGRADED",
+                status_when_failing="DOWN"
+                if dependency.severity_when_down == "down"
+                else "DEGRADED",
             )
         )
     return targets

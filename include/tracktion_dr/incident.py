@@ -42,7 +42,8 @@ def parse_incident_started_at(value: str | None, default: datetime, now: datetim
         moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(
-            "incident_started_at", f"not an ISO 8601 timestamp: {value!r} (e.g. 2026-11-26T03:12:00Z)"
+            "incident_started_at",
+            f"not an ISO 8601 timestamp: {value!r} (e.g. 2026-11-26T03:12:00Z)",
         ) from None
     if moment.tzinfo is None:
         raise InvalidInput(
@@ -86,10 +87,13 @@ def resolve_incident(
     environment = str(params.get("environment") or "")
     if environment not in known_environments:
         raise InvalidInput(
-            "environment", f"{environment!r} is not one of the plan's environments {known_environments}"
+            "environment",
+            f"{environment!r} is not one of the plan's environments {known_environments}",
         )
     started_at = parse_incident_started_at(
-        params.get("incident_started_at"), default=run_started_at, now=now  # type: ignore[arg-type]
+        params.get("incident_started_at"),
+        default=run_started_at,
+        now=now,  # type: ignore[arg-type]
     )
     incident_id = str(params.get("incident_id") or "").strip()
     if not incident_id:

@@ -315,7 +315,9 @@ class Plan(_Model):
     def _known_environments(cls, value: dict[str, Environment]) -> dict[str, Environment]:
         unknown = sorted(set(value) - set(ENVIRONMENT_NAMES))
         if unknown:
-            raise ValueError(f"unknown environment(s) {unknown}; allowed: {list(ENVIRONMENT_NAMES)}")
+            raise ValueError(
+                f"unknown environment(s) {unknown}; allowed: {list(ENVIRONMENT_NAMES)}"
+            )
         if "production" not in value:
             raise ValueError("the plan must describe the production environment")
         return value
@@ -366,7 +368,9 @@ class Plan(_Model):
                 check(f"{path}.controller", service.controller, env.controllers, "controller")
                 for i, dependency in enumerate(service.depends_on):
                     if dependency == name:
-                        problems.append((f"{path}.depends_on[{i}]", "a service cannot depend on itself"))
+                        problems.append(
+                            (f"{path}.depends_on[{i}]", "a service cannot depend on itself")
+                        )
                     else:
                         check(
                             f"{path}.depends_on[{i}]",
@@ -387,7 +391,8 @@ class Plan(_Model):
             return self.environments[key]
         except KeyError:
             raise PlanError(
-                "<plan>", [("environment", f"{key!r} is not defined (have {sorted(self.environments)})")]
+                "<plan>",
+                [("environment", f"{key!r} is not defined (have {sorted(self.environments)})")],
             ) from None
 
     def tier_of_service(self, environment: str, service: str) -> Tier:
@@ -437,7 +442,9 @@ def _expand(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
 
         return _ENV_REFERENCE.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+        return {
+            k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_expand(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     return value
@@ -506,11 +513,15 @@ def load_plan(path: Path | str | None = None) -> Plan:
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PlanError(source, [("<file>", f"cannot read the plan file: {exc.strerror}")]) from None
+        raise PlanError(
+            source, [("<file>", f"cannot read the plan file: {exc.strerror}")]
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
-        raise PlanError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise PlanError(
+            source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
     return parse_plan(data, source)

@@ -160,7 +160,10 @@ def _run_one(target: ProbeTarget) -> ProbeResult:
     except ProbeFailure as exc:
         detail, status = str(exc), target.status_when_failing
     except Exception as exc:  # a probe must report, never crash the assessment
-        detail, status = f"probe error: {type(exc).__name__}: {exc}"[:200], target.status_when_failing
+        detail, status = (
+            f"probe error: {type(exc).__name__}: {exc}"[:200],
+            target.status_when_failing,
+        )
     return ProbeResult(
         name=target.name,
         kind=target.kind,

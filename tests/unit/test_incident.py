@@ -15,8 +15,11 @@ ENVIRONMENTS = ["drill", "production"]
 def resolve(**params):
     base = {"environment": "drill", "incident_id": "", "incident_started_at": ""}
     return resolve_incident(
-        {**base, **params}, run_started_at=NOW, known_environments=ENVIRONMENTS,
-        plan_name="t", now=NOW,
+        {**base, **params},
+        run_started_at=NOW,
+        known_environments=ENVIRONMENTS,
+        plan_name="t",
+        now=NOW,
     )
 
 
@@ -40,7 +43,11 @@ def test_given_start_time_drives_the_id_and_clock():
         ({"environment": "staging"}, "environment", "not one of the plan's environments"),
         ({"incident_started_at": "yesterday"}, "incident_started_at", "not an ISO 8601"),
         ({"incident_started_at": "2026-11-26T03:00:00"}, "incident_started_at", "no time zone"),
-        ({"incident_started_at": (NOW + timedelta(hours=1)).isoformat()}, "incident_started_at", "in the future"),
+        (
+            {"incident_started_at": (NOW + timedelta(hours=1)).isoformat()},
+            "incident_started_at",
+            "in the future",
+        ),
         ({"incident_started_at": "2025-11-26T03:00:00Z"}, "incident_started_at", "days ago"),
     ],
 )

@@ -46,7 +46,10 @@ def test_shipped_plans_load_with_the_seed_objectives():
         production = plan.environment("production")
         assert production.destructive_requires_confirmation is True
         assert set(production.services) == {
-            "analysis-service", "file-watcher", "tracklist-service", "notification-service"
+            "analysis-service",
+            "file-watcher",
+            "tracklist-service",
+            "notification-service",
         }
 
 
@@ -115,7 +118,10 @@ def test_unknown_tier_and_controller(sandbox_data):
     sandbox_data["environments"]["drill"] = drill
     message = problems_of(sandbox_data)
     assert "environments.drill.services.tracklist-service.tier: unknown tier 'gold'" in message
-    assert "environments.drill.services.tracklist-service.controller: unknown controller 'k8s'" in message
+    assert (
+        "environments.drill.services.tracklist-service.controller: unknown controller 'k8s'"
+        in message
+    )
 
 
 def test_escalation_needs_the_four_levels(sandbox_data):
@@ -126,7 +132,10 @@ def test_escalation_needs_the_four_levels(sandbox_data):
 def test_unset_environment_variable(sandbox_data, monkeypatch):
     monkeypatch.delenv("DR_SANDBOX_HOME", raising=False)
     message = problems_of(sandbox_data)
-    assert "environments.production.clusters.main.data_directory: environment variable DR_SANDBOX_HOME is not set" in message
+    assert (
+        "environments.production.clusters.main.data_directory: environment variable DR_SANDBOX_HOME is not set"
+        in message
+    )
 
 
 def test_bad_backup_location(sandbox_data):
@@ -153,8 +162,14 @@ def test_every_problem_is_reported_at_once(sandbox_data):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30m", timedelta(minutes=30)), ("2h", timedelta(hours=2)), ("1h30m", timedelta(minutes=90)),
-     ("90s", timedelta(seconds=90)), ("1d", timedelta(days=1)), ("1w", timedelta(weeks=1))],
+    [
+        ("30m", timedelta(minutes=30)),
+        ("2h", timedelta(hours=2)),
+        ("1h30m", timedelta(minutes=90)),
+        ("90s", timedelta(seconds=90)),
+        ("1d", timedelta(days=1)),
+        ("1w", timedelta(weeks=1)),
+    ],
 )
 def test_durations(text, expected):
     assert parse_duration(text) == expected
@@ -183,7 +198,11 @@ def test_airflow_shows_the_plan_error_as_an_import_error(tmp_path):
     airflow = Path(sys.executable).with_name("airflow")
     result = subprocess.run(
         [str(airflow), "dags", "list-import-errors", "--local", "-o", "json"],
-        env=env, capture_output=True, text=True, timeout=180, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     # Airflow may print warnings before the JSON document; it is the line starting with "[".
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("[")]

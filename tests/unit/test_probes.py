@@ -98,7 +98,10 @@ def test_hung_endpoints_are_probed_concurrently(hanging_endpoint):
     timeout, count = 2.0, 5
     started = time.monotonic()
     results = run_probes(
-        [ProbeTarget(f"hung-{i}", "service", http_health(hanging_endpoint), timeout) for i in range(count)]
+        [
+            ProbeTarget(f"hung-{i}", "service", http_health(hanging_endpoint), timeout)
+            for i in range(count)
+        ]
     )
     elapsed = time.monotonic() - started
     assert all(r.status == "DOWN" for r in results)
