@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reset", help="stop, then move the state folder aside")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     layout = SandboxLayout()
     if args.command == "up":
         up(layout, args.size)

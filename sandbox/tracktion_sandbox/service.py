@@ -1,0 +1,325 @@
+"""A stand-in for one Tracktion HTTP service, honest about its dependencies.
+
+The DR DAGs decide "the service is back" from ``GET /health``. A stand-in that always says
+200 would let a recovery pass while the database is still down, so each stand-in checks its
+real dependencies on every probe: the database (a fresh connection with a 2 s connect
+timeout and ``SELECT 1``) and the storage directory (create and delete a file in it). It
+answers 200 only when all of them pass, else 503 naming the failed check.
+
+``analysis-service`` also implements ``POST /analyze`` (multipart field ``file`` or a raw
+``audio/*`` body), parsing the upload with mutagen, so the post-recovery functional check
+exercises a real code path instead of a canned answer.
+
+Run: ``python -m tracktion_sandbox.service --name analysis-service --port 18001``; the
+database and storage come from ``TRACKTION_DATABASE_URL`` and ``TRACKTION_STORAGE_PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tracktion_sandbox.service")
+
+VERSION = "sandbox-1.0"
+HOST = "127.0.0.1"
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+DB_CONNECT_TIMEOUT_SECONDS = 2
+DB_STATEMENT_TIMEOUT_MS = 2000
+
+# Which checks each service's /health runs, in order.
+DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "analysis-service": ("database", "storage"),
+    "file-watcher": ("storage", "database"),
+    "tracklist-service": ("database",),
+    "notification-service": (),
+}
+
+AUDIO_FORMATS = {"WAVE": "wav", "FLAC": "flac", "MP3": "mp3"}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    port: int
+    database_url: str | None
+    storage_path: Path | None
+
+
+class RequestError(Exception):
+    """A client error answered with ``status`` and a JSON reason."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- health checks
+
+
+def check_database(url: str | None) -> dict[str, Any]:
+    if not url:
+        return {"ok": False, "error": "TRACKTION_DATABASE_URL is not set"}
+    import psycopg
+
+    started = time.monotonic()
+    try:
+        with psycopg.connect(
+            url,
+            connect_timeout=DB_CONNECT_TIMEOUT_SECONDS,
+            options=f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
+            application_name="tracktion-sandbox-health",
+            autocommit=True,
+        ) as conn:
+            conn.execute("SELECT 1").fetchone()
+    except psycopg.Error as exc:
+        # psycopg's message names host/port/user but never the password
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {"ok": False, "error": reason}
+    return {"ok": True, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+def check_storage(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {"ok": False, "error": "TRACKTION_STORAGE_PATH is not set"}
+    started = time.monotonic()
+    try:
+        # A real write, not os.access(): root passes access() checks on read-only mounts.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".health-", delete=True) as handle:
+            handle.write(b"ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return {"ok": False, "path": str(path), "error": f"{exc.strerror or exc} ({path})"}
+    return {
+        "ok": True,
+        "path": str(path),
+        "latency_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+
+
+def run_checks(config: ServiceConfig) -> tuple[bool, dict[str, dict[str, Any]]]:
+    checks: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "database": lambda: check_database(config.database_url),
+        "storage": lambda: check_storage(config.storage_path),
+    }
+    for name in DEPENDENCIES.get(config.name, ("database", "storage")):
+        checks[name] = runners[name]()
+    return all(check["ok"] for check in checks.values()), checks
+
+
+# --------------------------------------------------------------------------- audio analysis
+
+
+def extract_upload(content_type: str, body: bytes) -> bytes:
+    """Return the audio bytes of a multipart ``file`` field or a raw ``audio/*`` body."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type.startswith("audio/") or media_type == "application/octet-stream":
+        return body
+    if media_type != "multipart/form-data":
+        raise RequestError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be multipart/form-data or audio/*, got {media_type or 'none'}",
+        )
+    # email's MIME parser handles multipart/form-data bodies (the cgi module is gone in 3.13)
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart body")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
+                raise RequestError(HTTPStatus.BAD_REQUEST, "field 'file' has no content")
+            return payload
+    raise RequestError(HTTPStatus.BAD_REQUEST, "multipart body has no field named 'file'")
+
+
+def analyze_audio(data: bytes) -> dict[str, Any]:
+    """Parse audio with mutagen; raise RequestError(422) when it is not readable audio."""
+    import mutagen
+
+    if not data:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "empty upload")
+    try:
+        parsed = mutagen.File(io.BytesIO(data))
+    except mutagen.MutagenError as exc:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"unreadable audio: {exc}") from exc
+    if parsed is None or parsed.info is None:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "not a recognised audio format")
+    info = parsed.info
+    duration = float(getattr(info, "length", 0) or 0)
+    sample_rate = int(getattr(info, "sample_rate", 0) or 0)
+    if duration <= 0 or sample_rate <= 0:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "audio has no duration or sample rate")
+    kind = type(parsed).__name__
+    return {
+        "status": "success",
+        "format": AUDIO_FORMATS.get(kind, kind.lower()),
+        "duration_seconds": round(duration, 3),
+        "sample_rate": sample_rate,
+        "channels": int(getattr(info, "channels", 0) or 0),
+        "bytes": len(data),
+    }
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class ServiceHandler(BaseHTTPRequestHandler):
+    server_version = f"tracktion-sandbox/{VERSION}"
+    protocol_version = "HTTP/1.1"
+    config: ServiceConfig  # set on the subclass made by make_server
+
+    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            healthy, checks = run_checks(self.config)
+            failed = [name for name, check in checks.items() if not check["ok"]]
+            payload: dict[str, Any] = {
+                "status": "healthy" if healthy else "unhealthy",
+                "service": self.config.name,
+                "version": VERSION,
+                "checks": checks,
+            }
+            if failed:
+                payload["failed"] = failed
+            self._send_json(200 if healthy else 503, payload)
+        elif path == "/":
+            self._send_json(200, {"service": self.config.name, "version": VERSION})
+        else:
+            self._send_json(404, {"status": "error", "reason": f"no route {path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if path != "/analyze" or self.config.name != "analysis-service":
+            self._drain()
+            self._send_json(404, {"status": "error", "reason": f"no route POST {path}"})
+            return
+        try:
+            body = self._read_body()
+            data = extract_upload(self.headers.get("Content-Type", ""), body)
+            result = analyze_audio(data)
+        except RequestError as exc:
+            self._send_json(exc.status, {"status": "error", "reason": exc.reason})
+            return
+        self._send_json(200, result)
+
+    def _read_body(self) -> bytes:
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        try:
+            length = int(length_header)
+        except ValueError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from exc
+        if length < 0 or length > MAX_UPLOAD_BYTES:
+            self.close_connection = True
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"upload exceeds {MAX_UPLOAD_BYTES} bytes"
+            )
+        return self.rfile.read(length)
+
+    def _drain(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= MAX_UPLOAD_BYTES:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.info('%s "%s" %s', self.client_address[0], self.requestline, code)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.warning("%s %s", self.client_address[0], format % args)
+
+
+class SandboxHTTPServer(ThreadingHTTPServer):
+    """Threaded server; a deeper accept queue than http.server's 5, because a DR run
+    probes every service concurrently."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+
+def make_server(config: ServiceConfig) -> SandboxHTTPServer:
+    handler = type("BoundServiceHandler", (ServiceHandler,), {"config": config})
+    return SandboxHTTPServer((HOST, config.port), handler)
+
+
+def serve_until_signalled(server: ThreadingHTTPServer, name: str) -> None:
+    """Serve in a thread; SIGTERM/SIGINT shut the server down cleanly."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s: received %s, shutting down", name, signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    thread = threading.Thread(target=server.serve_forever, name=f"{name}-http", daemon=True)
+    thread.start()
+    log.info("%s listening on http://%s:%s", name, *server.server_address[:2])
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+    log.info("%s stopped", name)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Tracktion sandbox stand-in service")
+    parser.add_argument("--name", required=True, choices=sorted(DEPENDENCIES))
+    parser.add_argument("--port", required=True, type=int)
+    args = parser.parse_args(argv)
+    configure_logging()
+    storage = os.environ.get("TRACKTION_STORAGE_PATH")
+    config = ServiceConfig(
+        name=args.name,
+        port=args.port,
+        database_url=os.environ.get("TRACKTION_DATABASE_URL") or None,
+        storage_path=Path(storage) if storage else None,
+    )
+    serve_until_signalled(make_server(config), config.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
