@@ -18,7 +18,8 @@ timeout, never the sum):
 
 **Params**: `incident_id` is generated (`DR-YYYYMMDD-HHMMSS`) when empty;
 `incident_started_at` starts the RTO clock (default: now); `environment` picks the plan's
-targets; `notify` posts the table to the plan's Slack channel (best effort).
+targets; `notify` sends the result to the plan's Slack and e-mail channels (best effort:
+a delivery failure is reported in the result, never fails the run).
 
 Replaces the seed's `initial_assessment.sh`.
 """
@@ -83,12 +84,14 @@ def dr_initial_assessment():
 
     @task(retries=0)
     def notify_channels(result: dict) -> dict:
-        from tracktion_dr.notify.assessment import post_assessment
+        from tracktion_dr.notify.assessment import assessment_message
+        from tracktion_dr.notify.delivery import deliver
 
         if not result["incident"]["notify"]:
             log.info("notify is off: nothing sent")
-            return {"sent": [], "failed": []}
-        return post_assessment(load_plan(), result)
+            return {"sent": [], "failed": {}}
+        # The assessment is a status report: chat and e-mail, no paging.
+        return deliver(PLAN, assessment_message(result), channels=["slack", "email"]).as_dict()
 
     notify_channels(probe_platform(open_incident()))
 

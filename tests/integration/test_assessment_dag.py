@@ -82,18 +82,22 @@ def test_a_bad_input_stops_the_run_before_any_probe(sandbox):
     assert states["probe_platform"] == "upstream_failed"
 
 
-def test_notify_posts_the_table_to_the_slack_sink(sandbox):
-    before = _sink_lines(sandbox)
+def test_notify_sends_the_table_to_slack_and_mail(sandbox):
+    webhooks_before, mail_before = (
+        _lines(sandbox.layout.sink_webhooks),
+        _lines(sandbox.layout.sink_mail),
+    )
     dag_run = run_dag("dr_initial_assessment", {"environment": "drill", "notify": True})
-    sent = task_result(dag_run, "notify_channels")
-    assert sent == {"sent": ["slack"], "failed": []}
+    assert task_result(dag_run, "notify_channels") == {"sent": ["slack", "email"], "failed": {}}
     incident_id = task_result(dag_run, "open_incident")["incident_id"]
-    new = [json.loads(line) for line in _sink_lines(sandbox)[len(before) :]]
-    slack = [record for record in new if record["path"].startswith("/slack/")]
-    assert slack, new
-    assert incident_id in json.dumps(slack[-1])
+    webhooks = [
+        json.loads(line) for line in _lines(sandbox.layout.sink_webhooks)[len(webhooks_before) :]
+    ]
+    slack = [record for record in webhooks if record["path"].startswith("/slack/")]
+    assert slack and incident_id in json.dumps(slack[-1])
+    mails = [json.loads(line) for line in _lines(sandbox.layout.sink_mail)[len(mail_before) :]]
+    assert any(incident_id in mail["subject"] for mail in mails), mails
 
 
-def _sink_lines(sandbox) -> list[str]:
-    path = sandbox.layout.sink_webhooks
+def _lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []

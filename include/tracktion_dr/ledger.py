@@ -1,0 +1,127 @@
+"""The run ledger: every DR run's timeline, in a real database of its own.
+
+The ledger lives on its own Airflow connection (in the sandbox: the ``ops`` cluster), never
+on a cluster a recovery touches, so the record of a restore survives the restore. Writes
+are idempotent per (dag_id, run_id): a cleared and re-run ``record`` task replaces its row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from tracktion_dr.timeline import Timeline
+
+LEDGER_CONN_ID = "dr_ledger"
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS dr;
+CREATE TABLE IF NOT EXISTS dr.runs (
+    id                   bigserial PRIMARY KEY,
+    dag_id               text NOT NULL,
+    run_id               text NOT NULL,
+    incident_id          text NOT NULL,
+    environment          text NOT NULL,
+    clock_started_at     timestamptz NOT NULL,
+    recorded_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    outcome              text NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'dry_run')),
+    rto_target_seconds   double precision NOT NULL,
+    rto_achieved_seconds double precision,
+    rpo_target_seconds   double precision,
+    data_loss_seconds    double precision,
+    backup_used          text,
+    details              jsonb NOT NULL DEFAULT '{}'::jsonb,
+    UNIQUE (dag_id, run_id)
+);
+CREATE TABLE IF NOT EXISTS dr.events (
+    run              bigint NOT NULL REFERENCES dr.runs(id) ON DELETE CASCADE,
+    position         int NOT NULL,
+    name             text NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('step', 'gate')),
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz NOT NULL,
+    status           text NOT NULL,
+    detail           text NOT NULL DEFAULT '',
+    PRIMARY KEY (run, position)
+);
+CREATE INDEX IF NOT EXISTS runs_incident ON dr.runs (incident_id);
+CREATE INDEX IF NOT EXISTS runs_recorded ON dr.runs (recorded_at);
+"""
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute(SCHEMA)
+
+
+def record_run(conninfo: str, timeline: Timeline) -> int:
+    """Write (or replace) the run's row and its events; return the run's ledger id."""
+    with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+        ensure_schema(conn)
+        with conn.transaction():
+            run_id = conn.execute(
+                """
+                INSERT INTO dr.runs (dag_id, run_id, incident_id, environment, clock_started_at,
+                    outcome, rto_target_seconds, rto_achieved_seconds, rpo_target_seconds,
+                    data_loss_seconds, backup_used, details)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (dag_id, run_id) DO UPDATE SET
+                    incident_id = EXCLUDED.incident_id, environment = EXCLUDED.environment,
+                    clock_started_at = EXCLUDED.clock_started_at, outcome = EXCLUDED.outcome,
+                    rto_target_seconds = EXCLUDED.rto_target_seconds,
+                    rto_achieved_seconds = EXCLUDED.rto_achieved_seconds,
+                    rpo_target_seconds = EXCLUDED.rpo_target_seconds,
+                    data_loss_seconds = EXCLUDED.data_loss_seconds,
+                    backup_used = EXCLUDED.backup_used, details = EXCLUDED.details,
+                    recorded_at = pg_catalog.now()
+                RETURNING id
+                """,
+                (
+                    timeline.dag_id,
+                    timeline.run_id,
+                    timeline.incident_id,
+                    timeline.environment,
+                    timeline.clock_started_at,
+                    timeline.outcome,
+                    timeline.rto_target_seconds,
+                    timeline.rto_achieved_seconds,
+                    timeline.rpo_target_seconds,
+                    timeline.data_loss_seconds,
+                    timeline.backup_used,
+                    Jsonb(json.loads(json.dumps(timeline.details, default=str))),
+                ),
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute("DELETE FROM dr.events WHERE run = %s", (run_id,))
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO dr.events (run, position, name, kind, started_at, finished_at,"
+                    " status, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (run_id, i, e.name, e.kind, e.started_at, e.finished_at, e.status, e.detail)
+                        for i, e in enumerate(timeline.events)
+                    ],
+                )
+    return int(run_id)
+
+
+def recent_runs(
+    conninfo: str, *, dag_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
+        ensure_schema(conn)
+        return conn.execute(
+            "SELECT * FROM dr.runs WHERE (%(dag)s::text IS NULL OR dag_id = %(dag)s)"
+            " ORDER BY recorded_at DESC LIMIT %(limit)s",
+            {"dag": dag_id, "limit": limit},
+        ).fetchall()
+
+
+def run_events(conninfo: str, ledger_id: int) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (ledger_id,)
+        ).fetchall()
