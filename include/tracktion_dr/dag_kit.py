@@ -1,0 +1,256 @@
+"""The one mechanism every recovery DAG shares: steps, RTO gates, the record, the verdict.
+
+Anatomy (DESIGN.md): probe → guard → act → gates → validate → record → notify → verdict.
+
+* A **step** task returns ``{"event": <Event>, ...}`` built with :func:`step_event`; the
+  record collects these from XCom.
+* A **gate** is an :class:`RtoGate` sensor. Its timeout is what is left of the tier's RTO
+  when it starts waiting (measured from ``incident_started_at``); it records when it
+  opened, logs progress as it waits, and on timeout notifies the escalation channels and
+  fails with "RTO breached at <gate>: <elapsed> of <budget>".
+* :func:`record_timeline` (trigger rule *all done*) builds the run's :class:`Timeline` from
+  those events plus the states of tasks that failed (which push nothing), writes it to the
+  ledger, and logs the table. :func:`raise_for_outcome` then fails the run when anything
+  failed, so a partial success is never a green run.
+
+Airflow-facing on purpose (this module and ``dag_support`` are the only ones that are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+from tracktion_dr.plan import Plan
+from tracktion_dr.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline, parse_time
+
+log = logging.getLogger(__name__)
+
+# Tasks that describe the run rather than act in it: their failure does not make the
+# recovery a failure (a Slack outage must not), and they are not part of the timeline.
+BOOKKEEPING_TASKS = frozenset({"record", "notify_outcome", "verdict"})
+FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+# A gate check returns (opened?, what it saw) - the second part is logged while waiting.
+GateCheck = Callable[[dict[str, Any]], tuple[bool, str]]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def step_event(
+    name: str, started_at: str, status: str = "succeeded", detail: str = ""
+) -> dict[str, Any]:
+    """The event a step task returns (under the key ``event``) when it finishes."""
+    return Event(name, "step", started_at, now_iso(), status, detail).__dict__.copy()  # type: ignore[arg-type]
+
+
+class RtoGate(BaseSensorOperator):
+    """Wait until ``check(incident)`` opens, within what is left of the RTO budget.
+
+    ``incident`` is the guard's XCom: it carries ``started_at`` (the clock start) and,
+    when the guard worked out the tier at run time, ``rto_seconds``; otherwise the
+    ``rto_seconds`` given here (the tier's RTO known at parse time) is the budget. Pokes run in the worker (mode "poke"): gates are
+    short and the LocalExecutor has slots to spare, and a poking gate logs progress.
+    """
+
+    template_fields = ("incident",)
+
+    def __init__(
+        self,
+        *,
+        check: GateCheck,
+        incident: Any,
+        plan: Plan,
+        rto_seconds: float | None = None,
+        minimum_wait_seconds: float = MINIMUM_GATE_SECONDS,
+        escalate_channels: tuple[str, ...] = ("slack", "pagerduty"),
+        poke_interval: float = 3,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("retries", 0)  # a gate's budget is the RTO, not a retry count
+        super().__init__(
+            mode="poke", poke_interval=poke_interval, timeout=rto_seconds or 3600, **kwargs
+        )
+        self.check = check
+        self.incident = incident
+        self.rto_seconds = rto_seconds
+        self.plan = plan
+        self.escalate_channels = escalate_channels
+        self.minimum_wait_seconds = minimum_wait_seconds
+        self._waiting_since = ""
+
+    def execute(self, context: Any) -> Any:
+        budget = float(self.incident.get("rto_seconds") or self.rto_seconds or 0)
+        if budget <= 0:
+            raise AirflowFailException(f"gate {self.task_id}: no RTO budget known")
+        clock = RtoClock(parse_time(self.incident["started_at"]), timedelta(seconds=budget))
+        self._waiting_since = now_iso()
+        self.timeout = max(clock.remaining().total_seconds(), self.minimum_wait_seconds)
+        log.info(
+            "gate %s: waiting up to %.0fs (RTO %.0fs, %.0fs elapsed since the clock started)",
+            self.task_id,
+            self.timeout,
+            budget,
+            clock.elapsed().total_seconds(),
+        )
+        if self.incident.get("dry_run"):
+            log.info("dry run: gate %s would wait for the system to come back", self.task_id)
+            return {
+                "event": Event(
+                    self.task_id, "gate", self._waiting_since, now_iso(), "skipped", "dry run"
+                ).__dict__
+            }
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            breach = clock.breach(self.task_id)
+            self._escalate(str(breach))
+            raise AirflowFailException(str(breach)) from None
+
+    def poke(self, context: Any) -> bool | PokeReturnValue:
+        opened, detail = self.check(self.incident)
+        if not opened:
+            log.info("gate %s: not yet (%s)", self.task_id, detail)
+            return False
+        log.info("gate %s: open (%s)", self.task_id, detail)
+        event = Event(
+            self.task_id, "gate", self._waiting_since or now_iso(), now_iso(), "succeeded", detail
+        )
+        return PokeReturnValue(is_done=True, xcom_value={"event": event.__dict__})
+
+    def _escalate(self, sentence: str) -> None:
+        from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.notify.messages import DrMessage
+
+        incident_id = self.incident.get("incident_id")
+        report = deliver(
+            self.plan,
+            DrMessage(
+                title=f"ESCALATION {incident_id}: {sentence}",
+                text=f"{self.dag_id}: the gate {self.task_id} did not open in time. "
+                "Escalate per the plan's levels.",
+                severity="critical",
+                incident_id=incident_id,
+                fields={"dag": self.dag_id, "gate": self.task_id},
+            ),
+            channels=self.escalate_channels,
+        )
+        log.error("%s (escalation sent to %s, failed: %s)", sentence, report.sent, report.failed)
+
+
+def collect_events(context: Any) -> tuple[list[Event], list[str]]:
+    """Events the run's tasks returned, plus the ids of tasks that failed."""
+    ti = context["ti"]
+    task_ids = [t for t in context["dag"].task_ids if t not in BOOKKEEPING_TASKS]
+    events: list[Event] = []
+    for task_id in task_ids:
+        value = ti.xcom_pull(task_ids=task_id)
+        if isinstance(value, dict) and isinstance(value.get("event"), dict):
+            events.append(Event(**value["event"]))
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=task_ids, run_ids=[ti.run_id])
+    run_states = states.get(ti.run_id, {}) if isinstance(states, dict) else {}
+    failed = sorted(t for t, s in run_states.items() if str(s) in FAILED_STATES)
+    recorded = {e.name for e in events}
+    for task_id in failed:
+        if task_id not in recorded:
+            events.append(
+                Event(task_id, "step", now_iso(), now_iso(), "failed", str(run_states[task_id]))
+            )
+    return events, failed
+
+
+def record_timeline(
+    context: Any,
+    *,
+    incident: dict[str, Any],
+    rto_target_seconds: float,
+    rpo_target_seconds: float | None = None,
+    data_loss_seconds: float | None = None,
+    backup_used: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the run's timeline, write it to the ledger, log it; return it (for XCom)."""
+    from tracktion_dr import ledger
+    from tracktion_dr.dag_support import conninfo
+
+    events, failed = collect_events(context)
+    timeline = Timeline(
+        incident_id=incident["incident_id"],
+        dag_id=context["ti"].dag_id,
+        run_id=context["ti"].run_id,
+        environment=incident["environment"],
+        clock_started_at=incident["started_at"],
+        rto_target_seconds=rto_target_seconds,
+        rpo_target_seconds=rpo_target_seconds,
+        events=events,
+        outcome="failed" if failed else ("dry_run" if incident.get("dry_run") else "succeeded"),
+        data_loss_seconds=data_loss_seconds,
+        backup_used=backup_used,
+        details={**(details or {}), "failed_tasks": failed},
+    )
+    try:
+        ledger_id = ledger.record_run(conninfo(ledger.LEDGER_CONN_ID), timeline)
+        log.info("recorded in the ledger as run %s", ledger_id)
+    except Exception as exc:  # the run's evidence still goes to the log and XCom
+        ledger_id = None
+        log.error("could not write the ledger: %s", exc)
+    log.info("\n%s", timeline.render())
+    return {**timeline.as_dict(), "ledger_id": ledger_id}
+
+
+def raise_for_outcome(timeline: dict[str, Any]) -> None:
+    """Fail the run (the final task) when any step or gate failed."""
+    failed = timeline.get("details", {}).get("failed_tasks") or []
+    if timeline.get("outcome") == "failed":
+        raise AirflowFailException(f"recovery failed: {', '.join(failed) or 'see the timeline'}")
+
+
+def outcome_message(plan: Plan, timeline: dict[str, Any]) -> Any:
+    from tracktion_dr.notify.messages import DrMessage
+    from tracktion_dr.plan import format_duration
+
+    achieved = timeline.get("rto_achieved_seconds")
+    fields = {
+        "outcome": timeline["outcome"],
+        "RTO target": format_duration(timedelta(seconds=timeline["rto_target_seconds"])),
+        "RTO achieved": format_duration(timedelta(seconds=achieved))
+        if achieved is not None
+        else "not reached",
+    }
+    if timeline.get("data_loss_seconds") is not None:
+        fields["data lost"] = f"{timeline['data_loss_seconds']:.1f}s"
+    return DrMessage(
+        title=f"{timeline['dag_id']} {timeline['incident_id']}: {timeline['outcome'].upper()}",
+        text=f"environment {timeline['environment']}; failed tasks: "
+        f"{', '.join(timeline['details'].get('failed_tasks') or []) or 'none'}",
+        severity="info" if timeline["outcome"] != "failed" else "error",
+        incident_id=timeline["incident_id"],
+        fields=fields,
+    )
+
+
+def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
+    """The guard's first check, shared by every DAG: the common params, resolved."""
+    from tracktion_dr.incident import resolve_incident
+
+    incident = resolve_incident(
+        context["params"],
+        run_started_at=context["dag_run"].start_date or datetime.now(UTC),
+        known_environments=sorted(plan.environments),
+        plan_name=plan.name,
+    )
+    log.info(
+        "incident %s, environment %s, clock started %s%s",
+        incident.incident_id,
+        incident.environment,
+        incident.started_at,
+        " (DRY RUN: nothing will be touched)" if incident.dry_run else "",
+    )
+    return incident.as_dict()
