@@ -20,20 +20,14 @@ in ``PGPASSWORD`` of the client's environment.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
+from tracktion_dr.postgres import basebackups, dumps
+from tracktion_dr.postgres.commands import Endpoint
 from tracktion_sandbox import pg
 from tracktion_sandbox.layout import (
     APP_DATABASE,
@@ -49,30 +43,7 @@ log = logging.getLogger(__name__)
 
 DUMP_GLOB = "tracktion_*.dump"
 BASE_GLOB = "base_*"
-INFO_SUFFIX = ".backup_info.json"
 ARCHIVE_WAIT_S = 30
-
-
-def utc_stamp(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _remove_partials(folder: Path) -> None:
@@ -85,184 +56,18 @@ def _remove_partials(folder: Path) -> None:
             leftover.unlink()
 
 
-def _client_env(password: str) -> dict[str, str]:
-    return {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
-
-
-# --------------------------------------------------------------------------- logical dump
-
-
-def _user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        """
-        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg_toast%%' AND NOT c.relispartition
-        ORDER BY 1, 2
-        """
-    ).fetchall()
-    return [(schema, table) for schema, table in rows]
-
-
-def _one(conn: psycopg.Connection[Any], query: str) -> str:
-    row = conn.execute(query).fetchone()
-    if row is None:
-        raise RuntimeError(f"{query!r} returned no row")
-    return str(row[0])
-
-
-def _exact_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    counts = {}
-    for schema, table in _user_tables(conn):
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-        ).fetchone()
-        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-    return counts
-
-
 def take_logical_dump(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Path) -> Path:
-    """``pg_dump -Fc -Z 6`` of tracktion plus its manifest, counts from the same snapshot."""
-    folder = layout.logical_dumps
-    folder.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(UTC)
-    name = f"{APP_DATABASE}_{utc_stamp(started)}.dump"
-    final, partial = folder / name, folder / f".{name}.partial"
-    log.info("taking logical dump %s", final)
-    with pg.connect(
-        PRIMARY_PORT, SUPERUSER, secrets.postgres_password, APP_DATABASE, autocommit=False
-    ) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snapshot = _one(conn, "SELECT pg_export_snapshot()")
-        server_version = _one(conn, "SHOW server_version")
-        counts = _exact_counts(conn)
-        argv = [
-            str(bindir / "pg_dump"),
-            "--format=custom",
-            "--compress=6",
-            f"--snapshot={snapshot}",
-            f"--file={partial}",
-            f"--host={HOST}",
-            f"--port={PRIMARY_PORT}",
-            f"--username={SUPERUSER}",
-            "--no-password",
-            APP_DATABASE,
-        ]
-        pg.run(argv, what="pg_dump of tracktion", env=_client_env(secrets.postgres_password))
-        conn.rollback()  # the snapshot may go now that pg_dump has it
-    finished = datetime.now(UTC)
-    manifest = {
-        "database": APP_DATABASE,
-        "format": "custom",
-        "file": name,
-        "started_at": _iso(started),
-        "finished_at": _iso(finished),
-        "size_bytes": partial.stat().st_size,
-        "sha256": sha256_file(partial),
-        "row_counts": counts,
-        "server_version": server_version,
-    }
-    manifest_path = folder / f"{name}.manifest.json"
-    _write_json_atomic(manifest_path, manifest)
-    os.replace(partial, final)
-    for path in (final, manifest_path):
-        path.chmod(0o640)
-        pg.chown_to_postgres(path)
-    log.info("logical dump done: %d bytes, %d tables", manifest["size_bytes"], len(counts))
-    return final
-
-
-# --------------------------------------------------------------------------- base backup
-
-
-def _parse_backup_label(text: str) -> dict[str, str]:
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def _label_time(value: str) -> str:
-    """backup_label's 'START TIME: 2026-11-26 01:20:00 UTC' as ISO 8601."""
-    moment = datetime.strptime(value.replace(" UTC", ""), "%Y-%m-%d %H:%M:%S")
-    return _iso(moment.replace(tzinfo=UTC))
-
-
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def backup_info(backup_dir: Path, label: str, end_time: datetime) -> dict[str, Any]:
-    """Describe a plain base backup from its backup_label and backup_manifest."""
-    fields = _parse_backup_label((backup_dir / "backup_label").read_text())
-    manifest = json.loads((backup_dir / "backup_manifest").read_text())
-    wal_range = manifest["WAL-Ranges"][-1]
-    start_lsn = re.match(r"\S+", fields["START WAL LOCATION"])
-    return {
-        "label": label,
-        "directory": backup_dir.name,
-        "format": "plain",
-        "start_time": _label_time(fields["START TIME"]),
-        "end_time": _iso(end_time),
-        "start_lsn": start_lsn.group(0) if start_lsn else wal_range["Start-LSN"],
-        "stop_lsn": wal_range["End-LSN"],
-        "timeline": int(wal_range["Timeline"]),
-        "checkpoint_lsn": fields.get("CHECKPOINT LOCATION"),
-        "manifest_checksums": "SHA256",
-        "verified": True,
-        "size_bytes": _dir_size(backup_dir),
-    }
-
-
-def verify_base_backup(bindir: Path, backup_dir: Path) -> None:
-    """pg_verifybackup: every file against the manifest, and the WAL needed to restore."""
-    pg.run(
-        [str(bindir / "pg_verifybackup"), str(backup_dir)], what=f"pg_verifybackup of {backup_dir}"
-    )
+    """The library's ``pg_dump -Fc`` with manifest, as the recovery DAGs' backups take it."""
+    endpoint = Endpoint(HOST, PRIMARY_PORT, SUPERUSER, secrets.postgres_password)
+    return dumps.take_logical_dump(endpoint, APP_DATABASE, layout.logical_dumps, bindir=bindir)
 
 
 def take_base_backup(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Path) -> Path:
-    """Plain-format base backup of the primary, verified, owned by postgres."""
-    folder = layout.base_backups
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = utc_stamp()
-    name = f"base_{stamp}"
-    final, partial = folder / name, folder / f".{name}.partial"
-    label = f"tracktion-sandbox-initial-{stamp}"
-    log.info("taking base backup %s", final)
-    argv = [
-        str(bindir / "pg_basebackup"),
-        f"--pgdata={partial}",
-        "--format=plain",
-        "--wal-method=stream",
-        "--checkpoint=fast",
-        "--manifest-checksums=SHA256",
-        f"--label={label}",
-        f"--host={HOST}",
-        f"--port={PRIMARY_PORT}",
-        f"--username={REPLICATION_USER}",
-        "--no-password",
-    ]
-    pg.run(argv, what="pg_basebackup", env=_client_env(secrets.replication_password))
-    end_time = datetime.now(UTC)
-    verify_base_backup(bindir, partial)
-    info = backup_info(partial, label, end_time)
-    info["directory"] = name
-    partial.chmod(0o700)  # a restored data directory must be 0700 for the server to start
-    pg.chown_to_postgres(partial, recursive=True)
-    info_path = folder / f"{name}{INFO_SUFFIX}"
-    _write_json_atomic(info_path, info)
-    pg.chown_to_postgres(info_path)
-    os.replace(partial, final)
-    log.info(
-        "base backup verified: %s..%s, %d bytes",
-        info["start_lsn"],
-        info["stop_lsn"],
-        info["size_bytes"],
+    """The library's verified plain base backup, owned by postgres."""
+    endpoint = Endpoint(HOST, PRIMARY_PORT, REPLICATION_USER, secrets.replication_password)
+    return basebackups.take_base_backup(
+        endpoint, layout.base_backups, label_prefix="tracktion-sandbox-initial", bindir=bindir
     )
-    return final
 
 
 # --------------------------------------------------------------------------- WAL archive
@@ -286,13 +91,13 @@ def switch_and_wait_archived(
 
 
 def existing_backups(layout: SandboxLayout) -> dict[str, list[Path]]:
-    dumps = sorted(layout.logical_dumps.glob(DUMP_GLOB)) if layout.logical_dumps.is_dir() else []
+    dump_files = sorted(layout.logical_dumps.glob(DUMP_GLOB)) if layout.logical_dumps.is_dir() else []
     bases = (
         sorted(p for p in layout.base_backups.glob(BASE_GLOB) if p.is_dir())
         if layout.base_backups.is_dir()
         else []
     )
-    return {"logical_dumps": dumps, "base_backups": bases}
+    return {"logical_dumps": dump_files, "base_backups": bases}
 
 
 def take_initial_backups(layout: SandboxLayout, secrets: SandboxSecrets) -> dict[str, Any]:

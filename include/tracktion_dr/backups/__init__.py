@@ -1,0 +1,1 @@
+"""Backups: the catalog (list, verify, pick) over the plan's backup locations."""

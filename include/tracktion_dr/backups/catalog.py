@@ -1,0 +1,373 @@
+"""The backups catalog: one trustworthy place to find "the newest good backup before T".
+
+It lists what the plan's backup locations hold — logical dumps, base backups, the WAL
+archive, configuration and file-storage snapshots — with each entry's kind, times, LSN
+range, size, checksum and verification status. Verification outcomes are kept beside each
+backup (``<name>.verification.json``) so every reader sees the same verdict.
+
+Picking never trusts a stale verdict: the candidate is checked again right before it is
+returned, and a backup that fails is recorded as failed (with the reason) and skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tracktion_dr.plan import BackupLocations
+from tracktion_dr.postgres import basebackups, dumps, wal
+from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
+
+log = logging.getLogger(__name__)
+
+VERIFICATION_SUFFIX = ".verification.json"
+SNAPSHOT_MANIFEST_SUFFIX = ".manifest.json"
+
+
+class BackupKind(enum.StrEnum):
+    LOGICAL_DUMP = "logical_dump"
+    BASE_BACKUP = "base_backup"
+    CONFIG_SNAPSHOT = "config_snapshot"
+    STORAGE_SNAPSHOT = "storage_snapshot"
+
+
+class Status(enum.StrEnum):
+    VERIFIED = "verified"
+    FAILED = "failed"
+    UNVERIFIED = "unverified"
+
+
+class NoUsableBackup(LookupError):
+    """Nothing at the location satisfies the request; the message lists what was rejected."""
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    id: str
+    kind: BackupKind
+    path: Path
+    finished_at: datetime
+    size_bytes: int
+    status: Status
+    reason: str = ""
+    started_at: datetime | None = None
+    database: str | None = None
+    sha256: str | None = None
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
+
+    @property
+    def location(self) -> str:
+        return self.path.as_uri()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            kind=str(self.kind),
+            status=str(self.status),
+            path=str(self.path),
+            location=self.location,
+        )
+        for key in ("finished_at", "started_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+def local_path(location: str) -> Path:
+    if not location.startswith("file://"):
+        raise ValueError(
+            f"{location}: only file:// locations are read directly (s3:// via offsite copy)"
+        )
+    return Path(location.removeprefix("file://"))
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_verification(target: Path, status: Status, reason: str, check: str) -> None:
+    dumps.write_json_atomic(
+        target.with_name(target.name + VERIFICATION_SUFFIX),
+        {
+            "status": str(status),
+            "reason": reason,
+            "check": check,
+            "checked_at": datetime.now(UTC).isoformat(),
+        },
+    )
+
+
+def _recorded_status(target: Path) -> tuple[Status, str]:
+    record = _read_json(target.with_name(target.name + VERIFICATION_SUFFIX))
+    if not record:
+        return Status.UNVERIFIED, "never verified"
+    return Status(record["status"]), str(record.get("reason", ""))
+
+
+class Catalog:
+    """Backups of one environment, from its plan's backup locations."""
+
+    def __init__(
+        self,
+        locations: BackupLocations,
+        *,
+        bindir: Path = DEFAULT_BINDIR,
+        os_user: str = "postgres",
+    ):
+        self.locations = locations
+        self.bindir = bindir
+        self.os_user = os_user
+
+    # -- listing --------------------------------------------------------------------
+
+    def dumps(self, database: str | None = None) -> list[BackupEntry]:
+        """Logical dumps, newest first. A dump whose size no longer matches its manifest is
+        listed as failed at once (truncation needs no checksum to be seen)."""
+        folder = local_path(self.locations.logical)
+        entries = []
+        for path in folder.glob("*.dump") if folder.is_dir() else []:
+            match = dumps.DUMP_NAME.match(path.name)
+            if not match or (database and match.group("db") != database):
+                continue
+            manifest = _read_json(path.with_name(path.name + dumps.MANIFEST_SUFFIX))
+            size = path.stat().st_size
+            if manifest is None:
+                status, reason = Status.FAILED, "manifest missing or unreadable"
+            elif size != manifest.get("size_bytes"):
+                status, reason = (
+                    Status.FAILED,
+                    f"size {size} bytes, manifest says {manifest.get('size_bytes')} (truncated?)",
+                )
+            else:
+                status, reason = _recorded_status(path)
+            entries.append(
+                BackupEntry(
+                    id=path.name,
+                    kind=BackupKind.LOGICAL_DUMP,
+                    path=path,
+                    finished_at=_time((manifest or {}).get("finished_at"))
+                    or datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                    started_at=_time((manifest or {}).get("started_at")),
+                    size_bytes=size,
+                    status=status,
+                    reason=reason,
+                    database=match.group("db"),
+                    sha256=(manifest or {}).get("sha256"),
+                )
+            )
+        return sorted(entries, key=lambda e: e.finished_at, reverse=True)
+
+    def base_backups(self) -> list[BackupEntry]:
+        folder = local_path(self.locations.base)
+        entries = []
+        for path in folder.iterdir() if folder.is_dir() else []:
+            if not (path.is_dir() and basebackups.BASE_NAME.match(path.name)):
+                continue
+            info = _read_json(path.with_name(path.name + basebackups.INFO_SUFFIX))
+            if info is None:
+                entries.append(
+                    BackupEntry(
+                        path.name,
+                        BackupKind.BASE_BACKUP,
+                        path,
+                        datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                        0,
+                        Status.FAILED,
+                        "backup_info.json missing or unreadable",
+                    )
+                )
+                continue
+            status, reason = _recorded_status(path)
+            if status is Status.UNVERIFIED and info.get("verified") is True:
+                status, reason = Status.VERIFIED, "verified when taken"
+            entries.append(
+                BackupEntry(
+                    id=path.name,
+                    kind=BackupKind.BASE_BACKUP,
+                    path=path,
+                    finished_at=_time(info["end_time"]),  # type: ignore[arg-type]
+                    started_at=_time(info.get("start_time")),
+                    size_bytes=int(info.get("size_bytes", 0)),
+                    status=status,
+                    reason=reason,
+                    start_lsn=info.get("start_lsn"),
+                    stop_lsn=info.get("stop_lsn"),
+                    timeline=info.get("timeline"),
+                )
+            )
+        return sorted(entries, key=lambda e: e.finished_at, reverse=True)
+
+    def snapshots(self, kind: BackupKind) -> list[BackupEntry]:
+        """Configuration or file-storage snapshots (``*.tar.gz`` with a manifest)."""
+        location = {
+            BackupKind.CONFIG_SNAPSHOT: self.locations.configuration,
+            BackupKind.STORAGE_SNAPSHOT: self.locations.storage,
+        }[kind]
+        folder = local_path(location)
+        entries = []
+        for path in folder.rglob("*.tar.gz") if folder.is_dir() else []:
+            manifest = _read_json(path.with_name(path.name + SNAPSHOT_MANIFEST_SUFFIX)) or {}
+            size = path.stat().st_size
+            if not manifest:
+                status, reason = Status.UNVERIFIED, "no manifest"
+            elif manifest.get("size_bytes") not in (None, size):
+                status, reason = (
+                    Status.FAILED,
+                    f"size {size} bytes, manifest says {manifest['size_bytes']}",
+                )
+            else:
+                status, reason = _recorded_status(path)
+            entries.append(
+                BackupEntry(
+                    id=str(path.relative_to(folder)),
+                    kind=kind,
+                    path=path,
+                    finished_at=_time(manifest.get("finished_at"))
+                    or datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                    size_bytes=size,
+                    status=status,
+                    reason=reason,
+                    sha256=manifest.get("sha256"),
+                )
+            )
+        return sorted(entries, key=lambda e: e.finished_at, reverse=True)
+
+    def wal_archive(self, since: wal.Segment | None = None) -> wal.ArchiveState:
+        return wal.archive_state(local_path(self.locations.wal_archive), since)
+
+    def newest_restorable_point(self) -> datetime | None:
+        return wal.newest_restorable_point(local_path(self.locations.wal_archive), self.bindir)
+
+    # -- verification -----------------------------------------------------------------
+
+    def verify(self, entry: BackupEntry, *, restore_into: Any = None) -> BackupEntry:
+        """Check an entry now and record the outcome beside it.
+
+        Dumps: size + sha256 against the manifest and a readable table of contents; with
+        ``restore_into`` (an Endpoint), also a real restore into a scratch database with the
+        row counts compared. Base backups: ``pg_verifybackup``. Snapshots: sha256.
+        """
+        if entry.kind is BackupKind.LOGICAL_DUMP:
+            result = dumps.check_dump(entry.path, self.bindir)
+            check = "sha256 + pg_restore --list"
+            if result.ok and restore_into is not None:
+                result = dumps.verify_by_restore(restore_into, entry.path, bindir=self.bindir)
+                check += " + test restore"
+            status, reason = (Status.VERIFIED if result.ok else Status.FAILED), result.reason
+        elif entry.kind is BackupKind.BASE_BACKUP:
+            check = "pg_verifybackup"
+            try:
+                reason = basebackups.verify_base_backup(
+                    entry.path, bindir=self.bindir, os_user=self.os_user
+                )
+                status = Status.VERIFIED
+            except CommandError as exc:
+                status, reason = Status.FAILED, str(exc)
+        else:
+            check = "sha256"
+            digest = dumps.sha256_file(entry.path)
+            if entry.sha256 is None:
+                status, reason = Status.FAILED, "no checksum in the manifest"
+            elif digest != entry.sha256:
+                status, reason = (
+                    Status.FAILED,
+                    f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…",
+                )
+            else:
+                status, reason = Status.VERIFIED, "sha256 matches the manifest"
+        record_verification(entry.path, status, reason, check)
+        log.info("%s %s: %s (%s)", entry.kind, entry.id, status, reason)
+        return replace(entry, status=status, reason=reason)
+
+    # -- picking ----------------------------------------------------------------------
+
+    def newest_dump(
+        self, database: str, *, before: datetime | None = None, backup_id: str = "latest"
+    ) -> BackupEntry:
+        """The newest dump of ``database`` (finished before ``before``) that verifies now."""
+        rejected: list[str] = []
+        for entry in self.dumps(database):
+            if backup_id != "latest" and entry.id != backup_id:
+                continue
+            if before and entry.finished_at > before:
+                rejected.append(f"{entry.id}: finished after {before.isoformat()}")
+                continue
+            if entry.status is Status.FAILED:
+                rejected.append(f"{entry.id}: {entry.reason}")
+                continue
+            checked = self.verify(entry)
+            if checked.status is Status.VERIFIED:
+                return checked
+            rejected.append(f"{entry.id}: {checked.reason}")
+        wanted = "any dump" if backup_id == "latest" else f"dump {backup_id!r}"
+        raise NoUsableBackup(
+            f"no usable {wanted} of {database} in {self.locations.logical}"
+            + (": " + "; ".join(rejected) if rejected else " (none found)")
+        )
+
+    def base_backup_for(self, target: datetime | None) -> tuple[BackupEntry, wal.ArchiveState]:
+        """The newest base backup that verifies now, finished before ``target`` (None =
+        latest), with a continuous WAL archive from its start; and that archive state."""
+        rejected: list[str] = []
+        for entry in self.base_backups():
+            if target and entry.finished_at > target:
+                rejected.append(
+                    f"{entry.id}: finished {entry.finished_at.isoformat()}, after the target"
+                )
+                continue
+            if entry.status is Status.FAILED:
+                rejected.append(f"{entry.id}: {entry.reason}")
+                continue
+            archive = self.wal_archive(
+                since=wal.Segment.from_lsn(entry.start_lsn or "0/0", entry.timeline or 1)
+            )
+            if not archive.continuous:
+                rejected.append(
+                    f"{entry.id}: WAL archive has a gap, missing {', '.join(archive.missing[:5])}"
+                )
+                continue
+            checked = self.verify(entry)
+            if checked.status is Status.VERIFIED:
+                return checked, archive
+            rejected.append(f"{entry.id}: {checked.reason}")
+        raise NoUsableBackup(
+            "no usable base backup"
+            + (f" before {target.isoformat()}" if target else "")
+            + f" in {self.locations.base}"
+            + (": " + "; ".join(rejected) if rejected else " (none found)")
+        )
+
+    def recoverable_window(self) -> tuple[datetime, datetime] | None:
+        """(earliest, latest) times point-in-time recovery can reach, or None.
+
+        Earliest: the end of the oldest non-failed base backup with continuous WAL from its
+        start. Latest: the newest commit in the archive.
+        """
+        latest = self.newest_restorable_point()
+        if latest is None:
+            return None
+        for entry in sorted(self.base_backups(), key=lambda e: e.finished_at):
+            if entry.status is Status.FAILED:
+                continue
+            archive = self.wal_archive(
+                since=wal.Segment.from_lsn(entry.start_lsn or "0/0", entry.timeline or 1)
+            )
+            if archive.continuous:
+                return entry.finished_at, latest
+        return None

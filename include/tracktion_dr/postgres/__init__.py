@@ -1,0 +1,1 @@
+"""PostgreSQL operations: commands, dumps, base backups, the WAL archive."""

@@ -1,0 +1,166 @@
+"""The WAL archive: segment names, continuity, gaps, and the newest restorable point.
+
+A WAL segment file is named ``TTTTTTTTXXXXXXXXYYYYYYYY`` (timeline, log, segment). With the
+default 16 MiB segments there are 0x100 segments per log. Recovery needs every segment from
+a base backup's start to the target: one missing file stops replay there, so a gap is
+reported with the exact missing names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tracktion_dr.postgres.commands import run
+
+SEGMENTS_PER_LOG = 0x100  # 16 MiB segments (the PostgreSQL default, and the sandbox's)
+SEGMENT_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+COMMIT_TIME = re.compile(
+    r"\b(?:COMMIT|ABORT)\b\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (UTC|[A-Z]{3,4}|[+-]\d\d)"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    log: int
+    seg: int
+    timeline: int = field(default=1, compare=False)
+
+    @classmethod
+    def parse(cls, name: str) -> Segment:
+        match = SEGMENT_NAME.match(name)
+        if not match:
+            raise ValueError(f"not a WAL segment file name: {name!r}")
+        timeline, log, seg = (int(part, 16) for part in match.groups())
+        return cls(log, seg, timeline)
+
+    @classmethod
+    def from_lsn(cls, lsn: str, timeline: int = 1) -> Segment:
+        high, low = (int(part, 16) for part in lsn.split("/"))
+        position = (high << 32) | low
+        number = position // (16 * 1024 * 1024)
+        return cls(number // SEGMENTS_PER_LOG, number % SEGMENTS_PER_LOG, timeline)
+
+    @property
+    def number(self) -> int:
+        return self.log * SEGMENTS_PER_LOG + self.seg
+
+    def name(self, timeline: int | None = None) -> str:
+        return f"{timeline or self.timeline:08X}{self.log:08X}{self.seg:08X}"
+
+    def next(self) -> Segment:
+        return Segment.from_number(self.number + 1, self.timeline)
+
+    @classmethod
+    def from_number(cls, number: int, timeline: int = 1) -> Segment:
+        return cls(number // SEGMENTS_PER_LOG, number % SEGMENTS_PER_LOG, timeline)
+
+
+def lsn_to_int(lsn: str) -> int:
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    return (high << 32) | low
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    """What the archive holds between two points."""
+
+    first: str | None  # first segment file name considered
+    last: str | None  # newest segment file name
+    missing: list[str]  # segment names absent between first and last
+    newest_archived_at: datetime | None  # mtime of the newest segment file
+
+    @property
+    def continuous(self) -> bool:
+        return not self.missing
+
+
+def list_segments(archive: Path) -> dict[int, Path]:
+    """Segment number -> file, keeping the highest timeline for each number.
+
+    After a promotion the archive holds the old timeline's segments up to the switch and
+    the new timeline's after it; for replay the highest timeline wins.
+    """
+    found: dict[int, tuple[int, Path]] = {}
+    if not archive.is_dir():
+        return {}
+    for path in archive.iterdir():
+        try:
+            segment = Segment.parse(path.name)
+        except ValueError:
+            continue  # .history, .backup, .partial files
+        current = found.get(segment.number)
+        if current is None or segment.timeline > current[0]:
+            found[segment.number] = (segment.timeline, path)
+    return {number: path for number, (_, path) in found.items()}
+
+
+def archive_state(archive: Path, since: Segment | None = None) -> ArchiveState:
+    """Continuity of the archive from ``since`` (default: its oldest file) to its newest."""
+    segments = list_segments(archive)
+    if not segments:
+        return ArchiveState(None, None, [f"(no WAL segments in {archive})"], None)
+    start = since.number if since else min(segments)
+    end = max(segments)
+    timeline_of = {n: Segment.parse(p.name).timeline for n, p in segments.items()}
+    missing: list[str] = []
+    last_timeline = since.timeline if since else timeline_of[min(segments)]
+    for number in range(start, end + 1):
+        if number in segments:
+            last_timeline = timeline_of[number]
+        else:
+            missing.append(Segment.from_number(number).name(last_timeline))
+    newest = segments[end]
+    return ArchiveState(
+        first=Segment.from_number(start).name(timeline_of.get(start, last_timeline)),
+        last=newest.name,
+        missing=missing,
+        newest_archived_at=datetime.fromtimestamp(newest.stat().st_mtime, UTC),
+    )
+
+
+def last_commit_time(segment_file: Path, bindir: Path) -> datetime | None:
+    """The newest COMMIT/ABORT timestamp recorded in one WAL segment (via pg_waldump)."""
+    result = run(
+        [str(bindir / "pg_waldump"), "--rmgr=Transaction", str(segment_file)],
+        what=f"pg_waldump {segment_file.name}",
+        env={**os.environ, "TZ": "UTC"},  # pg_waldump prints times in its own zone
+        check=False,
+        timeout=120,
+    )
+    # pg_waldump exits non-zero at the end of a segment whose last record continues in the
+    # next file; the records it printed are still valid.
+    times = [
+        _parse_commit_time(m.group(1), m.group(2)) for m in COMMIT_TIME.finditer(result.stdout)
+    ]
+    return max(times) if times else None
+
+
+def newest_restorable_point(archive: Path, bindir: Path) -> datetime | None:
+    """The newest commit time that replaying the archive can reach.
+
+    Looks back through the newest segments until one holds a commit (an idle server
+    archives segments with no transactions in them).
+    """
+    segments = list_segments(archive)
+    for number in sorted(segments, reverse=True)[:8]:
+        moment = last_commit_time(segments[number], bindir)
+        if moment is not None:
+            return moment
+    return None
+
+
+def _parse_commit_time(text: str, zone: str) -> datetime:
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+    moment = datetime.strptime(text, fmt)
+    if zone != "UTC":
+        raise ValueError(f"pg_waldump printed a non-UTC time zone {zone!r}: set TZ=UTC")
+    return moment.replace(tzinfo=UTC)
+
+
+def segment_names(segments: Iterable[Segment]) -> list[str]:
+    return [s.name() for s in segments]
