@@ -223,7 +223,8 @@ def test_initial_dump_matches_manifest_and_restores(sandbox: Any) -> None:
 def test_initial_base_backup_passes_pg_verifybackup(sandbox: Any) -> None:
     base = newest(sandbox.layout.base_backups, "base_*", directory=True)
     info = json.loads(base.with_name(base.name + ".backup_info.json").read_text())
-    assert info["verified"] is True and info["timeline"] >= 1
+    verification = json.loads(base.with_name(base.name + ".verification.json").read_text())
+    assert verification["status"] == "verified" and info["timeline"] >= 1
     assert info["start_lsn"] and info["stop_lsn"]
     result = subprocess.run(
         [str(pg.find_bindir() / "pg_verifybackup"), str(base)], capture_output=True, text=True

@@ -194,8 +194,6 @@ class Catalog:
                 )
                 continue
             status, reason = _recorded_status(path)
-            if status is Status.UNVERIFIED and info.get("verified") is True:
-                status, reason = Status.VERIFIED, "verified when taken"
             entries.append(
                 BackupEntry(
                     id=path.name,
