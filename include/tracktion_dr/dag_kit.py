@@ -19,7 +19,8 @@ Airflow-facing on purpose (this module and ``dag_support`` are the only ones tha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -240,12 +241,13 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
     """The guard's first check, shared by every DAG: the common params, resolved."""
     from tracktion_dr.incident import resolve_incident
 
-    incident = resolve_incident(
-        context["params"],
-        run_started_at=context["dag_run"].start_date or datetime.now(UTC),
-        known_environments=sorted(plan.environments),
-        plan_name=plan.name,
-    )
+    with refusing_bad_input():
+        incident = resolve_incident(
+            context["params"],
+            run_started_at=context["dag_run"].start_date or datetime.now(UTC),
+            known_environments=sorted(plan.environments),
+            plan_name=plan.name,
+        )
     log.info(
         "incident %s, environment %s, clock started %s%s",
         incident.incident_id,
@@ -254,3 +256,18 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
         " (DRY RUN: nothing will be touched)" if incident.dry_run else "",
     )
     return incident.as_dict()
+
+
+@contextmanager
+def refusing_bad_input() -> Iterator[None]:
+    """Turn a refusal (bad input, no usable backup, target busy) into a failure that is not
+    retried: trying again cannot make a wrong input right, and it delays the operator."""
+    from tracktion_dr.backups.catalog import NoUsableBackup
+    from tracktion_dr.incident import InvalidInput
+    from tracktion_dr.locks import TargetBusy
+
+    try:
+        yield
+    except (InvalidInput, NoUsableBackup, TargetBusy) as exc:
+        log.error("refused, nothing was touched: %s", exc)
+        raise AirflowFailException(f"refused, nothing was touched: {exc}") from None

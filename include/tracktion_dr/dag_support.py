@@ -8,7 +8,7 @@ connection lookups happen inside task execution.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Connection, Param
 from psycopg.conninfo import make_conninfo
@@ -16,6 +16,9 @@ from psycopg.conninfo import make_conninfo
 from tracktion_dr.incident import INCIDENT_ID_PATTERN
 from tracktion_dr.plan import Controller, Plan
 from tracktion_dr.services.base import ServiceController
+
+if TYPE_CHECKING:
+    from tracktion_dr.postgres.commands import Endpoint
 
 OWNER = "sre"
 DEFAULT_ARGS: dict[str, Any] = {
@@ -102,4 +105,18 @@ def controller(spec: Controller) -> ServiceController:
         )
     raise NotImplementedError(
         f"the {spec.kind} controller is not available yet (tracked in the service recovery issue)"
+    )
+
+
+def endpoint(conn_id: str) -> Endpoint:
+    """The connection as a PostgreSQL endpoint (password inside: never log or return it)."""
+    from tracktion_dr.postgres.commands import Endpoint
+
+    connection = Connection.get(conn_id)
+    return Endpoint(
+        host=connection.host or "127.0.0.1",
+        port=int(connection.port or 5432),
+        user=connection.login or "postgres",
+        password=connection.password or "",
+        dbname=connection.schema or "postgres",
     )

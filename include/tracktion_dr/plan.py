@@ -204,6 +204,8 @@ class Cluster(_Model):
     os_user: str = "postgres"
     replica_conn_id: ConnId | None = None
     replica_data_directory: str | None = None
+    # A replication-capable role on the primary (base backups, re-seeding the standby).
+    replication_conn_id: ConnId | None = None
 
 
 class Database(_Model):
@@ -296,6 +298,30 @@ class Environment(_Model):
     external_dependencies: dict[str, ExternalDependency] = {}
     load_balancer: LoadBalancer | None = None
     probe_timeout: Duration = timedelta(seconds=5)
+
+    def dependents_of(self, name: str) -> list[str]:
+        """Services that depend on ``name`` (a service, database or storage area), directly
+        or through other services, in the order they can be started."""
+        affected: set[str] = set()
+        frontier = {name}
+        while frontier:
+            found = {
+                s for s, spec in self.services.items() if set(spec.depends_on) & frontier
+            } - affected
+            affected |= found
+            frontier = found
+        return self.start_order(affected)
+
+    def start_order(self, services: set[str] | list[str]) -> list[str]:
+        """``services`` ordered so every service starts after the services it depends on
+        (the plan is validated acyclic); ties keep the plan's order."""
+        wanted = [s for s in self.services if s in set(services)]
+        ordered: list[str] = []
+        while wanted:
+            ready = [s for s in wanted if not (set(self.services[s].depends_on) & set(wanted))]
+            ordered.extend(ready)
+            wanted = [s for s in wanted if s not in ready]
+        return ordered
 
 
 class Plan(_Model):

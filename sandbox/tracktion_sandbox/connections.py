@@ -35,6 +35,14 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
         "tracktion_pg_primary": postgres(L.PRIMARY_PORT, L.APP_DATABASE),
         "tracktion_pg_replica": postgres(L.REPLICA_PORT, L.APP_DATABASE),
         "dr_ledger": postgres(L.OPS_PORT, L.LEDGER_DATABASE),
+        "tracktion_pg_replication": {
+            "conn_type": "postgres",
+            "host": L.HOST,
+            "port": L.PRIMARY_PORT,
+            "login": L.REPLICATION_USER,
+            "password": secrets.replication_password,
+            "schema": "postgres",
+        },
         "tracktion_supervisor": {
             "conn_type": "http",
             "host": L.HOST,

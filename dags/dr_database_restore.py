@@ -1,0 +1,337 @@
+"""
+### DR database restore (full restore from a logical dump)
+
+The seed's "full" database recovery, made safe: **restore beside, validate, then swap.**
+The live database is never dropped; it is kept as `<db>_pre_<incident>`.
+
+1. **guard** — checks everything before touching anything: the database is in the plan,
+   the typed confirmation (`RESTORE <database>`) on production, the backup exists and
+   verifies *now* (size, sha256, table of contents), enough disk, and no other destructive
+   run holds the database. A dry run stops here after printing every action.
+2. **stop_services** — the services that depend on the database (from the plan).
+3. **restore_beside** — `pg_restore -j N` into `<db>_restore_<incident>`.
+4. **validate_restored** — table set vs the dump's table of contents, row counts vs the
+   manifest, foreign-key orphans (anti-join), duplicate primary keys, the seed's business
+   rules, `pg_amcheck`. Any failure stops here: nothing swapped.
+5. **swap** — sessions ended, then `<db>` → `<db>_pre_<incident>`, restored → `<db>`.
+6. **start_services**, then the **RTO gates** (database accepts connections, services
+   healthy, functional checks) — each waits only for what is left of the tier's RTO.
+7. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
+
+`mode=in_place` renames the live database aside first and restores under its name (put back
+if validation fails). Clear any task to re-run it: every step is idempotent per incident.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airflow.sdk import Param, dag, task
+
+from tracktion_dr.dag_kit import (
+    RtoGate,
+    now_iso,
+    raise_for_outcome,
+    record_timeline,
+    refusing_bad_input,
+    step_event,
+)
+from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
+from tracktion_dr.plan import load_plan
+
+log = logging.getLogger(__name__)
+
+PLAN = load_plan()
+DATABASES = sorted({name for env in PLAN.environments.values() for name in env.databases})
+
+
+@dag(
+    dag_id="dr_database_restore",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["dr", "scenario", "database"],
+    default_args=DEFAULT_ARGS,
+    params={
+        "database": Param(
+            type="string",
+            enum=DATABASES,
+            title="Database",
+            description="The database to restore (from the DR plan).",
+            section="Restore",
+        ),
+        "backup": Param(
+            "latest",
+            type="string",
+            title="Backup",
+            description="'latest' (newest dump that verifies now) or a dump id such as tracktion_20261126T012107Z.dump.",
+            section="Restore",
+        ),
+        "mode": Param(
+            "side_by_side",
+            type="string",
+            enum=["side_by_side", "in_place"],
+            title="Mode",
+            description="side_by_side: restore beside the live database, validate, then swap by rename. "
+            "in_place: rename the live database aside first, restore under its name.",
+            section="Restore",
+        ),
+        "jobs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=64,
+            title="Parallel jobs",
+            description="pg_restore -j N. Empty: the plan's restore_jobs for the database.",
+            section="Restore",
+        ),
+        "confirm": Param(
+            "",
+            type="string",
+            title="Confirmation",
+            description="Type RESTORE <database> (e.g. RESTORE tracktion). Required in production.",
+            section="Restore",
+        ),
+        **common_params(PLAN, environment_default=None),
+    },
+    doc_md=__doc__,
+)
+def dr_database_restore():
+    @task
+    def guard(**context) -> dict:
+        from tracktion_dr import ledger, locks
+        from tracktion_dr.dag_kit import open_incident
+        from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.database_recovery import guard_restore
+
+        incident = open_incident(context, PLAN)
+        with refusing_bad_input():
+            restore_plan = guard_restore(PLAN, incident, context["params"])
+        log.info(
+            "plan of actions%s:\n%s",
+            " (DRY RUN)" if incident["dry_run"] else "",
+            "\n".join(f"  {i}. {a}" for i, a in enumerate(restore_plan["actions"], 1)),
+        )
+        if not incident["dry_run"]:
+            with refusing_bad_input():
+                locks.acquire(
+                    conninfo(ledger.LEDGER_CONN_ID),
+                    [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"],
+                    incident_id=incident["incident_id"],
+                    dag_id=context["ti"].dag_id,
+                    run_id=context["ti"].run_id,
+                )
+        return {**incident, **restore_plan, "rto_seconds": restore_plan["rto_seconds"]}
+
+    @task
+    def stop_services(run: dict) -> dict:
+        from tracktion_dr.dag_support import controller
+        from tracktion_dr.database_recovery import stop_services as stop
+
+        started = now_iso()
+        if run["dry_run"]:
+            return {"event": step_event("stop_services", started, "skipped", "dry run")}
+        detail = stop(PLAN.environment(run["environment"]), run["services"], controller)
+        return {"event": step_event("stop_services", started, detail=detail)}
+
+    @task
+    def restore_beside(run: dict) -> dict:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target, restore_step
+
+        started = now_iso()
+        if run["dry_run"]:
+            return {"event": step_event("restore_beside", started, "skipped", "dry run")}
+        environment = PLAN.environment(run["environment"])
+        target = database_target(environment, run["database"])
+        admin = endpoint(target.cluster.conn_id)
+        detail = restore_step(admin, run, owner=None)
+        return {"event": step_event("restore_beside", started, detail=detail)}
+
+    @task
+    def validate_restored(run: dict) -> dict:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target
+        from tracktion_dr.database_recovery import validate_restored as validate
+
+        started = now_iso()
+        if run["dry_run"]:
+            return {"event": step_event("validate_restored", started, "skipped", "dry run")}
+        target = database_target(PLAN.environment(run["environment"]), run["database"])
+        report = validate(endpoint(target.cluster.conn_id), run, Path(target.cluster.bin_dir))
+        if not report["ok"]:
+            raise RuntimeError(
+                "restored database failed validation, nothing swapped: "
+                + "; ".join(report["problems"][:8])
+            )
+        return {
+            "event": step_event("validate_restored", started, detail="all integrity checks passed"),
+            "report": report,
+        }
+
+    @task
+    def swap(run: dict) -> dict:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target
+        from tracktion_dr.postgres.restore import swap_in
+
+        started = now_iso()
+        if run["dry_run"] or run["mode"] == "in_place":
+            return {
+                "event": step_event(
+                    "swap",
+                    started,
+                    "skipped",
+                    "dry run" if run["dry_run"] else "in place: nothing to swap",
+                )
+            }
+        target = database_target(PLAN.environment(run["environment"]), run["database"])
+        result = swap_in(endpoint(target.cluster.conn_id), run["database_name"], run["tag"])
+        return {
+            "event": step_event(
+                "swap",
+                started,
+                detail=f"{result['live']} is the restored copy; the old one is kept as {result['kept_as']}",
+            )
+        }
+
+    @task(trigger_rule="all_done")
+    def start_services(**context) -> dict:
+        """Runs even when a step after stop_services failed: the services go back up (on
+        the old database if nothing was swapped) - a failed recovery must not leave
+        things worse than it found them."""
+        from tracktion_dr.dag_support import controller
+        from tracktion_dr.database_recovery import start_services as start
+
+        started = now_iso()
+        run = context["ti"].xcom_pull(task_ids="guard")
+        if run is None or context["ti"].xcom_pull(task_ids="stop_services") is None:
+            return {
+                "event": step_event("start_services", started, "skipped", "nothing was stopped")
+            }
+        if run["dry_run"]:
+            return {"event": step_event("start_services", started, "skipped", "dry run")}
+        detail = start(PLAN.environment(run["environment"]), run["services"], controller)
+        return {"event": step_event("start_services", started, detail=detail)}
+
+    def database_accepts(run: dict) -> tuple[bool, str]:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target
+        from tracktion_dr.probes import ProbeFailure, postgres_ready
+
+        target = database_target(PLAN.environment(run["environment"]), run["database"])
+        try:
+            return True, postgres_ready(
+                endpoint(target.cluster.conn_id).conninfo(run["database_name"])
+            )(5)
+        except ProbeFailure as exc:
+            return False, str(exc)
+
+    def services_healthy(run: dict) -> tuple[bool, str]:
+        from tracktion_dr.checks import service_health
+
+        return service_health(PLAN.environment(run["environment"]), run["services"])
+
+    def functional(run: dict) -> tuple[bool, str]:
+        from tracktion_dr.checks import functional_checks
+
+        return functional_checks(PLAN.environment(run["environment"]), run["services"])
+
+    @task
+    def measure_data_loss(run: dict) -> dict:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target
+        from tracktion_dr.postgres.measure import canary_data_loss
+
+        started = now_iso()
+        if run["dry_run"]:
+            return {
+                "event": step_event("measure_data_loss", started, "skipped", "dry run"),
+                "data_loss": None,
+            }
+        target = database_target(PLAN.environment(run["environment"]), run["database"])
+        loss = canary_data_loss(
+            endpoint(target.cluster.conn_id).conninfo(run["database_name"]),
+            datetime.fromisoformat(run["started_at"]),
+        )
+        detail = f"{loss.seconds}s of writes lost ({loss.method}; newest surviving {loss.newest_surviving_write})"
+        return {
+            "event": step_event("measure_data_loss", started, detail=detail),
+            "data_loss": loss.as_dict(),
+        }
+
+    @task(trigger_rule="all_done", retries=0)
+    def record(**context) -> dict:
+        from tracktion_dr import ledger, locks
+        from tracktion_dr.dag_support import conninfo
+
+        run = context["ti"].xcom_pull(task_ids="guard")
+        if run is None:  # the guard refused: nothing was touched, nothing to record
+            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
+        loss = (context["ti"].xcom_pull(task_ids="measure_data_loss") or {}).get("data_loss") or {}
+        timeline = record_timeline(
+            context,
+            incident=run,
+            rto_target_seconds=run["rto_seconds"],
+            rpo_target_seconds=run["rpo_seconds"],
+            data_loss_seconds=loss.get("seconds"),
+            backup_used=run["backup"]["id"],
+            details={
+                "database": run["database"],
+                "mode": run["mode"],
+                "kept_as": run["kept_as"],
+                "data_loss": loss,
+            },
+        )
+        locks.release(
+            conninfo(ledger.LEDGER_CONN_ID),
+            dag_id=context["ti"].dag_id,
+            run_id=context["ti"].run_id,
+        )
+        return timeline
+
+    @task(retries=0)
+    def notify_outcome(timeline: dict, **context) -> dict:
+        from tracktion_dr.dag_kit import outcome_message
+        from tracktion_dr.notify.delivery import deliver
+
+        run = context["ti"].xcom_pull(task_ids="guard")
+        if run is None or not run["notify"] or timeline.get("refused"):
+            return {"sent": [], "failed": {}}
+        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
+
+    @task(retries=0)
+    def verdict(timeline: dict) -> None:
+        raise_for_outcome(timeline)
+
+    run = guard()
+    stopped = stop_services(run)
+    restored = restore_beside(run)
+    validated = validate_restored(run)
+    swapped = swap(run)
+    started = start_services()
+    stopped >> restored >> validated >> swapped >> started
+    gate_database = RtoGate(
+        task_id="gate_database_accepts", check=database_accepts, incident=run, plan=PLAN
+    )
+    gate_services = RtoGate(
+        task_id="gate_services_healthy", check=services_healthy, incident=run, plan=PLAN
+    )
+    gate_functional = RtoGate(
+        task_id="gate_functional_checks", check=functional, incident=run, plan=PLAN
+    )
+    swapped >> gate_database
+    [swapped, started] >> gate_services
+    [gate_database, gate_services] >> gate_functional
+    loss = measure_data_loss(run)
+    gate_functional >> loss
+    timeline = record()
+    loss >> timeline
+    notify_outcome(timeline)
+    verdict(timeline)
+
+
+dr_database_restore()
