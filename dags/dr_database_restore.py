@@ -148,7 +148,7 @@ def dr_database_restore():
         environment = PLAN.environment(run["environment"])
         target = database_target(environment, run["database"])
         admin = endpoint(target.cluster.conn_id)
-        detail = restore_step(admin, run, owner=None)
+        detail = restore_step(admin, run)
         return {"event": step_event("restore_beside", started, detail=detail)}
 
     @task
@@ -256,8 +256,10 @@ def dr_database_restore():
         loss = canary_data_loss(
             endpoint(target.cluster.conn_id).conninfo(run["database_name"]),
             datetime.fromisoformat(run["started_at"]),
+            fallback=datetime.fromisoformat(run["backup"]["started_at"]),
+            fallback_method="the dump's snapshot time",
         )
-        detail = f"{loss.seconds}s of writes lost ({loss.method}; newest surviving {loss.newest_surviving_write})"
+        detail = loss.describe()
         return {
             "event": step_event("measure_data_loss", started, detail=detail),
             "data_loss": loss.as_dict(),

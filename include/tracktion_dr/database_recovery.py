@@ -150,9 +150,25 @@ def guard_restore(plan: Plan, incident: dict[str, Any], params: dict[str, Any]) 
     }
 
 
-def restore_step(admin: Endpoint, restore_plan: dict[str, Any], owner: str | None) -> str:
+def database_owner(admin: Endpoint, database: str) -> str | None:
+    import psycopg
+
+    with psycopg.connect(admin.conninfo("postgres"), connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def restore_step(admin: Endpoint, restore_plan: dict[str, Any]) -> str:
     dump = Path(restore_plan["backup"]["path"])
     database, tag, jobs = restore_plan["database_name"], restore_plan["tag"], restore_plan["jobs"]
+    # The restored copy gets the live database's owner (or, if the live one is gone or
+    # already moved aside by an earlier attempt, the kept copy's).
+    owner = database_owner(admin, database) or database_owner(
+        admin, restore.aside_name(database, tag)
+    )
     if restore_plan["mode"] == "side_by_side":
         name = restore.restore_beside(admin, dump, database, tag, jobs=jobs, owner=owner)
         return f"restored {dump.name} into {name} beside {database}"

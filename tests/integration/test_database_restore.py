@@ -130,5 +130,17 @@ def test_full_restore_side_by_side(sandbox):
     timeline = task_result(dag_run, "record")
     assert timeline["outcome"] == "succeeded" and timeline["rto_achieved_seconds"] is not None
     assert timeline["data_loss_seconds"] is not None and timeline["data_loss_seconds"] > 0
+    with psycopg.connect(admin().conninfo("postgres"), connect_timeout=10) as conn:
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'tracktion'"
+        ).fetchone()[0]
+    assert owner == "tracktion", "the services' role owns the restored database, as before"
+    with psycopg.connect(
+        endpoint("tracktion_pg_primary").conninfo("tracktion"), connect_timeout=10
+    ) as conn:
+        tables_owned = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'tracktion'"
+        ).fetchone()[0]
+    assert tables_owned == 3
     gates = [e["name"] for e in timeline["events"] if e["kind"] == "gate"]
     assert gates == ["gate_database_accepts", "gate_services_healthy", "gate_functional_checks"]

@@ -204,12 +204,13 @@ def restore_dump(
         if owner:
             statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
         conn.execute(statement)
+    # Ownership and grants are restored as dumped (we connect as a superuser): the
+    # services' role must own and reach its tables exactly as before.
     run(
         [
             str(bindir / "pg_restore"),
             f"--jobs={jobs}",
             "--exit-on-error",
-            "--no-owner" if not owner else f"--role={owner}",
             f"--dbname={target_database}",
             *endpoint.client_args(),
             str(dump),

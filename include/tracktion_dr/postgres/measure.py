@@ -35,28 +35,37 @@ class DataLoss:
 
 
 def canary_data_loss(
-    conninfo: str, incident_at: datetime, *, fallback: datetime | None = None, fallback_method: str = ""
+    conninfo: str,
+    incident_at: datetime,
+    *,
+    fallback: datetime | None = None,
+    fallback_method: str = "",
 ) -> DataLoss:
     """Data loss from the newest surviving pre-incident heartbeat; when none survived (the
     backup predates the canary), from ``fallback`` - the newest point the backup is known
     to contain (a dump's snapshot time, the last replayed commit)."""
+
+    def from_fallback(why: str) -> DataLoss:
+        if fallback is None:
+            return DataLoss(incident_at.isoformat(), None, None, why)
+        return DataLoss(
+            incident_at.isoformat(),
+            fallback.isoformat(),
+            round((incident_at - fallback).total_seconds(), 3),
+            f"{fallback_method} ({why})",
+        )
+
     with psycopg.connect(conninfo, connect_timeout=10) as conn:
         exists = conn.execute(
             "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (CANARY_TABLE,)
         ).fetchone()[0]  # type: ignore[index]
         if not exists:
-            if fallback is not None:
-            return DataLoss(
-                incident_at.isoformat(), fallback.isoformat(), round((incident_at - fallback).total_seconds(), 3), fallback_method
-            )
-        return DataLoss(incident_at.isoformat(), None, None, "no canary table")
+            return from_fallback("no canary table")
         newest = conn.execute(
             "SELECT max(written_at) FROM dr_canary.heartbeat WHERE written_at <= %s", (incident_at,)
         ).fetchone()[0]  # type: ignore[index]
     if newest is None:
-        return DataLoss(
-            incident_at.isoformat(), None, None, "canary: no heartbeat before the incident survived"
-        )
+        return from_fallback("no canary heartbeat from before the incident survived")
     return DataLoss(
         incident_at.isoformat(),
         newest.isoformat(),
