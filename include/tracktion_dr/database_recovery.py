@@ -317,3 +317,35 @@ def start_services(environment: Environment, services: list[str], controller_for
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+ARCHIVE_WAIT_SECONDS = 30
+
+
+def salvage_current_wal(admin: Endpoint) -> str:
+    """If the primary still answers, switch out its current WAL segment and wait until it
+    is archived, so recovery can replay the newest commits. Read-only for the data."""
+    import time
+
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            admin.conninfo("postgres"), connect_timeout=3, autocommit=True
+        ) as conn:
+            if conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                return "server is in recovery: no WAL to salvage"
+            segment = conn.execute(
+                "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())"
+            ).fetchone()[0]  # type: ignore[index]
+            deadline = time.monotonic() + ARCHIVE_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                archived = conn.execute(
+                    "SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver"
+                ).fetchone()[0]  # type: ignore[index]
+                if archived and archived >= segment:
+                    return f"salvaged: WAL up to {segment} is archived"
+                time.sleep(0.5)
+            return f"WAL segment {segment} was not archived within {ARCHIVE_WAIT_SECONDS}s (see pg_stat_archiver)"
+    except psycopg.OperationalError:
+        return "the primary does not answer: recovering from what the archive already holds"

@@ -215,6 +215,22 @@ def write_recovery_settings(
     (data_directory / "standby.signal").unlink(missing_ok=True)
 
 
+def clear_recovery_settings(data_directory: Path) -> bool:
+    """Remove our recovery block from ``postgresql.auto.conf`` once the server promoted.
+
+    Harmless on a primary, but a standby cloned from it would inherit the old target and
+    stop replaying there; and a later PITR must start from a clean file. True if removed.
+    """
+    auto_conf = data_directory / "postgresql.auto.conf"
+    if not auto_conf.exists():
+        return False
+    text = auto_conf.read_text()
+    if RECOVERY_MARKER not in text:
+        return False
+    auto_conf.write_text(text.split(RECOVERY_MARKER)[0].rstrip("\n") + "\n")  # keeps owner and mode
+    return True
+
+
 def _conf_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "''")
 

@@ -15,7 +15,12 @@ from pathlib import Path
 import psycopg
 
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint, chown_tree, run
-from tracktion_dr.postgres.pitr import ClusterPaths, start_server, stop_server
+from tracktion_dr.postgres.pitr import (
+    ClusterPaths,
+    clear_recovery_settings,
+    start_server,
+    stop_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ def reseed_replica(
         what="pg_basebackup for the new standby",
         env=primary_replication.client_env(),
     )
+    clear_recovery_settings(staging)  # the primary's own recovery target is not the standby's
     with (staging / "postgresql.auto.conf").open("a") as conf:
         conf.write(f"port = '{int(replica_port)}'\n")
     staging.chmod(0o700)
