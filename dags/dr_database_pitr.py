@@ -109,12 +109,29 @@ def dr_database_pitr():
     def guard(**context) -> dict:
         from tracktion_dr import ledger, locks
         from tracktion_dr.dag_support import conninfo, endpoint
-        from tracktion_dr.database_recovery import cluster_target, guard_pitr, salvage_current_wal
+        from tracktion_dr.database_recovery import (
+            check_confirmation,
+            cluster_target,
+            guard_pitr,
+            salvage_current_wal,
+        )
+        from tracktion_dr.postgres.pitr import parse_target
 
         incident = open_incident(context, PLAN)
         environment = PLAN.environment(incident["environment"])
         with refusing_bad_input():
             cluster = cluster_target(environment, context["params"].get("cluster"))
+            check_confirmation(
+                incident["environment"],
+                environment,
+                context["params"]["cluster"],
+                context["params"].get("confirm"),
+            )
+            parse_target(
+                context["params"].get("target_type") or "",
+                context["params"].get("target"),
+                window=None,
+            )
         if not incident["dry_run"]:
             log.info(salvage_current_wal(endpoint(cluster.conn_id)))
         with refusing_bad_input():

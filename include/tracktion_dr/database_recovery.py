@@ -218,6 +218,8 @@ def guard_pitr(
     )
     catalog = catalog_for(environment, cluster)
     window = catalog.recoverable_window()
+    if window is None:
+        raise InvalidInput("target", f"nothing can be recovered: {catalog.why_no_window()}")
     target = pitr.parse_target(
         params.get("target_type") or "", params.get("target"), window=window, now=now
     )

@@ -351,6 +351,24 @@ class Catalog:
             + (": " + "; ".join(rejected) if rejected else " (none found)")
         )
 
+    def why_no_window(self) -> str:
+        """Why ``recoverable_window`` is None, per base backup, for the guard's message."""
+        if self.newest_restorable_point() is None:
+            return f"no commit found in the WAL archive {self.locations.wal_archive}"
+        reasons = []
+        for entry in self.base_backups():
+            if entry.status is Status.FAILED:
+                reasons.append(f"{entry.id}: {entry.reason}")
+                continue
+            archive = self.wal_archive(
+                since=wal.Segment.from_lsn(entry.start_lsn or "0/0", entry.timeline or 1)
+            )
+            if not archive.continuous:
+                reasons.append(
+                    f"{entry.id}: WAL archive has a gap, missing {', '.join(archive.missing[:5])}"
+                )
+        return "; ".join(reasons) or f"no base backup in {self.locations.base}"
+
     def recoverable_window(self) -> tuple[datetime, datetime] | None:
         """(earliest, latest) times point-in-time recovery can reach, or None.
 

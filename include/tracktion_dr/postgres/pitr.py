@@ -75,7 +75,10 @@ def parse_target(
     window: tuple[datetime, datetime] | None,
     now: datetime | None = None,
 ) -> RecoveryTarget:
-    """Check the target before anything is touched; the message shows the window."""
+    """Check the target before anything is touched; the message shows the window.
+
+    With ``window=None`` only the form is checked (type, syntax, zone, not in the future):
+    the cheap check a guard runs before it looks at the archive."""
     now = now or datetime.now(UTC)
     value = (value or "").strip()
     if target_type not in TARGET_TYPES:
@@ -83,10 +86,8 @@ def parse_target(
     window_text = (
         f"recoverable window is {window[0].isoformat()} .. {window[1].isoformat()}"
         if window
-        else "no recoverable window (no usable base backup with continuous WAL)"
+        else "the recoverable window is checked next"
     )
-    if window is None:
-        raise InvalidInput("target", window_text)
     if target_type in ("latest", "immediate"):
         return RecoveryTarget(target_type)  # type: ignore[arg-type]
     if not value:
@@ -100,11 +101,11 @@ def parse_target(
             raise InvalidInput("target", f"{value!r} has no time zone; add Z or +HH:MM")
         if moment > now:
             raise InvalidInput("target", f"{value} is in the future; {window_text}")
-        if moment < window[0]:
+        if window and moment < window[0]:
             raise InvalidInput(
                 "target", f"{value} is before the oldest usable base backup ended; {window_text}"
             )
-        if moment > window[1]:
+        if window and moment > window[1]:
             raise InvalidInput(
                 "target", f"{value} is after the newest archived commit; {window_text}"
             )

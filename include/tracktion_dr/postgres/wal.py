@@ -80,43 +80,98 @@ class ArchiveState:
 
 
 def list_segments(archive: Path) -> dict[int, Path]:
-    """Segment number -> file, keeping the highest timeline for each number.
+    """Segment number -> file on the latest timeline's path (see ``timeline_of_segment``).
 
-    After a promotion the archive holds the old timeline's segments up to the switch and
-    the new timeline's after it; for replay the highest timeline wins.
+    After promotions the archive holds several timelines; replay with
+    ``recovery_target_timeline = 'latest'`` follows the newest timeline's history, so
+    that is the file each segment number resolves to (when it exists).
     """
-    found: dict[int, tuple[int, Path]] = {}
+    files = segment_files(archive)
+    chain = timeline_chain(archive)
+    resolved: dict[int, Path] = {}
+    for number in {n for n, _ in files}:
+        path = files.get((number, timeline_of_segment(chain, number)))
+        if path is not None:
+            resolved[number] = path
+    return resolved
+
+
+def segment_files(archive: Path) -> dict[tuple[int, int], Path]:
+    """(segment number, timeline) -> file, for every WAL segment file in the archive."""
+    found: dict[tuple[int, int], Path] = {}
     if not archive.is_dir():
-        return {}
+        return found
     for path in archive.iterdir():
         try:
             segment = Segment.parse(path.name)
         except ValueError:
             continue  # .history, .backup, .partial files
-        current = found.get(segment.number)
-        if current is None or segment.timeline > current[0]:
-            found[segment.number] = (segment.timeline, path)
-    return {number: path for number, (_, path) in found.items()}
+        found[(segment.number, segment.timeline)] = path
+    return found
+
+
+def latest_timeline(archive: Path) -> int:
+    timelines = [
+        int(p.name[:8], 16)
+        for p in archive.glob("*.history")
+        if re.fullmatch(r"[0-9A-F]{8}\.history", p.name)
+    ]
+    timelines += [timeline for _, timeline in segment_files(archive)]
+    return max(timelines, default=1)
+
+
+def timeline_chain(archive: Path, timeline: int | None = None) -> list[tuple[int, int | None]]:
+    """The timelines replay walks to reach ``timeline`` (default: the latest), each with the
+    LSN (as an int) where it was left for the next one; the last one has no end.
+
+    Read from ``<TLI>.history`` (lines: parent timeline, switch LSN, reason).
+    """
+    target = timeline or latest_timeline(archive)
+    history = archive / f"{target:08X}.history"
+    chain: list[tuple[int, int | None]] = []
+    if history.exists():
+        for line in history.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].isdigit() and "/" in parts[1]:
+                chain.append((int(parts[0]), lsn_to_int(parts[1])))
+    chain.append((target, None))
+    return chain
+
+
+def timeline_of_segment(chain: list[tuple[int, int | None]], number: int) -> int:
+    """Which timeline's file replay reads for segment ``number``: the segment holding a
+    switch point is read from the *new* timeline (it carries the old one's WAL up to it)."""
+    for timeline, end in chain:
+        if end is not None and number < end // SEGMENT_BYTES:
+            return timeline
+    return chain[-1][0]
+
+
+SEGMENT_BYTES = 16 * 1024 * 1024
 
 
 def archive_state(archive: Path, since: Segment | None = None) -> ArchiveState:
-    """Continuity of the archive from ``since`` (default: its oldest file) to its newest."""
-    segments = list_segments(archive)
-    if not segments:
+    """Continuity of the archive, along the latest timeline's history, from ``since``
+    (default: the oldest segment) to the newest segment; missing files named exactly."""
+    files = segment_files(archive)
+    if not files:
         return ArchiveState(None, None, [f"(no WAL segments in {archive})"], None)
-    start = since.number if since else min(segments)
-    end = max(segments)
-    timeline_of = {n: Segment.parse(p.name).timeline for n, p in segments.items()}
-    missing: list[str] = []
-    last_timeline = since.timeline if since else timeline_of[min(segments)]
-    for number in range(start, end + 1):
-        if number in segments:
-            last_timeline = timeline_of[number]
-        else:
-            missing.append(Segment.from_number(number).name(last_timeline))
-    newest = segments[end]
+    chain = timeline_chain(archive)
+    on_path = list_segments(archive)
+    if not on_path:
+        return ArchiveState(
+            None, None, [f"(no WAL segment of timeline {chain[-1][0]} in {archive})"], None
+        )
+    start = since.number if since else min(on_path)
+    end = max(on_path)
+    missing = [
+        Segment.from_number(number).name(timeline_of_segment(chain, number))
+        for number in range(start, end + 1)
+        if number not in on_path
+    ]
+    newest = on_path[end]
     return ArchiveState(
-        first=Segment.from_number(start).name(timeline_of.get(start, last_timeline)),
+        first=Segment.from_number(start).name(timeline_of_segment(chain, start)),
         last=newest.name,
         missing=missing,
         newest_archived_at=datetime.fromtimestamp(newest.stat().st_mtime, UTC),
