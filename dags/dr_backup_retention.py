@@ -4,8 +4,8 @@
 Schedule: the plan's `backup_schedule.retention` (default daily 07:00 UTC).
 
 Per group (each database's dumps, base backups, configuration snapshots, each storage
-area's snapshots) it **keeps** the newest good backup of each of the last `keep_daily` days
-and `keep_weekly` ISO weeks (plan `backup_schedule.keep`, default 7 and 4), **always the
+area's snapshots) it **keeps** every good backup of the last `keep_daily` days that have one
+and the newest of each of the last `keep_weekly` ISO weeks (plan `backup_schedule.keep`, default 7 and 4), **always the
 newest verified backup**, recent failed backups (evidence), every snapshot a kept
 incremental builds on, and **every WAL segment from the oldest kept base backup's start**.
 

@@ -342,7 +342,7 @@ class Environment(_Model):
 class BackupRetention(_Model):
     """The seed's daily and weekly levels, as a grandfather-father-son policy.
 
-    Kept: the newest backup of each of the last ``keep_daily`` days that have one, and of
+    Kept: every backup of the last ``keep_daily`` days that have one, and the newest of
     each of the last ``keep_weekly`` ISO weeks; always the newest verified backup; every
     WAL segment a kept base backup needs. Expired backups are moved aside into the plan's
     ``backups.expired`` area, never deleted here.

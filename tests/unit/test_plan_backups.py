@@ -50,8 +50,13 @@ def test_plan_without_the_new_sections_still_loads(data):
     data.pop("backup_schedule")
     env = data["x-sandbox"]
     env["clusters"]["main"].pop("replication_conn_id")
-    for key in ("expired", "offsite", "offsite_conn_id", "offsite_cross_region",
-                "offsite_cross_region_conn_id"):
+    for key in (
+        "expired",
+        "offsite",
+        "offsite_conn_id",
+        "offsite_cross_region",
+        "offsite_cross_region_conn_id",
+    ):
         env["backups"].pop(key)
     plan = parse_plan(data)
     assert plan.backup_schedule == BackupSchedule()

@@ -49,7 +49,9 @@ def add_dump(folder: Path, moment: datetime, status: str | None = "verified") ->
         {"finished_at": moment.isoformat(), "size_bytes": path.stat().st_size, "sha256": "x"},
     )
     if status:
-        write_json(path.with_name(path.name + ".verification.json"), {"status": status, "reason": "t"})
+        write_json(
+            path.with_name(path.name + ".verification.json"), {"status": status, "reason": "t"}
+        )
     return path
 
 
@@ -60,8 +62,14 @@ def add_base(folder: Path, moment: datetime, segment: int, status: str = "verifi
     lsn = f"0/{segment * 16 * 1024 * 1024 + 40:X}"
     write_json(
         path.with_name(path.name + ".backup_info.json"),
-        {"end_time": moment.isoformat(), "start_time": moment.isoformat(),
-         "start_lsn": lsn, "stop_lsn": lsn, "timeline": 1, "size_bytes": 6},
+        {
+            "end_time": moment.isoformat(),
+            "start_time": moment.isoformat(),
+            "start_lsn": lsn,
+            "stop_lsn": lsn,
+            "timeline": 1,
+            "size_bytes": 6,
+        },
     )
     write_json(path.with_name(path.name + ".verification.json"), {"status": status, "reason": "t"})
     return path
@@ -98,7 +106,9 @@ def test_newest_verified_is_kept_however_old_and_failures_do_not_take_a_slot(tre
     for day in range(3):
         add_dump(folders["logical"], NOW - timedelta(days=day, hours=1), None)  # unverified
     failed_today = add_dump(folders["logical"], NOW, "failed")
-    report = retention.plan_retention(Catalog(locations), BackupRetention(keep_daily=2, keep_weekly=0))
+    report = retention.plan_retention(
+        Catalog(locations), BackupRetention(keep_daily=2, keep_weekly=0)
+    )
     by_id = {d.id: d for d in report.decisions}
     assert by_id[old_good.name].keep and "newest verified backup" in by_id[old_good.name].reasons
     assert by_id[failed_today.name].keep, "a recent failure is kept as evidence"
@@ -111,7 +121,9 @@ def test_weekly_level_keeps_one_per_iso_week(tree):
     folders, locations, _ = tree
     for day in range(0, 35):
         add_dump(folders["logical"], NOW - timedelta(days=day))
-    report = retention.plan_retention(Catalog(locations), BackupRetention(keep_daily=1, keep_weekly=4))
+    report = retention.plan_retention(
+        Catalog(locations), BackupRetention(keep_daily=1, keep_weekly=4)
+    )
     kept = [d for d in report.kept if d.group.startswith("logical_dump")]
     assert len(kept) == 4  # today (daily + weekly) and the newest of 3 earlier weeks
     weeks = {d.finished_at.isocalendar().week for d in kept}
@@ -133,9 +145,7 @@ def test_a_kept_incremental_keeps_its_chain(tree, tmp_path):
     (source / "a.mp3").write_bytes(b"a")
     full = snapshots.storage_snapshot("audio", source, folders["storage"], "full")
     (source / "b.mp3").write_bytes(b"b")
-    incremental = snapshots.storage_snapshot(
-        "audio", source, folders["storage"], "incremental"
-    )
+    incremental = snapshots.storage_snapshot("audio", source, folders["storage"], "incremental")
     manifest = snapshots.read_manifest(incremental)
     assert manifest["based_on"] == full.name and manifest["level"] == "incremental"
     # Age the full one far beyond the levels: the incremental still needs it.
@@ -143,9 +153,13 @@ def test_a_kept_incremental_keeps_its_chain(tree, tmp_path):
         m = snapshots.read_manifest(path)
         m["finished_at"] = (NOW - timedelta(days=90)).isoformat()
         write_json(path.with_name(path.name + ".manifest.json"), m)
-    report = retention.plan_retention(Catalog(locations), BackupRetention(keep_daily=1, keep_weekly=0))
+    report = retention.plan_retention(
+        Catalog(locations), BackupRetention(keep_daily=1, keep_weekly=0)
+    )
     by_name = {d.path.name: d for d in report.decisions}
-    assert by_name[full.name].keep and by_name[full.name].reasons == ("a kept incremental builds on it",)
+    assert by_name[full.name].keep and by_name[full.name].reasons == (
+        "a kept incremental builds on it",
+    )
     assert Catalog(locations).snapshots(BackupKind.STORAGE_SNAPSHOT)[0].path == incremental
 
 
@@ -191,9 +205,23 @@ def test_no_expired_area_means_report_only(tree):
     for day in range(3):
         add_dump(folders["logical"], NOW - timedelta(days=day))
     report = retention.apply_retention(
-        Catalog(locations), BackupRetention(keep_daily=1, keep_weekly=0),
-        expired_location=None, dry_run=False,
+        Catalog(locations),
+        BackupRetention(keep_daily=1, keep_weekly=0),
+        expired_location=None,
+        dry_run=False,
     )
     assert report.dry_run and not report.moved and len(report.expired) == 2
     assert "nothing moved" in report.notes[-1]
     assert len(list(folders["logical"].glob("*.dump"))) == 3
+
+
+def test_every_backup_of_a_kept_day_is_kept(tree):
+    folders, locations, _ = tree
+    for hour in (1, 5, 9):
+        add_dump(folders["logical"], NOW - timedelta(hours=hour))
+    add_dump(folders["logical"], NOW - timedelta(days=1))
+    add_dump(folders["logical"], NOW - timedelta(days=2))
+    report = retention.plan_retention(
+        Catalog(locations), BackupRetention(keep_daily=2, keep_weekly=0)
+    )
+    assert len([d for d in report.kept]) == 4 and len(report.expired) == 1

@@ -7,8 +7,9 @@ This is the one place in the project that removes backups, so it is conservative
   operator's (or a storage lifecycle rule's) decision. With no ``expired`` area in the plan,
   retention only reports.
 * **Kept, per group** (each database's dumps, the base backups, the configuration
-  snapshots, each storage area's snapshots): the newest non-failed backup of each of the
-  last ``keep_daily`` days that have one and of each of the last ``keep_weekly`` ISO weeks;
+  snapshots, each storage area's snapshots): every non-failed backup of the last
+  ``keep_daily`` days that have one, and the newest of each of the last ``keep_weekly`` ISO
+  weeks;
   always the newest *verified* backup, however old; a failed backup while it is younger
   than the oldest daily keeper (evidence for whoever investigates it); every snapshot a kept
   incremental builds on.
@@ -105,9 +106,13 @@ def _gfs(entries: Sequence[BackupEntry], keep: BackupRetention) -> dict[str, lis
     days: list[str] = []
     weeks: list[str] = []
     for entry in usable:
+        # Daily level: *every* backup of the newest ``keep_daily`` days that have one (an
+        # extra manual backup taken the same day is not thinned out). Days "that have one",
+        # not calendar days: if backups stop, retention does not eat the last ones.
         day = entry.finished_at.date().isoformat()
         if day not in days and len(days) < keep.keep_daily:
             days.append(day)
+        if day in days:
             reasons[entry.id].append(f"daily {day}")
         iso = entry.finished_at.isocalendar()
         week = f"{iso.year}-W{iso.week:02d}"
