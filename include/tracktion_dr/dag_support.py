@@ -120,3 +120,34 @@ def endpoint(conn_id: str) -> Endpoint:
         password=connection.password or "",
         dbname=connection.schema or "postgres",
     )
+
+
+def backup_params(plan: Plan, *, with_dry_run: bool = False) -> dict[str, Param]:
+    """Params of the ``dr_backup_*`` and watch DAGs: which environment's backups, whether
+    failures page (on by default: a silent backup failure is how RPOs are lost)."""
+    params: dict[str, Param] = {
+        "environment": Param(
+            "production" if "production" in plan.environments else plan.default_environment,
+            type="string",
+            enum=sorted(plan.environments),
+            title="Environment",
+            description="Whose backups: the plan's backup locations of this environment.",
+            section="Run",
+        ),
+        "notify": Param(
+            True,
+            type="boolean",
+            title="Notify on failure",
+            description="Post and page (the plan's slack and pagerduty channels) on failure.",
+            section="Run",
+        ),
+    }
+    if with_dry_run:
+        params["dry_run"] = Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Decide and report everything; move, upload or copy nothing.",
+            section="Run",
+        )
+    return params

@@ -125,3 +125,66 @@ def run_events(conninfo: str, ledger_id: int) -> list[dict[str, Any]]:
         return conn.execute(
             "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (ledger_id,)
         ).fetchall()
+
+
+# --- backup checks --------------------------------------------------------------------------
+# Backup DAGs are not incidents: their results go to a table of their own, one row per
+# checked backup per run (idempotent per dag_id, run_id, backup), so trends ("how long
+# since the last good test restore?") are one query away.
+
+BACKUP_CHECKS_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS dr;
+CREATE TABLE IF NOT EXISTS dr.backup_checks (
+    dag_id      text NOT NULL,
+    run_id      text NOT NULL,
+    environment text NOT NULL,
+    backup      text NOT NULL,
+    kind        text NOT NULL,
+    status      text NOT NULL,
+    check_name  text NOT NULL,
+    reason      text NOT NULL DEFAULT '',
+    checked_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (dag_id, run_id, backup)
+);
+"""
+
+
+def record_backup_checks(
+    conninfo: str, *, dag_id: str, run_id: str, environment: str, checks: list[dict[str, Any]]
+) -> int:
+    """Write one row per check (keys: backup, kind, status, check, reason); return count."""
+    with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(BACKUP_CHECKS_SCHEMA)
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO dr.backup_checks (dag_id, run_id, environment, backup, kind,"
+                " status, check_name, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (dag_id, run_id, backup) DO UPDATE SET status = EXCLUDED.status,"
+                " check_name = EXCLUDED.check_name, reason = EXCLUDED.reason,"
+                " checked_at = pg_catalog.now()",
+                [
+                    (
+                        dag_id,
+                        run_id,
+                        environment,
+                        c["backup"],
+                        c["kind"],
+                        c["status"],
+                        c.get("check", ""),
+                        c.get("reason", ""),
+                    )
+                    for c in checks
+                ],
+            )
+    return len(checks)
+
+
+def backup_checks(conninfo: str, *, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
+        with conn.transaction():
+            conn.execute(BACKUP_CHECKS_SCHEMA)
+        return conn.execute(
+            "SELECT * FROM dr.backup_checks WHERE dag_id = %s AND run_id = %s ORDER BY backup",
+            (dag_id, run_id),
+        ).fetchall()

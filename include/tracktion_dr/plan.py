@@ -204,7 +204,8 @@ class Cluster(_Model):
     os_user: str = "postgres"
     replica_conn_id: ConnId | None = None
     replica_data_directory: str | None = None
-    # A replication-capable role on the primary (base backups, re-seeding the standby).
+    # A role with the REPLICATION attribute, for pg_basebackup (the superuser connection
+    # above is not used for that: base backups need only replication rights).
     replication_conn_id: ConnId | None = None
 
 
@@ -272,6 +273,44 @@ class BackupLocations(_Model):
     configuration: Location
     storage: Location
     offsite: Location | None = None
+    # Offsite copy (S3, through the amazon provider's S3Hook on this AWS connection).
+    offsite_conn_id: ConnId = "aws_default"
+    # Optional second copy in another region (the seed's S3 cross-region replication),
+    # written by a server-side copy on its own connection (whose extra names the region).
+    offsite_cross_region: Location | None = None
+    offsite_cross_region_conn_id: ConnId | None = None
+    # Where retention moves expired backups (a file:// location outside the others).
+    # Unset: retention only reports what it would move, it never touches anything.
+    expired: Location | None = None
+
+    @model_validator(mode="after")
+    def _offsite_consistent(self) -> BackupLocations:
+        if self.offsite_cross_region and not self.offsite:
+            raise ValueError("offsite_cross_region needs offsite (the copy is made from it)")
+        if self.offsite and not self.offsite.startswith("s3://"):
+            raise ValueError(f"offsite must be an s3:// location, not {self.offsite!r}")
+        if self.offsite_cross_region and not self.offsite_cross_region.startswith("s3://"):
+            raise ValueError("offsite_cross_region must be an s3:// location")
+        if self.expired:
+            if not self.expired.startswith("file://"):
+                raise ValueError("expired must be a file:// location (retention moves files)")
+            inside = [
+                name
+                for name in ("logical", "base", "wal_archive", "configuration", "storage")
+                if _nested(self.expired, getattr(self, name))
+            ]
+            if inside:
+                raise ValueError(
+                    f"expired must not be inside or contain the {', '.join(inside)} "
+                    "location(s): listings of those would pick up expired backups"
+                )
+        return self
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one location is the other or below it."""
+    first, second = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return first.startswith(second) or second.startswith(first)
 
 
 class ExternalDependency(_Model):
@@ -324,6 +363,42 @@ class Environment(_Model):
         return ordered
 
 
+class BackupRetention(_Model):
+    """The seed's daily and weekly levels, as a grandfather-father-son policy.
+
+    Kept: every backup of the last ``keep_daily`` days that have one, and the newest of
+    each of the last ``keep_weekly`` ISO weeks; always the newest verified backup; every
+    WAL segment a kept base backup needs. Expired backups are moved aside into the plan's
+    ``backups.expired`` area, never deleted here.
+    """
+
+    keep_daily: int = Field(default=7, ge=1, le=366)
+    keep_weekly: int = Field(default=4, ge=0, le=520)
+
+
+class BackupSchedule(_Model):
+    """When the ``dr_backup_*`` DAGs run (5-field cron, UTC). Defaults are the seed's
+    frequencies: continuous WAL archiving watched every 5 minutes, daily database and
+    configuration backups, weekly full file-storage backups with daily incrementals and a
+    near-real-time sync."""
+
+    logical_dump: Cron = "0 2 * * *"  # Database Level 2: daily backup
+    base_backup: Cron = "0 1 * * *"  # Level 1/2: the base PITR replays WAL onto
+    wal_watch: Cron = "*/5 * * * *"  # transactional RPO 15m: check 3x per window
+    config_snapshot: Cron = "0 4 * * *"  # "Daily configuration snapshots"
+    storage_sync: Cron = "*/10 * * * *"  # File System Level 1: real-time(-ish) sync
+    storage_incremental: Cron = "0 3 * * 1-6"  # Level 2: daily incremental
+    storage_full: Cron = "0 3 * * 0"  # Level 3: weekly full
+    verify: Cron = "0 6 * * *"
+    offsite: Cron = "30 * * * *"
+    retention: Cron = "0 7 * * *"
+    rpo_watch: Cron = "*/5 * * * *"
+    # Large files go up to S3 in parts (boto3 TransferConfig) above this size.
+    multipart_threshold_mb: int = Field(default=64, ge=5, le=5120)
+    multipart_chunk_mb: int = Field(default=64, ge=5, le=5120)
+    keep: BackupRetention = BackupRetention()
+
+
 class Plan(_Model):
     name: str
     version: Literal[1] = 1
@@ -335,6 +410,7 @@ class Plan(_Model):
     test_schedule: dict[str, ScheduledTest]
     environments: dict[str, Environment]
     default_environment: Literal["production", "drill"] = "drill"
+    backup_schedule: BackupSchedule = BackupSchedule()
 
     @field_validator("environments")
     @classmethod

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from tracktion_sandbox import audio, connections, pg, supervisor
+from tracktion_sandbox import audio, connections, pg, s3, supervisor
 from tracktion_sandbox import layout as L
 from tracktion_sandbox.layout import SandboxLayout
 from tracktion_sandbox.secrets import load_or_create
@@ -32,6 +32,7 @@ ALL_PORTS = [
     L.LOAD_BALANCER_PORT,
     L.SINK_HTTP_PORT,
     L.SINK_SMTP_PORT,
+    L.S3_PORT,
 ]
 HEALTHY_WAIT_SECONDS = 60
 
@@ -75,6 +76,7 @@ def up(layout: SandboxLayout, size: str) -> None:
     log.info("supervisord: services, load balancer, sink, canary")
     supervisor.up(layout, secrets, supervisor.default_programs(layout, secrets))
     wait_until_healthy(layout)
+    s3.ensure_buckets()
     log.info("sandbox is up in %s", layout.home)
 
 

@@ -16,6 +16,7 @@ from tracktion_sandbox.layout import SandboxLayout
 from tracktion_sandbox.secrets import SandboxSecrets
 
 SINK = f"http://{L.HOST}:{L.SINK_HTTP_PORT}"
+S3 = f"http://{L.HOST}:{L.S3_PORT}"
 
 
 def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]:
@@ -31,10 +32,18 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
             "schema": database,
         }
 
+    def s3(region: str) -> dict[str, object]:
+        return {
+            "conn_type": "aws",
+            "login": L.S3_ACCESS_KEY,
+            "password": L.S3_SECRET_KEY,
+            "extra": {"endpoint_url": S3, "region_name": region},
+        }
+
     return {
         "tracktion_pg_primary": postgres(L.PRIMARY_PORT, L.APP_DATABASE),
         "tracktion_pg_replica": postgres(L.REPLICA_PORT, L.APP_DATABASE),
-        "dr_ledger": postgres(L.OPS_PORT, L.LEDGER_DATABASE),
+        # The replication role, for pg_basebackup (REPLICATION, not superuser).
         "tracktion_pg_replication": {
             "conn_type": "postgres",
             "host": L.HOST,
@@ -43,6 +52,10 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
             "password": secrets.replication_password,
             "schema": "postgres",
         },
+        # moto's S3 server stands in for AWS: the offsite bucket and its cross-region copy.
+        "dr_offsite_s3": s3(L.S3_REGION),
+        "dr_offsite_s3_us_west_2": s3(L.S3_CROSS_REGION),
+        "dr_ledger": postgres(L.OPS_PORT, L.LEDGER_DATABASE),
         "tracktion_supervisor": {
             "conn_type": "http",
             "host": L.HOST,

@@ -30,6 +30,12 @@ SERVICE_PORTS: dict[str, int] = {
 LOAD_BALANCER_PORT = 18080
 SINK_HTTP_PORT = 18090
 SINK_SMTP_PORT = 18025
+S3_PORT = 18500  # moto's standalone S3 server: the offsite copy's stand-in for AWS
+S3_ACCESS_KEY = "sandbox-access-key"  # moto accepts any key; not a secret
+S3_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - moto accepts any key; a fixed dummy
+S3_REGION = "us-east-1"
+S3_CROSS_REGION = "us-west-2"
+S3_BUCKETS = {"tracktion-dr-sandbox": S3_REGION, "tracktion-dr-sandbox-us-west-2": S3_CROSS_REGION}
 
 APP_DATABASE = "tracktion"
 APP_USER = "tracktion"
@@ -84,6 +90,11 @@ class SandboxLayout:
     @property
     def base_backups(self) -> Path:
         return self.backups / "database" / "base"
+
+    @property
+    def expired_backups(self) -> Path:
+        """Where retention moves expired backups (never deleted by it)."""
+        return self.backups / "expired"
 
     @property
     def config_backups(self) -> Path:

@@ -252,6 +252,19 @@ def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Pro
             command=[python, "-m", "tracktion_sandbox.sink"],
             environment=base,
         ),
+        # moto's standalone S3 server (in memory): the offsite copy's target. Buckets are
+        # created by ``up`` (s3.ensure_buckets) after every start.
+        Program(
+            name="s3-server",
+            command=[
+                str(Path(python).with_name("moto_server")),
+                "-H",
+                layout_mod.HOST,
+                "-p",
+                str(layout_mod.S3_PORT),
+            ],
+            environment=base,
+        ),
         Program(
             name="canary-writer",
             command=[python, "-m", "tracktion_sandbox.canary"],
@@ -267,6 +280,7 @@ def program_ports() -> dict[str, int]:
     ports["load-balancer"] = layout_mod.LOAD_BALANCER_PORT
     ports["notification-sink"] = layout_mod.SINK_HTTP_PORT
     ports["notification-sink (smtp)"] = layout_mod.SINK_SMTP_PORT
+    ports["s3-server"] = layout_mod.S3_PORT
     return ports
 
 

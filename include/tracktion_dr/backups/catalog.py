@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 VERIFICATION_SUFFIX = ".verification.json"
 SNAPSHOT_MANIFEST_SUFFIX = ".manifest.json"
+SYNC_FOLDER = "sync"  # the storage sync's mirror, see backups/snapshots.py
 
 
 class BackupKind(enum.StrEnum):
@@ -220,6 +221,10 @@ class Catalog:
         folder = local_path(location)
         entries = []
         for path in folder.rglob("*.tar.gz") if folder.is_dir() else []:
+            # The storage sync's mirror (``sync/``) holds the users' own files, which may
+            # be .tar.gz uploads: they are not snapshots. Neither are unfinished ones.
+            if path.relative_to(folder).parts[0] == SYNC_FOLDER or path.name.startswith("."):
+                continue
             manifest = _read_json(path.with_name(path.name + SNAPSHOT_MANIFEST_SUFFIX)) or {}
             size = path.stat().st_size
             if not manifest:
@@ -245,6 +250,15 @@ class Catalog:
                 )
             )
         return sorted(entries, key=lambda e: e.finished_at, reverse=True)
+
+    def offsite_entries(self, client: Any, *, with_checksums: bool = False) -> list[Any]:
+        """What the offsite ``s3://`` location holds (``offsite.OffsiteObject``s, newest
+        first), read through ``client`` (a boto3 S3 client, e.g. ``S3Hook.get_conn()``)."""
+        from tracktion_dr.backups.offsite import list_location
+
+        if not self.locations.offsite:
+            return []
+        return list_location(client, self.locations.offsite, with_checksums=with_checksums)
 
     def wal_archive(self, since: wal.Segment | None = None) -> wal.ArchiveState:
         return wal.archive_state(local_path(self.locations.wal_archive), since)

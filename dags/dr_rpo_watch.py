@@ -1,0 +1,51 @@
+"""
+### RPO watch
+
+Schedule: the plan's `backup_schedule.rpo_watch` (default every 5 minutes).
+
+For each data category of the plan: the age of its **newest restorable point** against its
+RPO target. Transactional data: the newest commit replayable from the WAL archive
+(`pg_waldump`), or the newest good dump if later. Audio files, user uploads, logs: the start
+of the newest storage sync or snapshot of each area (the oldest area counts).
+Configuration: the newest configuration snapshot. A category with no data in the
+environment is reported and skipped.
+
+Any breach fails the run (visible as a failed run in the UI) and notifies (param `notify`)
+with one sentence per category, e.g. `configuration: NO restorable point at all`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import dag, task
+
+from tracktion_dr.dag_support import DEFAULT_ARGS, backup_params
+from tracktion_dr.plan import load_plan
+
+PLAN = load_plan()
+
+
+@dag(
+    dag_id="dr_rpo_watch",
+    schedule=PLAN.backup_schedule.rpo_watch,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["dr", "backup", "watch", "rpo"],
+    default_args=DEFAULT_ARGS,
+    params=backup_params(PLAN),
+    doc_md=__doc__,
+)
+def dr_rpo_watch():
+    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    def check_rpo(**context) -> list[dict]:
+        from tracktion_dr.backups import jobs
+
+        params = context["params"]
+        return jobs.rpo_watch(PLAN, params["environment"], notify=params["notify"])
+
+    check_rpo()
+
+
+dr_rpo_watch()

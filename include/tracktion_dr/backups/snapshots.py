@@ -1,0 +1,263 @@
+"""Configuration and file-storage snapshots, and the near-real-time storage sync.
+
+Snapshots are ``<name>.tar.gz`` with a ``<name>.tar.gz.manifest.json`` sidecar (sha256,
+size_bytes, started_at, finished_at, level, the file list with each file's size and
+sha256) - the format ``Catalog.snapshots()`` lists and verifies. The archive is written
+under a hidden ``.partial`` name, its manifest is written, and only then is it renamed into
+place, so a listed snapshot is always complete and described.
+
+Levels (the seed's File System Recovery Levels):
+
+* ``full``: every file of the area (weekly);
+* ``incremental``: files changed since the newest snapshot of the area started (daily);
+  its manifest names the snapshot it builds on (``based_on``) so retention keeps the chain
+  and a restore knows what to unpack first;
+* the **sync** (Level 1, every few minutes): a plain mirror of the area under
+  ``<storage>/sync/<area>/``. It copies new and changed files (temp name, then rename) and
+  never deletes a mirrored file whose source disappeared: an accidental deletion in
+  production must not propagate into the copy meant to undo it.
+
+Archive member names are the source paths without the leading ``/`` (two config paths
+may share a basename, e.g. ``/app/config`` and ``/etc/tracktion/config``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from tracktion_dr.postgres.dumps import sha256_file, utc_stamp, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = ".manifest.json"  # the catalog's SNAPSHOT_MANIFEST_SUFFIX
+SYNC_FOLDER = "sync"
+SYNC_STATE_SUFFIX = ".sync.json"
+Level = Literal["full", "incremental"]
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot cannot be taken; the message names the path and the reason."""
+
+
+def _files(sources: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(file, member name) for every regular file below the sources, sorted."""
+    found: list[tuple[Path, str]] = []
+    for source in sources:
+        if not source.exists():
+            raise SnapshotError(f"{source}: does not exist (check the plan's paths)")
+        candidates = [source] if source.is_file() else sorted(source.rglob("*"))
+        for path in candidates:
+            # Symlinks are recorded as they are by tar; regular files are hashed.
+            if path.is_file() and not path.is_symlink():
+                found.append((path, str(path).lstrip("/")))
+    return found
+
+
+def read_manifest(snapshot: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(snapshot.with_name(snapshot.name + MANIFEST_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def newest_snapshot(folder: Path, prefix: str) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete snapshot ``<prefix>_*.tar.gz`` in ``folder`` with its manifest."""
+    best: tuple[Path, dict[str, Any]] | None = None
+    for path in folder.glob(f"{prefix}_*.tar.gz") if folder.is_dir() else []:
+        manifest = read_manifest(path)
+        if manifest and (best is None or manifest["started_at"] > best[1]["started_at"]):
+            best = (path, manifest)
+    return best
+
+
+def take_snapshot(
+    sources: list[Path],
+    destination: Path,
+    prefix: str,
+    *,
+    level: Level = "full",
+    extra: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Path:
+    """Archive ``sources`` into ``destination/<prefix>_<level>_<stamp>.tar.gz``.
+
+    ``incremental`` takes only files modified since the newest snapshot with this prefix
+    started; with no earlier snapshot it is refused (a chain needs a full to start from).
+    """
+    if not sources:
+        raise SnapshotError(f"{prefix}: no source paths to snapshot (plan lists none)")
+    destination.mkdir(parents=True, exist_ok=True)
+    started = now or datetime.now(UTC)
+    based_on: str | None = None
+    since: float | None = None
+    if level == "incremental":
+        previous = newest_snapshot(destination, prefix)
+        if previous is None:
+            raise SnapshotError(
+                f"{destination}: no earlier {prefix} snapshot to build an incremental on;"
+                " take a full one first"
+            )
+        based_on = previous[0].name
+        since = datetime.fromisoformat(previous[1]["started_at"]).timestamp()
+    name = f"{prefix}_{level}_{utc_stamp(started)}.tar.gz"
+    final, partial = destination / name, destination / f".{name}.partial"
+    if final.exists():
+        raise FileExistsError(f"{final} already exists (two snapshots in the same second?)")
+    members = []
+    with tarfile.open(partial, "w:gz", compresslevel=6) as archive:
+        for path, member in _files(sources):
+            stat = path.stat()
+            # Changed files only, for an incremental: mtime strictly after the base started
+            # would miss a write in the same second, so ">=" (a file may appear twice).
+            if since is not None and stat.st_mtime < since:
+                continue
+            archive.add(path, arcname=member, recursive=False)
+            members.append(
+                {"path": member, "size_bytes": stat.st_size, "sha256": sha256_file(path)}
+            )
+    manifest = {
+        "file": name,
+        "kind": prefix,
+        "level": level,
+        "based_on": based_on,
+        "sources": [str(s) for s in sources],
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "size_bytes": partial.stat().st_size,
+        "sha256": sha256_file(partial),
+        "file_count": len(members),
+        "files": members,
+        **(extra or {}),
+    }
+    write_json_atomic(destination / f"{name}{MANIFEST_SUFFIX}", manifest)
+    os.replace(partial, final)
+    log.info("snapshot %s: %d files, %d bytes", final, len(members), manifest["size_bytes"])
+    return final
+
+
+def config_snapshot(config_paths: list[str], destination: Path) -> Path:
+    """The plan's configuration paths as ``config_full_<stamp>.tar.gz`` (always full:
+    configuration is small and a restore should need one file, not a chain)."""
+    return take_snapshot([Path(p) for p in config_paths], destination, "config")
+
+
+def storage_snapshot(area: str, source: Path, storage_root: Path, level: Level) -> Path:
+    """A full or incremental snapshot of one storage area into ``<storage>/<area>/``."""
+    return take_snapshot([source], storage_root / area, area, level=level, extra={"area": area})
+
+
+# --------------------------------------------------------------------------- sync
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    area: str
+    files: int
+    copied: int
+    bytes_copied: int
+    kept_deleted: int
+    started_at: datetime
+    finished_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "area": self.area,
+            "files": self.files,
+            "copied": self.copied,
+            "bytes_copied": self.bytes_copied,
+            "kept_deleted": self.kept_deleted,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+        }
+
+
+def sync_mirror_dir(storage_root: Path, area: str) -> Path:
+    return storage_root / SYNC_FOLDER / area
+
+
+def sync_state_file(storage_root: Path, area: str) -> Path:
+    return storage_root / SYNC_FOLDER / f"{area}{SYNC_STATE_SUFFIX}"
+
+
+def sync_area(area: str, source: Path, storage_root: Path) -> SyncResult:
+    """Mirror ``source`` into ``<storage>/sync/<area>/``: new or changed files (by size
+    and mtime) are copied under a temp name and renamed; nothing is ever deleted."""
+    if not source.is_dir():
+        raise SnapshotError(f"{source}: storage area {area!r} is not a directory")
+    started = datetime.now(UTC)
+    mirror = sync_mirror_dir(storage_root, area)
+    mirror.mkdir(parents=True, exist_ok=True)
+    files = copied = copied_bytes = 0
+    seen: set[Path] = set()
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        files += 1
+        relative = path.relative_to(source)
+        seen.add(relative)
+        target = mirror / relative
+        stat = path.stat()
+        if target.exists():
+            current = target.stat()
+            if current.st_size == stat.st_size and int(current.st_mtime) == int(stat.st_mtime):
+                continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copy2(path, partial)
+        os.replace(partial, target)
+        copied += 1
+        copied_bytes += stat.st_size
+    kept_deleted = sum(
+        1
+        for p in mirror.rglob("*")
+        if p.is_file() and not p.name.endswith(".partial") and p.relative_to(mirror) not in seen
+    )
+    result = SyncResult(area, files, copied, copied_bytes, kept_deleted, started, datetime.now(UTC))
+    # The state says up to when the mirror is complete: its start (later writes may be
+    # missed). The RPO watch reads it.
+    write_json_atomic(
+        sync_state_file(storage_root, area), {**result.as_dict(), "source": str(source)}
+    )
+    log.info(
+        "sync %s: %d files, %d copied (%d bytes), %d kept though deleted at the source",
+        area,
+        files,
+        copied,
+        copied_bytes,
+        kept_deleted,
+    )
+    return result
+
+
+def read_sync_state(storage_root: Path, area: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(sync_state_file(storage_root, area).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def newest_storage_point(storage_root: Path, area: str) -> datetime | None:
+    """Newest moment the area can be restored to: the start of the last completed sync
+    or of the newest snapshot of the area (full or incremental), whichever is later."""
+    points = []
+    state = read_sync_state(storage_root, area)
+    if state:
+        points.append(datetime.fromisoformat(state["started_at"]))
+    newest = newest_snapshot(storage_root / area, area)
+    if newest:
+        points.append(datetime.fromisoformat(newest[1]["started_at"]))
+    return max(points) if points else None
+
+
+def newest_config_point(config_root: Path) -> datetime | None:
+    newest = newest_snapshot(config_root, "config")
+    return datetime.fromisoformat(newest[1]["started_at"]) if newest else None
