@@ -45,7 +45,7 @@ sandbox-reset: install
 	@$(ENV) $(PY) -m tracktion_sandbox reset
 
 demo: sandbox-up airflow-db
-	@$(ENV) $(PY) -m tracktion_sandbox.demo
+	@$(ENV) $(PY) -m tracktion_sandbox.demo_pitr
 
 test: install postgres airflow-db
 	@$(ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)

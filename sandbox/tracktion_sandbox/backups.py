@@ -91,7 +91,9 @@ def switch_and_wait_archived(
 
 
 def existing_backups(layout: SandboxLayout) -> dict[str, list[Path]]:
-    dump_files = sorted(layout.logical_dumps.glob(DUMP_GLOB)) if layout.logical_dumps.is_dir() else []
+    dump_files = (
+        sorted(layout.logical_dumps.glob(DUMP_GLOB)) if layout.logical_dumps.is_dir() else []
+    )
     bases = (
         sorted(p for p in layout.base_backups.glob(BASE_GLOB) if p.is_dir())
         if layout.base_backups.is_dir()

@@ -86,7 +86,7 @@ def parse_target(
     window_text = (
         f"recoverable window is {window[0].isoformat()} .. {window[1].isoformat()}"
         if window
-        else "the recoverable window is checked next"
+        else ""
     )
     if target_type in ("latest", "immediate"):
         return RecoveryTarget(target_type)  # type: ignore[arg-type]
@@ -100,7 +100,9 @@ def parse_target(
         if moment.tzinfo is None:
             raise InvalidInput("target", f"{value!r} has no time zone; add Z or +HH:MM")
         if moment > now:
-            raise InvalidInput("target", f"{value} is in the future; {window_text}")
+            raise InvalidInput(
+                "target", f"{value} is in the future" + (f"; {window_text}" if window else "")
+            )
         if window and moment < window[0]:
             raise InvalidInput(
                 "target", f"{value} is before the oldest usable base backup ended; {window_text}"

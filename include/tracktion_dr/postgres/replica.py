@@ -35,6 +35,7 @@ def reseed_replica(
     log_file: Path,
     *,
     bindir: Path = DEFAULT_BINDIR,
+    application_name: str = "replica",
 ) -> str:
     stop_server(replica)
     if replica.data_directory.exists():
@@ -61,6 +62,8 @@ def reseed_replica(
             "--write-recovery-conf",
             "--create-slot",
             f"--slot={SLOT}",
+            # Written into primary_conninfo: the name the primary shows in pg_stat_replication.
+            f"--dbname=application_name={application_name}",
             *primary_replication.client_args(),
         ],
         what="pg_basebackup for the new standby",

@@ -111,13 +111,9 @@ def segment_files(archive: Path) -> dict[tuple[int, int], Path]:
 
 
 def latest_timeline(archive: Path) -> int:
-    timelines = [
-        int(p.name[:8], 16)
-        for p in archive.glob("*.history")
-        if re.fullmatch(r"[0-9A-F]{8}\.history", p.name)
-    ]
-    timelines += [timeline for _, timeline in segment_files(archive)]
-    return max(timelines, default=1)
+    """The newest timeline that has archived WAL. A ``.history`` file whose timeline has
+    no segment yet (a promotion moments ago) describes nothing replay could read."""
+    return max((timeline for _, timeline in segment_files(archive)), default=1)
 
 
 def timeline_chain(archive: Path, timeline: int | None = None) -> list[tuple[int, int | None]]:

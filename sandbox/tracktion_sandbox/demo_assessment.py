@@ -1,4 +1,4 @@
-"""``make demo``: break one sandbox service, run the initial assessment, show the table.
+"""The read-only demo: break one sandbox service, run the initial assessment, show the table.
 
 The run is a real Airflow run (``dag.test()``) against the live sandbox; the service is
 started again afterwards, whatever happened.
