@@ -125,3 +125,21 @@ def run_events(conninfo: str, ledger_id: int) -> list[dict[str, Any]]:
         return conn.execute(
             "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (ledger_id,)
         ).fetchall()
+
+
+def incident_runs(
+    conninfo: str, incident_id: str
+) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """Every run recorded for an incident (oldest first) and each run's events."""
+    with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
+        ensure_schema(conn)
+        runs = conn.execute(
+            "SELECT * FROM dr.runs WHERE incident_id = %s ORDER BY clock_started_at, recorded_at",
+            (incident_id,),
+        ).fetchall()
+        events: dict[int, list[dict[str, Any]]] = {}
+        for run in runs:
+            events[int(run["id"])] = conn.execute(
+                "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (run["id"],)
+            ).fetchall()
+    return runs, events
