@@ -48,6 +48,21 @@ CREATE TABLE IF NOT EXISTS dr.events (
     detail           text NOT NULL DEFAULT '',
     PRIMARY KEY (run, position)
 );
+-- Alerts received by the webhook (POST /dr/alerts/{source}): what started which run, and
+-- the "resolved" notices recorded on the incident they belong to.
+CREATE TABLE IF NOT EXISTS dr.alerts (
+    id           bigserial PRIMARY KEY,
+    received_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    source       text NOT NULL,
+    fingerprint  text NOT NULL,
+    status       text NOT NULL,
+    action       text NOT NULL,
+    incident_id  text,
+    dag_id       text,
+    run_id       text,
+    labels       jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS alerts_fingerprint ON dr.alerts (source, fingerprint);
 CREATE INDEX IF NOT EXISTS runs_incident ON dr.runs (incident_id);
 CREATE INDEX IF NOT EXISTS runs_recorded ON dr.runs (recorded_at);
 """
@@ -143,3 +158,32 @@ def incident_runs(
                 "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (run["id"],)
             ).fetchall()
     return runs, events
+
+
+def record_alert(
+    conninfo: str,
+    *,
+    source: str,
+    fingerprint: str,
+    status: str,
+    action: str,
+    incident_id: str | None,
+    dag_id: str | None,
+    run_id: str | None,
+    labels: dict[str, str],
+) -> None:
+    with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
+        ensure_schema(conn)
+        conn.execute(
+            "INSERT INTO dr.alerts (source, fingerprint, status, action, incident_id, dag_id,"
+            " run_id, labels) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (source, fingerprint, status, action, incident_id, dag_id, run_id, Jsonb(labels)),
+        )
+
+
+def alerts_for(conninfo: str, fingerprint: str) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, connect_timeout=5, row_factory=dict_row) as conn:
+        ensure_schema(conn)
+        return conn.execute(
+            "SELECT * FROM dr.alerts WHERE fingerprint = %s ORDER BY id", (fingerprint,)
+        ).fetchall()
