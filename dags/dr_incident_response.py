@@ -308,8 +308,9 @@ def dr_incident_response():
     )
     start_recovery = TriggerDagRunOperator(
         task_id="start_recovery",
-        trigger_dag_id=request["dag_id"],
-        trigger_run_id=request["run_id"],
+        # Jinja, not XComArgs: the DAG serializer reads trigger_dag_id for its dependency graph.
+        trigger_dag_id="{{ ti.xcom_pull(task_ids='recovery_request', key='dag_id') }}",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='recovery_request', key='run_id') }}",
         conf=request["conf"],
         wait_for_completion=False,
         # Approved, or approval not needed (the approval task is then skipped).

@@ -77,7 +77,8 @@ def eta_text(plan: Plan, severity: str, started_at: str, now: datetime | None = 
 def _message(
     template: str,
     incident_id: str,
-    severity: Severity,
+    message_severity: Severity,
+    /,
     *,
     fields: dict[str, str] | None = None,
     pagerduty_action: str = "trigger",
@@ -88,7 +89,7 @@ def _message(
     return DrMessage(
         title=rendered.subject,
         text=rendered.body,
-        severity=severity,
+        severity=message_severity,
         incident_id=incident_id,
         fields=fields or {},
         dedup_key=pagerduty_dedup_key(incident_id),
