@@ -59,7 +59,9 @@ class RecoveryWatch(BaseSensorOperator):
         now = datetime.now(UTC)
         self._waiting_since = self._waiting_since or now.isoformat()
         dag_id, run_id = self.recovery["dag_id"], self.recovery["run_id"]
-        state = str(context["ti"].get_dagrun_state(dag_id=dag_id, run_id=run_id))
+        raw_state = context["ti"].get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        # The SDK hands back an enum whose str() is "DagRunState.SUCCESS": use its value.
+        state = str(getattr(raw_state, "value", raw_state))
         if state in TERMINAL_STATES:
             log.info("recovery run %s/%s ended: %s", dag_id, run_id, state)
             event = Event(
@@ -82,6 +84,7 @@ class RecoveryWatch(BaseSensorOperator):
                     "levels_paged": sorted(self._paged),
                 },
             )
+        log.info("recovery run %s/%s is %s", dag_id, run_id, state)
         self.escalate_when_due(now)
         self.update_when_due(now, state)
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -33,7 +34,10 @@ def alertmanager_payload(fingerprint: str, status: str = "firing") -> dict:
             "summary": "tracklist-service is down",
             "description": 'Health check "GET /health" failed\nfor 5 minutes',
         },
-        "startsAt": "2026-11-26T00:00:00.123456789Z",
+        # Alertmanager's nanosecond timestamps; a minute ago, so only level 1 is due.
+        "startsAt": (datetime.now(UTC) - timedelta(minutes=1)).strftime(
+            "%Y-%m-%dT%H:%M:%S.123456789Z"
+        ),
         "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-26T00:10:00Z",
         "generatorURL": "http://prometheus:9090/graph?g0.expr=up%3D%3D0",
         "fingerprint": fingerprint,
