@@ -109,13 +109,14 @@ def test_firing_alert_runs_the_incident_response_once(airflow, sandbox):
     assert len(runs) == 1
 
     # What the stakeholders received, as the sink recorded it.
+    channel = "dr-" + incident_id.lower().removeprefix("dr-")
     hooks = [
         json.dumps(r)
         for r in map(json.loads, sandbox.layout.sink_webhooks.read_text().splitlines())
-        if incident_id in json.dumps(r)
+        if incident_id in json.dumps(r) or channel in json.dumps(r)
     ]
     assert any('"/slack' in h and "DISASTER RECOVERY ACTIVATED" in h for h in hooks)
-    assert any("/slack-api/conversations.create" in h for h in hooks)
+    assert any("/slack-api/conversations.create" in h and channel in h for h in hooks)
     assert any('"event_action": "trigger"' in h for h in hooks)
     assert any('"event_action": "resolve"' in h for h in hooks)
     assert any("STATUS UPDATE" in h for h in hooks)

@@ -47,7 +47,8 @@ def test_incident_without_recovery_dag(sandbox):
     texts = [json.dumps(h) for h in hooks if incident_id in json.dumps(h)]
     assert any("DISASTER RECOVERY ACTIVATED" in t for t in texts)
     assert any("Service Disruption" in t for t in texts)  # customer notice, status page
-    assert any("conversations.create" in t for t in texts)
+    create = [h for h in hooks if h["path"] == "/slack-api/conversations.create"]
+    assert create and create[-1]["json"]["name"] == "dr-20261126-000102"
     assert any("No automated recovery running" in t for t in texts)
 
     review = task_result(run, "post_incident_review")
