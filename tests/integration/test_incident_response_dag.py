@@ -48,7 +48,8 @@ def test_incident_without_recovery_dag(sandbox):
     assert any("DISASTER RECOVERY ACTIVATED" in t for t in texts)
     assert any("Service Disruption" in t for t in texts)  # customer notice, status page
     create = [h for h in hooks if h["path"] == "/slack-api/conversations.create"]
-    assert create and create[-1]["json"]["name"] == "dr-20261126-000102"
+    sent = create[-1].get("json") or create[-1].get("form") if create else {}
+    assert sent["name"] == "dr-20261126-000102"
     assert any("No automated recovery running" in t for t in texts)
 
     review = task_result(run, "post_incident_review")
