@@ -48,6 +48,21 @@ CREATE TABLE IF NOT EXISTS dr.events (
     detail           text NOT NULL DEFAULT '',
     PRIMARY KEY (run, position)
 );
+-- Alerts received by the webhook (POST /dr/alerts/{source}): what started which run, and
+-- the "resolved" notices recorded on the incident they belong to.
+CREATE TABLE IF NOT EXISTS dr.alerts (
+    id           bigserial PRIMARY KEY,
+    received_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    source       text NOT NULL,
+    fingerprint  text NOT NULL,
+    status       text NOT NULL,
+    action       text NOT NULL,
+    incident_id  text,
+    dag_id       text,
+    run_id       text,
+    labels       jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS alerts_fingerprint ON dr.alerts (source, fingerprint);
 CREATE INDEX IF NOT EXISTS runs_incident ON dr.runs (incident_id);
 CREATE INDEX IF NOT EXISTS runs_recorded ON dr.runs (recorded_at);
 """
@@ -187,4 +202,51 @@ def backup_checks(conninfo: str, *, dag_id: str, run_id: str) -> list[dict[str, 
         return conn.execute(
             "SELECT * FROM dr.backup_checks WHERE dag_id = %s AND run_id = %s ORDER BY backup",
             (dag_id, run_id),
+        ).fetchall()
+
+
+def incident_runs(
+    conninfo: str, incident_id: str
+) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """Every run recorded for an incident (oldest first) and each run's events."""
+    with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
+        ensure_schema(conn)
+        runs = conn.execute(
+            "SELECT * FROM dr.runs WHERE incident_id = %s ORDER BY clock_started_at, recorded_at",
+            (incident_id,),
+        ).fetchall()
+        events: dict[int, list[dict[str, Any]]] = {}
+        for run in runs:
+            events[int(run["id"])] = conn.execute(
+                "SELECT * FROM dr.events WHERE run = %s ORDER BY position", (run["id"],)
+            ).fetchall()
+    return runs, events
+
+
+def record_alert(
+    conninfo: str,
+    *,
+    source: str,
+    fingerprint: str,
+    status: str,
+    action: str,
+    incident_id: str | None,
+    dag_id: str | None,
+    run_id: str | None,
+    labels: dict[str, str],
+) -> None:
+    with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
+        ensure_schema(conn)
+        conn.execute(
+            "INSERT INTO dr.alerts (source, fingerprint, status, action, incident_id, dag_id,"
+            " run_id, labels) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (source, fingerprint, status, action, incident_id, dag_id, run_id, Jsonb(labels)),
+        )
+
+
+def alerts_for(conninfo: str, fingerprint: str) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, connect_timeout=5, row_factory=dict_row) as conn:
+        ensure_schema(conn)
+        return conn.execute(
+            "SELECT * FROM dr.alerts WHERE fingerprint = %s ORDER BY id", (fingerprint,)
         ).fetchall()

@@ -169,6 +169,10 @@ class EscalationLevel(_Model):
     responders: list[str]
     response_time: Duration
     authority: str
+    # When this level is paged, measured from the incident start, if the incident is not
+    # resolved by then. Default (see Plan.escalation_thresholds): level 1 at the start, and
+    # level N+1 once level N's response time has passed.
+    escalate_after: Duration | None = None
 
 
 class ContactRole(_Model):
@@ -185,6 +189,59 @@ class NotificationChannel(_Model):
     conn_id: ConnId
     target: str = ""  # Slack channel, or comma-separated roles for e-mail
     description: str = ""
+
+
+_DAG_ID = re.compile(r"^dr_[a-z0-9_]{1,200}$")
+
+
+def _check_dag_id(value: str) -> str:
+    if not isinstance(value, str) or not _DAG_ID.match(value):
+        raise ValueError(f"not a DR DAG id: {value!r} (dr_ followed by a-z, 0-9, _)")
+    return value
+
+
+DagId = Annotated[str, BeforeValidator(_check_dag_id)]
+
+
+class IncidentResponse(_Model):
+    """How ``dr_incident_response`` runs an incident (the seed's communication plan)."""
+
+    # The recovery DAGs an incident may start (the ``scenario`` param's enum): a new
+    # scenario DAG is one line here.
+    scenarios: list[DagId] = ["dr_initial_assessment"]
+    # The seed's customer notice promises "updates every 30 minutes".
+    status_update_interval: Duration = timedelta(minutes=30)
+    # Who is paged at activation (the seed's team structure).
+    activation_roles: list[str] = [
+        "incident_commander",
+        "technical_lead",
+        "database_administrator",
+        "infrastructure_engineer",
+        "communications_lead",
+    ]
+    # Where incident response documents and post-incident reviews are written.
+    document_dir: str = "/var/lib/tracktion-dr/incidents"
+    # A Slack *bot token* connection (conn_type slack) for creating the war-room channel;
+    # webhook connections cannot create channels.
+    war_room_slack_conn_id: ConnId | None = None
+    channels: list[str] = []  # default: every notification channel of the plan
+    # Delivery attempts per channel before it is recorded as failed.
+    delivery_attempts: int = Field(default=3, ge=1, le=10)
+    delivery_retry_delay: Duration = timedelta(seconds=2)
+
+
+AlertSource = Literal["alertmanager", "grafana", "pagerduty"]
+
+
+class AlertRoute(_Model):
+    """A routing rule of the alert webhook: the first route whose ``match`` labels all
+    equal the alert's labels (and whose ``sources`` include the sender) decides the DAG."""
+
+    name: str
+    sources: list[AlertSource] = ["alertmanager", "grafana", "pagerduty"]
+    match: dict[str, str] = {}
+    dag_id: DagId
+    conf: dict[str, Any] = {}
 
 
 class ScheduledTest(_Model):
@@ -411,6 +468,8 @@ class Plan(_Model):
     environments: dict[str, Environment]
     default_environment: Literal["production", "drill"] = "drill"
     backup_schedule: BackupSchedule = BackupSchedule()
+    incident_response: IncidentResponse = IncidentResponse()
+    alert_routes: list[AlertRoute] = []
 
     @field_validator("environments")
     @classmethod
@@ -440,6 +499,33 @@ class Plan(_Model):
             if name not in known:
                 problems.append((path, f"unknown {what} {name!r} (known: {sorted(known)})"))
 
+        response = self.incident_response
+        for i, role in enumerate(response.activation_roles):
+            check(f"incident_response.activation_roles[{i}]", role, self.contacts, "contact role")
+        for i, channel in enumerate(response.channels):
+            check(f"incident_response.channels[{i}]", channel, self.notifications, "channel")
+        for i, route in enumerate(self.alert_routes):
+            if route.dag_id != "dr_incident_response" and route.dag_id not in response.scenarios:
+                problems.append(
+                    (
+                        f"alert_routes[{i}].dag_id",
+                        f"{route.dag_id!r} is neither dr_incident_response nor one of "
+                        f"incident_response.scenarios {response.scenarios}",
+                    )
+                )
+            scenario = route.conf.get("scenario")
+            if scenario and scenario not in response.scenarios:
+                problems.append(
+                    (
+                        f"alert_routes[{i}].conf.scenario",
+                        f"unknown scenario {scenario!r} (known: {response.scenarios})",
+                    )
+                )
+        thresholds = [after for _, after in self.escalation_thresholds()]
+        if thresholds != sorted(thresholds):
+            problems.append(
+                ("escalation", "escalation thresholds must not decrease from level 1 to 4")
+            )
         if self.default_environment not in self.environments:
             problems.append(("default_environment", f"{self.default_environment!r} is not defined"))
         for i, level in enumerate(self.escalation):
@@ -496,6 +582,15 @@ class Plan(_Model):
                 "<plan>",
                 [("environment", f"{key!r} is not defined (have {sorted(self.environments)})")],
             ) from None
+
+    def escalation_thresholds(self) -> list[tuple[EscalationLevel, timedelta]]:
+        """Each level with the time after the incident start at which it is paged."""
+        levels = sorted(self.escalation, key=lambda level: level.level)
+        thresholds: list[tuple[EscalationLevel, timedelta]] = []
+        for i, level in enumerate(levels):
+            default = timedelta() if i == 0 else levels[i - 1].response_time
+            thresholds.append((level, level.escalate_after or default))
+        return thresholds
 
     def tier_of_service(self, environment: str, service: str) -> Tier:
         return self.tiers[self.environment(environment).services[service].tier]

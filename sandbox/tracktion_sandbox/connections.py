@@ -75,6 +75,13 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
             "host": f"{SINK}/slack",
             "password": "T0SANDBOX/B0SANDBOX/sandbox-webhook",
         },
+        # A Slack *bot token* connection (Web API, e.g. conversations.create for the war
+        # room); base_url points the provider's SlackHook at the sink's Web API stand-in.
+        "dr_slack_bot": {
+            "conn_type": "slack",
+            "password": "xoxb-sandbox-bot-token",
+            "extra": {"base_url": f"{SINK}/slack-api/", "timeout": 10},
+        },
         "dr_pagerduty": {
             "conn_type": "pagerduty_events",
             "password": "sandbox-routing-key",

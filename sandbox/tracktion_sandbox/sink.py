@@ -28,6 +28,7 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -99,6 +100,8 @@ def make_http_app(layout: SandboxLayout) -> web.Application:
             record["json"] = parsed
         else:
             record["body"] = text
+            if request.content_type == "application/x-www-form-urlencoded":
+                record["form"] = dict(parse_qsl(text))
         append_record(layout.sink_webhooks, record)
         log.info("recorded %s %s (%d bytes)", request.method, request.path, len(raw))
 
@@ -112,6 +115,19 @@ def make_http_app(layout: SandboxLayout) -> web.Application:
                 {"status": "success", "message": "Event processed", "dedup_key": dedup_key},
                 status=202,
             )
+        if request.path.startswith("/slack-api/"):
+            # Slack Web API shape (the SlackHook's client checks "ok"): nothing is created
+            # here, the call is only recorded - the sandbox has no Slack workspace.
+            method = request.path.removeprefix("/slack-api/")
+            form = parsed if isinstance(parsed, dict) else record.get("form", {})
+            answer: dict[str, Any] = {"ok": True}
+            if method == "conversations.create":
+                name = str(form.get("name", ""))
+                answer["channel"] = {
+                    "id": "C" + uuid.uuid5(uuid.NAMESPACE_DNS, name).hex[:10].upper(),
+                    "name": name,
+                }
+            return web.json_response(answer)
         return web.Response(text="ok")
 
     async def health(_request: web.Request) -> web.Response:

@@ -75,3 +75,12 @@ def test_common_params_on_every_dr_dag(dagbag):
     for dag in dagbag.dags.values():
         if dag.tags and "scenario" in dag.tags:
             assert common <= set(dag.params), f"{dag.dag_id} misses {common - set(dag.params)}"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_each_dag_serializes(dagbag, path):
+    """What the dag-processor stores: a DAG that parses but does not serialize never shows up."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    (dag,) = [d for d in dagbag.dags.values() if Path(d.fileloc) == path]
+    DagSerialization.to_dict(dag)

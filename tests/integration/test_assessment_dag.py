@@ -88,7 +88,8 @@ def test_notify_sends_the_table_to_slack_and_mail(sandbox):
         _lines(sandbox.layout.sink_mail),
     )
     dag_run = run_dag("dr_initial_assessment", {"environment": "drill", "notify": True})
-    assert task_result(dag_run, "notify_channels") == {"sent": ["slack", "email"], "failed": {}}
+    report = task_result(dag_run, "notify_channels")
+    assert (report["sent"], report["failed"]) == (["slack", "email"], {})
     incident_id = task_result(dag_run, "open_incident")["incident_id"]
     webhooks = [
         json.loads(line) for line in _lines(sandbox.layout.sink_webhooks)[len(webhooks_before) :]

@@ -212,3 +212,36 @@ def test_airflow_shows_the_plan_error_as_an_import_error(tmp_path):
     text = json.dumps(errors)
     assert str(bad_plan) in text
     assert "tiers.critical.rto: not a duration: '30 minuts'" in text
+
+
+def test_incident_response_roles_and_channels_must_exist(sandbox_data):
+    data = copy.deepcopy(sandbox_data)
+    data["incident_response"]["activation_roles"].append("janitor")
+    data["incident_response"]["channels"] = ["slack", "pigeon"]
+    text = problems_of(data)
+    assert "incident_response.activation_roles[5]: unknown contact role 'janitor'" in text
+    assert "incident_response.channels[1]: unknown channel 'pigeon'" in text
+
+
+def test_scenarios_are_dr_dag_ids(sandbox_data):
+    data = copy.deepcopy(sandbox_data)
+    data["incident_response"]["scenarios"] = ["dr_initial_assessment", "Restore DB!"]
+    assert "incident_response.scenarios[1]: not a DR DAG id: 'Restore DB!'" in problems_of(data)
+
+
+def test_alert_routes_start_known_dags_and_scenarios(sandbox_data):
+    data = copy.deepcopy(sandbox_data)
+    data["alert_routes"][0]["dag_id"] = "dr_not_a_scenario"
+    data["alert_routes"][1]["conf"]["scenario"] = "dr_unknown"
+    text = problems_of(data)
+    assert "alert_routes[0].dag_id: 'dr_not_a_scenario' is neither dr_incident_response" in text
+    assert "alert_routes[1].conf.scenario: unknown scenario 'dr_unknown'" in text
+    data = copy.deepcopy(sandbox_data)
+    data["alert_routes"][2]["sources"] = ["nagios"]
+    assert "alert_routes[2].sources[0]: Input should be 'alertmanager'" in problems_of(data)
+
+
+def test_escalation_thresholds_must_not_decrease(sandbox_data):
+    data = copy.deepcopy(sandbox_data)
+    data["escalation"][3]["escalate_after"] = "5m"
+    assert "escalation: escalation thresholds must not decrease" in problems_of(data)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Severity = Literal["info", "warning", "error", "critical"]
+PagerDutyAction = Literal["trigger", "acknowledge", "resolve"]
+# Statuspage incident states.
+StatusPageStatus = Literal["investigating", "identified", "monitoring", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class DrMessage:
     fields: dict[str, str] = field(default_factory=dict)
     # Stable key so repeated alerts about one incident group together (PagerDuty dedup_key).
     dedup_key: str | None = None
+    # What the message means for a PagerDuty incident: open it, acknowledge it, close it.
+    pagerduty_action: PagerDutyAction = "trigger"
+    # The status page state this message sets (default: derived from the severity).
+    status_page_status: StatusPageStatus | None = None
 
     def plain_text(self) -> str:
         lines = [self.title, "", self.text]
