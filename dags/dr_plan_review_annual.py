@@ -111,8 +111,11 @@ def dr_plan_review_annual():
                 DrMessage(title="DR annual plan review", text=markdown, severity="info"),
                 channels=PLAN.reports.channels,
             )
-        return {"paths": paths, "drills": result["drills"],
-                "plan_changed_for": result["plan_changed_for"]}
+        return {
+            "paths": paths,
+            "drills": result["drills"],
+            "plan_changed_for": result["plan_changed_for"],
+        }
 
     review()
 

@@ -129,8 +129,9 @@ def dr_post_recovery_validation():
             if isinstance(value, dict) and "check" in value:
                 results.append(value["check"])
             else:
-                results.append({"name": name, "status": "failed", "detail": "did not run",
-                                "evidence": {}})
+                results.append(
+                    {"name": name, "status": "failed", "detail": "did not run", "evidence": {}}
+                )
         environment = PLAN.environment(incident["environment"])
         rto = min(PLAN.tiers[s.tier].rto for s in environment.services.values())
         return record_timeline(

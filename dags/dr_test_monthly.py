@@ -195,8 +195,11 @@ def dr_test_monthly():
         newest = catalog.newest_restorable_point()
         rpo = PLAN.data_categories[spec.data_category].rpo.total_seconds()
         if newest is None:
-            return {"rpo_target_seconds": rpo, "data_loss_seconds": None,
-                    "note": "no restorable point in the WAL archive: RPO not measured"}
+            return {
+                "rpo_target_seconds": rpo,
+                "data_loss_seconds": None,
+                "note": "no restorable point in the WAL archive: RPO not measured",
+            }
         exposure = (datetime.now(UTC) - newest).total_seconds()
         return {
             "rpo_target_seconds": rpo,

@@ -76,14 +76,20 @@ def dr_test_quarterly():
         started = now_iso()
         if run["dry_run"]:
             return {**run, "event": step_event("simulate_loss", started, "skipped", "dry run")}
-        loss = simulate_cluster_loss(PLAN.environment(run["environment"]), run["cluster"], run["tag"])
+        loss = simulate_cluster_loss(
+            PLAN.environment(run["environment"]), run["cluster"], run["tag"]
+        )
         detail = (
             f"cluster {run['cluster']} lost at {loss['lost_at']}: stopped (immediate), data "
             f"directory moved aside to {loss['moved_aside']}"
         )
         print(detail)
-        return {**run, **loss, "started_at": loss["lost_at"],
-                "event": step_event("simulate_loss", started, detail=detail)}
+        return {
+            **run,
+            **loss,
+            "started_at": loss["lost_at"],
+            "event": step_event("simulate_loss", started, detail=detail),
+        }
 
     @task(retries=0)
     def run_chain_step(run: dict, index: int, **context) -> dict:
@@ -107,16 +113,41 @@ def dr_test_quarterly():
         ok = result["state"] == "success"
         detail = (
             f"{step.label or step.dag_id}: {step.dag_id} run {result.get('run_id')} {result['state']}"
-            + (f"; RTO achieved {record.get('rto_achieved_seconds')}s" if record.get("rto_achieved_seconds") else "")
-            + (f"; data lost {record['data_loss_seconds']:.1f}s" if record.get("data_loss_seconds") is not None else "")
-            + (f"; failed tasks {sorted(k for k, v in result.get('task_states', {}).items() if v == 'failed')}" if not ok else "")
+            + (
+                f"; RTO achieved {record.get('rto_achieved_seconds')}s"
+                if record.get("rto_achieved_seconds")
+                else ""
+            )
+            + (
+                f"; data lost {record['data_loss_seconds']:.1f}s"
+                if record.get("data_loss_seconds") is not None
+                else ""
+            )
+            + (
+                f"; failed tasks {sorted(k for k, v in result.get('task_states', {}).items() if v == 'failed')}"
+                if not ok
+                else ""
+            )
             + (f"; {result['error'][-300:]}" if result.get("error") else "")
         )
         print(detail)
         event = Event(name, "gate", started, now_iso(), "succeeded" if ok else "failed", detail)
-        value = {"event": event.__dict__, "child": {k: v for k, v in result.items() if k != "record"},
-                 "record": {k: record.get(k) for k in ("rto_achieved_seconds", "data_loss_seconds", "rpo_target_seconds", "outcome")} if record else None,
-                 "label": step.label or step.dag_id}
+        value = {
+            "event": event.__dict__,
+            "child": {k: v for k, v in result.items() if k != "record"},
+            "record": {
+                k: record.get(k)
+                for k in (
+                    "rto_achieved_seconds",
+                    "data_loss_seconds",
+                    "rpo_target_seconds",
+                    "outcome",
+                )
+            }
+            if record
+            else None,
+            "label": step.label or step.dag_id,
+        }
         if not ok:
             context["ti"].xcom_push(key="return_value", value=value)
             raise AirflowFailException(detail)
@@ -149,27 +180,56 @@ def dr_test_quarterly():
         steps, loss, rpo_target = [], None, None
         loss_event = (ti.xcom_pull(task_ids="simulate_loss") or {}).get("event")
         if loss_event:
-            steps.append({"name": "simulate_loss", "status": loss_event["status"], "seconds": 0.0,
-                          "target_seconds": None, "detail": loss_event["detail"]})
+            steps.append(
+                {
+                    "name": "simulate_loss",
+                    "status": loss_event["status"],
+                    "seconds": 0.0,
+                    "target_seconds": None,
+                    "detail": loss_event["detail"],
+                }
+            )
         for index, step in enumerate(STEPS):
             value = ti.xcom_pull(task_ids=step_task_id(index, step.dag_id)) or {}
             event = value.get("event")
             if not event:
-                steps.append({"name": step_task_id(index, step.dag_id), "status": "not run",
-                              "seconds": None, "target_seconds": None, "detail": step.label})
+                steps.append(
+                    {
+                        "name": step_task_id(index, step.dag_id),
+                        "status": "not run",
+                        "seconds": None,
+                        "target_seconds": None,
+                        "detail": step.label,
+                    }
+                )
                 continue
             # Time since the loss when the step finished: what the RTO clock reads.
-            at = (datetime.fromisoformat(event["finished_at"])
-                  - datetime.fromisoformat(run["started_at"])).total_seconds()
-            steps.append({"name": f"{event['name']} ({value.get('label')})", "status": event["status"],
-                          "seconds": at, "target_seconds": None, "detail": event["detail"],
-                          "took_seconds": (datetime.fromisoformat(event["finished_at"]) - datetime.fromisoformat(event["started_at"])).total_seconds()})
+            at = (
+                datetime.fromisoformat(event["finished_at"])
+                - datetime.fromisoformat(run["started_at"])
+            ).total_seconds()
+            steps.append(
+                {
+                    "name": f"{event['name']} ({value.get('label')})",
+                    "status": event["status"],
+                    "seconds": at,
+                    "target_seconds": None,
+                    "detail": event["detail"],
+                    "took_seconds": (
+                        datetime.fromisoformat(event["finished_at"])
+                        - datetime.fromisoformat(event["started_at"])
+                    ).total_seconds(),
+                }
+            )
             child = value.get("record") or {}
             if child.get("data_loss_seconds") is not None and loss is None:
                 loss, rpo_target = child["data_loss_seconds"], child.get("rpo_target_seconds")
         environment = PLAN.environment(run["environment"])
-        tiers = [PLAN.tiers[d.tier] for d in environment.databases.values()
-                 if d.cluster == run.get("cluster", PLAN.drills.quarterly.cluster)]
+        tiers = [
+            PLAN.tiers[d.tier]
+            for d in environment.databases.values()
+            if d.cluster == run.get("cluster", PLAN.drills.quarterly.cluster)
+        ]
         rto = min(t.rto for t in tiers).total_seconds() if tiers else 4 * 3600.0
         for step in steps:
             if step["seconds"] is not None and step["name"] != "simulate_loss":
@@ -178,7 +238,8 @@ def dr_test_quarterly():
             context,
             incident=run,
             rto_target_seconds=rto,
-            rpo_target_seconds=rpo_target or (min(t.rpo for t in tiers).total_seconds() if tiers else None),
+            rpo_target_seconds=rpo_target
+            or (min(t.rpo for t in tiers).total_seconds() if tiers else None),
             data_loss_seconds=loss,
             details={
                 "steps": steps,

@@ -94,8 +94,16 @@ def render_dashboard(grouped: dict[str, list[dict[str, Any]]]) -> str:
             f"<td><a href='{link}'>report</a></td></tr>"
         )
         trend = [
-            {k: r[k] for k in ("incident_id", "outcome", "rto_achieved_seconds",
-                               "rto_target_seconds", "data_loss_seconds")}
+            {
+                k: r[k]
+                for k in (
+                    "incident_id",
+                    "outcome",
+                    "rto_achieved_seconds",
+                    "rto_target_seconds",
+                    "data_loss_seconds",
+                )
+            }
             for r in rows
         ]
         sections.append(
@@ -116,7 +124,7 @@ def render_dashboard(grouped: dict[str, list[dict[str, Any]]]) -> str:
         f"<title>Tracktion DR dashboard</title><style>{STYLE}</style></head><body>"
         "<h1>Tracktion DR dashboard</h1>"
         "<p>Every recovery and drill run recorded in the DR ledger: measured RTO and data "
-        "lost against the plan's targets. \"not measured\" is never \"met\".</p>"
+        'lost against the plan\'s targets. "not measured" is never "met".</p>'
         f"{body}</body></html>"
     )
 

@@ -296,8 +296,13 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
     summary = reports.summary_table(report)
     link = f"/dr-dashboard/report/{ti.dag_id}/{ti.run_id}"
     log.info("\n%s", summary)
-    log.info("report: %s (HTML %s, JSON %s); in the UI: %s", paths["markdown"], paths["html"],
-             paths["json"], link)
+    log.info(
+        "report: %s (HTML %s, JSON %s); in the UI: %s",
+        paths["markdown"],
+        paths["html"],
+        paths["json"],
+        link,
+    )
     delivery: dict[str, Any] = {}
     if context["params"].get("notify"):
         delivery = deliver(
@@ -311,5 +316,10 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
             ),
             channels=plan.reports.channels,
         ).as_dict()
-    return {"paths": paths, "summary": summary, "link": link, "delivery": delivery,
-            "outcome": report["outcome"]}
+    return {
+        "paths": paths,
+        "summary": summary,
+        "link": link,
+        "delivery": delivery,
+        "outcome": report["outcome"],
+    }

@@ -48,12 +48,20 @@ def _inside(path: str, root: str) -> bool:
 
 def production_paths(production: Environment) -> list[str]:
     paths = [c.data_directory for c in production.clusters.values()]
-    paths += [c.replica_data_directory for c in production.clusters.values() if getattr(c, "replica_data_directory", None)]
+    paths += [
+        c.replica_data_directory
+        for c in production.clusters.values()
+        if getattr(c, "replica_data_directory", None)
+    ]
     paths += [area.path for area in production.storage.values()]
     paths += list(production.config_paths)
-    for location in (production.backups.logical, production.backups.base,
-                     production.backups.wal_archive, production.backups.configuration,
-                     production.backups.storage):
+    for location in (
+        production.backups.logical,
+        production.backups.base,
+        production.backups.wal_archive,
+        production.backups.configuration,
+        production.backups.storage,
+    ):
         if location and location.startswith("file://"):
             paths.append(location.removeprefix("file://"))
     return [p for p in paths if p]
@@ -65,9 +73,7 @@ def guard_monthly(plan: Plan, incident: dict[str, Any], tag: str) -> dict[str, A
         raise InvalidInput("drills", "the plan has no drills section")
     drill = plan.drills.monthly
     if incident["environment"] == "production":
-        raise InvalidInput(
-            "environment", "a drill never runs against production (choose drill)"
-        )
+        raise InvalidInput("environment", "a drill never runs against production (choose drill)")
     environment = plan.environment(incident["environment"])
     production = plan.environment("production")
     databases = drill.databases or list(environment.databases)
@@ -75,8 +81,10 @@ def guard_monthly(plan: Plan, incident: dict[str, Any], tag: str) -> dict[str, A
         name: f"{drill.scratch_prefix}{environment.databases[name].name}_{tag}"[:63]
         for name in databases
     }
-    production_names = {d.name for env in plan.environments.values() for d in env.databases.values()}
-    for name, scratch_name in scratch.items():
+    production_names = {
+        d.name for env in plan.environments.values() for d in env.databases.values()
+    }
+    for scratch_name in scratch.values():
         if scratch_name in production_names:
             raise InvalidInput(
                 "drills.monthly.scratch_prefix",
@@ -161,37 +169,68 @@ def restore_test(
     name = f"database_restore:{database}"
     entries = catalog.dumps(spec.name)
     if not entries:
-        return StepResult(name, "failed", started, _now(), f"no dump of {spec.name} found",
-                          target_seconds)
+        return StepResult(
+            name, "failed", started, _now(), f"no dump of {spec.name} found", target_seconds
+        )
     newest = catalog.verify(entries[0]) if entries[0].status is not Status.FAILED else entries[0]
     if newest.status is not Status.VERIFIED:
-        return StepResult(name, "failed", started, _now(),
-                          f"newest dump {newest.id} is not usable: {newest.reason}",
-                          target_seconds, {"dump": newest.id})
+        return StepResult(
+            name,
+            "failed",
+            started,
+            _now(),
+            f"newest dump {newest.id} is not usable: {newest.reason}",
+            target_seconds,
+            {"dump": newest.id},
+        )
     manifest = read_manifest(newest.path)
     try:
         restore_dump(admin, newest.path, scratch_name, jobs=spec.restore_jobs, bindir=bindir)
     except Exception as exc:
-        return StepResult(name, "failed", started, _now(),
-                          f"pg_restore of {newest.id} into {scratch_name} failed: {exc}",
-                          target_seconds, {"dump": newest.id})
+        return StepResult(
+            name,
+            "failed",
+            started,
+            _now(),
+            f"pg_restore of {newest.id} into {scratch_name} failed: {exc}",
+            target_seconds,
+            {"dump": newest.id},
+        )
     restored = _now()
-    report = validate_database(admin, scratch_name, expected_counts=manifest.get("row_counts"),
-                               bindir=bindir)
+    report = validate_database(
+        admin, scratch_name, expected_counts=manifest.get("row_counts"), bindir=bindir
+    )
     finished = _now()
-    restore_seconds = (datetime.fromisoformat(restored) - datetime.fromisoformat(started)).total_seconds()
-    evidence = {"dump": newest.id, "scratch_database": scratch_name,
-                "restore_seconds": restore_seconds, "integrity": report.as_dict(),
-                "rows": sum((manifest.get("row_counts") or {}).values())}
+    restore_seconds = (
+        datetime.fromisoformat(restored) - datetime.fromisoformat(started)
+    ).total_seconds()
+    evidence = {
+        "dump": newest.id,
+        "scratch_database": scratch_name,
+        "restore_seconds": restore_seconds,
+        "integrity": report.as_dict(),
+        "rows": sum((manifest.get("row_counts") or {}).values()),
+    }
     if not report.ok:
-        return StepResult(name, "failed", started, finished,
-                          f"{newest.id} restored into {scratch_name} but integrity failed: "
-                          + "; ".join(report.problems[:5]), target_seconds, evidence)
+        return StepResult(
+            name,
+            "failed",
+            started,
+            finished,
+            f"{newest.id} restored into {scratch_name} but integrity failed: "
+            + "; ".join(report.problems[:5]),
+            target_seconds,
+            evidence,
+        )
     return StepResult(
-        name, "succeeded", started, finished,
+        name,
+        "succeeded",
+        started,
+        finished,
         f"{newest.id} restored into {scratch_name} in {restore_seconds:.1f}s; "
         f"{evidence['rows']} rows match the manifest; FK, PK, rules, pg_amcheck clean",
-        target_seconds, evidence,
+        target_seconds,
+        evidence,
     )
 
 
@@ -199,7 +238,10 @@ def restore_test(
 
 
 def service_cycle_test(
-    environment: Environment, service: str, controller: Any, target_seconds: float,
+    environment: Environment,
+    service: str,
+    controller: Any,
+    target_seconds: float,
     poll_seconds: float = 0.5,
 ) -> StepResult:
     from tracktion_dr.checks import service_health
@@ -215,32 +257,52 @@ def service_cycle_test(
     try:
         controller.start(service)
     except Exception as exc:
-        return StepResult(name, "failed", started, _now(), f"start failed: {exc}",
-                          target_seconds, {"down_after_stop": not down})
+        return StepResult(
+            name,
+            "failed",
+            started,
+            _now(),
+            f"start failed: {exc}",
+            target_seconds,
+            {"down_after_stop": not down},
+        )
     deadline = time.monotonic() + target_seconds
     while True:
         healthy, detail = service_health(environment, [service], timeout=2)
         if healthy:
             finished = _now()
-            recovery = (datetime.fromisoformat(finished) - datetime.fromisoformat(stopped_at)).total_seconds()
+            recovery = (
+                datetime.fromisoformat(finished) - datetime.fromisoformat(stopped_at)
+            ).total_seconds()
             return StepResult(
-                name, "succeeded", started, finished,
+                name,
+                "succeeded",
+                started,
+                finished,
                 f"stopped ({'health failed as expected' if not down else 'health still answered'}), "
                 f"started, healthy again after {recovery:.1f}s",
-                target_seconds, {"recovery_seconds": recovery, "down_after_stop": not down},
+                target_seconds,
+                {"recovery_seconds": recovery, "down_after_stop": not down},
             )
         if time.monotonic() >= deadline:
-            return StepResult(name, "failed", started, _now(),
-                              f"not healthy within {target_seconds:.0f}s after start: {detail}",
-                              target_seconds, {"last": detail, "stop_probe": seen})
+            return StepResult(
+                name,
+                "failed",
+                started,
+                _now(),
+                f"not healthy within {target_seconds:.0f}s after start: {detail}",
+                target_seconds,
+                {"last": detail, "stop_probe": seen},
+            )
         time.sleep(poll_seconds)
 
 
 # --- storage: write, back up, delete, restore, verify ----------------------------------------
 
 
-def storage_test(area: str, area_path: Path, scratch_dir: Path, drill_id: str,
-                 target_seconds: float) -> StepResult:
+def storage_test(
+    area: str, area_path: Path, scratch_dir: Path, drill_id: str, target_seconds: float
+) -> StepResult:
     name = f"storage_recovery:{area}"
     started = _now()
     test_file = area_path / f".dr_test_{drill_id}.txt"
@@ -259,26 +321,37 @@ def storage_test(area: str, area_path: Path, scratch_dir: Path, drill_id: str,
             tar.extractall(area_path, members=[tar.getmember(test_file.name)], filter="data")
         restored = hashlib.sha256(test_file.read_bytes()).hexdigest()
     except Exception as exc:
-        return StepResult(name, "failed", started, _now(), f"{type(exc).__name__}: {exc}",
-                          target_seconds)
+        return StepResult(
+            name, "failed", started, _now(), f"{type(exc).__name__}: {exc}", target_seconds
+        )
     finally:
         test_file.unlink(missing_ok=True)  # our test file only; never area content
     if restored != digest:
-        return StepResult(name, "failed", started, _now(),
-                          f"restored content differs (sha256 {restored[:12]} != {digest[:12]})",
-                          target_seconds)
+        return StepResult(
+            name,
+            "failed",
+            started,
+            _now(),
+            f"restored content differs (sha256 {restored[:12]} != {digest[:12]})",
+            target_seconds,
+        )
     return StepResult(
-        name, "succeeded", started, _now(),
+        name,
+        "succeeded",
+        started,
+        _now(),
         f"wrote {test_file.name} in {area_path}, backed up, deleted, restored; sha256 {digest[:12]} matches",
-        target_seconds, {"sha256": digest, "archive": str(archive)},
+        target_seconds,
+        {"sha256": digest, "archive": str(archive)},
     )
 
 
 # --- teardown -------------------------------------------------------------------------------
 
 
-def teardown_monthly(environment: Environment, drill: dict[str, Any], admin_for: Any,
-                     controller_for: Any) -> list[str]:
+def teardown_monthly(
+    environment: Environment, drill: dict[str, Any], admin_for: Any, controller_for: Any
+) -> list[str]:
     """Drop every scratch resource and make sure the monthly services run again."""
     from tracktion_dr.postgres.dumps import drop_database
 
@@ -292,7 +365,9 @@ def teardown_monthly(environment: Environment, drill: dict[str, Any], admin_for:
         shutil.rmtree(scratch_dir)  # the drill's own scratch files
         done.append(f"removed {scratch_dir}")
     for service in drill["services"]:
-        controller = controller_for(environment.controllers[environment.services[service].controller])
+        controller = controller_for(
+            environment.controllers[environment.services[service].controller]
+        )
         state = controller.status(service)
         if str(getattr(state, "state", "")).lower() not in ("running",):
             controller.start(service)
@@ -314,8 +389,10 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
     if server_running(paths):
         from tracktion_dr.postgres.commands import as_os_user, run
 
-        run(as_os_user(paths.pg_ctl("stop", "-m", "immediate", "-w"), cluster.os_user),
-            what="pg_ctl stop -m immediate")
+        run(
+            as_os_user(paths.pg_ctl("stop", "-m", "immediate", "-w"), cluster.os_user),
+            what="pg_ctl stop -m immediate",
+        )
     lost_at = datetime.now(UTC)
     aside = data.with_name(f"{data.name}.lost_{tag}")
     if data.exists():
@@ -338,8 +415,13 @@ def run_step(dag_id: str, conf: dict[str, Any], timeout_seconds: float) -> dict[
         if line.startswith("DRILL-STEP-RESULT "):
             return json.loads(line.removeprefix("DRILL-STEP-RESULT "))
     tail = (completed.stderr or completed.stdout)[-800:]
-    return {"dag_id": dag_id, "run_id": None, "state": "failed", "record": None,
-            "error": f"exit {completed.returncode}: {tail}"}
+    return {
+        "dag_id": dag_id,
+        "run_id": None,
+        "state": "failed",
+        "record": None,
+        "error": f"exit {completed.returncode}: {tail}",
+    }
 
 
 def _main(argv: list[str]) -> int:
@@ -416,8 +498,6 @@ def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
 def put_back_if_down(environment: Environment, cluster_name: str, loss: dict[str, Any]) -> str:
     """After the chain: if the cluster answers, nothing to do. If not, move whatever is in
     its data directory aside and put the lost directory back, then start it."""
-    import psycopg
-
     from tracktion_dr.database_recovery import recovery_log_file
     from tracktion_dr.postgres.pitr import ClusterPaths, server_running, start_server
 
@@ -433,5 +513,4 @@ def put_back_if_down(environment: Environment, cluster_name: str, loss: dict[str
         os.rename(data, data.with_name(f"{data.name}.failed_{loss.get('tag', 'drill')}"))
     os.rename(aside, data)
     start_server(paths, recovery_log_file(cluster, f"putback_{loss.get('tag', 'drill')}"))
-    _ = psycopg  # the caller's validation step probes it
     return f"{cluster_name} was down after the drill: put {aside} back and started it"

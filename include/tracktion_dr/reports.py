@@ -41,7 +41,9 @@ def verdict(achieved: float | None, target: float | None) -> str:
 # --- reading the ledger --------------------------------------------------------------------
 
 
-def ledger_run(conninfo: str, *, dag_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def ledger_run(
+    conninfo: str, *, dag_id: str, run_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with psycopg.connect(conninfo, connect_timeout=10, row_factory=dict_row) as conn:
         ledger.ensure_schema(conn)
         run = conn.execute(
@@ -167,7 +169,9 @@ def summary_table(report: dict[str, Any]) -> str:
         f"{report['rpo']}"
     )
     for check in report["checks"]:
-        lines.append(f"check {check['name']:<28} {check['status'].upper():<8} {check['detail'][:90]}")
+        lines.append(
+            f"check {check['name']:<28} {check['status'].upper():<8} {check['detail'][:90]}"
+        )
     return "\n".join(lines)
 
 
@@ -187,8 +191,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("backup_used"):
         out.append(f"- **Backup used**: {report['backup_used']}")
-    out += ["", "## Steps", "", "| Step | Status | Took | Target | Verdict | Detail |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Steps",
+        "",
+        "| Step | Status | Took | Target | Verdict | Detail |",
+        "|---|---|---|---|---|---|",
+    ]
     for step in report["steps"]:
         target = step.get("target_seconds")
         out.append(
@@ -206,9 +215,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
     if report["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    out += ["", f"## Trend (last {len(report['trend'])} runs of {report['dag_id']})", "",
-            "| Recorded | Incident | Outcome | RTO achieved | RTO target | Data lost |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"## Trend (last {len(report['trend'])} runs of {report['dag_id']})",
+        "",
+        "| Recorded | Incident | Outcome | RTO achieved | RTO target | Data lost |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in report["trend"]:
         out.append(
             f"| {row['recorded_at']} | {row['incident_id']} | {row['outcome']} | "
@@ -230,8 +243,10 @@ def step_chart_svg(steps: list[dict[str, Any]], fallback_target: float | None) -
     scale_max = max(
         [s["seconds"] for s in rows] + [s.get("target_seconds") or 0 for s in rows] + [1]
     )
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-             f'aria-label="RTO achieved vs target per step" class="chart">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
+        f'aria-label="RTO achieved vs target per step" class="chart">'
+    ]
     for i, step in enumerate(rows):
         y = 20 + i * row_h
         target = step.get("target_seconds") or None
@@ -239,16 +254,24 @@ def step_chart_svg(steps: list[dict[str, Any]], fallback_target: float | None) -
         over = target is not None and step["seconds"] > target
         color = "#c0392b" if over or step["status"] == "failed" else "#2e86c1"
         parts.append(f'<text x="4" y="{y + 14}" font-size="12">{_e(step["name"][:38])}</text>')
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{max(w, 1):.1f}" height="16" fill="{color}">'
-                     f'<title>{_e(dur(step["seconds"]))}</title></rect>')
-        parts.append(f'<text x="{left + max(w, 1) + 4:.1f}" y="{y + 14}" font-size="11">'
-                     f'{_e(dur(step["seconds"]))}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y + 2}" width="{max(w, 1):.1f}" height="16" fill="{color}">'
+            f"<title>{_e(dur(step['seconds']))}</title></rect>"
+        )
+        parts.append(
+            f'<text x="{left + max(w, 1) + 4:.1f}" y="{y + 14}" font-size="11">'
+            f"{_e(dur(step['seconds']))}</text>"
+        )
         if target:
             tx = left + (width - left - 20) * target / scale_max
-            parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{y}" y2="{y + 20}" '
-                         f'stroke="#222" stroke-width="2"><title>target {_e(dur(target))}</title></line>')
-    parts.append(f'<text x="{left}" y="14" font-size="11" fill="#555">bar: time taken; '
-                 f'black tick: RTO target (scale 0 - {_e(dur(scale_max))})</text>')
+            parts.append(
+                f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{y}" y2="{y + 20}" '
+                f'stroke="#222" stroke-width="2"><title>target {_e(dur(target))}</title></line>'
+            )
+    parts.append(
+        f'<text x="{left}" y="14" font-size="11" fill="#555">bar: time taken; '
+        f"black tick: RTO target (scale 0 - {_e(dur(scale_max))})</text>"
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -268,30 +291,47 @@ def trend_chart_svg(trend: list[dict[str, Any]]) -> str:
     def y(v: float) -> float:
         return height - pad - (height - 2 * pad) * v / top
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-             f'aria-label="RTO trend of the last runs" class="chart">',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
+        f'aria-label="RTO trend of the last runs" class="chart">',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
+    ]
     if targets:
         ty = y(targets[-1])
-        parts.append(f'<line x1="{pad}" x2="{width - pad}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#c0392b" '
-                     f'stroke-dasharray="6 4"><title>target {_e(dur(targets[-1]))}</title></line>')
-        parts.append(f'<text x="{width - pad - 120}" y="{ty - 4:.1f}" font-size="11" fill="#c0392b">'
-                     f'target {_e(dur(targets[-1]))}</text>')
-    line = [f"{x(i):.1f},{y(r['rto_achieved_seconds']):.1f}" for i, r in points
-            if r["rto_achieved_seconds"] is not None]
+        parts.append(
+            f'<line x1="{pad}" x2="{width - pad}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#c0392b" '
+            f'stroke-dasharray="6 4"><title>target {_e(dur(targets[-1]))}</title></line>'
+        )
+        parts.append(
+            f'<text x="{width - pad - 120}" y="{ty - 4:.1f}" font-size="11" fill="#c0392b">'
+            f"target {_e(dur(targets[-1]))}</text>"
+        )
+    line = [
+        f"{x(i):.1f},{y(r['rto_achieved_seconds']):.1f}"
+        for i, r in points
+        if r["rto_achieved_seconds"] is not None
+    ]
     if len(line) > 1:
-        parts.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="#2e86c1" stroke-width="2"/>')
+        parts.append(
+            f'<polyline points="{" ".join(line)}" fill="none" stroke="#2e86c1" stroke-width="2"/>'
+        )
     for i, r in points:
         label = f"{r['incident_id']}: {dur(r['rto_achieved_seconds'])} ({r['outcome']})"
         if r["rto_achieved_seconds"] is None:
-            parts.append(f'<text x="{x(i) - 4:.1f}" y="{height - pad - 4}" font-size="12" fill="#999">'
-                         f'?<title>{_e(label)}</title></text>')
+            parts.append(
+                f'<text x="{x(i) - 4:.1f}" y="{height - pad - 4}" font-size="12" fill="#999">'
+                f"?<title>{_e(label)}</title></text>"
+            )
             continue
         color = "#c0392b" if r["outcome"] == "failed" else "#2e86c1"
-        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(r["rto_achieved_seconds"]):.1f}" r="4" fill="{color}">'
-                     f'<title>{_e(label)}</title></circle>')
-    parts.append(f'<text x="{pad}" y="{height - 12}" font-size="11" fill="#555">last {len(points)} runs, '
-                 f'oldest left; y: RTO achieved (0 - {_e(dur(top))})</text>')
+        parts.append(
+            f'<circle cx="{x(i):.1f}" cy="{y(r["rto_achieved_seconds"]):.1f}" r="4" fill="{color}">'
+            f"<title>{_e(label)}</title></circle>"
+        )
+    parts.append(
+        f'<text x="{pad}" y="{height - 12}" font-size="11" fill="#555">last {len(points)} runs, '
+        f"oldest left; y: RTO achieved (0 - {_e(dur(top))})</text>"
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -324,26 +364,26 @@ def render_html(report: dict[str, Any]) -> str:
     )
     rpo_target = dur(report["rpo_target_seconds"]) if report["rpo_target_seconds"] else "none"
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>DR report {_e(report['title'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>DR report {_e(report["title"])}</title>
 <style>{STYLE}</style></head><body>
-<h1>DR report: {_e(report['title'])}</h1>
+<h1>DR report: {_e(report["title"])}</h1>
 <table>
-<tr><th>Outcome</th><td class="{_e(report['outcome'])}" id="outcome">{_e(report['outcome'])}</td></tr>
-<tr><th>Environment</th><td>{_e(report['environment'])}</td></tr>
-<tr><th>DAG run</th><td>{_e(report['dag_id'])} / {_e(report['run_id'])} (ledger run {_e(report['ledger_id'])})</td></tr>
-<tr><th>Clock started</th><td>{_e(report['clock_started_at'])}</td></tr>
-<tr><th>RTO</th><td id="rto">{_e(dur(report['rto_achieved_seconds']))} achieved vs {_e(dur(report['rto_target_seconds']))} target:
- <span class="{_cls(report['rto'])}">{_e(report['rto'])}</span></td></tr>
-<tr><th>Data lost (RPO)</th><td id="rpo">{_e(dur(report['data_loss_seconds']))} vs {_e(rpo_target)} target:
- <span class="{_cls(report['rpo'])}">{_e(report['rpo'])}</span></td></tr>
+<tr><th>Outcome</th><td class="{_e(report["outcome"])}" id="outcome">{_e(report["outcome"])}</td></tr>
+<tr><th>Environment</th><td>{_e(report["environment"])}</td></tr>
+<tr><th>DAG run</th><td>{_e(report["dag_id"])} / {_e(report["run_id"])} (ledger run {_e(report["ledger_id"])})</td></tr>
+<tr><th>Clock started</th><td>{_e(report["clock_started_at"])}</td></tr>
+<tr><th>RTO</th><td id="rto">{_e(dur(report["rto_achieved_seconds"]))} achieved vs {_e(dur(report["rto_target_seconds"]))} target:
+ <span class="{_cls(report["rto"])}">{_e(report["rto"])}</span></td></tr>
+<tr><th>Data lost (RPO)</th><td id="rpo">{_e(dur(report["data_loss_seconds"]))} vs {_e(rpo_target)} target:
+ <span class="{_cls(report["rpo"])}">{_e(report["rpo"])}</span></td></tr>
 </table>
 <h2>RTO achieved vs target per step</h2>
-{step_chart_svg(report['steps'], report['rto_target_seconds'])}
+{step_chart_svg(report["steps"], report["rto_target_seconds"])}
 <h2>Steps</h2>
 <table><tr><th>Step</th><th>Status</th><th>Took</th><th>Target</th><th>Detail</th></tr>{rows}</table>
-{'<h2>Checks</h2><table><tr><th>Check</th><th>Status</th><th>Evidence</th></tr>' + checks + '</table>' if checks else ''}
-<h2>Trend: last {len(report['trend'])} runs of {_e(report['dag_id'])}</h2>
-{trend_chart_svg(report['trend'])}
+{"<h2>Checks</h2><table><tr><th>Check</th><th>Status</th><th>Evidence</th></tr>" + checks + "</table>" if checks else ""}
+<h2>Trend: last {len(report["trend"])} runs of {_e(report["dag_id"])}</h2>
+{trend_chart_svg(report["trend"])}
 <p>Generated from the DR ledger. Skipped checks are not passes; "not measured" is not "met".</p>
 </body></html>
 """

@@ -45,9 +45,7 @@ CREATE TABLE IF NOT EXISTS dr.plan_reviews (
 
 
 def _sha(value: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(value, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def plan_fingerprints(plan: Plan) -> dict[str, str]:
@@ -55,13 +53,31 @@ def plan_fingerprints(plan: Plan) -> dict[str, str]:
     data = plan.model_dump(mode="json")
     envs = data["environments"]
     return {
-        "dr_test_monthly": _sha([(data.get("drills") or {}).get("monthly"), data["test_schedule"].get("monthly")]),
-        "dr_test_quarterly": _sha([(data.get("drills") or {}).get("quarterly"), data["test_schedule"].get("quarterly")]),
+        "dr_test_monthly": _sha(
+            [(data.get("drills") or {}).get("monthly"), data["test_schedule"].get("monthly")]
+        ),
+        "dr_test_quarterly": _sha(
+            [(data.get("drills") or {}).get("quarterly"), data["test_schedule"].get("quarterly")]
+        ),
         "dr_post_recovery_validation": _sha({k: v.get("validation") for k, v in envs.items()}),
-        "dr_database_restore": _sha({k: [v["databases"], v["clusters"], v["backups"]] for k, v in envs.items()}),
+        "dr_database_restore": _sha(
+            {k: [v["databases"], v["clusters"], v["backups"]] for k, v in envs.items()}
+        ),
         "dr_database_pitr": _sha({k: [v["clusters"], v["backups"]] for k, v in envs.items()}),
-        "dr_initial_assessment": _sha({k: [v["services"], v.get("external_dependencies"), v.get("storage")] for k, v in envs.items()}),
-        "dr_incident_response": _sha([data["incident_response"], data["alert_routes"], data["notifications"], data["escalation"]]),
+        "dr_initial_assessment": _sha(
+            {
+                k: [v["services"], v.get("external_dependencies"), v.get("storage")]
+                for k, v in envs.items()
+            }
+        ),
+        "dr_incident_response": _sha(
+            [
+                data["incident_response"],
+                data["alert_routes"],
+                data["notifications"],
+                data["escalation"],
+            ]
+        ),
         "dr_backup_*": _sha(data["backup_schedule"]),
         "tiers": _sha([data["tiers"], data["data_categories"]]),
     }
@@ -84,8 +100,12 @@ def save_review(conninfo: str, review: dict[str, Any]) -> None:
         conn.execute(
             "INSERT INTO dr.plan_reviews (period_start, period_end, fingerprints, review)"
             " VALUES (%s, %s, %s, %s)",
-            (review["period_start"], review["period_end"], Jsonb(review["fingerprints"]),
-             Jsonb(json.loads(json.dumps(review, default=str)))),
+            (
+                review["period_start"],
+                review["period_end"],
+                Jsonb(review["fingerprints"]),
+                Jsonb(json.loads(json.dumps(review, default=str))),
+            ),
         )
 
 
@@ -137,8 +157,11 @@ def build_review(
                 f"average RTO {dur(entry['rto_average_seconds'])} exceeds the target "
                 f"{dur(rto_target)}: speed the procedure up or revise the tier's RTO"
             )
-        if (entry["data_loss_average_seconds"] is not None and entry["rpo_target_seconds"]
-                and entry["data_loss_average_seconds"] > entry["rpo_target_seconds"]):
+        if (
+            entry["data_loss_average_seconds"] is not None
+            and entry["rpo_target_seconds"]
+            and entry["data_loss_average_seconds"] > entry["rpo_target_seconds"]
+        ):
             recommendations.append(
                 f"average data lost {dur(entry['data_loss_average_seconds'])} exceeds the RPO "
                 f"{dur(entry['rpo_target_seconds'])}: archive WAL more often or revise the RPO"
@@ -148,24 +171,47 @@ def build_review(
         entry["recommendations"] = recommendations
         objectives.append(entry)
     months = _months(start, end)
-    held_monthly = {m: [r for r in by_dag.get("dr_test_monthly", [])
-                        if r["recorded_at"].strftime("%Y-%m") == m] for m in months}
+    held_monthly = {
+        m: [r for r in by_dag.get("dr_test_monthly", []) if r["recorded_at"].strftime("%Y-%m") == m]
+        for m in months
+    }
     quarters = sorted({f"{m[:4]}-Q{(int(m[5:]) - 1) // 3 + 1}" for m in months})
-    held_quarterly = {q: [r for r in by_dag.get("dr_test_quarterly", [])
-                          if f"{r['recorded_at']:%Y}-Q{(r['recorded_at'].month - 1) // 3 + 1}" == q]
-                      for q in quarters}
+    held_quarterly = {
+        q: [
+            r
+            for r in by_dag.get("dr_test_quarterly", [])
+            if f"{r['recorded_at']:%Y}-Q{(r['recorded_at'].month - 1) // 3 + 1}" == q
+        ]
+        for q in quarters
+    }
     drills = {
-        "monthly": {"scheduled": len(months), "held": sum(1 for v in held_monthly.values() if v),
-                    "passed": sum(1 for v in held_monthly.values() if any(r["outcome"] == "succeeded" for r in v)),
-                    "missing": [m for m, v in held_monthly.items() if not v]},
-        "quarterly": {"scheduled": len(quarters), "held": sum(1 for v in held_quarterly.values() if v),
-                      "passed": sum(1 for v in held_quarterly.values() if any(r["outcome"] == "succeeded" for r in v)),
-                      "missing": [q for q, v in held_quarterly.items() if not v]},
+        "monthly": {
+            "scheduled": len(months),
+            "held": sum(1 for v in held_monthly.values() if v),
+            "passed": sum(
+                1 for v in held_monthly.values() if any(r["outcome"] == "succeeded" for r in v)
+            ),
+            "missing": [m for m, v in held_monthly.items() if not v],
+        },
+        "quarterly": {
+            "scheduled": len(quarters),
+            "held": sum(1 for v in held_quarterly.values() if v),
+            "passed": sum(
+                1 for v in held_quarterly.values() if any(r["outcome"] == "succeeded" for r in v)
+            ),
+            "missing": [q for q, v in held_quarterly.items() if not v],
+        },
     }
     failures = [
-        {"dag_id": r["dag_id"], "incident_id": r["incident_id"], "recorded_at": r["recorded_at"].isoformat(),
-         "reason": ", ".join((r.get("details") or {}).get("failed_tasks") or []) or "see the run"}
-        for r in runs if r["outcome"] == "failed"
+        {
+            "dag_id": r["dag_id"],
+            "incident_id": r["incident_id"],
+            "recorded_at": r["recorded_at"].isoformat(),
+            "reason": ", ".join((r.get("details") or {}).get("failed_tasks") or [])
+            or "see the run",
+        }
+        for r in runs
+        if r["outcome"] == "failed"
     ]
     incidents: dict[str, int] = defaultdict(int)
     for r in runs:
@@ -186,7 +232,8 @@ def build_review(
             stale_contacts.append({"role": role, "problem": f"last reviewed {reviewed}"})
     fingerprints = plan_fingerprints(plan)
     changed = (
-        None if previous is None
+        None
+        if previous is None
         else sorted(k for k, v in fingerprints.items() if previous.get(k) != v)
     )
     return {
@@ -204,10 +251,14 @@ def build_review(
 
 
 def render_review_markdown(review: dict[str, Any]) -> str:
-    out = [f"# DR annual plan review {review['period_start'][:10]} - {review['period_end'][:10]}", "",
-           "## RTO / RPO achieved per scenario", "",
-           "| DAG | runs | failed | RTO avg | RTO worst | RTO target | met | data lost avg | RPO target | recommendation |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# DR annual plan review {review['period_start'][:10]} - {review['period_end'][:10]}",
+        "",
+        "## RTO / RPO achieved per scenario",
+        "",
+        "| DAG | runs | failed | RTO avg | RTO worst | RTO target | met | data lost avg | RPO target | recommendation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for o in review["objectives"]:
         out.append(
             f"| {o['dag_id']} | {o['runs']} | {o['failed']} | {dur(o['rto_average_seconds'])} | "
@@ -217,23 +268,38 @@ def render_review_markdown(review: dict[str, Any]) -> str:
             f"{'; '.join(o['recommendations']) or 'none'} |"
         )
     d = review["drills"]
-    out += ["", "## Drills held vs scheduled", "",
-            f"- Monthly: {d['monthly']['held']} held of {d['monthly']['scheduled']} scheduled, "
-            f"{d['monthly']['passed']} passed; missing: {', '.join(d['monthly']['missing']) or 'none'}",
-            f"- Quarterly: {d['quarterly']['held']} held of {d['quarterly']['scheduled']} scheduled, "
-            f"{d['quarterly']['passed']} passed; missing: {', '.join(d['quarterly']['missing']) or 'none'}",
-            "", "## Failures", ""]
-    out += [f"- {f['recorded_at'][:19]} {f['dag_id']} {f['incident_id']}: {f['reason']}"
-            for f in review["failures"]] or ["- none"]
+    out += [
+        "",
+        "## Drills held vs scheduled",
+        "",
+        f"- Monthly: {d['monthly']['held']} held of {d['monthly']['scheduled']} scheduled, "
+        f"{d['monthly']['passed']} passed; missing: {', '.join(d['monthly']['missing']) or 'none'}",
+        f"- Quarterly: {d['quarterly']['held']} held of {d['quarterly']['scheduled']} scheduled, "
+        f"{d['quarterly']['passed']} passed; missing: {', '.join(d['quarterly']['missing']) or 'none'}",
+        "",
+        "## Failures",
+        "",
+    ]
+    out += [
+        f"- {f['recorded_at'][:19]} {f['dag_id']} {f['incident_id']}: {f['reason']}"
+        for f in review["failures"]
+    ] or ["- none"]
     out += ["", "## Incidents by type (from the ledger)", ""]
-    out += [f"- {k}: {v}" for k, v in sorted(review["incidents_by_scenario"].items())] or ["- no recovery runs"]
+    out += [f"- {k}: {v}" for k, v in sorted(review["incidents_by_scenario"].items())] or [
+        "- no recovery runs"
+    ]
     out += [f"- alerts {k}: {v}" for k, v in sorted(review["alerts_by_type"].items())]
     out += ["", "## Contacts needing review", ""]
-    out += [f"- {c['role']}: {c['problem']}" for c in review["contacts_needing_review"]] or ["- none"]
+    out += [f"- {c['role']}: {c['problem']}" for c in review["contacts_needing_review"]] or [
+        "- none"
+    ]
     out += ["", "## Plan entries changed since the previous review", ""]
     changed = review["plan_changed_for"]
-    out.append("- first review: no previous fingerprints" if changed is None
-               else ("- " + ", ".join(changed) if changed else "- none"))
+    out.append(
+        "- first review: no previous fingerprints"
+        if changed is None
+        else ("- " + ", ".join(changed) if changed else "- none")
+    )
     return "\n".join(out) + "\n"
 
 
@@ -242,8 +308,11 @@ def write_review(location: str, review: dict[str, Any]) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"review_{review['period_start'][:10]}_{review['period_end'][:10]}"
     markdown = render_review_markdown(review)
-    paths = {"markdown": str(stem.with_suffix(".md")), "html": str(stem.with_suffix(".html")),
-             "json": str(stem.with_suffix(".json"))}
+    paths = {
+        "markdown": str(stem.with_suffix(".md")),
+        "html": str(stem.with_suffix(".html")),
+        "json": str(stem.with_suffix(".json")),
+    }
     Path(paths["markdown"]).write_text(markdown, encoding="utf-8")
     Path(paths["html"]).write_text(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>DR annual review</title>"

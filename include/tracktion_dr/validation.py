@@ -119,16 +119,20 @@ def system_health(environment: Environment, database_conninfos: dict[str, str]) 
         "disk_percent": settings.max_disk_percent,
     }
     for key, value in resources.items():
-        if value >= ceilings[key]:
-            problems.append(f"{key} {value} >= {ceilings[key]}")
+        if value > ceilings[key]:
+            problems.append(f"{key} {value} above the ceiling {ceilings[key]}")
     resource_text = ", ".join(f"{k.split('_')[0]} {v}%" for k, v in resources.items())
     return _verdict(
         "system_health",
         problems,
         f"{services}; databases: {', '.join(f'{k} {v}' for k, v in databases.items())}; "
         f"{resource_text}",
-        {"services": services, "databases": databases, "resources": resources,
-         "ceilings": ceilings},
+        {
+            "services": services,
+            "databases": databases,
+            "resources": resources,
+            "ceilings": ceilings,
+        },
     )
 
 
@@ -148,8 +152,11 @@ def data_integrity(endpoint: Any, databases: dict[str, str], bindir: Path) -> Ch
         report = validate_database(endpoint, dbname, bindir=bindir, ignore_tables=CANARY_TABLES)
         with psycopg.connect(endpoint.conninfo(dbname), connect_timeout=10) as conn:
             counts = exact_row_counts(conn)
-        evidence[name] = {"checks": report.as_dict(), "tables": len(counts),
-                          "rows": sum(counts.values())}
+        evidence[name] = {
+            "checks": report.as_dict(),
+            "tables": len(counts),
+            "rows": sum(counts.values()),
+        }
         if not report.ok:
             problems.append(f"{name}: {'; '.join(report.problems[:5])}")
     summary = "; ".join(
@@ -370,4 +377,3 @@ def overall(results: list[dict[str, Any]]) -> str:
     """failed if any check failed; skipped checks never count as passed."""
     statuses = [r["status"] for r in results]
     return "failed" if "failed" in statuses else "passed"
-
