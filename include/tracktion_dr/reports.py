@@ -236,42 +236,46 @@ def _e(text: Any) -> str:
 
 
 def step_chart_svg(steps: list[dict[str, Any]], fallback_target: float | None) -> str:
-    """Horizontal bars: each step's time (blue, red when over) against its target (tick)."""
+    """One bar per step: the time it took as a share of its RTO target (the black line is
+    100 % of the target; red past it). Targets differ by hours between tiers, so a common
+    linear scale would hide every bar; each row is scaled to its own target."""
     rows = [s for s in steps if s.get("seconds") is not None]
-    width, left, row_h = 760, 260, 26
-    height = 30 + row_h * max(len(rows), 1)
-    scale_max = max(
-        [s["seconds"] for s in rows] + [s.get("target_seconds") or 0 for s in rows] + [1]
-    )
+    width, left, row_h = 860, 300, 26
+    span = width - left - 150  # 0 .. 150 % of the target
+    height = 34 + row_h * max(len(rows), 1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
         f'aria-label="RTO achieved vs target per step" class="chart">'
     ]
-    for i, step in enumerate(rows):
-        y = 20 + i * row_h
-        target = step.get("target_seconds") or None
-        w = (width - left - 20) * step["seconds"] / scale_max
-        over = target is not None and step["seconds"] > target
-        color = "#c0392b" if over or step["status"] == "failed" else "#2e86c1"
-        parts.append(f'<text x="4" y="{y + 14}" font-size="12">{_e(step["name"][:38])}</text>')
-        parts.append(
-            f'<rect x="{left}" y="{y + 2}" width="{max(w, 1):.1f}" height="16" fill="{color}">'
-            f"<title>{_e(dur(step['seconds']))}</title></rect>"
-        )
-        parts.append(
-            f'<text x="{left + max(w, 1) + 4:.1f}" y="{y + 14}" font-size="11">'
-            f"{_e(dur(step['seconds']))}</text>"
-        )
-        if target:
-            tx = left + (width - left - 20) * target / scale_max
-            parts.append(
-                f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{y}" y2="{y + 20}" '
-                f'stroke="#222" stroke-width="2"><title>target {_e(dur(target))}</title></line>'
-            )
+    target_x = left + span / 1.5
     parts.append(
-        f'<text x="{left}" y="14" font-size="11" fill="#555">bar: time taken; '
-        f"black tick: RTO target (scale 0 - {_e(dur(scale_max))})</text>"
+        f'<text x="{left}" y="14" font-size="11" fill="#555">bar: time taken as a share of the '
+        f"step's RTO target; black line: the target (100 %)</text>"
     )
+    parts.append(
+        f'<line x1="{target_x:.1f}" x2="{target_x:.1f}" y1="20" y2="{height - 4}" '
+        f'stroke="#222" stroke-width="2"/>'
+    )
+    for i, step in enumerate(rows):
+        y = 24 + i * row_h
+        target = step.get("target_seconds") or fallback_target
+        share = step["seconds"] / target if target else 0.0
+        w = span * min(share, 1.5) / 1.5
+        over = share > 1 or step["status"] == "failed"
+        color = "#c0392b" if over else "#2e86c1"
+        label = (
+            f"{dur(step['seconds'])} of {dur(target)} ({share * 100:.2f} %)"
+            if target
+            else dur(step["seconds"])
+        )
+        parts.append(f'<text x="4" y="{y + 14}" font-size="12">{_e(step["name"][:44])}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y + 2}" width="{max(w, 2):.1f}" height="16" fill="{color}">'
+            f"<title>{_e(label)}</title></rect>"
+        )
+        parts.append(
+            f'<text x="{left + max(w, 2) + 4:.1f}" y="{y + 14}" font-size="11">{_e(label)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -282,7 +286,9 @@ def trend_chart_svg(trend: list[dict[str, Any]]) -> str:
     points = [(i, r) for i, r in enumerate(trend)]
     values = [r["rto_achieved_seconds"] for _, r in points if r["rto_achieved_seconds"] is not None]
     targets = [r["rto_target_seconds"] for _, r in points if r["rto_target_seconds"]]
-    top = max(values + targets + [1]) * 1.1
+    # Scaled to the measured values (a 30m target would flatten 30s recoveries to the
+    # axis); the target line is drawn when it falls inside, and named either way.
+    top = max(values + [1]) * 1.25
     n = max(len(points) - 1, 1)
 
     def x(i: int) -> float:
@@ -296,7 +302,12 @@ def trend_chart_svg(trend: list[dict[str, Any]]) -> str:
         f'aria-label="RTO trend of the last runs" class="chart">',
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
     ]
-    if targets:
+    if targets and targets[-1] > top:
+        parts.append(
+            f'<text x="{width - pad - 260}" y="{pad - 10}" font-size="11" fill="#c0392b">'
+            f"target {_e(dur(targets[-1]))}: above the chart (every run well inside)</text>"
+        )
+    elif targets:
         ty = y(targets[-1])
         parts.append(
             f'<line x1="{pad}" x2="{width - pad}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#c0392b" '
