@@ -387,12 +387,9 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
     data = Path(cluster.data_directory)
     paths = ClusterPaths(data, Path(cluster.bin_dir), cluster.os_user)
     if server_running(paths):
-        from tracktion_dr.postgres.commands import as_os_user, run
+        from tracktion_dr.postgres.commands import run
 
-        run(
-            as_os_user(paths.pg_ctl("stop", "-m", "immediate", "-w"), cluster.os_user),
-            what="pg_ctl stop -m immediate",
-        )
+        run(paths.pg_ctl("stop", "-m", "immediate", "-w"), what="pg_ctl stop -m immediate")
     lost_at = datetime.now(UTC)
     aside = data.with_name(f"{data.name}.lost_{tag}")
     if data.exists():
