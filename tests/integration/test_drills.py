@@ -158,9 +158,7 @@ def notification_service_blocked(sandbox, supervisor_controller):
 def test_monthly_drill_fails_naming_a_service_that_will_not_start(
     sandbox, notification_service_blocked
 ):
-    dag_run = run_dag(
-        "dr_test_monthly", {"environment": "drill", "service_timeout_seconds": 8}
-    )
+    dag_run = run_dag("dr_test_monthly", {"environment": "drill", "service_timeout_seconds": 8})
     states = task_states(dag_run)
     assert states["test_services"] == "failed" and states["verdict"] == "failed"
     assert states["test_databases"] == "success" and states["test_storage"] == "success"
@@ -194,9 +192,7 @@ def test_monthly_guard_refuses_targets_resolving_to_production(sandbox, tmp_path
     inside = plan.drills.monthly.model_copy(
         update={"scratch_dir": str(sandbox.layout.user_uploads / "scratch")}
     )
-    bad_dir = plan.model_copy(
-        update={"drills": plan.drills.model_copy(update={"monthly": inside})}
-    )
+    bad_dir = plan.model_copy(update={"drills": plan.drills.model_copy(update={"monthly": inside})})
     with pytest.raises(InvalidInput) as refused:
         guard_monthly(bad_dir, incident, "t")
     assert refused.value.field == "drills.monthly.scratch_dir"
