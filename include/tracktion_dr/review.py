@@ -109,12 +109,18 @@ def save_review(conninfo: str, review: dict[str, Any]) -> None:
         )
 
 
-def _months(start: datetime, end: datetime) -> list[str]:
-    months, cursor = [], start.replace(day=1)
-    while cursor < end:
-        months.append(cursor.strftime("%Y-%m"))
-        cursor = (cursor + timedelta(days=32)).replace(day=1)
-    return months
+def scheduled_times(cron: str, start: datetime, end: datetime) -> list[datetime]:
+    """When the plan's cron scheduled a drill in [start, end)."""
+    from croniter import croniter
+
+    times, it = [], croniter(cron, start - timedelta(seconds=1))
+    while (moment := it.get_next(datetime)) < end:
+        times.append(moment)
+    return times
+
+
+def _quarter(moment: datetime) -> str:
+    return f"{moment:%Y}-Q{(moment.month - 1) // 3 + 1}"
 
 
 def build_review(
@@ -170,38 +176,37 @@ def build_review(
             recommendations.append("RTO never measured in the period")
         entry["recommendations"] = recommendations
         objectives.append(entry)
-    months = _months(start, end)
+    # Scheduled = the plan's cron occurrences in the period; a drill is "held" for a
+    # scheduled month (quarter) when a run was recorded in that month (quarter).
+    schedule = plan.test_schedule
+    months = sorted(
+        {f"{t:%Y-%m}" for t in scheduled_times(schedule["monthly"].cron, start, end)}
+        if "monthly" in schedule
+        else set()
+    )
+    quarters = sorted(
+        {_quarter(t) for t in scheduled_times(schedule["quarterly"].cron, start, end)}
+        if "quarterly" in schedule
+        else set()
+    )
     held_monthly = {
-        m: [r for r in by_dag.get("dr_test_monthly", []) if r["recorded_at"].strftime("%Y-%m") == m]
+        m: [r for r in by_dag.get("dr_test_monthly", []) if f"{r['recorded_at']:%Y-%m}" == m]
         for m in months
     }
-    quarters = sorted({f"{m[:4]}-Q{(int(m[5:]) - 1) // 3 + 1}" for m in months})
     held_quarterly = {
-        q: [
-            r
-            for r in by_dag.get("dr_test_quarterly", [])
-            if f"{r['recorded_at']:%Y}-Q{(r['recorded_at'].month - 1) // 3 + 1}" == q
-        ]
+        q: [r for r in by_dag.get("dr_test_quarterly", []) if _quarter(r["recorded_at"]) == q]
         for q in quarters
     }
-    drills = {
-        "monthly": {
-            "scheduled": len(months),
-            "held": sum(1 for v in held_monthly.values() if v),
-            "passed": sum(
-                1 for v in held_monthly.values() if any(r["outcome"] == "succeeded" for r in v)
-            ),
-            "missing": [m for m, v in held_monthly.items() if not v],
-        },
-        "quarterly": {
-            "scheduled": len(quarters),
-            "held": sum(1 for v in held_quarterly.values() if v),
-            "passed": sum(
-                1 for v in held_quarterly.values() if any(r["outcome"] == "succeeded" for r in v)
-            ),
-            "missing": [q for q, v in held_quarterly.items() if not v],
-        },
-    }
+
+    def tally(held: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        return {
+            "scheduled": len(held),
+            "held": sum(1 for v in held.values() if v),
+            "passed": sum(1 for v in held.values() if any(r["outcome"] == "succeeded" for r in v)),
+            "missing": [k for k, v in held.items() if not v],
+        }
+
+    drills = {"monthly": tally(held_monthly), "quarterly": tally(held_quarterly)}
     failures = [
         {
             "dag_id": r["dag_id"],
