@@ -324,6 +324,17 @@ def utcnow() -> datetime:
 ARCHIVE_WAIT_SECONDS = 30
 
 
+def segment_archived(conn: Any, segment: str) -> bool:
+    """True once the archiver has stored ``segment``: no ``<segment>.ready`` is left in
+    archive_status. (Comparing names with ``pg_stat_archiver.last_archived_wal`` breaks
+    after a promotion, when that column holds a ``.history`` file name.)"""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name = %s",
+        (f"{segment}.ready",),
+    ).fetchone()
+    return row[0] == 0
+
+
 def salvage_current_wal(admin: Endpoint) -> str:
     """If the primary still answers, switch out its current WAL segment and wait until it
     is archived, so recovery can replay the newest commits. Read-only for the data."""
@@ -342,12 +353,9 @@ def salvage_current_wal(admin: Endpoint) -> str:
             ).fetchone()[0]  # type: ignore[index]
             deadline = time.monotonic() + ARCHIVE_WAIT_SECONDS
             while time.monotonic() < deadline:
-                archived = conn.execute(
-                    "SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver"
-                ).fetchone()[0]  # type: ignore[index]
-                if archived and archived >= segment:
+                if segment_archived(conn, segment):
                     return f"salvaged: WAL up to {segment} is archived"
-                time.sleep(0.5)
+                time.sleep(0.3)
             return f"WAL segment {segment} was not archived within {ARCHIVE_WAIT_SECONDS}s (see pg_stat_archiver)"
     except psycopg.OperationalError:
         return "the primary does not answer: recovering from what the archive already holds"

@@ -21,6 +21,7 @@ from psycopg import sql
 from tracktion_dr.backups.catalog import Catalog
 from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.dag_support import endpoint
+from tracktion_dr.database_recovery import segment_archived
 from tracktion_dr.plan import load_plan
 from tracktion_dr.postgres.commands import as_os_user, run
 from tracktion_dr.postgres.wal import Segment, list_segments
@@ -37,11 +38,10 @@ def primary(dbname: str = "tracktion"):
 def switch_wal() -> None:
     with primary("postgres") as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        for _ in range(60):
-            archived = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-            if archived and archived >= segment:
+        for _ in range(100):
+            if segment_archived(conn, segment):
                 return
-            time.sleep(0.5)
+            time.sleep(0.3)
     raise AssertionError(f"{segment} not archived")
 
 
