@@ -212,3 +212,28 @@ def test_airflow_shows_the_plan_error_as_an_import_error(tmp_path):
     text = json.dumps(errors)
     assert str(bad_plan) in text
     assert "tiers.critical.rto: not a duration: '30 minuts'" in text
+
+
+def test_service_layer_must_be_known(sandbox_data):
+    sandbox_data["environments"]["drill"]["services"]["notification-service"]["layer"] = "db"
+    assert "services.notification-service.layer" in problems_of(sandbox_data)
+
+
+def test_config_file_modes_must_be_octal(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_file_modes"] = {"*.json": "rw-r--r--"}
+    assert "config_file_modes.*.json: not an octal file mode" in problems_of(sandbox_data)
+
+
+def test_config_owner_is_user_and_group(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_owner"] = "tracktion"
+    assert "config_owner: not an owner: 'tracktion' (write user:group)" in problems_of(sandbox_data)
+
+
+def test_config_env_prefix_is_a_variable_prefix(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_env_prefixes"] = ["PATH; rm"]
+    assert "config_env_prefixes[0]: not an environment variable prefix" in problems_of(sandbox_data)
+
+
+def test_storage_audio_flag_is_boolean(sandbox_data):
+    sandbox_data["environments"]["drill"]["storage"]["logs"]["audio"] = "maybe"
+    assert "storage.logs.audio" in problems_of(sandbox_data)

@@ -145,3 +145,37 @@ def actions_for(strategy: str, healthy: bool) -> str | None:
     if strategy == "restart_failed":
         return None if healthy else "restart"
     return "rebuild" if strategy == "rebuild" else "restart"
+
+
+def services_in_layer(environment: Environment, layer: str) -> list[str]:
+    return dependency_order(
+        environment, [n for n, s in environment.services.items() if s.layer == layer]
+    )
+
+
+def restart_unhealthy(
+    environment: Environment,
+    names: list[str],
+    controller_for: Any,
+    *,
+    dry_run: bool,
+) -> dict[str, str]:
+    """Restart, in the given (dependency) order, each service that fails its probe now.
+
+    Each service is probed right before acting: one whose dependency just came back may
+    already be healthy, and a healthy service is never restarted. Returns name -> action.
+    """
+    actions: dict[str, str] = {}
+    for name in names:
+        result = probe_services(environment, [name])[name]
+        if result["healthy"]:
+            actions[name] = "healthy, left alone"
+            continue
+        service = environment.services[name]
+        spec = environment.controllers[service.controller]
+        if dry_run:
+            actions[name] = f"dry run: would restart ({result['detail']})"
+            continue
+        controller_for(spec).restart(service.unit or name)
+        actions[name] = f"restarted via {spec.kind} (was: {result['detail']})"
+    return actions
