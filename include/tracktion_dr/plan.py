@@ -317,6 +317,17 @@ def _check_env_prefix(value: str) -> str:
 EnvPrefix = Annotated[str, BeforeValidator(_check_env_prefix)]
 
 
+class Infrastructure(_Model):
+    """dr_infrastructure_recovery: what to check beyond the plan's own targets, the
+    thresholds, and which repairs the plan allows (none that rewrites system files)."""
+
+    hosts: list[str] = []  # extra names to resolve (the plan's URLs' hosts always are)
+    min_free_disk_percent: float = Field(default=10, ge=0, le=100)
+    min_free_memory_percent: float = Field(default=5, ge=0, le=100)
+    repair_directories: bool = True  # recreate missing storage directories (owner, mode)
+    restart_service_manager: bool = False  # e.g. systemctl restart docker
+
+
 class Environment(_Model):
     description: str = ""
     destructive_requires_confirmation: bool
@@ -336,6 +347,7 @@ class Environment(_Model):
     backups: BackupLocations
     external_dependencies: dict[str, ExternalDependency] = {}
     load_balancer: LoadBalancer | None = None
+    infrastructure: Infrastructure = Infrastructure()
     probe_timeout: Duration = timedelta(seconds=5)
 
 

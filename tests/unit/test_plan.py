@@ -237,3 +237,8 @@ def test_config_env_prefix_is_a_variable_prefix(sandbox_data):
 def test_storage_audio_flag_is_boolean(sandbox_data):
     sandbox_data["environments"]["drill"]["storage"]["logs"]["audio"] = "maybe"
     assert "storage.logs.audio" in problems_of(sandbox_data)
+
+
+def test_infrastructure_thresholds_are_percentages(sandbox_data):
+    sandbox_data["environments"]["drill"]["infrastructure"] = {"min_free_disk_percent": 150}
+    assert "infrastructure.min_free_disk_percent" in problems_of(sandbox_data)
