@@ -81,11 +81,21 @@ def failover_done(incident: dict) -> tuple[bool, str]:
         server, status = load_balancer(environment).routed_to(incident["service"])
         opened = server == incident["secondary_server"] and status == 200
         return opened, f"routed request answered by {server} (HTTP {status})"
+    from tracktion_dr.services.recovery import probe_services
+
     _, replica = database_conninfos(environment, incident["database"])
     try:
-        return True, verify_write(replica)
+        written = verify_write(replica)
     except Exception as exc:  # not yet writable: keep waiting
         return False, str(exc).strip().splitlines()[-1][:160]
+    # the services that use this database must reach it through the repointed route
+    users = [n for n, s in environment.services.items() if incident["database"] in s.depends_on]
+    down = {
+        n: r["detail"] for n, r in probe_services(environment, users).items() if not r["healthy"]
+    }
+    if down:
+        return False, f"{written}; services not back yet: {down}"
+    return True, f"{written}; {len(users)} services using it healthy"
 
 
 @dag(

@@ -128,6 +128,9 @@ def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
         servers = backend("database")["servers"]
         assert servers["replica"]["status"] == "enabled" and servers["replica"]["weight"] == 100
         assert servers["primary"]["status"] == "disabled"
+        gate = task_result(dag_run, "gate_failover")["event"]["detail"]
+        assert "write committed on the new primary" in gate
+        assert "3 services using it healthy" in gate, "the services followed the repoint"
         with pg.connect(
             L.REPLICA_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, L.APP_DATABASE
         ) as conn:
