@@ -31,9 +31,7 @@ def test_a_missing_storage_directory_is_recreated(sandbox, tmp_path):
             "supervisord answers"
         )
         actions = task_result(dag_run, "repair")["actions"]
-        assert actions == {
-            f"user_uploads {uploads}": "recreated (owner unchanged, mode default)"
-        }
+        assert actions == {f"user_uploads {uploads}": "recreated (owner unchanged, mode default)"}
         assert uploads.is_dir()
     finally:
         if uploads.is_dir() and not any(uploads.iterdir()):
