@@ -2,8 +2,9 @@
 its REST API: the run waits at the human-in-the-loop approval, touches nothing until a
 human answers, switches on Approve and switches nothing on Reject.
 
-``airflow standalone`` is started for this module in the test's network namespace (or an
-already running one on 8080 is used), with the sandbox's connections in its environment.
+``airflow standalone`` is started for this module in the test's network namespace, on its
+own fresh AIRFLOW_HOME, with the sandbox's connections and the project's DAGs folder from
+the environment.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,7 +25,17 @@ __all__ = ["secondary_registered"]  # a fixture, used by name
 
 API = "http://127.0.0.1:8080"
 START_TIMEOUT = 240
+# On SQLite the api-server serialises writes; on a loaded machine a request has been seen
+# to wait ~40 s for the lock. Generous timeouts and a slow poll keep the test honest.
+API_TIMEOUT = 120
+POLL_SECONDS = 3
 DAG_ID = "dr_failover"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _healthy() -> bool:
@@ -38,31 +49,38 @@ def _healthy() -> bool:
 
 
 @pytest.fixture(scope="module")
-def airflow_api(sandbox):
-    process = None
-    if not _healthy():
-        log = Path(os.environ["AIRFLOW_HOME"]) / "standalone-test.log"
-        process = subprocess.Popen(
-            ["airflow", "standalone"],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its components are its children: stop them as a group
-        )
+def airflow_api(sandbox, tmp_path_factory):
+    """A real Airflow on its own SQLite database (a fresh AIRFLOW_HOME): the test process's
+    dag.test() runs keep connections to the project's database, and SQLite serialises
+    writers, so sharing it can stall the api-server."""
+    assert not _port_open(8080), "something already listens on 8080 in this namespace"
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+    process = subprocess.Popen(
+        ["airflow", "standalone"],
+        stdout=(home / "standalone.log").open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # its components are its children: stop them as a group
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not _healthy():
             assert time.monotonic() < deadline, "airflow standalone did not become healthy"
-            assert process is None or process.poll() is None, "airflow standalone exited"
+            assert process.poll() is None, f"airflow standalone exited: see {home}"
             time.sleep(2)
-        passwords = (
-            Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-        )
+        passwords = home / "simple_auth_manager_passwords.json.generated"
         username, password = next(iter(json.loads(passwords.read_text()).items()))
         token = httpx.post(
-            f"{API}/auth/token", json={"username": username, "password": password}, timeout=30
+            f"{API}/auth/token",
+            json={"username": username, "password": password},
+            timeout=API_TIMEOUT,
         ).json()["access_token"]
         client = httpx.Client(
-            base_url=f"{API}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=f"{API}/api/v2",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=API_TIMEOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while client.get(f"/dags/{DAG_ID}").status_code != 200:
@@ -71,8 +89,7 @@ def airflow_api(sandbox):
         client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
         yield client
     finally:
-        if process is not None:
-            stop_process_group(process)
+        stop_process_group(process)
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
@@ -122,14 +139,14 @@ def task_state(client: httpx.Client, run_id: str, task_id: str) -> str | None:
     )
 
 
-def wait_for(predicate, what: str, timeout: float = 180):
+def wait_for(predicate, what: str, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
+        time.sleep(POLL_SECONDS)
 
 
 def run_until_awaiting_approval(client: httpx.Client) -> str:
