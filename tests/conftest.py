@@ -27,11 +27,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # can serialize and run them like real ones.
 os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
     [
-        {
-            "name": "dags-folder",
-            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {},
-        },
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
         {
             "name": "test-fixtures",
             "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
