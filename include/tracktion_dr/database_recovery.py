@@ -17,6 +17,7 @@ from typing import Any
 
 from tracktion_dr.backups.catalog import Catalog, local_path
 from tracktion_dr.incident import InvalidInput
+from tracktion_dr.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.plan import Cluster, Database, Environment, Plan
 from tracktion_dr.postgres import pitr, restore
 from tracktion_dr.postgres.commands import Endpoint
@@ -32,21 +33,12 @@ RESTORE_SPACE_FACTOR = 5
 CANARY_TABLES = ("dr_canary.heartbeat",)
 
 
-def confirmation_phrase(name: str) -> str:
-    return f"RESTORE {name}"
-
-
 def check_confirmation(
     environment_name: str, environment: Environment, name: str, confirm: str | None
 ) -> None:
-    if environment.destructive_requires_confirmation and (
-        confirm or ""
-    ).strip() != confirmation_phrase(name):
-        raise InvalidInput(
-            "confirm",
-            f"the {environment_name} environment needs the typed confirmation "
-            f"{confirmation_phrase(name)!r} for a destructive run (got {confirm or 'nothing'!r})",
-        )
+    incident_check_confirmation(
+        environment.destructive_requires_confirmation, confirm, name, environment_name
+    )
 
 
 def catalog_for(environment: Environment, cluster: Cluster) -> Catalog:
@@ -324,6 +316,17 @@ def utcnow() -> datetime:
 ARCHIVE_WAIT_SECONDS = 30
 
 
+def segment_archived(conn: Any, segment: str) -> bool:
+    """True once the archiver has stored ``segment``: no ``<segment>.ready`` is left in
+    archive_status. (Comparing names with ``pg_stat_archiver.last_archived_wal`` breaks
+    after a promotion, when that column holds a ``.history`` file name.)"""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name = %s",
+        (f"{segment}.ready",),
+    ).fetchone()
+    return row[0] == 0
+
+
 def salvage_current_wal(admin: Endpoint) -> str:
     """If the primary still answers, switch out its current WAL segment and wait until it
     is archived, so recovery can replay the newest commits. Read-only for the data."""
@@ -342,12 +345,9 @@ def salvage_current_wal(admin: Endpoint) -> str:
             ).fetchone()[0]  # type: ignore[index]
             deadline = time.monotonic() + ARCHIVE_WAIT_SECONDS
             while time.monotonic() < deadline:
-                archived = conn.execute(
-                    "SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver"
-                ).fetchone()[0]  # type: ignore[index]
-                if archived and archived >= segment:
+                if segment_archived(conn, segment):
                     return f"salvaged: WAL up to {segment} is archived"
-                time.sleep(0.5)
+                time.sleep(0.3)
             return f"WAL segment {segment} was not archived within {ARCHIVE_WAIT_SECONDS}s (see pg_stat_archiver)"
     except psycopg.OperationalError:
         return "the primary does not answer: recovering from what the archive already holds"

@@ -240,6 +240,9 @@ def listening_ports() -> set[int]:
     return ports
 
 
+UNLISTED_CONFIG_MODE = 0o640
+
+
 def config_file_modes(config_paths: list[str]) -> dict[str, str]:
     """Each file under the config paths with its permission bits (e.g. ``0640``)."""
     modes: dict[str, str] = {}
@@ -265,17 +268,24 @@ def security_posture(environment: Environment) -> CheckResult:
             problems.append(f"ports listening outside the allow-list: {unexpected}")
         else:
             notes.append(f"{len(listening)} listening ports, all in the allow-list")
-    allowed_modes = {m.zfill(4) for m in settings.config_file_modes}
+    # The plan's config_file_modes (glob -> mode, the ones dr_config_recovery sets) are the
+    # ceiling per file; a file no glob names may be at most 0640 (the seed's rule for
+    # sensitive configuration). Stricter than the ceiling is fine.
+    from tracktion_dr.files.config_restore import mode_for
+
     modes = config_file_modes(environment.config_paths)
-    wrong = {path: mode for path, mode in modes.items() if mode not in allowed_modes}
+    ceilings = {
+        path: mode_for(Path(path).name, environment.config_file_modes) or UNLISTED_CONFIG_MODE
+        for path in modes
+    }
+    wrong = {path: mode for path, mode in modes.items() if int(mode, 8) & ~ceilings[path]}
     missing = [p for p in environment.config_paths if not Path(p).exists()]
     if missing:
         problems.append(f"config paths missing: {missing}")
     if wrong:
         problems.append(
             "config file permissions: "
-            + ", ".join(f"{p} is {m}" for p, m in sorted(wrong.items()))
-            + f" (allowed {sorted(allowed_modes)})"
+            + ", ".join(f"{p} is {m}, at most {ceilings[p]:04o}" for p, m in sorted(wrong.items()))
         )
     elif modes:
         notes.append(f"{len(modes)} config files, modes {sorted(set(modes.values()))}")

@@ -242,7 +242,7 @@ UPLOADS: dict[str, str] = {
 
 
 def app_files(layout: SandboxLayout) -> list[Path]:
-    """Create uploads, config (0640: the plan's validation.config_file_modes), logs,
+    """Create uploads, config (app.json 0644, services.yaml 0644, logging.conf 0640), logs,
     and ``test_data/sample.mp3`` for the functional check."""
     paths = [make_functional_sample(layout)]
     for relative, text in UPLOADS.items():
@@ -250,8 +250,8 @@ def app_files(layout: SandboxLayout) -> list[Path]:
         _write_text_once(path, text, 0o644)
         paths.append(path)
     for name, text, mode in (
-        ("app.json", _app_json(layout), 0o640),
-        ("services.yaml", _services_yaml(), 0o640),
+        ("app.json", _app_json(layout), 0o644),
+        ("services.yaml", _services_yaml(), 0o644),
         ("logging.conf", _logging_conf(layout), 0o640),
     ):
         path = layout.app_config / name

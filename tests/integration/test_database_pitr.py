@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from tracktion_dr.backups.catalog import Catalog
 from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.dag_support import endpoint
+from tracktion_dr.database_recovery import segment_archived
+from tracktion_dr.plan import load_plan
 from tracktion_dr.postgres.commands import as_os_user, run
-from tracktion_dr.postgres.wal import list_segments
+from tracktion_dr.postgres.wal import Segment, list_segments
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,11 +38,10 @@ def primary(dbname: str = "tracktion"):
 def switch_wal() -> None:
     with primary("postgres") as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        for _ in range(60):
-            archived = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-            if archived and archived >= segment:
+        for _ in range(100):
+            if segment_archived(conn, segment):
                 return
-            time.sleep(0.5)
+            time.sleep(0.3)
     raise AssertionError(f"{segment} not archived")
 
 
@@ -52,17 +56,23 @@ def wait_for_replica_streaming(timeout: float = 60) -> None:
     raise AssertionError("the replica is not streaming from the recovered primary")
 
 
+def probe_table() -> sql.Identifier:
+    """A table of this test's own: the sandbox outlives test sessions."""
+    return sql.Identifier(f"pitr_probe_{uuid.uuid4().hex[:10]}")
+
+
 def test_drop_table_then_pitr_to_just_before(sandbox):
+    probe = probe_table()
     with primary() as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS pitr_probe (id int PRIMARY KEY, written_at timestamptz DEFAULT clock_timestamp())"
-        )
-        conn.execute("INSERT INTO pitr_probe (id) VALUES (1) ON CONFLICT DO NOTHING")
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (1)").format(probe))
         tracklists = conn.execute("SELECT count(*) FROM tracklists").fetchone()[0]
         time.sleep(1.5)
         target = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         time.sleep(1.5)
-        conn.execute("INSERT INTO pitr_probe (id) VALUES (2)")  # after the target: must be lost
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id) VALUES (2)").format(probe)
+        )  # after the target: must be lost
         incident = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         conn.execute("DROP TABLE tracklists")  # the incident
     switch_wal()
@@ -82,7 +92,9 @@ def test_drop_table_then_pitr_to_just_before(sandbox):
 
     with primary() as conn:
         assert conn.execute("SELECT count(*) FROM tracklists").fetchone()[0] == tracklists
-        assert [r[0] for r in conn.execute("SELECT id FROM pitr_probe ORDER BY id")] == [1]
+        assert [
+            r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(probe))
+        ] == [1]
         newest_before = conn.execute(
             "SELECT max(written_at) FROM dr_canary.heartbeat WHERE written_at <= %s", (incident,)
         ).fetchone()[0]
@@ -99,11 +111,10 @@ def test_drop_table_then_pitr_to_just_before(sandbox):
 
 def test_primary_killed_and_data_directory_lost(sandbox):
     layout = sandbox.layout
+    probe = probe_table()
     with primary() as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS pitr_probe (id int PRIMARY KEY, written_at timestamptz DEFAULT clock_timestamp())"
-        )
-        conn.execute("INSERT INTO pitr_probe (id) VALUES (10) ON CONFLICT DO NOTHING")
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (10)").format(probe))
     switch_wal()
     run(
         as_os_user(
@@ -135,7 +146,9 @@ def test_primary_killed_and_data_directory_lost(sandbox):
         states = task_states(dag_run)
         assert states["verdict"] == "success", states
         with primary() as conn:
-            assert conn.execute("SELECT 1 FROM pitr_probe WHERE id = 10").fetchone() == (1,)
+            assert conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE id = 10").format(probe)
+            ).fetchone() == (1,)
         timeline = task_result(dag_run, "record")
         assert timeline["data_loss_seconds"] is not None
         assert task_states(dag_run)["gate_services_healthy"] == "success"
@@ -172,8 +185,13 @@ def test_bad_targets_are_refused_with_the_window(sandbox, target_type, target, m
 
 def test_missing_wal_segment_is_refused_naming_it(sandbox, capfd):
     archive = sandbox.layout.wal_archive
+    for _ in range(3):  # make sure segments exist after the newest base backup's start
+        switch_wal()
+    newest = Catalog(load_plan().environment("drill").backups).base_backups()[0]
+    start = Segment.from_lsn(newest.start_lsn).number
     segments = list_segments(archive)
-    victim = segments[sorted(segments)[len(segments) // 2]]
+    needed = [n for n in sorted(segments) if start < n < max(segments)]
+    victim = segments[needed[len(needed) // 2]]  # a segment every usable base backup needs
     hidden = victim.with_name(f".{victim.name}.hidden-by-test")
     victim.rename(hidden)
     try:

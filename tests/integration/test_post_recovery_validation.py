@@ -54,7 +54,7 @@ def test_healthy_sandbox_passes_six_checks_and_skips_monitoring(sandbox):
 
 
 def test_a_wrong_config_file_permission_fails_security_posture(sandbox):
-    config = sandbox.layout.app_config / "app.json"
+    config = sandbox.layout.app_config / "logging.conf"
     mode = config.stat().st_mode & 0o777
     config.chmod(0o644)
     try:
@@ -70,4 +70,4 @@ def test_a_wrong_config_file_permission_fails_security_posture(sandbox):
     assert "security_posture" in recorded["details"]["failed_tasks"]
     check = next(c for c in recorded["details"]["checks"] if c["name"] == "security_posture")
     assert check["status"] == "failed"
-    assert f"{config} is 0644" in check["detail"]
+    assert f"{config} is 0644, at most 0640" in check["detail"]

@@ -59,7 +59,6 @@ def test_plans_without_the_new_sections_still_load(data):
     plan = parse_plan(data)
     assert plan.drills is None and plan.reports is None
     assert plan.environment("drill").validation.allowed_ports is None
-    assert plan.environment("drill").validation.config_file_modes == ["0600", "0640"]
 
 
 def test_unknown_monthly_service_is_named(data):
@@ -99,12 +98,6 @@ def test_validation_values_are_checked(data):
     drill["validation"] = {
         **drill["validation"],
         "allowed_ports": [22],
-        "config_file_modes": ["rw"],
-    }
-    assert "not an octal file mode: 'rw'" in problems_of(data)
-    drill["validation"] = {
-        **drill["validation"],
-        "config_file_modes": ["0640"],
         "monitoring": {"prometheus": "prometheus:9090"},
     }
     assert "environments.drill.validation.monitoring.prometheus" in problems_of(data)
