@@ -84,6 +84,14 @@ def guard_monthly(plan: Plan, incident: dict[str, Any], tag: str) -> dict[str, A
     production_names = {
         d.name for env in plan.environments.values() for d in env.databases.values()
     }
+    # The teardown also drops stale scratch databases by prefix (a quarterly drill's
+    # simulated loss can bring one back from the WAL): no plan database may carry it.
+    prefixed = sorted(n for n in production_names if n.startswith(drill.scratch_prefix))
+    if prefixed:
+        raise InvalidInput(
+            "drills.monthly.scratch_prefix",
+            f"plan database(s) {prefixed} start with the scratch prefix {drill.scratch_prefix!r}",
+        )
     for scratch_name in scratch.values():
         if scratch_name in production_names:
             raise InvalidInput(
@@ -122,6 +130,7 @@ def guard_monthly(plan: Plan, incident: dict[str, Any], tag: str) -> dict[str, A
         "services": list(drill.services),
         "storage_areas": list(drill.storage_areas),
         "tag": tag,
+        "scratch_prefix": drill.scratch_prefix,
     }
 
 
@@ -358,8 +367,14 @@ def teardown_monthly(
     done: list[str] = []
     for name, scratch in drill["scratch_databases"].items():
         spec = environment.databases[name]
-        drop_database(admin_for(environment.clusters[spec.cluster].conn_id), scratch)
+        admin = admin_for(environment.clusters[spec.cluster].conn_id)
+        drop_database(admin, scratch)
         done.append(f"dropped {scratch}")
+        # Scratch databases of earlier drills that a recovery brought back (a quarterly
+        # drill's simulated loss replays WAL up to before their drop): same prefix, gone too.
+        for stale in stale_scratch_databases(admin, drill["scratch_prefix"]):
+            drop_database(admin, stale)
+            done.append(f"dropped stale scratch database {stale}")
     scratch_dir = Path(drill["scratch_dir"])
     if scratch_dir.exists():
         shutil.rmtree(scratch_dir)  # the drill's own scratch files
@@ -373,6 +388,17 @@ def teardown_monthly(
             controller.start(service)
             done.append(f"started {service} (was {state.state})")
     return done
+
+
+def stale_scratch_databases(admin: Any, prefix: str) -> list[str]:
+    import psycopg
+
+    pattern = prefix.replace("_", "\\_") + "%"
+    with psycopg.connect(admin.conninfo("postgres"), connect_timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE %s", (pattern,)
+        ).fetchall()
+    return sorted(r[0] for r in rows)
 
 
 # --- quarterly ----------------------------------------------------------------------------
