@@ -10,6 +10,7 @@ Plain Python: the DAG ``dr_post_recovery_validation`` only wires these together.
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import stat
 import time
@@ -268,14 +269,18 @@ def security_posture(environment: Environment) -> CheckResult:
             problems.append(f"ports listening outside the allow-list: {unexpected}")
         else:
             notes.append(f"{len(listening)} listening ports, all in the allow-list")
-    # The plan's config_file_modes (glob -> mode, the ones dr_config_recovery sets) are the
-    # ceiling per file; a file no glob names may be at most 0640 (the seed's rule for
-    # sensitive configuration). Stricter than the ceiling is fine.
-    from tracktion_dr.files.config_restore import mode_for
-
+    # validation.config_file_modes (glob -> most permissive mode, first match) is the
+    # ceiling per file; no match: 0640 (the seed's rule). Stricter than the ceiling is fine.
     modes = config_file_modes(environment.config_paths)
     ceilings = {
-        path: mode_for(Path(path).name, environment.config_file_modes) or UNLISTED_CONFIG_MODE
+        path: next(
+            (
+                int(mode, 8)
+                for glob, mode in settings.config_file_modes.items()
+                if fnmatch.fnmatch(Path(path).name, glob)
+            ),
+            UNLISTED_CONFIG_MODE,
+        )
         for path in modes
     }
     wrong = {path: mode for path, mode in modes.items() if int(mode, 8) & ~ceilings[path]}

@@ -98,6 +98,13 @@ def test_validation_values_are_checked(data):
     drill["validation"] = {
         **drill["validation"],
         "allowed_ports": [22],
+        "config_file_modes": {"*": "rw"},
+    }
+    assert "not an octal file mode: 'rw'" in problems_of(data)
+    drill["validation"] = {**drill["validation"], "config_file_modes": {"*": "0640"}}
+    drill["validation"] = {
+        **drill["validation"],
+        "allowed_ports": [22],
         "monitoring": {"prometheus": "prometheus:9090"},
     }
     assert "environments.drill.validation.monitoring.prometheus" in problems_of(data)

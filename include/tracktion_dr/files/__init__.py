@@ -1,1 +1,0 @@
-"""File-level recovery: configuration and storage snapshots, restore beside, integrity."""
