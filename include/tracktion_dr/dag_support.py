@@ -103,9 +103,16 @@ def controller(spec: Controller) -> ServiceController:
             username=connection.login,
             password=connection.password,
         )
-    raise NotImplementedError(
-        f"the {spec.kind} controller is not available yet (tracked in the service recovery issue)"
-    )
+    if spec.kind == "docker_compose":
+        from tracktion_dr.services.docker_compose import DockerComposeController
+
+        assert spec.compose_file and spec.project  # enforced by the plan model
+        return DockerComposeController(spec.compose_file, spec.project)
+    if spec.kind == "systemd":
+        from tracktion_dr.services.systemd import SystemdController
+
+        return SystemdController()
+    raise NotImplementedError(f"no controller for kind {spec.kind!r}")
 
 
 def endpoint(conn_id: str) -> Endpoint:

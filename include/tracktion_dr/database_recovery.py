@@ -17,6 +17,7 @@ from typing import Any
 
 from tracktion_dr.backups.catalog import Catalog, local_path
 from tracktion_dr.incident import InvalidInput
+from tracktion_dr.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.plan import Cluster, Database, Environment, Plan
 from tracktion_dr.postgres import pitr, restore
 from tracktion_dr.postgres.commands import Endpoint
@@ -32,21 +33,12 @@ RESTORE_SPACE_FACTOR = 5
 CANARY_TABLES = ("dr_canary.heartbeat",)
 
 
-def confirmation_phrase(name: str) -> str:
-    return f"RESTORE {name}"
-
-
 def check_confirmation(
     environment_name: str, environment: Environment, name: str, confirm: str | None
 ) -> None:
-    if environment.destructive_requires_confirmation and (
-        confirm or ""
-    ).strip() != confirmation_phrase(name):
-        raise InvalidInput(
-            "confirm",
-            f"the {environment_name} environment needs the typed confirmation "
-            f"{confirmation_phrase(name)!r} for a destructive run (got {confirm or 'nothing'!r})",
-        )
+    incident_check_confirmation(
+        environment.destructive_requires_confirmation, confirm, name, environment_name
+    )
 
 
 def catalog_for(environment: Environment, cluster: Cluster) -> Catalog:

@@ -108,3 +108,19 @@ def resolve_incident(
         notify=bool(params.get("notify", False)),
         plan_name=plan_name,
     )
+
+
+def check_confirmation(
+    required: bool, typed: object, target: str, environment: str = "this"
+) -> None:
+    """A destructive run against an environment that demands it must be confirmed by
+    typing ``RESTORE <target>`` (DESIGN.md, like deleting a repository on GitHub)."""
+    if not required:
+        return
+    expected = f"RESTORE {target}"
+    if str(typed or "").strip() != expected:
+        raise InvalidInput(
+            "confirm",
+            f"the {environment} environment needs the typed confirmation {expected!r} "
+            f"for a destructive run (got {str(typed or '') or 'nothing'!r})",
+        )

@@ -294,6 +294,10 @@ class Service(_Model):
     tier: str
     health_url: HttpUrl
     controller: str
+    # Where the service sits in the recovery order (database -> cache -> queue -> storage ->
+    # application): a Redis or a message broker declared here is recovered before the
+    # application services, by dr_service_dependencies_recovery.
+    layer: Literal["cache", "queue", "application"] = "application"
     unit: str | None = None  # program / compose service / systemd unit; defaults to the key
     depends_on: list[str] = []
     functional_check: FunctionalCheck | None = None
@@ -321,6 +325,7 @@ class StorageArea(_Model):
     must_be_writable: bool = True
     owner: str | None = None  # "user:group"
     mode: str | None = None  # octal, e.g. "0755"
+    audio: bool = False  # dr_storage_recovery checks every file here by content
 
 
 class BackupLocations(_Model):
@@ -381,6 +386,46 @@ class LoadBalancer(_Model):
     conn_id: ConnId
 
 
+def _check_mode(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f'not an octal file mode: {value!r} (e.g. "0640")')
+    return value
+
+
+FileMode = Annotated[str, BeforeValidator(_check_mode)]
+
+
+def _check_owner(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[a-z_][a-z0-9_\-]*:[a-z_][a-z0-9_\-]*", value
+    ):
+        raise ValueError(f"not an owner: {value!r} (write user:group)")
+    return value
+
+
+Owner = Annotated[str, BeforeValidator(_check_owner)]
+
+
+def _check_env_prefix(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+        raise ValueError(f"not an environment variable prefix: {value!r} (e.g. TRACKTION_)")
+    return value
+
+
+EnvPrefix = Annotated[str, BeforeValidator(_check_env_prefix)]
+
+
+class Infrastructure(_Model):
+    """dr_infrastructure_recovery: what to check beyond the plan's own targets, the
+    thresholds, and which repairs the plan allows (none that rewrites system files)."""
+
+    hosts: list[str] = []  # extra names to resolve (the plan's URLs' hosts always are)
+    min_free_disk_percent: float = Field(default=10, ge=0, le=100)
+    min_free_memory_percent: float = Field(default=5, ge=0, le=100)
+    repair_directories: bool = True  # recreate missing storage directories (owner, mode)
+    restart_service_manager: bool = False  # e.g. systemctl restart docker
+
+
 class Environment(_Model):
     description: str = ""
     destructive_requires_confirmation: bool
@@ -390,9 +435,17 @@ class Environment(_Model):
     controllers: dict[str, Controller]
     storage: dict[str, StorageArea] = {}
     config_paths: list[str] = []
+    # dr_config_recovery: the modes the seed sets on restored files (glob -> octal mode),
+    # the owner (user:group) when the plan says so, which environment variables a
+    # configuration snapshot may restore, and the file they are restored to (mode 0600).
+    config_file_modes: dict[str, FileMode] = {"*.conf": "0640", "*.json": "0644"}
+    config_owner: Owner | None = None
+    config_env_prefixes: list[EnvPrefix] = ["TRACKTION_"]
+    config_env_file: str | None = None
     backups: BackupLocations
     external_dependencies: dict[str, ExternalDependency] = {}
     load_balancer: LoadBalancer | None = None
+    infrastructure: Infrastructure = Infrastructure()
     probe_timeout: Duration = timedelta(seconds=5)
 
     def dependents_of(self, name: str) -> list[str]:

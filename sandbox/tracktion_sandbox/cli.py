@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from tracktion_sandbox import audio, connections, pg, s3, supervisor
+from tracktion_sandbox import audio, connections, file_snapshots, pg, s3, supervisor
 from tracktion_sandbox import layout as L
 from tracktion_sandbox.layout import SandboxLayout
 from tracktion_sandbox.secrets import load_or_create
@@ -70,6 +70,7 @@ def up(layout: SandboxLayout, size: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     audio.app_files(layout)
     audio.make_sample_audio(layout.audio_files)
+    file_snapshots.take_initial_snapshots(layout)
     log.info("PostgreSQL: primary, replica, ops")
     pg.up(layout, secrets, size=size)
     connections.write_airflow_env(layout, secrets)

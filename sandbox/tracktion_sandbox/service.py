@@ -115,10 +115,42 @@ def check_storage(path: Path | None) -> dict[str, Any]:
     }
 
 
+# Where the writable database is: the load balancer's ``database`` backend (failover flips
+# it). When set, the service connects to the server that backend selects, so a database
+# failover really repoints the services; if the balancer does not answer, the configured
+# DSN is used as it is.
+DATABASE_ROUTE_ENV = "TRACKTION_DATABASE_ROUTE"
+ROUTE_TIMEOUT_SECONDS = 1.0
+
+
+def routed_database_url(url: str | None) -> str | None:
+    route = os.environ.get(DATABASE_ROUTE_ENV)
+    if not url or not route:
+        return url
+    import urllib.request
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (an http:// URL from our own environment)
+            f"{route.rstrip('/')}/api/v1/backends/database", timeout=ROUTE_TIMEOUT_SECONDS
+        ) as answer:
+            servers = json.loads(answer.read())["servers"]
+    except (OSError, ValueError, KeyError):
+        return url
+    enabled = [
+        s for _, s in sorted(servers.items()) if s["status"] == "enabled" and s["weight"] > 0
+    ]
+    if not enabled:
+        return url
+    host, _, port = max(enabled, key=lambda s: s["weight"])["address"].rpartition(":")
+    return make_conninfo(**{**conninfo_to_dict(url), "host": host, "port": port})
+
+
 def run_checks(config: ServiceConfig) -> tuple[bool, dict[str, dict[str, Any]]]:
     checks: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "database": lambda: check_database(config.database_url),
+        "database": lambda: check_database(routed_database_url(config.database_url)),
         "storage": lambda: check_storage(config.storage_path),
     }
     for name in DEPENDENCIES.get(config.name, ("database", "storage")):

@@ -235,6 +235,10 @@ def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Pro
             environment={
                 **base,
                 "TRACKTION_DATABASE_URL": dsn,
+                # follow the load balancer's database backend (see service.py)
+                "TRACKTION_DATABASE_ROUTE": (
+                    f"http://{layout_mod.HOST}:{layout_mod.LOAD_BALANCER_PORT}"
+                ),
                 "TRACKTION_STORAGE_PATH": str(layout.app_data),
                 "TRACKTION_SERVICE_NAME": service,
             },

@@ -56,3 +56,15 @@ def test_bad_inputs_name_the_field(params, field, reason):
         resolve(**params)
     assert caught.value.field == field
     assert reason in str(caught.value)
+
+
+def test_destructive_runs_need_the_typed_confirmation_where_the_plan_says_so():
+    from tracktion_dr.incident import check_confirmation
+
+    check_confirmation(False, "", "configuration")  # drill: not required
+    check_confirmation(True, " RESTORE configuration ", "configuration")
+    for typed in ("", "restore configuration", "RESTORE config"):
+        with pytest.raises(InvalidInput) as caught:
+            check_confirmation(True, typed, "configuration")
+        assert caught.value.field == "confirm"
+        assert "'RESTORE configuration'" in caught.value.reason

@@ -245,3 +245,33 @@ def test_escalation_thresholds_must_not_decrease(sandbox_data):
     data = copy.deepcopy(sandbox_data)
     data["escalation"][3]["escalate_after"] = "5m"
     assert "escalation: escalation thresholds must not decrease" in problems_of(data)
+
+
+def test_service_layer_must_be_known(sandbox_data):
+    sandbox_data["environments"]["drill"]["services"]["notification-service"]["layer"] = "db"
+    assert "services.notification-service.layer" in problems_of(sandbox_data)
+
+
+def test_config_file_modes_must_be_octal(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_file_modes"] = {"*.json": "rw-r--r--"}
+    assert "config_file_modes.*.json: not an octal file mode" in problems_of(sandbox_data)
+
+
+def test_config_owner_is_user_and_group(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_owner"] = "tracktion"
+    assert "config_owner: not an owner: 'tracktion' (write user:group)" in problems_of(sandbox_data)
+
+
+def test_config_env_prefix_is_a_variable_prefix(sandbox_data):
+    sandbox_data["environments"]["drill"]["config_env_prefixes"] = ["PATH; rm"]
+    assert "config_env_prefixes[0]: not an environment variable prefix" in problems_of(sandbox_data)
+
+
+def test_storage_audio_flag_is_boolean(sandbox_data):
+    sandbox_data["environments"]["drill"]["storage"]["logs"]["audio"] = "maybe"
+    assert "storage.logs.audio" in problems_of(sandbox_data)
+
+
+def test_infrastructure_thresholds_are_percentages(sandbox_data):
+    sandbox_data["environments"]["drill"]["infrastructure"] = {"min_free_disk_percent": 150}
+    assert "infrastructure.min_free_disk_percent" in problems_of(sandbox_data)

@@ -1,0 +1,1 @@
+"""File-level recovery: configuration and storage snapshots, restore beside, integrity."""

@@ -1,0 +1,155 @@
+"""dr_failover against the sandbox: a service through the load balancer, and the database
+(promote the streaming replica, fence the old primary, measure the data lost).
+
+The database test breaks the standard topology on purpose and puts it back afterwards:
+the promoted server is stopped and its data directory moved aside, the fence is lifted
+from the old primary, the new timeline's WAL is moved out of the archive (kept beside it),
+the balancer's database backend is reset, and the sandbox's normal ``up`` restarts the
+primary and re-seeds the replica with pg_basebackup from it. The test then checks that
+the replica streams again on 55433 and every service is healthy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from failover_support import SERVICE, backend, secondary_registered, set_server
+
+from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_sandbox import cli, pg
+from tracktion_sandbox import layout as L
+
+__all__ = ["secondary_registered"]  # a fixture, used by name
+
+pytestmark = pytest.mark.sandbox
+
+LB = f"http://{L.HOST}:{L.LOAD_BALANCER_PORT}"
+
+
+def test_service_failover_moves_traffic_to_the_secondary(sandbox, secondary_registered):
+    dag_run = run_dag(
+        "dr_failover", {"environment": "drill", "target": "service", "service": SERVICE}
+    )
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    assert states["approve"] == "skipped" and states["automatic"] == "success"
+    servers = backend(SERVICE)["servers"]
+    assert servers["secondary"] == {**servers["secondary"], "weight": 100, "status": "enabled"}
+    assert servers["primary"]["status"] == "disabled" and servers["primary"]["weight"] == 0
+    answer = httpx.get(f"{LB}/route/{SERVICE}/health", timeout=5)
+    assert answer.status_code == 200 and answer.headers["X-Backend"] == "secondary"
+    gate = task_result(dag_run, "gate_failover")["event"]
+    assert gate["detail"] == "routed request answered by secondary (HTTP 200)"
+
+
+def test_failover_whose_secondary_is_also_down_switches_nothing(sandbox, secondary_registered):
+    secondary_registered.terminate()
+    secondary_registered.wait(10)
+    before = backend(SERVICE)
+    dag_run = run_dag(
+        "dr_failover", {"environment": "drill", "target": "service", "service": SERVICE}
+    )
+    states = task_states(dag_run)
+    assert states["preconditions"] == "failed" and states["verdict"] == "failed"
+    assert states["switch"] in ("upstream_failed", "skipped")
+    assert backend(SERVICE)["servers"] == before["servers"], "the balancer was not touched"
+    assert task_result(dag_run, "record")["details"]["switched"] is False
+
+
+def test_a_healthy_primary_is_not_failed_over(sandbox):
+    before = backend("database")
+    dag_run = run_dag("dr_failover", {"environment": "drill", "target": "database"})
+    assert task_states(dag_run)["preconditions"] == "failed"
+    assert backend("database") == before
+
+
+# --- database ----------------------------------------------------------------------------
+
+
+def _pg_ctl(layout, data_dir, *args, check=True):
+    argv = [str(pg.find_bindir() / "pg_ctl"), *args, "-D", str(data_dir)]
+    return pg.run(pg.as_postgres(argv), what=f"pg_ctl {args[0]}", cwd=layout.pg_root, check=check)
+
+
+def _timeline(name: str) -> str:
+    return name[:8]
+
+
+def restore_standard_topology(layout, archive_before: set[str]) -> None:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if pg.port_open(L.REPLICA_PORT):
+        _pg_ctl(layout, layout.replica_data, "stop", "-m", "fast", "-w")
+    if layout.replica_data.exists():
+        layout.replica_data.rename(layout.replica_data.with_name(f"replica.failover-{stamp}"))
+    for name in ("standby.signal", "DR_FENCED"):
+        (layout.primary_data / name).unlink(missing_ok=True)
+    # the promoted server's timeline must not be followed by the next replica or restore
+    old_timelines = {_timeline(n) for n in archive_before if n[:8].isalnum() and len(n) >= 24}
+    aside = layout.backups / f"wal_archive.failover-{stamp}"
+    for path in layout.wal_archive.iterdir():
+        if path.name not in archive_before and (
+            _timeline(path.name) not in old_timelines or path.name.endswith(".partial")
+        ):
+            aside.mkdir(exist_ok=True)
+            shutil.move(path, aside / path.name)
+    set_server("database", "primary", weight=100, status="enabled")
+    set_server("database", "replica", weight=0, status="disabled")
+    cli.up(layout, size="30MB")
+
+
+def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
+    layout = sandbox.layout
+    archive_before = {p.name for p in layout.wal_archive.iterdir()}
+    try:
+        _pg_ctl(layout, layout.primary_data, "stop", "-m", "immediate", "-w")  # a crash
+        killed_at = datetime.now(UTC)
+        dag_run = run_dag(
+            "dr_failover",
+            {
+                "environment": "drill",
+                "target": "database",
+                "incident_started_at": killed_at.isoformat(),
+            },
+        )
+        states = task_states(dag_run)
+        assert states["verdict"] == "success", states
+        timeline = task_result(dag_run, "record")
+        loss = timeline["data_loss_seconds"]
+        assert loss is not None and 0 <= loss < 60, "measured from the surviving heartbeats"
+        assert timeline["rpo_met"] is True
+        actions = task_result(dag_run, "switch")["actions"]
+        assert "wrote standby.signal: a restart comes up read-only" in actions
+        assert "promoted with pg_promote" in actions
+        assert (layout.primary_data / "standby.signal").exists()
+        servers = backend("database")["servers"]
+        assert servers["replica"]["status"] == "enabled" and servers["replica"]["weight"] == 100
+        assert servers["primary"]["status"] == "disabled"
+        gate = task_result(dag_run, "gate_failover")["event"]["detail"]
+        assert "write committed on the new primary" in gate
+        assert "3 services using it healthy" in gate, "the services followed the repoint"
+        with pg.connect(
+            L.REPLICA_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, L.APP_DATABASE
+        ) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    finally:
+        restore_standard_topology(layout, archive_before)
+    # the next test finds the standard sandbox: primary writable, replica streaming
+    with pg.connect(
+        L.PRIMARY_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, "postgres"
+    ) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        deadline = time.monotonic() + 30
+        state = None
+        while time.monotonic() < deadline and state != "streaming":
+            row = conn.execute("SELECT state FROM pg_stat_replication").fetchone()
+            state = row[0] if row else None
+            time.sleep(0.5)
+        assert state == "streaming"
+    with pg.connect(
+        L.REPLICA_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, "postgres"
+    ) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
