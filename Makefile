@@ -1,5 +1,5 @@
 # Tracktion DR: everything an operator or CI needs, from nothing.
-#   make demo     create the venv, install, start the sandbox, run the demo scenario
+#   make demo     create the venv, install, start the sandbox, run the monthly DR drill
 #   make test     install, start what the tests need, run the whole suite
 #   make airflow  airflow standalone wired to the sandbox (UI on http://localhost:8080)
 #   make shell    a shell where plain "airflow ..." commands act on the sandbox
@@ -11,7 +11,7 @@ PYTHON ?= python3
 ENV := . sandbox/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help install postgres sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
+.PHONY: help install postgres chromium demo-pitr sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
         demo test lint airflow shell bench constraints
 
 help:
@@ -29,6 +29,9 @@ install: $(VENV)/.installed
 postgres:
 	@bash scripts/ensure-postgres.sh
 
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 airflow-db: install
 	@$(ENV) airflow db migrate >/dev/null
 
@@ -45,9 +48,13 @@ sandbox-reset: install
 	@$(ENV) $(PY) -m tracktion_sandbox reset
 
 demo: sandbox-up airflow-db
+	@$(ENV) $(PY) -m tracktion_sandbox.demo_monthly
+
+# The database incident demo: a dropped table recovered by point-in-time recovery.
+demo-pitr: sandbox-up airflow-db
 	@$(ENV) $(PY) -m tracktion_sandbox.demo_pitr
 
-test: install postgres airflow-db
+test: install postgres chromium airflow-db
 	@$(ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install

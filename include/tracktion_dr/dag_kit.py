@@ -271,3 +271,55 @@ def refusing_bad_input() -> Iterator[None]:
     except (InvalidInput, NoUsableBackup, TargetBusy) as exc:
         log.error("refused, nothing was touched: %s", exc)
         raise AirflowFailException(f"refused, nothing was touched: {exc}") from None
+
+
+def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[str, Any]:
+    """Build the run's report from the ledger (Markdown, HTML, JSON) at the plan's report
+    location, log its summary and where it is, and send it to the plan's report channels
+    (when the run's ``notify`` param is set; best effort)."""
+    from tracktion_dr import ledger, reports
+    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.notify.delivery import deliver
+    from tracktion_dr.notify.messages import DrMessage
+
+    if plan.reports is None:
+        log.warning("the plan has no reports section: no report written")
+        return {"paths": {}, "summary": ""}
+    ti = context["ti"]
+    report = reports.report_for_run(
+        conninfo(ledger.LEDGER_CONN_ID),
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        trend_runs=plan.reports.trend_runs,
+    )
+    paths = reports.write_report(plan.reports.location, report)
+    summary = reports.summary_table(report)
+    link = f"/dr-dashboard/report/{ti.dag_id}/{ti.run_id}"
+    log.info("\n%s", summary)
+    log.info(
+        "report: %s (HTML %s, JSON %s); in the UI: %s",
+        paths["markdown"],
+        paths["html"],
+        paths["json"],
+        link,
+    )
+    delivery: dict[str, Any] = {}
+    if context["params"].get("notify"):
+        delivery = deliver(
+            plan,
+            DrMessage(
+                title=f"DR report {report['title']}: {report['outcome'].upper()}",
+                text=summary + f"\n\nHTML report: {paths['html']}",
+                severity="info" if report["outcome"] != "failed" else "error",
+                incident_id=report["incident_id"],
+                fields={"RTO": report["rto"], "RPO": report["rpo"], "report": paths["html"]},
+            ),
+            channels=plan.reports.channels,
+        ).as_dict()
+    return {
+        "paths": paths,
+        "summary": summary,
+        "link": link,
+        "delivery": delivery,
+        "outcome": report["outcome"],
+    }

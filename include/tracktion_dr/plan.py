@@ -425,6 +425,44 @@ class Infrastructure(_Model):
     repair_directories: bool = True  # recreate missing storage directories (owner, mode)
     restart_service_manager: bool = False  # e.g. systemctl restart docker
 
+class ValidationSettings(_Model):
+    """What ``dr_post_recovery_validation`` judges an environment by (the seed's checklist,
+    with its hard-coded numbers moved here)."""
+
+    # Ports allowed to listen (TCP, any address). None: not configured, the port part of
+    # the security check is reported as skipped, never as passed.
+    allowed_ports: list[int] | None = None
+    # Most permissive mode a config file may have, by file-name glob (first match wins);
+    # a file no glob names may be at most "*"'s mode. The seed: 640 (or 600).
+    config_file_modes: dict[str, str] = {"*": "0640"}
+    # Health answer time of every service (the seed: 1.0 s).
+    max_health_latency: Duration = timedelta(seconds=1)
+    # Resource ceilings (the seed: CPU < 80 %, memory < 85 %, disk < 90 %).
+    max_cpu_percent: float = Field(default=80, gt=0, le=100)
+    max_memory_percent: float = Field(default=85, gt=0, le=100)
+    max_disk_percent: float = Field(default=90, gt=0, le=100)
+    # Prometheus / Grafana health URLs by name. Empty: the monitoring check is skipped
+    # with a note ("no monitoring configured"), shown as skipped.
+    monitoring: dict[str, HttpUrl] = {}
+    # "A recent verified backup exists": the newest verified dump is at most this old.
+    backup_max_age: Duration = timedelta(days=1)
+
+    @field_validator("config_file_modes")
+    @classmethod
+    def _octal_modes(cls, value: dict[str, str]) -> dict[str, str]:
+        for mode in value.values():
+            if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+                raise ValueError(f"not an octal file mode: {mode!r} (e.g. 0640)")
+        return value
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _port_numbers(cls, value: list[int] | None) -> list[int] | None:
+        for port in value or []:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"not a TCP port: {port}")
+        return value
+
 
 class Environment(_Model):
     description: str = ""
@@ -447,6 +485,10 @@ class Environment(_Model):
     load_balancer: LoadBalancer | None = None
     infrastructure: Infrastructure = Infrastructure()
     probe_timeout: Duration = timedelta(seconds=5)
+    validation: ValidationSettings = ValidationSettings()
+    # The sandbox's drill and production are the same processes: a drill may stop and
+    # start services that production also names only when the plan says so here.
+    shares_production_targets: bool = False
 
     def dependents_of(self, name: str) -> list[str]:
         """Services that depend on ``name`` (a service, database or storage area), directly
@@ -509,6 +551,48 @@ class BackupSchedule(_Model):
     keep: BackupRetention = BackupRetention()
 
 
+class DrillStep(_Model):
+    """One step of the quarterly chain: a DAG triggered with ``conf`` and waited for."""
+
+    dag_id: str = Field(pattern=r"^dr_[a-z0-9_]+$")
+    conf: dict[str, Any] = {}
+    label: str = ""
+
+
+class MonthlyDrill(_Model):
+    """``dr_test_monthly``: the seed's component test, on scratch resources."""
+
+    environment: Literal["drill"] = "drill"
+    databases: list[str] = []  # restored into scratch databases (empty: every database)
+    services: list[str] = []  # stopped, started and gated on health one after the other
+    storage_areas: list[str] = []  # write, back up, delete, restore, verify
+    # Scratch databases are named <prefix><database>_<tag>; never a plan database's name.
+    scratch_prefix: str = Field(default="dr_test_", min_length=3, pattern=r"^[a-z][a-z0-9_]*_$")
+    scratch_dir: str  # scratch files (storage test backups); never inside a production path
+
+
+class QuarterlyDrill(_Model):
+    """``dr_test_quarterly``: simulated loss of the drill cluster, then ``steps`` in order."""
+
+    environment: Literal["drill"] = "drill"
+    cluster: str = "main"
+    steps: list[DrillStep] = []
+    step_timeout: Duration = timedelta(hours=1)
+
+
+class Drills(_Model):
+    monthly: MonthlyDrill
+    quarterly: QuarterlyDrill = QuarterlyDrill()
+
+
+class Reports(_Model):
+    """Where run reports go (Markdown, HTML, JSON) and who gets them."""
+
+    location: str  # a local directory; one sub-directory per DAG
+    trend_runs: int = Field(default=12, ge=2, le=200)  # drills shown in the trend chart
+    channels: list[str] = ["email", "slack"]  # notification channels the report is sent to
+
+
 class Plan(_Model):
     name: str
     version: Literal[1] = 1
@@ -523,6 +607,8 @@ class Plan(_Model):
     backup_schedule: BackupSchedule = BackupSchedule()
     incident_response: IncidentResponse = IncidentResponse()
     alert_routes: list[AlertRoute] = []
+    drills: Drills | None = None
+    reports: Reports | None = None
 
     @field_validator("environments")
     @classmethod
@@ -574,6 +660,26 @@ class Plan(_Model):
                         f"unknown scenario {scenario!r} (known: {response.scenarios})",
                     )
                 )
+        if self.reports:
+            for i, channel in enumerate(self.reports.channels):
+                check(f"reports.channels[{i}]", channel, self.notifications, "channel")
+        if self.drills:
+            monthly, quarterly = self.drills.monthly, self.drills.quarterly
+            env = self.environments.get(monthly.environment)
+            if env is None:
+                problems.append(("drills.monthly.environment", "not defined in environments"))
+            else:
+                for i, name in enumerate(monthly.databases):
+                    check(f"drills.monthly.databases[{i}]", name, env.databases, "database")
+                for i, name in enumerate(monthly.services):
+                    check(f"drills.monthly.services[{i}]", name, env.services, "service")
+                for i, name in enumerate(monthly.storage_areas):
+                    check(f"drills.monthly.storage_areas[{i}]", name, env.storage, "storage area")
+            env = self.environments.get(quarterly.environment)
+            if env is None:
+                problems.append(("drills.quarterly.environment", "not defined in environments"))
+            else:
+                check("drills.quarterly.cluster", quarterly.cluster, env.clusters, "cluster")
         thresholds = [after for _, after in self.escalation_thresholds()]
         if thresholds != sorted(thresholds):
             problems.append(

@@ -1,0 +1,241 @@
+"""The monthly and quarterly drills for real (dag.test()) against the live sandbox.
+
+When I run the monthly drill on a healthy sandbox, then it passes, every scratch resource
+is gone, and the report's numbers are the ledger's. When the newest dump is corrupt, a
+service will not start, or the target is production, then the drill fails (or refuses)
+naming exactly that. When I run the quarterly drill, then the drill cluster is lost and
+recovered by PITR, the report shows the loss, each step's time and the data lost, and the
+sandbox is healthy again (primary, streaming replica 'replica', services).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tracktion_dr import reports
+from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.drills import guard_monthly
+from tracktion_dr.incident import InvalidInput
+from tracktion_dr.plan import load_plan
+from tracktion_sandbox import layout as L
+
+pytestmark = pytest.mark.sandbox
+
+
+def ledger_conninfo(sandbox) -> str:
+    return (
+        f"host={L.HOST} port={L.OPS_PORT} user={L.SUPERUSER} dbname={L.LEDGER_DATABASE} "
+        f"password={sandbox.secrets.postgres_password}"
+    )
+
+
+def app_conninfo(sandbox, port: int = L.PRIMARY_PORT, dbname: str = "postgres") -> str:
+    return (
+        f"host={L.HOST} port={port} user={L.SUPERUSER} dbname={dbname} "
+        f"password={sandbox.secrets.postgres_password}"
+    )
+
+
+def wait_for(what: str, check, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def scratch_databases(sandbox) -> list[str]:
+    with psycopg.connect(app_conninfo(sandbox), connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dr\\_test\\_%'"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_monthly_drill_passes_cleans_up_and_reports_the_ledger_numbers(sandbox):
+    dag_run = run_dag("dr_test_monthly", {"environment": "drill"})
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    assert scratch_databases(sandbox) == []
+    recorded = task_result(dag_run, "record")
+    names = [s["name"] for s in recorded["details"]["steps"]]
+    assert names == [
+        "database_restore:tracktion",
+        "service_recovery:analysis-service",
+        "service_recovery:file-watcher",
+        "service_recovery:tracklist-service",
+        "service_recovery:notification-service",
+        "storage_recovery:user_uploads",
+    ]
+    assert all(s["status"] == "succeeded" for s in recorded["details"]["steps"])
+
+    run, _ = reports.ledger_run(
+        ledger_conninfo(sandbox), dag_id="dr_test_monthly", run_id=dag_run.run_id
+    )
+    published = task_result(dag_run, "publish")
+    report = json.loads(Path(published["paths"]["json"]).read_text())
+    assert report["ledger_id"] == run["id"]
+    assert report["rto_achieved_seconds"] == run["rto_achieved_seconds"]
+    assert report["rto_target_seconds"] == run["rto_target_seconds"] == 1800
+    assert report["data_loss_seconds"] == run["data_loss_seconds"]
+    assert report["rpo_target_seconds"] == run["rpo_target_seconds"] == 900
+    assert report["steps"] == json.loads(json.dumps(run["details"]["steps"], default=str))
+    assert report["rto"] == "met" and report["rpo"] == "met"
+    assert report["trend"][-1]["incident_id"] == run["incident_id"]
+    markdown = Path(published["paths"]["markdown"]).read_text()
+    assert run["incident_id"] in markdown and "database_restore:tracktion" in markdown
+    assert "<svg" in Path(published["paths"]["html"]).read_text()
+    # the report went to the sink (e-mail) when notify is set - see the quarterly test
+
+
+@pytest.fixture()
+def corrupt_newest_dump(sandbox):
+    folder = sandbox.layout.logical_dumps
+    newest = sorted(folder.glob("*.dump"), key=lambda p: p.stat().st_mtime)[-1]
+    kept = newest.with_name(newest.name + ".pristine")
+    shutil.copy2(newest, kept)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes: only the checksum sees it
+    newest.write_bytes(bytes(data))
+    try:
+        yield newest
+    finally:
+        os_replace(kept, newest)
+        for sidecar in folder.glob(newest.name + ".verif*"):
+            sidecar.unlink()
+
+
+def os_replace(src: Path, dst: Path) -> None:
+    import os
+
+    os.replace(src, dst)
+
+
+def test_monthly_drill_fails_naming_a_corrupt_newest_dump(sandbox, corrupt_newest_dump):
+    dag_run = run_dag("dr_test_monthly", {"environment": "drill"})
+    states = task_states(dag_run)
+    assert states["test_databases"] == "failed"
+    assert states["test_services"] == "success" and states["verdict"] == "failed"
+    recorded = task_result(dag_run, "record")
+    step = recorded["details"]["steps"][0]
+    assert step["status"] == "failed"
+    assert corrupt_newest_dump.name in step["detail"] and "sha256" in step["detail"]
+    assert scratch_databases(sandbox) == []
+
+
+@pytest.fixture()
+def notification_service_blocked(sandbox, supervisor_controller):
+    """The port of notification-service is taken by a listener that never answers: the
+    service cannot start again once stopped."""
+    supervisor_controller.stop("notification-service")
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind((L.HOST, L.SERVICE_PORTS["notification-service"]))
+    blocker.listen(1)
+    try:
+        yield
+    finally:
+        blocker.close()
+        supervisor_controller.start("notification-service")
+        wait_for(
+            "notification-service healthy",
+            lambda: supervisor_controller.status("notification-service").state == "running",
+        )
+
+
+def test_monthly_drill_fails_naming_a_service_that_will_not_start(
+    sandbox, notification_service_blocked
+):
+    dag_run = run_dag("dr_test_monthly", {"environment": "drill", "service_timeout_seconds": 8})
+    states = task_states(dag_run)
+    assert states["test_services"] == "failed" and states["verdict"] == "failed"
+    assert states["test_databases"] == "success" and states["test_storage"] == "success"
+    steps = {s["name"]: s for s in task_result(dag_run, "record")["details"]["steps"]}
+    assert steps["service_recovery:notification-service"]["status"] == "failed"
+    assert steps["service_recovery:analysis-service"]["status"] == "succeeded"
+
+
+def test_monthly_drill_refuses_production(sandbox):
+    dag_run = run_dag("dr_test_monthly", {"environment": "production"})
+    states = task_states(dag_run)
+    assert states["guard"] == "failed"
+    assert states["test_databases"] == "upstream_failed"
+    assert states["test_services"] == "skipped" and states["verdict"] == "failed"
+    assert scratch_databases(sandbox) == []
+
+
+def test_monthly_guard_refuses_targets_resolving_to_production(sandbox, tmp_path):
+    plan = load_plan()
+    incident = {"environment": "drill", "incident_id": "DR-20261126-000000"}
+    assert guard_monthly(plan, incident, "t")["scratch_databases"] == {
+        "tracktion": "dr_test_tracktion_t"
+    }
+    drill = plan.environments["drill"].model_copy(update={"shares_production_targets": False})
+    unshared = plan.model_copy(update={"environments": {**plan.environments, "drill": drill}})
+    with pytest.raises(InvalidInput) as refused:
+        guard_monthly(unshared, incident, "t")
+    assert refused.value.field == "drills.monthly.services" and "analysis-service" in str(
+        refused.value
+    )
+    inside = plan.drills.monthly.model_copy(
+        update={"scratch_dir": str(sandbox.layout.user_uploads / "scratch")}
+    )
+    bad_dir = plan.model_copy(update={"drills": plan.drills.model_copy(update={"monthly": inside})})
+    with pytest.raises(InvalidInput) as refused:
+        guard_monthly(bad_dir, incident, "t")
+    assert refused.value.field == "drills.monthly.scratch_dir"
+
+
+def sandbox_is_healthy(sandbox) -> bool:
+    with psycopg.connect(app_conninfo(sandbox), connect_timeout=5) as conn:
+        replicas = conn.execute(
+            "SELECT application_name, state FROM pg_stat_replication"
+        ).fetchall()
+    with psycopg.connect(app_conninfo(sandbox, L.REPLICA_PORT), connect_timeout=5) as conn:
+        in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    import httpx
+
+    services = all(
+        httpx.get(f"http://{L.HOST}:{port}/health", timeout=3).status_code == 200
+        for port in L.SERVICE_PORTS.values()
+    )
+    return ("replica", "streaming") in replicas and in_recovery and services
+
+
+def test_quarterly_drill_recovers_the_lost_cluster_and_leaves_the_sandbox_healthy(sandbox):
+    dag_run = run_dag("dr_test_quarterly", {"environment": "drill", "notify": True})
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    recorded = task_result(dag_run, "record")
+    steps = recorded["details"]["steps"]
+    assert steps[0]["name"] == "simulate_loss" and "moved aside" in steps[0]["detail"]
+    assert [s["name"].split(" ")[0] for s in steps[1:]] == [
+        "step_1_dr_database_pitr",
+        "step_2_dr_initial_assessment",
+        "step_3_dr_post_recovery_validation",
+    ]
+    assert all(s["status"] == "succeeded" and s["seconds"] > 0 for s in steps[1:])
+    assert recorded["data_loss_seconds"] is not None and recorded["rpo_met"] is not None
+    assert recorded["rto_achieved_seconds"] == pytest.approx(steps[-1]["seconds"], abs=1)
+    run, _ = reports.ledger_run(
+        ledger_conninfo(sandbox), dag_id="dr_test_quarterly", run_id=dag_run.run_id
+    )
+    assert run["data_loss_seconds"] == recorded["data_loss_seconds"]
+    # the PITR step recorded itself in the ledger under the drill's incident id
+    children = reports.trend_rows(ledger_conninfo(sandbox), "dr_database_pitr", 1)
+    assert children[-1]["incident_id"] == recorded["incident_id"]
+    published = task_result(dag_run, "publish")
+    assert "email" in published["delivery"]["sent"]
+    wait_for("the sandbox healthy after the drill", lambda: sandbox_is_healthy(sandbox), 120)
