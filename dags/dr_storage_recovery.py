@@ -23,9 +23,11 @@ run if anything is still missing or corrupt, listing it) → `record` → `notif
 **Params**: `snapshot`, `areas` (`all` or the plan's storage area names), and the common
 params (`dry_run` inspects and lists what would be restored, touches nothing).
 
-Snapshots are full copies (`full_<stamp>/` with a sha256 manifest) read from
-`backups.storage`; the plan's incremental and real-time-sync levels come with the backups
-catalog.
+Restore points are the snapshots `dr_backup_storage_full` / `_incremental` take
+(`<area>/<area>_<level>_<stamp>.tar.gz` with a sha256 manifest in `backups.storage`): for
+each area, the newest full at or before the picked snapshot and the incrementals after it,
+a file's newest copy winning. The sync mirror (`sync/<area>/`) is not read here: it is a
+plain copy an operator can use directly.
 """
 
 from __future__ import annotations
@@ -56,17 +58,12 @@ RTO_SECONDS = min(
 
 
 def inspect(incident: dict) -> list:
-    from pathlib import Path
-
-    from tracktion_dr.files.snapshots import Snapshot, read_manifest
+    from tracktion_dr.files.snapshots import Snapshot, storage_inventory
     from tracktion_dr.files.storage_integrity import inspect_area
     from tracktion_dr.plan import load_plan as current_plan
 
     environment = current_plan().environment(incident["environment"])
-    snap = incident["snapshot"]
-    manifest = read_manifest(
-        Snapshot(snap["name"], Path(snap["path"]), datetime.fromisoformat(snap["taken_at"]))
-    )
+    manifest = storage_inventory(Snapshot.from_dict(incident["snapshot"]))
     return [
         inspect_area(name, environment.storage[name], manifest.get(name, {}))
         for name in incident["areas"]
@@ -120,7 +117,7 @@ def dr_storage_recovery():
     @task(retries=0)
     def guard(**context) -> dict:
         from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.files.snapshots import pick_snapshot, read_manifest
+        from tracktion_dr.files.snapshots import pick_snapshot, storage_inventory
         from tracktion_dr.incident import InvalidInput
         from tracktion_dr.notify.runs import notify_started
 
@@ -129,7 +126,8 @@ def dr_storage_recovery():
         snapshot = pick_snapshot(
             environment.backups.storage, "storage", context["params"]["snapshot"]
         )
-        in_backup = [name for name in environment.storage if name in read_manifest(snapshot)]
+        held = storage_inventory(snapshot)
+        in_backup = [name for name in environment.storage if name in held]
         requested = context["params"]["areas"]
         if requested in ([], ["all"], "all"):
             areas = in_backup
@@ -159,19 +157,14 @@ def dr_storage_recovery():
 
     @task(retries=0)
     def restore_from_backup(incident: dict, before: dict) -> dict:
-        from pathlib import Path
-
         from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.files.snapshots import Snapshot, read_manifest
+        from tracktion_dr.files.snapshots import Snapshot, storage_inventory
         from tracktion_dr.files.storage_integrity import AreaReport, repair_area
 
         started = now_iso()
         environment = PLAN.environment(incident["environment"])
         snap = incident["snapshot"]
-        snapshot = Snapshot(
-            snap["name"], Path(snap["path"]), datetime.fromisoformat(snap["taken_at"])
-        )
-        manifest = read_manifest(snapshot)
+        manifest = storage_inventory(Snapshot.from_dict(snap))
         actions: dict[str, dict[str, str]] = {}
         for name, found in before["areas"].items():
             report = AreaReport(**{k: v for k, v in found.items() if k != "clean"})
@@ -182,7 +175,7 @@ def dr_storage_recovery():
                 actions[name] = {p: "dry run: would restore" for p in todo}
                 continue
             actions[name] = repair_area(
-                environment.storage[name], report, snapshot, manifest[name], incident["incident_id"]
+                environment.storage[name], report, manifest[name], incident["incident_id"]
             )
         for name, done in actions.items():
             for relative, action in done.items():

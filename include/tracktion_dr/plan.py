@@ -425,6 +425,7 @@ class Infrastructure(_Model):
     repair_directories: bool = True  # recreate missing storage directories (owner, mode)
     restart_service_manager: bool = False  # e.g. systemctl restart docker
 
+
 class ValidationSettings(_Model):
     """What ``dr_post_recovery_validation`` judges an environment by (the seed's checklist,
     with its hard-coded numbers moved here)."""

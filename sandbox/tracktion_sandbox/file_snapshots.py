@@ -1,25 +1,25 @@
-"""The sandbox's first file snapshots: one configuration archive, one full storage copy.
+"""The sandbox's first file snapshots: one configuration archive, one full storage snapshot
+per area.
 
 Why at ``up`` time: dr_config_recovery and dr_storage_recovery restore from the plan's
 ``backups.configuration`` and ``backups.storage``; on a fresh sandbox there must be
-something real to restore from. Each is taken once, when none exists, in the formats
-``tracktion_dr.files.snapshots`` reads (the backups issue's catalog will own them later).
+something real to restore from before the backup DAGs first run. Each is taken once, when
+none exists, by the backups' own writer (``tracktion_dr.backups.snapshots``).
 
-The configuration archive also carries an ``environment_snapshot.txt`` with two allowed
-``TRACKTION_*`` variables and one that the plan does not allow (it must be refused on
-restore), one of them a token that must never appear in a log.
+The configuration archive carries an ``environment_snapshot.txt`` with two allowed
+``TRACKTION_*`` variables and one that the plan does not allow (the backup DAG never
+writes such a one; it is here so the restore's refusal is exercised), one of them a token
+that must never appear in a log.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import secrets as token_source
-import shutil
 from pathlib import Path
 
-from tracktion_dr.files import snapshots
+from tracktion_dr.backups import snapshots as writer
+from tracktion_dr.files import snapshots as reader
 from tracktion_sandbox.layout import SandboxLayout
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,10 @@ def sandbox_environment_snapshot(layout: SandboxLayout) -> dict[str, str]:
 
 
 def take_config_snapshot(layout: SandboxLayout) -> Path | None:
-    location = f"file://{layout.config_backups}"
-    if snapshots.list_snapshots(location, "configuration"):
+    if reader.list_snapshots(f"file://{layout.config_backups}", "configuration"):
         return None
-    path = snapshots.create_config_snapshot(
-        [layout.app_config],
+    path = writer.config_snapshot(
+        [str(layout.app_config)],
         layout.config_backups,
         environment=sandbox_environment_snapshot(layout),
     )
@@ -48,28 +47,19 @@ def take_config_snapshot(layout: SandboxLayout) -> Path | None:
     return path
 
 
-def take_storage_snapshot(layout: SandboxLayout) -> Path | None:
-    """Copy the storage areas into ``full_<stamp>/`` and write the manifest last."""
-    location = f"file://{layout.storage_backups}"
-    if snapshots.list_snapshots(location, "storage"):
-        return None
-    layout.storage_backups.mkdir(parents=True, exist_ok=True)
-    name = f"{snapshots.STORAGE_PREFIX}{snapshots.utc_stamp()}"
-    staging = layout.storage_backups / f".{name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)  # our own unfinished copy, never a listed snapshot
-    areas = {}
+def take_storage_snapshots(layout: SandboxLayout) -> list[Path]:
+    taken = []
     for area in STORAGE_AREAS:
-        source = layout.app_data / area
-        shutil.copytree(source, staging / area, ignore=shutil.ignore_patterns(".*"))
-        areas[area] = snapshots.file_inventory(staging / area)
-    manifest = {"format": 1, "taken_at": snapshots.utc_stamp(), "areas": areas}
-    (staging / snapshots.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(staging, layout.storage_backups / name)
-    log.info("initial storage snapshot: %s", layout.storage_backups / name)
-    return layout.storage_backups / name
+        if writer.newest_snapshot(layout.storage_backups / area, area) is None:
+            taken.append(
+                writer.storage_snapshot(
+                    area, layout.app_data / area, layout.storage_backups, "full"
+                )
+            )
+            log.info("initial storage snapshot: %s", taken[-1])
+    return taken
 
 
 def take_initial_snapshots(layout: SandboxLayout) -> None:
     take_config_snapshot(layout)
-    take_storage_snapshot(layout)
+    take_storage_snapshots(layout)

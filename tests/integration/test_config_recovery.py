@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tracktion_dr.backups import snapshots as writer
 from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.files import snapshots
 from tracktion_dr.files.config_restore import tree_digest
@@ -22,9 +23,9 @@ def later_snapshot(sandbox, tmp_path, edit) -> object:
     shutil.copytree(sandbox.layout.app_config, copy)
     edit(copy)
     newest = snapshots.list_snapshots(f"file://{sandbox.layout.config_backups}", "configuration")
-    stamp = snapshots.utc_stamp(max(datetime.now(UTC), newest[-1].taken_at) + timedelta(seconds=1))
-    return snapshots.create_config_snapshot(
-        [copy], sandbox.layout.config_backups, name=f"config_{stamp}.tar.gz"
+    later = max(datetime.now(UTC), newest[-1].taken_at) + timedelta(seconds=1)
+    return writer.take_snapshot(
+        [copy], sandbox.layout.config_backups, "config", by_base_name=True, now=later
     )
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 VERIFICATION_SUFFIX = ".verification.json"
 SNAPSHOT_MANIFEST_SUFFIX = ".manifest.json"
 SYNC_FOLDER = "sync"  # the storage sync's mirror, see backups/snapshots.py
+SAFETY_FOLDER = "safety"  # dr_config_recovery's safety snapshots, see backups/snapshots.py
 
 
 class BackupKind(enum.StrEnum):
@@ -222,8 +223,10 @@ class Catalog:
         entries = []
         for path in folder.rglob("*.tar.gz") if folder.is_dir() else []:
             # The storage sync's mirror (``sync/``) holds the users' own files, which may
-            # be .tar.gz uploads: they are not snapshots. Neither are unfinished ones.
-            if path.relative_to(folder).parts[0] == SYNC_FOLDER or path.name.startswith("."):
+            # be .tar.gz uploads: they are not snapshots. Neither are unfinished ones, nor
+            # dr_config_recovery's safety snapshots (``safety/``: kept, never rotated).
+            top = path.relative_to(folder).parts[0]
+            if top in (SYNC_FOLDER, SAFETY_FOLDER) or path.name.startswith("."):
                 continue
             manifest = _read_json(path.with_name(path.name + SNAPSHOT_MANIFEST_SUFFIX)) or {}
             size = path.stat().st_size

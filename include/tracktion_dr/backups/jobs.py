@@ -148,7 +148,11 @@ def config_snapshot(plan: Plan, env_name: str, *, notify: bool) -> dict[str, Any
     environment = plan.environment(env_name)
     try:
         path = snapshots.config_snapshot(
-            environment.config_paths, local_path(environment.backups.configuration)
+            environment.config_paths,
+            local_path(environment.backups.configuration),
+            environment=snapshots.allowed_environment(
+                environment.config_env_file, environment.config_env_prefixes
+            ),
         )
     except (snapshots.SnapshotError, OSError) as exc:
         fail(plan, "Configuration snapshot failed", [str(exc)], env_name=env_name, notify=notify)

@@ -17,12 +17,17 @@ Levels (the seed's File System Recovery Levels):
   never deletes a mirrored file whose source disappeared: an accidental deletion in
   production must not propagate into the copy meant to undo it.
 
-Archive member names are the source paths without the leading ``/`` (two config paths
-may share a basename, e.g. ``/app/config`` and ``/etc/tracktion/config``).
+Archive member names: a storage area's files under its source path without the leading
+``/``; a configuration snapshot's under each configuration folder's *base name*
+(``config/app.json``), the layout ``dr_config_recovery`` restores beside the live folder.
+Two configuration paths with the same base name are refused rather than merged. A
+configuration snapshot may carry the plan's environment file, filtered to the plan's
+allowed prefixes, as ``environment_snapshot.txt``; such an archive is made 0600.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -39,6 +44,8 @@ from tracktion_dr.postgres.dumps import sha256_file, utc_stamp, write_json_atomi
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"  # the catalog's SNAPSHOT_MANIFEST_SUFFIX
+ENVIRONMENT_MEMBER = "environment_snapshot.txt"
+SAFETY_FOLDER = "safety"  # dr_config_recovery's safety snapshots, beside the daily ones
 SYNC_FOLDER = "sync"
 SYNC_STATE_SUFFIX = ".sync.json"
 Level = Literal["full", "incremental"]
@@ -48,17 +55,28 @@ class SnapshotError(RuntimeError):
     """A snapshot cannot be taken; the message names the path and the reason."""
 
 
-def _files(sources: Iterable[Path]) -> list[tuple[Path, str]]:
+def _files(sources: Iterable[Path], *, by_base_name: bool) -> list[tuple[Path, str]]:
     """(file, member name) for every regular file below the sources, sorted."""
     found: list[tuple[Path, str]] = []
+    roots: dict[str, Path] = {}
     for source in sources:
         if not source.exists():
             raise SnapshotError(f"{source}: does not exist (check the plan's paths)")
+        if by_base_name and roots.setdefault(source.name, source) != source:
+            raise SnapshotError(
+                f"{source}: same base name as {roots[source.name]}; a configuration "
+                "snapshot names its folders by base name, so the plan's config_paths must differ"
+            )
         candidates = [source] if source.is_file() else sorted(source.rglob("*"))
         for path in candidates:
-            # Symlinks are recorded as they are by tar; regular files are hashed.
+            # Only regular files are archived (and hashed); a symlink is not followed.
             if path.is_file() and not path.is_symlink():
-                found.append((path, str(path).lstrip("/")))
+                member = (
+                    str(Path(source.name) / path.relative_to(source))
+                    if by_base_name
+                    else str(path).lstrip("/")
+                )
+                found.append((path, member))
     return found
 
 
@@ -87,11 +105,16 @@ def take_snapshot(
     level: Level = "full",
     extra: dict[str, Any] | None = None,
     now: datetime | None = None,
+    by_base_name: bool = False,
+    private_members: dict[str, bytes] | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Archive ``sources`` into ``destination/<prefix>_<level>_<stamp>.tar.gz``.
+    """Archive ``sources`` into ``destination/<prefix>_<level>_<stamp>.tar.gz`` (or ``name``).
 
     ``incremental`` takes only files modified since the newest snapshot with this prefix
     started; with no earlier snapshot it is refused (a chain needs a full to start from).
+    ``private_members`` (member name -> bytes) are added with mode 0600 and make the
+    archive itself 0600; they are listed in the manifest without a checksum of their own.
     """
     if not sources:
         raise SnapshotError(f"{prefix}: no source paths to snapshot (plan lists none)")
@@ -108,13 +131,21 @@ def take_snapshot(
             )
         based_on = previous[0].name
         since = datetime.fromisoformat(previous[1]["started_at"]).timestamp()
-    name = f"{prefix}_{level}_{utc_stamp(started)}.tar.gz"
+    name = name or f"{prefix}_{level}_{utc_stamp(started)}.tar.gz"
     final, partial = destination / name, destination / f".{name}.partial"
     if final.exists():
         raise FileExistsError(f"{final} already exists (two snapshots in the same second?)")
-    members = []
+    members: list[dict[str, Any]] = []
+    if private_members:
+        # Created 0600 before a byte is written: environment values are secrets.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     with tarfile.open(partial, "w:gz", compresslevel=6) as archive:
-        for path, member in _files(sources):
+        for member, data in (private_members or {}).items():
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(data), 0o600, int(started.timestamp())
+            archive.addfile(info, io.BytesIO(data))
+            members.append({"path": member, "size_bytes": len(data), "private": True})
+        for path, member in _files(sources, by_base_name=by_base_name):
             stat = path.stat()
             # Changed files only, for an incremental: mtime strictly after the base started
             # would miss a write in the same second, so ">=" (a file may appear twice).
@@ -144,10 +175,52 @@ def take_snapshot(
     return final
 
 
-def config_snapshot(config_paths: list[str], destination: Path) -> Path:
-    """The plan's configuration paths as ``config_full_<stamp>.tar.gz`` (always full:
-    configuration is small and a restore should need one file, not a chain)."""
-    return take_snapshot([Path(p) for p in config_paths], destination, "config")
+def config_snapshot(
+    config_paths: list[str],
+    destination: Path,
+    *,
+    environment: dict[str, str] | None = None,
+    name: str | None = None,
+) -> Path:
+    """The plan's configuration folders as ``config_full_<stamp>.tar.gz`` (always full:
+    configuration is small and a restore should need one file, not a chain), members
+    under each folder's base name, plus ``environment`` as ``environment_snapshot.txt``."""
+    private = (
+        {ENVIRONMENT_MEMBER: "".join(f"{k}={v}\n" for k, v in sorted(environment.items())).encode()}
+        if environment
+        else None
+    )
+    return take_snapshot(
+        [Path(p) for p in config_paths],
+        destination,
+        "config",
+        by_base_name=True,
+        private_members=private,
+        name=name,
+    )
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of an environment file (``export`` and comments allowed)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        if sep and key and not key.startswith("#"):
+            values[key] = value
+    return values
+
+
+def allowed_environment(path: str | None, prefixes: list[str]) -> dict[str, str]:
+    """The variables of the environment file whose names start with an allowed prefix:
+    nothing else (credentials of other systems) ever goes into a snapshot."""
+    if not path or not Path(path).is_file():
+        return {}
+    return {
+        k: v
+        for k, v in read_environment_file(Path(path)).items()
+        if any(k.startswith(prefix) for prefix in prefixes)
+    }
 
 
 def storage_snapshot(area: str, source: Path, storage_root: Path, level: Level) -> Path:

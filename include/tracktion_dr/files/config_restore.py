@@ -34,13 +34,8 @@ from typing import Any
 
 import yaml
 
-from tracktion_dr.files.snapshots import (
-    SAFETY_FOLDER,
-    create_config_snapshot,
-    extract_snapshot,
-    read_environment,
-    utc_stamp,
-)
+from tracktion_dr.backups.snapshots import SAFETY_FOLDER, config_snapshot, read_environment_file
+from tracktion_dr.files.snapshots import extract_snapshot, read_environment, utc_stamp
 from tracktion_dr.plan import Environment
 
 log = logging.getLogger(__name__)
@@ -124,24 +119,17 @@ def _aside_name(path: Path, tag: str) -> Path:
 
 
 def take_safety_snapshot(environment: Environment, backups_dir: Path, incident_id: str) -> Path:
+    """The live configuration and the whole environment file (a rollback must put back
+    exactly what was there), in the snapshot format, under ``safety/``."""
     env_values: dict[str, str] = {}
     if environment.config_env_file and Path(environment.config_env_file).is_file():
         env_values = read_environment_file(Path(environment.config_env_file))
-    return create_config_snapshot(
+    return config_snapshot(
         environment.config_paths,
         backups_dir / SAFETY_FOLDER,
         name=f"config_safety_{utc_stamp()}_{incident_id}.tar.gz",
         environment=env_values,
     )
-
-
-def read_environment_file(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip():
-            values[key.strip().removeprefix("export ").strip()] = value
-    return values
 
 
 def stage(

@@ -1,39 +1,35 @@
-"""Configuration and storage snapshots read from the plan's backup locations.
+"""Picking and reading the configuration and storage snapshots the backup DAGs take.
 
-A stop-gap reader until the backups catalog (the backups issue) owns listing, verifying and
-picking every kind of backup; the formats here are what that catalog will take over:
+The format belongs to ``tracktion_dr.backups.snapshots`` (the one writer): every snapshot
+is ``<name>.tar.gz`` with a ``<name>.tar.gz.manifest.json`` sidecar written before the
+archive is renamed into place, so only snapshots with a manifest are complete.
 
-* **configuration**: ``<backups.configuration>/config_<YYYYMMDDTHHMMSSZ>.tar.gz``; one
-  top-level folder per configuration path (its base name), plus an optional
-  ``environment_snapshot.txt`` (``NAME=value`` lines). Safety snapshots taken before a
-  restore go to ``safety/`` under the same location, so "latest" never picks one.
-* **storage**: ``<backups.storage>/full_<YYYYMMDDTHHMMSSZ>/`` holding one folder per
-  storage area and ``manifest.json`` (per area: relative path -> size and sha256), written
-  last, so a snapshot without a manifest is incomplete and ignored.
+* **configuration**: ``<backups.configuration>/config_full_<stamp>.tar.gz``, one top-level
+  folder per configuration path (its base name), plus an optional
+  ``environment_snapshot.txt``. Safety snapshots taken before a restore go to ``safety/``
+  in the same location, so "latest" never picks one.
+* **storage**: per area, ``<backups.storage>/<area>/<area>_{full,incremental}_<stamp>.tar.gz``.
+  A restore point is a moment: for each area, the newest full taken at or before it and
+  the incrementals after that full up to it; a file's newest copy in that chain wins.
 
-Only ``file://`` locations are read here; ``s3://`` is refused with a clear message.
+Only ``file://`` locations are read here; an ``s3://`` location is refused with a clear
+message (bring the offsite copy back first, see ``dr_backup_offsite``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import re
 import tarfile
-import tempfile
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX, SAFETY_FOLDER
+
 CONFIG_PREFIX = "config_"
-SAFETY_FOLDER = "safety"
-STORAGE_PREFIX = "full_"
-MANIFEST = "manifest.json"
-ENVIRONMENT_MEMBER = "environment_snapshot.txt"
 _STAMP = re.compile(r"(\d{8}T\d{6}Z)")
 
 
@@ -50,6 +46,10 @@ class Snapshot:
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "path": str(self.path), "taken_at": self.taken_at.isoformat()}
 
+    @classmethod
+    def from_dict(cls, value: dict[str, str]) -> Snapshot:
+        return cls(value["name"], Path(value["path"]), datetime.fromisoformat(value["taken_at"]))
+
 
 def utc_stamp(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
@@ -59,41 +59,49 @@ def location_dir(location: str) -> Path:
     if location.startswith("file://"):
         return Path(location.removeprefix("file://"))
     raise SnapshotError(
-        f"{location}: only file:// locations are read by this module; s3:// comes with the "
-        "backups catalog"
+        f"{location}: only file:// locations can be restored from; copy the snapshot back "
+        "from the offsite store first"
     )
 
 
-def _stamp_of(name: str) -> datetime | None:
-    match = _STAMP.search(name)
+def _manifest(archive: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(archive.with_name(archive.name + MANIFEST_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _taken_at(archive: Path, manifest: dict[str, Any]) -> datetime | None:
+    if manifest.get("started_at"):
+        return datetime.fromisoformat(manifest["started_at"])
+    match = _STAMP.search(archive.name)
     if not match:
         return None
     return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-def list_snapshots(location: str, kind: str) -> list[Snapshot]:
-    """Complete snapshots of ``kind`` (``configuration`` or ``storage``), oldest first."""
-    folder = location_dir(location)
-    if not folder.is_dir():
-        return []
+def _complete(folder: Path, pattern: str) -> list[tuple[Snapshot, dict[str, Any]]]:
     found = []
-    for path in folder.iterdir():
-        if kind == "configuration":
-            ok = (
-                path.is_file()
-                and path.name.startswith(CONFIG_PREFIX)
-                and path.name.endswith(".tar.gz")
-            )
-        else:
-            ok = (
-                path.is_dir()
-                and path.name.startswith(STORAGE_PREFIX)
-                and (path / MANIFEST).is_file()
-            )
-        taken_at = _stamp_of(path.name)
-        if ok and taken_at:
-            found.append(Snapshot(path.name, path, taken_at))
-    return sorted(found, key=lambda s: s.taken_at)
+    for path in folder.glob(pattern) if folder.is_dir() else []:
+        manifest = _manifest(path)
+        taken_at = _taken_at(path, manifest) if manifest else None
+        if manifest and taken_at and not path.name.startswith("."):
+            found.append((Snapshot(path.name, path, taken_at), manifest))
+    return sorted(found, key=lambda pair: pair[0].taken_at)
+
+
+def list_snapshots(location: str, kind: str) -> list[Snapshot]:
+    """Complete snapshots of ``kind`` (``configuration``, or ``storage``: every area's
+    archives), oldest first."""
+    folder = location_dir(location)
+    if kind == "configuration":
+        return [s for s, _ in _complete(folder, f"{CONFIG_PREFIX}*.tar.gz")]
+    archives = [
+        pair
+        for area in (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+        for pair in _complete(area, f"{area.name}_*.tar.gz")
+    ]
+    return [s for s, _ in sorted(archives, key=lambda pair: pair[0].taken_at)]
 
 
 def pick_snapshot(location: str, kind: str, which: str = "latest") -> Snapshot:
@@ -124,35 +132,8 @@ def pick_snapshot(location: str, kind: str, which: str = "latest") -> Snapshot:
 # --- configuration archives ------------------------------------------------------------
 
 
-def create_config_snapshot(
-    config_paths: Iterable[str | Path],
-    destination: Path,
-    *,
-    name: str | None = None,
-    environment: Mapping[str, str] | None = None,
-) -> Path:
-    """Write ``config_<stamp>.tar.gz`` (or ``name``) atomically; return its path."""
-    destination.mkdir(parents=True, exist_ok=True)
-    target = destination / (name or f"{CONFIG_PREFIX}{utc_stamp()}.tar.gz")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=destination)
-    os.close(fd)
-    try:
-        with tarfile.open(tmp_name, "w:gz") as archive:
-            for config_path in config_paths:
-                path = Path(config_path)
-                if path.is_dir():
-                    archive.add(path, arcname=path.name)
-            if environment:
-                data = "".join(f"{k}={v}\n" for k, v in sorted(environment.items())).encode()
-                info = tarfile.TarInfo(ENVIRONMENT_MEMBER)
-                info.size, info.mode = len(data), 0o600
-                archive.addfile(info, io.BytesIO(data))
-        os.chmod(tmp_name, 0o600)  # may hold environment values
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+def safety_folder(location: str) -> Path:
+    return location_dir(location) / SAFETY_FOLDER
 
 
 def extract_snapshot(archive: Path, destination: Path) -> Path:
@@ -179,7 +160,7 @@ def read_environment(extracted: Path) -> dict[str, str]:
     return values
 
 
-# --- storage snapshots -----------------------------------------------------------------
+# --- storage restore points ------------------------------------------------------------
 
 
 def sha256_file(path: Path) -> str:
@@ -190,22 +171,47 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_inventory(root: Path) -> dict[str, dict[str, Any]]:
-    """relative path -> {size, sha256} for every regular file under ``root``."""
-    inventory = {}
-    if root.is_dir():
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.is_symlink() and not path.name.startswith(".dr-"):
-                inventory[str(path.relative_to(root))] = {
-                    "size": path.stat().st_size,
-                    "sha256": sha256_file(path),
+def _area_chain(area_dir: Path, point: datetime) -> list[tuple[Snapshot, dict[str, Any]]]:
+    """The newest full of the area at or before ``point`` and the incrementals after it."""
+    taken = [pair for pair in _complete(area_dir, f"{area_dir.name}_*.tar.gz")]
+    taken = [pair for pair in taken if pair[0].taken_at <= point]
+    fulls = [i for i, (_, manifest) in enumerate(taken) if manifest.get("level") == "full"]
+    return taken[fulls[-1] :] if fulls else []
+
+
+def storage_inventory(snapshot: Snapshot) -> dict[str, dict[str, dict[str, Any]]]:
+    """area -> relative path -> {size, sha256, archive, member} at the restore point
+    ``snapshot`` (a storage archive picked by ``pick_snapshot``): what the backups hold."""
+    storage_root = snapshot.path.parent.parent
+    areas: dict[str, dict[str, dict[str, Any]]] = {}
+    for area_dir in sorted(p for p in storage_root.iterdir() if p.is_dir()):
+        chain = _area_chain(area_dir, snapshot.taken_at)
+        if not chain:
+            continue
+        files: dict[str, dict[str, Any]] = {}
+        for archive, manifest in chain:
+            source = str(manifest["sources"][0]).lstrip("/")
+            for entry in manifest["files"]:
+                relative = str(Path(entry["path"]).relative_to(source))
+                files[relative] = {
+                    "size": entry["size_bytes"],
+                    "sha256": entry["sha256"],
+                    "archive": str(archive.path),
+                    "member": entry["path"],
                 }
-    return inventory
+        areas[area_dir.name] = files
+    return areas
 
 
-def read_manifest(snapshot: Snapshot) -> dict[str, dict[str, dict[str, Any]]]:
+def extract_member(archive: Path, member: str, target: Path) -> None:
+    """Write one archived file to ``target`` (a temporary name chosen by the caller)."""
     try:
-        manifest = json.loads((snapshot.path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SnapshotError(f"{snapshot.name}: unreadable manifest: {exc}") from None
-    return manifest["areas"]
+        with tarfile.open(archive, "r:gz") as opened:
+            handle = opened.extractfile(member)
+            if handle is None:
+                raise SnapshotError(f"{archive.name}: {member} is not a regular file")
+            with handle, target.open("wb") as out:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    out.write(block)
+    except (tarfile.TarError, KeyError, EOFError, OSError) as exc:
+        raise SnapshotError(f"{archive.name}: cannot read {member}: {exc}") from None

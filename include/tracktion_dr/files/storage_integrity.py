@@ -7,8 +7,9 @@ by mutagen (the parser analysis-service uses): a file is sound when mutagen reco
 audio format in its bytes and reports a positive duration, whatever its name says.
 
 Repair never deletes: a corrupt file is moved to ``.dr-quarantine/<incident>/`` beside the
-storage root, the good copy is written to a temporary name in the target folder, checked
-against the snapshot's sha256, then renamed into place.
+storage root, the good copy is extracted from the snapshot archive that holds its newest
+version to a temporary name in the target folder, checked against that snapshot's sha256,
+then renamed into place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.files.snapshots import Snapshot, sha256_file
+from tracktion_dr.files.snapshots import SnapshotError, extract_member, sha256_file
 from tracktion_dr.plan import StorageArea
 
 log = logging.getLogger(__name__)
@@ -139,33 +140,39 @@ def _ensure_directory(area: StorageArea) -> None:
 def repair_area(
     area: StorageArea,
     report: AreaReport,
-    snapshot: Snapshot,
     backed_up: dict[str, dict[str, Any]],
     incident_id: str,
 ) -> dict[str, str]:
-    """Restore every missing or corrupt file of ``report`` from ``snapshot``;
-    return relative path -> what was done."""
+    """Restore every missing or corrupt file of ``report`` from the snapshot archives named
+    in ``backed_up`` (``files.snapshots.storage_inventory``); return relative path -> what
+    was done."""
     root = Path(area.path)
     _ensure_directory(area)
     quarantine = root.parent / QUARANTINE / incident_id / report.name
     done: dict[str, str] = {}
     for relative in sorted({*report.missing, *report.corrupted}):
-        source = snapshot.path / report.name / relative
-        if relative not in backed_up or not source.is_file():
+        entry = backed_up.get(relative)
+        if entry is None:
             done[relative] = "no copy in the backup: left for an operator"
             continue
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".dr-restore-{target.name}")
+        try:
+            extract_member(Path(entry["archive"]), entry["member"], temporary)
+        except SnapshotError as exc:
+            temporary.unlink(missing_ok=True)
+            done[relative] = f"not restored: {exc}"
+            continue
+        if sha256_file(temporary) != entry["sha256"]:
+            temporary.unlink()
+            done[relative] = "the backup's copy does not match its manifest: not restored"
+            continue
+        # Only now, with a verified copy in hand, is the damaged file moved aside.
         if target.exists():
             moved = quarantine / relative
             moved.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(target, moved)
-        temporary = target.with_name(f".dr-restore-{target.name}")
-        shutil.copy2(source, temporary)
-        if sha256_file(temporary) != backed_up[relative]["sha256"]:
-            temporary.unlink()
-            done[relative] = "the backup's copy does not match its manifest: not restored"
-            continue
         os.replace(temporary, target)
         done[relative] = "restored" + (
             " (corrupt copy quarantined)" if relative in report.corrupted else ""
