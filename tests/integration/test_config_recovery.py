@@ -29,6 +29,13 @@ def later_snapshot(sandbox, tmp_path, edit) -> object:
     )
 
 
+def set_aside(snapshot, folder) -> None:
+    """Take a test's snapshot (and its manifest) out of the backups, so "latest" is the
+    sandbox's own again."""
+    for path in (snapshot, snapshot.with_name(snapshot.name + ".manifest.json")):
+        shutil.move(path, folder / path.name)
+
+
 class Collect(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
@@ -88,7 +95,7 @@ def test_a_corrupt_snapshot_is_refused_and_nothing_live_changes(sandbox, tmp_pat
         assert rollback["detail"] == "nothing was swapped: the live configuration was never touched"
         assert tree_digest([str(sandbox.layout.app_config)]) == before
     finally:
-        shutil.move(bad, tmp_path / bad.name)
+        set_aside(bad, tmp_path)
 
 
 def test_failed_health_gate_rolls_back_to_the_safety_snapshot(sandbox, tmp_path):
@@ -116,4 +123,4 @@ def test_failed_health_gate_rolls_back_to_the_safety_snapshot(sandbox, tmp_path)
         assert timeline["details"]["failed_tasks"] == ["gate_services"]
     finally:
         shutil.move(tmp_path / "sample.mp3", sample)
-        shutil.move(changed, tmp_path / changed.name)
+        set_aside(changed, tmp_path)

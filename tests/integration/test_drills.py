@@ -223,8 +223,10 @@ def test_quarterly_drill_recovers_the_lost_cluster_and_leaves_the_sandbox_health
     assert steps[0]["name"] == "simulate_loss" and "moved aside" in steps[0]["detail"]
     assert [s["name"].split(" ")[0] for s in steps[1:]] == [
         "step_1_dr_database_pitr",
-        "step_2_dr_initial_assessment",
-        "step_3_dr_post_recovery_validation",
+        "step_2_dr_infrastructure_recovery",
+        "step_3_dr_application_recovery",
+        "step_4_dr_config_recovery",
+        "step_5_dr_post_recovery_validation",
     ]
     assert all(s["status"] == "succeeded" and s["seconds"] > 0 for s in steps[1:])
     assert recorded["data_loss_seconds"] is not None and recorded["rpo_met"] is not None

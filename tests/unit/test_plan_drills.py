@@ -33,7 +33,9 @@ def test_both_plans_carry_drills_validation_and_reports():
         assert plan.drills and plan.reports
         assert [s.dag_id for s in plan.drills.quarterly.steps] == [
             "dr_database_pitr",
-            "dr_initial_assessment",
+            "dr_infrastructure_recovery",
+            "dr_application_recovery",
+            "dr_config_recovery",
             "dr_post_recovery_validation",
         ]
         assert plan.drills.quarterly.steps[0].conf["target_type"] == "latest"
@@ -78,7 +80,7 @@ def test_drills_never_target_production(data):
 
 def test_a_step_must_name_a_dr_dag(data):
     data["drills"]["quarterly"]["steps"].append({"dag_id": "rm -rf /"})
-    assert "drills.quarterly.steps[3].dag_id" in problems_of(data)
+    assert "drills.quarterly.steps[5].dag_id" in problems_of(data)
 
 
 def test_scratch_prefix_cannot_be_empty(data):
