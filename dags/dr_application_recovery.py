@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate
+from tracktion_dr.dag_kit import RtoGate, publish_task
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
 
@@ -251,7 +251,7 @@ def dr_application_recovery():
     recorded = record(incident)
     reported >> recorded
     notified = notify_outcome(incident, recorded)
-    notified >> verdict(recorded)
+    [notified, publish_task(PLAN, recorded)] >> verdict(recorded)
 
 
 dr_application_recovery()

@@ -42,6 +42,7 @@ from tracktion_dr.dag_kit import (
     RtoGate,
     now_iso,
     open_incident,
+    publish_task,
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
@@ -407,7 +408,7 @@ def dr_database_pitr():
     timeline = record()
     [loss, reseeded] >> timeline
     notify_outcome(timeline)
-    verdict(timeline)
+    publish_task(PLAN, timeline) >> verdict(timeline)
 
 
 dr_database_pitr()

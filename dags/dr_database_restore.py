@@ -33,6 +33,7 @@ from airflow.sdk import Param, dag, task
 from tracktion_dr.dag_kit import (
     RtoGate,
     now_iso,
+    publish_task,
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
@@ -333,7 +334,7 @@ def dr_database_restore():
     timeline = record()
     loss >> timeline
     notify_outcome(timeline)
-    verdict(timeline)
+    publish_task(PLAN, timeline) >> verdict(timeline)
 
 
 dr_database_restore()

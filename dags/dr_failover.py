@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate
+from tracktion_dr.dag_kit import RtoGate, publish_task
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
 
@@ -375,7 +375,7 @@ def dr_failover():
 
     recorded = record(incident)
     measured >> recorded
-    notify_outcome(incident, recorded) >> verdict(recorded)
+    [notify_outcome(incident, recorded), publish_task(PLAN, recorded)] >> verdict(recorded)
 
 
 dr_failover()

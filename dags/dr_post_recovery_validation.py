@@ -28,7 +28,7 @@ from airflow.sdk import dag, task
 from tracktion_dr.dag_kit import (
     now_iso,
     open_incident,
-    publish_report,
+    publish_task,
     raise_for_outcome,
     record_timeline,
     step_event,
@@ -141,10 +141,6 @@ def dr_post_recovery_validation():
             details={"checks": results},
         )
 
-    @task(trigger_rule="all_done", retries=0)
-    def publish(timeline: dict, **context) -> dict:
-        return publish_report(context, PLAN, timeline)
-
     @task(retries=0)
     def verdict(timeline: dict) -> None:
         raise_for_outcome(timeline)
@@ -152,7 +148,7 @@ def dr_post_recovery_validation():
     recorded = record(incident)
     for check_task in checks:
         check_task >> recorded
-    published = publish(recorded)
+    published = publish_task(PLAN, recorded)
     published >> verdict(recorded)
 
 

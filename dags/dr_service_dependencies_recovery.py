@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_kit import RtoGate
+from tracktion_dr.dag_kit import RtoGate, publish_task
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
 
@@ -174,7 +174,7 @@ def dr_service_dependencies_recovery():
 
     recorded = record(incident)
     gates[-1] >> recorded
-    notify_outcome(incident, recorded) >> verdict(recorded)
+    [notify_outcome(incident, recorded), publish_task(PLAN, recorded)] >> verdict(recorded)
 
 
 dr_service_dependencies_recovery()

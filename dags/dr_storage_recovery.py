@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate
+from tracktion_dr.dag_kit import RtoGate, publish_task
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
 
@@ -256,7 +256,7 @@ def dr_storage_recovery():
     gate >> reported
     recorded = record(incident)
     reported >> recorded
-    notify_outcome(incident, recorded) >> verdict(recorded)
+    [notify_outcome(incident, recorded), publish_task(PLAN, recorded)] >> verdict(recorded)
 
 
 dr_storage_recovery()

@@ -34,7 +34,7 @@ from airflow.sdk import Param, dag, task
 from tracktion_dr.dag_kit import (
     now_iso,
     open_incident,
-    publish_report,
+    publish_task,
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
@@ -248,10 +248,6 @@ def dr_test_monthly():
             },
         )
 
-    @task(trigger_rule="all_done", retries=0)
-    def publish(timeline: dict, **context) -> dict:
-        return publish_report(context, PLAN, timeline)
-
     @task(retries=0)
     def verdict(timeline: dict) -> None:
         raise_for_outcome(timeline)
@@ -262,7 +258,7 @@ def dr_test_monthly():
     guarded >> databases >> services >> storage >> cleaned >> rpo
     recorded = record()
     rpo >> recorded
-    published = publish(recorded)
+    published = publish_task(PLAN, recorded)
     published >> verdict(recorded)
 
 

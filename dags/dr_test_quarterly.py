@@ -31,7 +31,7 @@ from airflow.sdk import dag, task
 from tracktion_dr.dag_kit import (
     now_iso,
     open_incident,
-    publish_report,
+    publish_task,
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
@@ -250,10 +250,6 @@ def dr_test_quarterly():
             },
         )
 
-    @task(trigger_rule="all_done", retries=0)
-    def publish(timeline: dict, **context) -> dict:
-        return publish_report(context, PLAN, timeline)
-
     @task(retries=0)
     def verdict(timeline: dict) -> None:
         raise_for_outcome(timeline)
@@ -268,7 +264,7 @@ def dr_test_quarterly():
     previous >> net
     recorded = record()
     net >> recorded
-    published = publish(recorded)
+    published = publish_task(PLAN, recorded)
     published >> verdict(recorded)
 
 

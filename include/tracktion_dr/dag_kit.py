@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk import BaseOperatorLink, BaseSensorOperator, PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from tracktion_dr.plan import Plan
@@ -273,6 +274,34 @@ def refusing_bad_input() -> Iterator[None]:
         raise AirflowFailException(f"refused, nothing was touched: {exc}") from None
 
 
+def report_path(dag_id: str, run_id: str) -> str:
+    """Where the DR dashboard plugin serves a run's stored HTML report."""
+    return f"/dr-dashboard/report/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+
+
+class DrReportLink(BaseOperatorLink):
+    """ "DR report" on a run's ``publish`` task in the Airflow UI (task details): the
+    run's stored HTML report. Airflow stores the link in XCom when the task finishes."""
+
+    name = "DR report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        return report_path(ti_key.dag_id, ti_key.run_id)
+
+
+def publish_task(plan: Plan, timeline: Any) -> Any:
+    """The ``publish`` task of a DAG (trigger rule *all done*: a failed run gets its report
+    too), wired after ``timeline`` (the record task's output), with the report link."""
+
+    @task(task_id="publish", trigger_rule="all_done", retries=0)
+    def publish(timeline: dict[str, Any], **context: Any) -> dict[str, Any]:
+        return publish_report(context, plan, timeline)
+
+    published = publish(timeline)
+    published.operator.operator_extra_links = (DrReportLink(),)
+    return published
+
+
 def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[str, Any]:
     """Build the run's report from the ledger (Markdown, HTML, JSON) at the plan's report
     location, log its summary and where it is, and send it to the plan's report channels
@@ -294,7 +323,7 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
     )
     paths = reports.write_report(plan.reports.location, report)
     summary = reports.summary_table(report)
-    link = f"/dr-dashboard/report/{ti.dag_id}/{ti.run_id}"
+    link = report_path(ti.dag_id, ti.run_id)
     log.info("\n%s", summary)
     log.info(
         "report: %s (HTML %s, JSON %s); in the UI: %s",

@@ -26,14 +26,15 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
     return load_dag(dag_id).test(run_conf=conf or {})
 
 
-def task_result(dag_run: Any, task_id: str) -> Any:
-    """The ``return_value`` XCom a task of this run pushed (None when it pushed nothing)."""
+def task_result(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
+    """The XCom ``key`` (default: the return value) a task of this run pushed (None when it
+    pushed nothing)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         query = XComModel.get_many(
-            run_id=dag_run.run_id, key="return_value", dag_ids=dag_run.dag_id, task_ids=task_id
+            run_id=dag_run.run_id, key=key, dag_ids=dag_run.dag_id, task_ids=task_id
         ).with_only_columns(XComModel.value)
         value = session.execute(query).scalar()
     return XComModel.deserialize_value(_Row(value)) if value is not None else None

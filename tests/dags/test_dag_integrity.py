@@ -84,3 +84,26 @@ def test_each_dag_serializes(dagbag, path):
 
     (dag,) = [d for d in dagbag.dags.values() if Path(d.fileloc) == path]
     DagSerialization.to_dict(dag)
+
+
+def test_every_recovery_and_drill_run_publishes_a_linked_report(dagbag):
+    """Each scenario and drill DAG has a ``publish`` task that runs whatever happened
+    before it and carries the "DR report" link in the UI (kept through serialization)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    reporting = [
+        dag
+        for dag in dagbag.dags.values()
+        if {"scenario", "drill", "validation"} & set(dag.tags or [])
+        and "assessment" not in dag.tags  # a probe, not a recovery: its result is the table
+    ]
+    assert len(reporting) >= 11, sorted(d.dag_id for d in reporting)
+    for dag in reporting:
+        assert "publish" in dag.task_ids, f"{dag.dag_id} writes no report"
+        publish = dag.get_task("publish")
+        assert publish.trigger_rule == "all_done", dag.dag_id
+        assert "verdict" in publish.downstream_task_ids, dag.dag_id
+        serialized = DagSerialization.to_dict(dag)["dag"]["tasks"]
+        (encoded,) = [t["__var"] for t in serialized if t["__var"]["task_id"] == "publish"]
+        links = encoded["_operator_extra_links"]
+        assert links == {"DR report": "_link_DrReportLink"}, (dag.dag_id, links)

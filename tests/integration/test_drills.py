@@ -18,8 +18,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 from tracktion_dr import reports
+from tracktion_dr.dag_kit import report_path
 from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.drills import guard_monthly
 from tracktion_dr.incident import InvalidInput
@@ -98,6 +100,25 @@ def test_monthly_drill_passes_cleans_up_and_reports_the_ledger_numbers(sandbox):
     assert run["incident_id"] in markdown and "database_restore:tracktion" in markdown
     assert "<svg" in Path(published["paths"]["html"]).read_text()
     # the report went to the sink (e-mail) when notify is set - see the quarterly test
+
+    # "DR report" on the publish task in the UI: the link Airflow stored, served by the
+    # dashboard plugin's own app as the very HTML file the run wrote
+    link = task_result(dag_run, "publish", key="_link_DrReportLink")
+    assert link == published["link"] == report_path("dr_test_monthly", dag_run.run_id)
+    response = TestClient(dashboard_app()).get(link.removeprefix("/dr-dashboard"))
+    assert response.status_code == 200
+    assert response.text == Path(published["paths"]["html"]).read_text()
+
+
+def dashboard_app():
+    """The DR dashboard plugin's FastAPI app, imported from plugins/ as Airflow does."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "plugins" / "dr_dashboard.py"
+    spec = importlib.util.spec_from_file_location("dr_dashboard_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
 
 
 @pytest.fixture()

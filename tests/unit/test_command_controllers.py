@@ -6,7 +6,9 @@ each test asserts the argv the controller would run, and feeds it the outputs th
 ``docker compose`` v2 and ``systemctl`` print (files under ``recorded/``, transcribed from
 those tools' documented output formats: ps as a JSON array before compose 2.21 and as one
 object per line after; ``systemctl show --property=...`` key=value lines) including their
-failures. The supervisord controller, by contrast, is tested against a real supervisord.
+failures. The last tests run the real docker CLI and systemctl of this machine, which fail
+for real (no compose plugin or engine, no systemd as PID 1). The supervisord controller, by
+contrast, is tested against a real supervisord.
 """
 
 from __future__ import annotations
@@ -161,3 +163,30 @@ def test_the_real_runner_reports_a_missing_binary_and_runs_argument_lists(tmp_pa
     # a real process, with an argument a shell would have expanded: it arrives verbatim
     result = run_command(["printf", "%s", "$(id) *"])
     assert result.returncode == 0 and result.stdout == "$(id) *"
+
+
+# --- the real binaries of this machine ---------------------------------------------------
+# Not recordings: the docker CLI (without the compose plugin or an engine) and systemctl
+# (without systemd as PID 1) really run here; the controllers must turn what they answer
+# into a clear error naming the unit and the reason, not a crash or a false "running".
+
+
+def test_real_systemctl_without_systemd_is_a_clear_error():
+    import shutil
+
+    controller = SystemdController()  # the real runner
+    with pytest.raises(ControllerError) as caught:
+        controller.status("analysis-service")
+    message = str(caught.value)
+    if shutil.which("systemctl") is None:  # a machine without systemd's client at all
+        assert message == "systemctl is not installed on this host"
+    else:
+        assert "analysis-service.service" in message
+        assert "System has not been booted with systemd" in message
+
+
+def test_real_docker_cli_without_compose_is_a_clear_error():
+    controller = DockerComposeController("/opt/tracktion/docker-compose.yml", "tracktion")
+    for operation in (controller.status, controller.restart):
+        with pytest.raises(ControllerError, match="no 'compose' plugin on this host"):
+            operation("analysis-service")

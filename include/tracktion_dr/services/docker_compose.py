@@ -76,6 +76,12 @@ class DockerComposeController(ServiceController):
         result = self._runner(self.command(*args), self._timeout)
         if result.returncode != 0:
             detail = last_lines(result.stderr or result.stdout)
+            if "unknown shorthand flag" in detail or "unknown command" in detail:
+                # what the docker CLI says when the compose v2 plugin is missing
+                raise ControllerError(
+                    f"{self._docker} has no 'compose' plugin on this host (install "
+                    f"docker-compose-plugin): {detail}"
+                )
             if "no such service" in detail.lower():
                 raise ControllerError(
                     f"compose project {self.project} ({self.compose_file}) has no service "
