@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -17,15 +18,16 @@ from tracktion_dr.files.config_restore import tree_digest
 pytestmark = pytest.mark.sandbox
 
 
-def later_snapshot(sandbox, tmp_path, edit) -> object:
-    """A snapshot newer than every other, made from a copy of the live config + ``edit``."""
+def later_snapshot(sandbox, tmp_path, edit, environment=None) -> object:
+    """A snapshot newer than every other, made from a copy of the live config + ``edit``
+    (and ``environment`` as its environment snapshot)."""
     copy = tmp_path / "config"
     shutil.copytree(sandbox.layout.app_config, copy)
     edit(copy)
     newest = snapshots.list_snapshots(f"file://{sandbox.layout.config_backups}", "configuration")
     later = max(datetime.now(UTC), newest[-1].taken_at) + timedelta(seconds=1)
-    return writer.take_snapshot(
-        [copy], sandbox.layout.config_backups, "config", by_base_name=True, now=later
+    return writer.config_snapshot(
+        [str(copy)], sandbox.layout.config_backups, environment=environment, now=later
     )
 
 
@@ -49,6 +51,18 @@ def test_a_bad_config_push_is_recovered_from_the_snapshot(sandbox, tmp_path):
     config = sandbox.layout.app_config
     app_json = config / "app.json"
     good = json.loads(app_json.read_text())
+    # The newest snapshot: today's configuration, and an environment with one variable
+    # the plan does not allow (the backup DAG never writes one; an older archive might).
+    snapshot = later_snapshot(
+        sandbox,
+        tmp_path,
+        lambda c: None,
+        environment={
+            "TRACKTION_API_TOKEN": f"test-{secrets.token_hex(12)}",
+            "TRACKTION_STORAGE_PATH": str(sandbox.layout.app_data),
+            "AWS_SECRET_ACCESS_KEY": "not-allowed-by-the-plan",
+        },
+    )
     app_json.write_text('{"app": "tracktion", "storage": ')  # a truncated push
     library_log = logging.getLogger("tracktion_dr")  # every library module logs below it
     collected = Collect()
@@ -57,6 +71,7 @@ def test_a_bad_config_push_is_recovered_from_the_snapshot(sandbox, tmp_path):
         dag_run = run_dag("dr_config_recovery", {"environment": "drill"})
     finally:
         library_log.removeHandler(collected)
+        set_aside(snapshot, tmp_path)
     states = task_states(dag_run)
     assert states["verdict"] == "success", states
     assert states["rollback"] == "skipped"

@@ -181,6 +181,7 @@ def config_snapshot(
     *,
     environment: dict[str, str] | None = None,
     name: str | None = None,
+    now: datetime | None = None,
 ) -> Path:
     """The plan's configuration folders as ``config_full_<stamp>.tar.gz`` (always full:
     configuration is small and a restore should need one file, not a chain), members
@@ -197,6 +198,7 @@ def config_snapshot(
         by_base_name=True,
         private_members=private,
         name=name,
+        now=now,
     )
 
 
