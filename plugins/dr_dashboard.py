@@ -152,12 +152,13 @@ def dashboard() -> HTMLResponse:
 def report(dag_id: str, run_id: str) -> FileResponse:
     """A run's stored HTML report (written by its publish task)."""
     from tracktion_dr.plan import load_plan
+    from tracktion_dr.reports import file_safe_run_id
 
     plan = load_plan()
     if plan.reports is None:
         raise HTTPException(404, "the plan has no report location")
     root = Path(plan.reports.location).resolve()
-    safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    safe_run = file_safe_run_id(run_id)
     folder = (root / dag_id).resolve()
     if root not in folder.parents:
         raise HTTPException(404, "no such report")

@@ -400,17 +400,22 @@ def render_html(report: dict[str, Any]) -> str:
 """
 
 
+REPORT_FILES = {"markdown": "md", "html": "html", "json": "json"}
+
+
+def file_safe_run_id(run_id: str) -> str:
+    """A run id as a file-name part (``manual__2026-11-26T04:40:10.1+00:00`` has ``:``
+    and ``+``); the dashboard plugin finds a run's report by the same name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+
+
 def write_report(location: str, report: dict[str, Any]) -> dict[str, str]:
     """Write ``<location>/<dag_id>/<incident>_<run>.{md,html,json}``; return the paths."""
     folder = Path(location) / report["dag_id"]
     folder.mkdir(parents=True, exist_ok=True)
-    safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in report["run_id"])
-    stem = folder / f"{report['incident_id']}_{safe_run}"
-    paths = {
-        "markdown": str(stem.with_suffix(".md")),
-        "html": str(stem.with_suffix(".html")),
-        "json": str(stem.with_suffix(".json")),
-    }
+    # Suffixes are appended, not swapped in: a run id holds dots of its own.
+    stem = f"{report['incident_id']}_{file_safe_run_id(report['run_id'])}"
+    paths = {kind: str(folder / f"{stem}.{ext}") for kind, ext in REPORT_FILES.items()}
     Path(paths["markdown"]).write_text(render_markdown(report), encoding="utf-8")
     Path(paths["html"]).write_text(render_html(report), encoding="utf-8")
     Path(paths["json"]).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tracktion_dr.plan import Plan
-from tracktion_dr.reports import dur
+from tracktion_dr.reports import REPORT_FILES, dur
 
 DRILL_DAGS = ("dr_test_monthly", "dr_test_quarterly")
 NOT_INCIDENTS = (*DRILL_DAGS, "dr_post_recovery_validation", "dr_plan_review_annual")
@@ -311,13 +311,9 @@ def render_review_markdown(review: dict[str, Any]) -> str:
 def write_review(location: str, review: dict[str, Any]) -> dict[str, str]:
     folder = Path(location) / "dr_plan_review_annual"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"review_{review['period_start'][:10]}_{review['period_end'][:10]}"
+    stem = f"review_{review['period_start'][:10]}_{review['period_end'][:10]}"
     markdown = render_review_markdown(review)
-    paths = {
-        "markdown": str(stem.with_suffix(".md")),
-        "html": str(stem.with_suffix(".html")),
-        "json": str(stem.with_suffix(".json")),
-    }
+    paths = {kind: str(folder / f"{stem}.{ext}") for kind, ext in REPORT_FILES.items()}
     Path(paths["markdown"]).write_text(markdown, encoding="utf-8")
     Path(paths["html"]).write_text(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>DR annual review</title>"
