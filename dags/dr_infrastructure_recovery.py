@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate, publish_task
+from tracktion_dr.dag_kit import RtoGate, finish_run
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
 
@@ -257,23 +257,11 @@ def dr_infrastructure_recovery():
             },
         )
 
-    @task(trigger_rule="all_done", retries=0)
-    def notify_outcome(incident: dict, timeline: dict) -> dict:
-        from tracktion_dr.notify.runs import notify_outcome as send
-
-        return send(PLAN, incident, timeline)
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        from tracktion_dr.dag_kit import raise_for_outcome
-
-        raise_for_outcome(timeline)
-
     reported = report(incident)
     gate >> reported
     recorded = record(incident)
     reported >> recorded
-    [notify_outcome(incident, recorded), publish_task(PLAN, recorded)] >> verdict(recorded)
+    finish_run(PLAN, incident, recorded)
 
 
 dr_infrastructure_recovery()

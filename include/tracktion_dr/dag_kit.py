@@ -12,6 +12,8 @@ Anatomy (DESIGN.md): probe → guard → act → gates → validate → record �
   those events plus the states of tasks that failed (which push nothing), writes it to the
   ledger, and logs the table. :func:`raise_for_outcome` then fails the run when anything
   failed, so a partial success is never a green run.
+* :func:`finish_run` wires that tail after ``record``: ``notify_outcome``, ``publish``
+  (the report, :func:`publish_task`, with its link in the UI) and ``verdict``.
 
 Airflow-facing on purpose (this module and ``dag_support`` are the only ones that are).
 """
@@ -300,6 +302,24 @@ def publish_task(plan: Plan, timeline: Any) -> Any:
     published = publish(timeline)
     published.operator.operator_extra_links = (DrReportLink(),)
     return published
+
+
+def finish_run(plan: Plan, incident: Any, timeline: Any) -> None:
+    """The tail of a scenario DAG, after its ``record`` task (``timeline``): the outcome
+    message (``notify_outcome``: when the run's ``notify`` is on), the report
+    (``publish``), then the ``verdict`` that fails the run when anything failed."""
+
+    @task(task_id="notify_outcome", trigger_rule="all_done", retries=0)
+    def notify_outcome(incident: dict[str, Any], timeline: dict[str, Any]) -> dict[str, Any]:
+        from tracktion_dr.notify.runs import notify_outcome as send
+
+        return send(plan, incident, timeline)
+
+    @task(task_id="verdict", retries=0)
+    def verdict(timeline: dict[str, Any]) -> None:
+        raise_for_outcome(timeline)
+
+    [notify_outcome(incident, timeline), publish_task(plan, timeline)] >> verdict(timeline)
 
 
 def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[str, Any]:
