@@ -334,6 +334,11 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
     if plan.reports is None:
         log.warning("the plan has no reports section: no report written")
         return {"paths": {}, "summary": ""}
+    if timeline.get("refused"):
+        # Refused at the guard: nothing was touched, so nothing is in the ledger to report
+        # on; the guard's own error says why.
+        log.info("the run was refused before anything was touched: no report")
+        return {"paths": {}, "summary": "", "skipped": "refused before anything was touched"}
     ti = context["ti"]
     report = reports.report_for_run(
         conninfo(ledger.LEDGER_CONN_ID),
