@@ -282,8 +282,8 @@ def report_path(dag_id: str, run_id: str) -> str:
 
 
 class DrReportLink(BaseOperatorLink):
-    """ "DR report" on a run's ``publish`` task in the Airflow UI (task details): the
-    run's stored HTML report. Airflow stores the link in XCom when the task finishes."""
+    """The "DR report" button on a run's ``publish`` task in the Airflow UI (task details):
+    the run's stored HTML report. Airflow stores the link in XCom when the task finishes."""
 
     name = "DR report"
 

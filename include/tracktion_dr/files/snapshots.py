@@ -18,7 +18,6 @@ message (bring the offsite copy back first, see ``dr_backup_offsite``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tarfile
@@ -27,7 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX, SAFETY_FOLDER
+from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX
+
+# Re-exported: the recovery modules and tests take them from here.
+from tracktion_dr.postgres.dumps import sha256_file as sha256_file
+from tracktion_dr.postgres.dumps import utc_stamp as utc_stamp
 
 CONFIG_PREFIX = "config_"
 _STAMP = re.compile(r"(\d{8}T\d{6}Z)")
@@ -49,10 +52,6 @@ class Snapshot:
     @classmethod
     def from_dict(cls, value: dict[str, str]) -> Snapshot:
         return cls(value["name"], Path(value["path"]), datetime.fromisoformat(value["taken_at"]))
-
-
-def utc_stamp(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 def location_dir(location: str) -> Path:
@@ -132,10 +131,6 @@ def pick_snapshot(location: str, kind: str, which: str = "latest") -> Snapshot:
 # --- configuration archives ------------------------------------------------------------
 
 
-def safety_folder(location: str) -> Path:
-    return location_dir(location) / SAFETY_FOLDER
-
-
 def extract_snapshot(archive: Path, destination: Path) -> Path:
     """Extract with tarfile's ``data`` filter: no absolute paths, no ``..``, no links out,
     no device files. A hostile or damaged archive fails here, before anything is swapped."""
@@ -163,18 +158,13 @@ def read_environment(extracted: Path) -> dict[str, str]:
 # --- storage restore points ------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _area_chain(area_dir: Path, point: datetime) -> list[tuple[Snapshot, dict[str, Any]]]:
     """The newest full of the area at or before ``point`` and the incrementals after it."""
-    taken = [pair for pair in _complete(area_dir, f"{area_dir.name}_*.tar.gz")]
-    taken = [pair for pair in taken if pair[0].taken_at <= point]
+    taken = [
+        pair
+        for pair in _complete(area_dir, f"{area_dir.name}_*.tar.gz")
+        if pair[0].taken_at <= point
+    ]
     fulls = [i for i, (_, manifest) in enumerate(taken) if manifest.get("level") == "full"]
     return taken[fulls[-1] :] if fulls else []
 
