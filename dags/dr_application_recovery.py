@@ -12,7 +12,7 @@ every service in scope, before acting) → per service, in dependency order:
 → `gate_<service>` (RTO gate: health URL 2xx **and** the functional check, e.g.
 analysis-service `POST /analyze` with a real sample file answers `status: success`, within
 what is left of the service's tier RTO) → `report` (healthy/total, honestly) → `record`
-(ledger) → `notify_outcome` → `verdict`.
+(ledger) → `notify_outcome` + `publish` (report) → `verdict`.
 
 **Params**
 - `strategy`: `restart_failed` (default: only services that fail their probe are

@@ -15,8 +15,8 @@ is in use).
 
 **Flow**: `guard` → `inspect` (findings before) → `repair` → `gate_repaired` (the
 repaired findings are OK again, within the critical tier's RTO) → `report` (all findings;
-**fails the run** when anything is still failing, naming it) → `record` → `notify_outcome`
-→ `verdict`.
+**fails the run** when anything is still failing, naming it) → `record` →
+`notify_outcome` + `publish` (report) → `verdict`.
 
 **Params**: `areas` (`network`, `storage`, `compute`; default all), `prune_docker`, and
 the common params (`dry_run` lists the repairs it would make).

@@ -17,8 +17,8 @@ the file system is sound again. Replaces the seed's `verify_file_integrity.sh`, 
 
 **Flow**: `guard` (snapshot picked: `latest`, a day `YYYY-MM-DD`, or a name; nothing
 touched) → `inspect_before` → `restore_from_backup` → `gate_integrity` → `report` (fails the
-run if anything is still missing or corrupt, listing it) → `record` → `notify_outcome` →
-`verdict`.
+run if anything is still missing or corrupt, listing it) → `record` → `notify_outcome` +
+`publish` (report) → `verdict`.
 
 **Params**: `snapshot`, `areas` (`all` or the plan's storage area names), and the common
 params (`dry_run` inspects and lists what would be restored, touches nothing).
