@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -51,6 +54,32 @@ def test_a_stopped_service_is_restarted_and_nothing_else_is_touched(sandbox, sup
         assert summary == {"healthy": 4, "total": 4, "down": {}}
     finally:
         supervisor_controller.start(victim)
+
+
+def test_a_hung_service_process_is_killed_and_restarted_alone(sandbox, supervisor_controller):
+    """A process frozen by SIGSTOP is alive to supervisord ("RUNNING") but dead to its
+    users: the probe finds it unhealthy, the restart replaces it (supervisord ends it with
+    SIGKILL when TERM is not acted on), and every other process keeps its PID."""
+    victim = "file-watcher"
+    before = pids(supervisor_controller)
+    frozen = int(before[victim].removeprefix("pid "))
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        assert supervisor_controller.status(victim).state == ServiceState.RUNNING
+        assert not healthy(sandbox, victim)
+        dag_run = run_dag("dr_application_recovery", {"environment": "drill"})
+        states = task_states(dag_run)
+        assert states["verdict"] == "success", states
+        after = pids(supervisor_controller)
+        assert after[victim] != before[victim], "the hung process was replaced"
+        assert healthy(sandbox, victim)
+        untouched = {name: pid for name, pid in before.items() if name != victim}
+        assert {name: after[name] for name in untouched} == untouched, "others kept their PIDs"
+        events = {e["name"]: e for e in task_result(dag_run, "record")["events"]}
+        assert events["recover_file_watcher"]["detail"] == "restart via supervisord"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
 
 
 def test_dry_run_touches_nothing(sandbox, supervisor_controller):
