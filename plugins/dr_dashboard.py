@@ -5,6 +5,11 @@ vs target, data lost vs RPO, and the trend chart of its last runs; links to each
 stored report. Mounted like the alert webhook (``fastapi_apps``) and listed in the UI's
 navigation as an external view. Read-only: it only reads the ledger (connection
 ``dr_ledger``) and the report files under the plan's report location.
+
+Behind Airflow's login: Airflow does not authenticate a plugin's FastAPI app (a mounted app
+inherits none of the core API's dependencies), so every route here requires an
+authenticated Airflow user - the UI's session cookie (the page opened from the UI's
+navigation) or a bearer token from ``POST /auth/token``. Anonymous callers get 401.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 log = logging.getLogger(__name__)
 
-app = FastAPI(title="Tracktion DR dashboard")
+# A module-level name so a test of the routes alone can stand in for the login.
+authenticated_user = requires_authenticated()
+app = FastAPI(title="Tracktion DR dashboard", dependencies=[Depends(authenticated_user)])
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
