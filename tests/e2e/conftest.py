@@ -21,6 +21,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The DAGs the end-to-end tests start (both unscheduled): the only ones unpaused.
+E2E_DAGS = ("dr_incident_response", "dr_initial_assessment")
 API_PORT = 18280  # inside the test's own network namespace; not the UI's 8080
 COMPONENTS = (
     ("api-server", ["api-server", "--port", str(API_PORT)]),
@@ -48,7 +50,10 @@ class AirflowStack:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                # Paused, except what the tests run (E2E_DAGS): unpaused, the scheduled
+                # backup, retention and drill DAGs would run against the shared sandbox
+                # during the tests, and a stop mid-run leaves their scratch databases.
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__CORE__DAG_DISCOVERY_SAFE_MODE": "False",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -156,14 +161,18 @@ def airflow(sandbox, tmp_path_factory):
     stack = AirflowStack(tmp_path_factory.mktemp("airflow-e2e"))
     try:
         stack.start()
-        stack.wait_until(
-            "the api-server and the DAGs",
-            lambda: (
-                stack.api("GET", "/api/v2/dags/dr_incident_response").status_code == 200
-                and stack.api("GET", "/api/v2/dags/dr_initial_assessment").status_code == 200
-            ),
-            timeout=120,
-        )
+        expected = len(list((ROOT / "dags").glob("*.py")))
+
+        def all_dags_listed() -> list[dict[str, Any]] | None:
+            listed = stack.api("GET", "/api/v2/dags?limit=100").json()
+            return listed["dags"] if listed["total_entries"] >= expected else None
+
+        dags = stack.wait_until(f"the api-server and all {expected} DAGs", all_dags_listed, 120)
+        for dag_id in E2E_DAGS:
+            response = stack.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+            response.raise_for_status()
+        running = [d["dag_id"] for d in dags if not d["is_paused"] and d["dag_id"] not in E2E_DAGS]
+        assert running == [], f"only {E2E_DAGS} may run here, not {running}"
         yield stack
     finally:
         stack.stop()
