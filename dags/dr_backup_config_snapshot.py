@@ -7,8 +7,11 @@ seed's "daily configuration snapshots", RPO 24 h).
 The environment's `config_paths` into `config_full_<ts>.tar.gz` in `backups.configuration`,
 with `config_full_<ts>.tar.gz.manifest.json` (sha256, size_bytes, started_at, finished_at,
 every file with its size and sha256). Written under a temporary name, manifest first, then
-renamed; verified (sha256) right after. Member names are the absolute source paths without
-the leading `/`. A failure fails the run and notifies.
+renamed; verified (sha256) right after. Members sit under each configuration folder's base
+name (`config/app.json`), the layout `dr_config_recovery` restores; two config paths with
+the same base name are refused. The plan's `config_env_file`, filtered to
+`config_env_prefixes`, goes in as `environment_snapshot.txt` (the archive is then 0600;
+no other variable is ever archived). A failure fails the run and notifies.
 """
 
 from __future__ import annotations
