@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from tracktion_dr.errors import DrError
 from tracktion_dr.incident import CLOCK_SKEW_ALLOWANCE, MAX_INCIDENT_AGE
 from tracktion_dr.plan import AlertRoute, Plan
 
@@ -26,7 +27,7 @@ SOURCES = ("alertmanager", "grafana", "pagerduty")
 AlertStatus = Literal["firing", "resolved", "ignored"]
 
 
-class MalformedPayload(ValueError):
+class MalformedPayload(DrError, ValueError):
     """The body is not the sender's webhook format; the message says what is wrong."""
 
 

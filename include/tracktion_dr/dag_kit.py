@@ -265,13 +265,11 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
 def refusing_bad_input() -> Iterator[None]:
     """Turn a refusal (bad input, no usable backup, target busy) into a failure that is not
     retried: trying again cannot make a wrong input right, and it delays the operator."""
-    from tracktion_dr.backups.catalog import NoUsableBackup
-    from tracktion_dr.incident import InvalidInput
-    from tracktion_dr.locks import TargetBusy
+    from tracktion_dr.errors import Refused
 
     try:
         yield
-    except (InvalidInput, NoUsableBackup, TargetBusy) as exc:
+    except Refused as exc:
         log.error("refused, nothing was touched: %s", exc)
         raise AirflowFailException(f"refused, nothing was touched: {exc}") from None
 

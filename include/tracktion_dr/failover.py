@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from tracktion_dr.errors import FailoverRefused
 from tracktion_dr.plan import Cluster
 from tracktion_dr.services.commands import last_lines, run_command
 
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 VERIFY_WRITER = "dr-failover-verify"
 FENCE_NOTE = "DR_FENCED"
 HTTP_TIMEOUT = 5.0
-
-
-class FailoverRefused(RuntimeError):
-    """Preconditions not met; nothing was switched. The message says why."""
 
 
 # --- load balancer ---------------------------------------------------------------------

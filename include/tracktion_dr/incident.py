@@ -11,6 +11,10 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+from tracktion_dr.errors import InvalidInput
+
+__all__ = ["InvalidInput"]
+
 INCIDENT_ID_PATTERN = r"^DR-\d{8}-\d{6}$"
 _INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN)
 
@@ -18,15 +22,6 @@ _INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN)
 # refusing it keeps an RTO report from claiming a 400-day outage.
 MAX_INCIDENT_AGE = timedelta(days=7)
 CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
-
-
-class InvalidInput(ValueError):
-    """A run input is wrong. Raised before anything is touched."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
 
 
 def new_incident_id(now: datetime | None = None) -> str:

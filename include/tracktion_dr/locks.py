@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from tracktion_dr.errors import TargetBusy
+
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS dr;
 CREATE TABLE IF NOT EXISTS dr.locks (
@@ -22,10 +24,6 @@ CREATE TABLE IF NOT EXISTS dr.locks (
     acquired_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 """
-
-
-class TargetBusy(RuntimeError):
-    """Another destructive run holds the target."""
 
 
 def acquire(

@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from tracktion_dr.errors import PlanProblem
+
 PLAN_ENV_VAR = "DR_PLAN"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DEFAULT_PLAN_FILE = CONFIG_DIR / "sandbox.yaml"
@@ -39,7 +41,7 @@ DEFAULT_PLAN_FILE = CONFIG_DIR / "sandbox.yaml"
 ENVIRONMENT_NAMES = ("production", "drill")
 
 
-class PlanError(ValueError):
+class PlanError(PlanProblem):
     """The plan file cannot be used. The message names the file, the field and the reason."""
 
     def __init__(self, path: Path | str, problems: list[tuple[str, str]]):

@@ -25,6 +25,8 @@ from typing import Literal
 import httpx
 import psycopg
 
+from tracktion_dr.errors import DrError
+
 log = logging.getLogger(__name__)
 
 Status = Literal["OPERATIONAL", "DEGRADED", "DOWN"]
@@ -34,7 +36,7 @@ Kind = Literal["service", "database", "storage", "external"]
 DEADLINE_GRACE_SECONDS = 0.5
 
 
-class ProbeFailure(Exception):
+class ProbeFailure(DrError):
     """The component answered (or failed to) in a way that means it is not healthy."""
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.errors import NoUsableBackup
 from tracktion_dr.plan import BackupLocations
 from tracktion_dr.postgres import basebackups, dumps, wal
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
@@ -42,10 +43,6 @@ class Status(enum.StrEnum):
     VERIFIED = "verified"
     FAILED = "failed"
     UNVERIFIED = "unverified"
-
-
-class NoUsableBackup(LookupError):
-    """Nothing at the location satisfies the request; the message lists what was rejected."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tracktion_dr.backups import offsite, retention, snapshots, watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
+from tracktion_dr.errors import StepFailed
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.plan import Environment, Plan
 from tracktion_dr.postgres import basebackups, dumps
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 ALERT_CHANNELS = ["slack", "pagerduty"]
 
 
-class BackupJobFailed(RuntimeError):
+class BackupJobFailed(StepFailed):
     """A backup, check or watch failed; the message says what and why."""
 
 

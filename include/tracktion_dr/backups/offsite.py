@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 SHA256_METADATA = "sha256"
 
 
-class OffsiteError(RuntimeError):
+class OffsiteError(StepFailed):
     """An offsite copy could not be made or does not match its source."""
 
 

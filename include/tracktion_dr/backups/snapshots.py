@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from tracktion_dr.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file, utc_stamp, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ SYNC_STATE_SUFFIX = ".sync.json"
 Level = Literal["full", "incremental"]
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(StepFailed):
     """A snapshot cannot be taken; the message names the path and the reason."""
 
 

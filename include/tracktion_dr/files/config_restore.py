@@ -35,13 +35,14 @@ from typing import Any
 import yaml
 
 from tracktion_dr.backups.snapshots import SAFETY_FOLDER, config_snapshot, read_environment_file
+from tracktion_dr.errors import ValidationFailed
 from tracktion_dr.files.snapshots import extract_snapshot, read_environment, utc_stamp
 from tracktion_dr.plan import Environment
 
 log = logging.getLogger(__name__)
 
 
-class ConfigInvalid(RuntimeError):
+class ConfigInvalid(ValidationFailed):
     """Restored configuration failed validation; ``problems`` lists each file and why."""
 
     def __init__(self, problems: list[str]):

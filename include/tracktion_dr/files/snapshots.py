@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX
+from tracktion_dr.errors import StepFailed
 
 # Re-exported: the recovery modules and tests take them from here.
 from tracktion_dr.postgres.dumps import sha256_file as sha256_file
@@ -36,7 +37,7 @@ CONFIG_PREFIX = "config_"
 _STAMP = re.compile(r"(\d{8}T\d{6}Z)")
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(StepFailed):
     """No usable snapshot, or a snapshot that cannot be read; the message says which."""
 
 

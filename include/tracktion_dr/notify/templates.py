@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from tracktion_dr.errors import DrError
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 
-class TemplateError(KeyError):
+class TemplateError(DrError, KeyError):
     """A template is unknown or a placeholder has no value."""
 
 

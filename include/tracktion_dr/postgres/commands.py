@@ -17,13 +17,11 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
+from tracktion_dr.errors import CommandError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
-
-
-class CommandError(RuntimeError):
-    """A PostgreSQL program failed; the message names the step and quotes its stderr."""
 
 
 @dataclass(frozen=True)

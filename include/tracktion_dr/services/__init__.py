@@ -1,7 +1,7 @@
 """Service controllers: one interface over supervisord (sandbox), docker compose, systemd."""
 
+from tracktion_dr.errors import ControllerError
 from tracktion_dr.services.base import (
-    ControllerError,
     ServiceController,
     ServiceState,
     ServiceStatus,

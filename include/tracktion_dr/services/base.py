@@ -13,10 +13,6 @@ import enum
 from dataclasses import dataclass
 
 
-class ControllerError(RuntimeError):
-    """The controller could not carry out an operation; the message says which and why."""
-
-
 class ServiceState(enum.StrEnum):
     RUNNING = "running"
     STARTING = "starting"

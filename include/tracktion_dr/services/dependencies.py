@@ -14,9 +14,9 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
+from tracktion_dr.errors import ControllerError
 from tracktion_dr.plan import Cluster, Environment, StorageArea
 from tracktion_dr.probes import ProbeTarget, postgres_ready, run_probes, storage_writable
-from tracktion_dr.services.base import ControllerError
 from tracktion_dr.services.commands import last_lines, run_command
 
 log = logging.getLogger(__name__)

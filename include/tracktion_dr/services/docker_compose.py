@@ -24,8 +24,8 @@ import json
 import logging
 from typing import Any
 
+from tracktion_dr.errors import ControllerError
 from tracktion_dr.services.base import (
-    ControllerError,
     ServiceController,
     ServiceState,
     ServiceStatus,

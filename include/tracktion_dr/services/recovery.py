@@ -18,13 +18,14 @@ from typing import Any
 
 import httpx
 
+from tracktion_dr.errors import Refused
 from tracktion_dr.plan import Environment, FunctionalCheck, Plan
 from tracktion_dr.probes import ProbeFailure, ProbeTarget, http_health, run_probes
 
 STRATEGIES = ("restart_failed", "restart_all", "rebuild")
 
 
-class UnknownService(ValueError):
+class UnknownService(Refused, ValueError):
     """A requested service is not in the plan's environment (raised before any action)."""
 
 

@@ -11,8 +11,8 @@ import logging
 import xmlrpc.client
 from typing import Any
 
+from tracktion_dr.errors import ControllerError
 from tracktion_dr.services.base import (
-    ControllerError,
     ServiceController,
     ServiceState,
     ServiceStatus,

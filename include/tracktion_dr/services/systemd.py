@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from tracktion_dr.errors import ControllerError
 from tracktion_dr.services.base import (
-    ControllerError,
     ServiceController,
     ServiceState,
     ServiceStatus,
