@@ -1,29 +1,46 @@
 """
 ### DR database point-in-time recovery (PITR) of a cluster
 
-Brings a PostgreSQL cluster back to a chosen moment from the newest verified base backup and
-the WAL archive - the PostgreSQL 12+ way (`recovery.signal` + `recovery_target_*`; the
-seed's `recovery.conf` would stop a 12+ server). The seed's "incremental" recovery is
-`target_type=latest`.
+Brings a PostgreSQL cluster back to a chosen moment from a verified base backup and the WAL
+archive - the PostgreSQL 12+ way (`recovery.signal` / `standby.signal` +
+`recovery_target_*`; the seed's `recovery.conf` would stop a 12+ server). The seed's
+"incremental" recovery is `target_type=latest`. **The server never promotes by itself**: it
+waits at the target, is validated read-only, and this DAG promotes it.
 
 1. **guard** - nothing touched yet: the cluster is in the plan; the typed confirmation
-   (`RESTORE <cluster>`) in production; the target is inside the **recoverable window**
-   (after the end of the oldest usable base backup, not after the newest archived commit,
-   not in the future - a bad target fails with the window in the message); the newest base
-   backup before the target passes `pg_verifybackup`; the WAL archive is continuous from it;
-   no other destructive run holds the cluster. If the primary still answers, its current
-   WAL segment is switched out and archived first, so the newest commits can be replayed.
-2. **stop_services** that depend on the cluster's databases.
+   (`RESTORE <cluster>`) in production; the target checked against the WAL **actually held**
+   (archive, salvage folder, the primary's and the standby's `pg_wal`), for every type: a
+   time must have a commit after it; an LSN must not lie past the newest record held; a
+   restore point is looked up in the WAL (`pg_waldump`) and must exist; none may lie before
+   the consistent point of every usable base backup - the refusal names the **recoverable
+   window** (in LSNs for LSN and restore-point targets). The base backup is chosen by the
+   target's LSN (its stop LSN at or before it), passes `pg_verifybackup`, and WAL is held
+   without a gap (a missing segment is named). A new incident asking for what an earlier
+   one already recovered is refused (`AlreadyRecovered`); the same incident's re-run
+   resumes. Only then the locks are taken and, if the primary still answers, its current
+   WAL segment is switched out and archived.
+2. **stop_services** that depend on the cluster (not once the cluster is this incident's
+   recovered primary).
 3. **prepare_data_directory** - stop PostgreSQL (fast, then immediate), **move the data
-   directory aside** (`<dir>.pre_<incident>`, never deleted), copy the base backup in,
-   write `recovery.signal`, `restore_command` and the target settings.
-4. **start_postgres**; **gate_recovery_promoted** waits (logging replayed LSN vs target)
-   until recovery reached the target and the server promoted.
-5. **validate_recovered** (FK orphans, duplicate PKs, business rules, `pg_amcheck`),
-   **start_services**, gates on service health and functional checks.
-6. **reseed_replica** - the standby followed the old timeline; it is re-seeded from the
-   recovered primary (its old data directory moved aside).
-7. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
+   directory aside** (`<dir>.pre_<incident>`, never deleted), **salvage** the WAL the archive
+   lacks from it and from the standby into `<archive>.salvage` (which `restore_command`
+   reads after the archive), copy the base backup in through a staging directory, write the
+   recovery settings and the recovery marker, rename it into place.
+4. **start_postgres**; **gate_recovery_target_reached** opens when the server is paused at
+   the target (`recovery_target_action = pause`) or, for `latest` (standby mode), has
+   replayed everything the archive and the salvage folder hold. A server that dies fails
+   the gate at once, quoting its FATAL line.
+5. **validate_recovered** on the server still in recovery, read-only (FK orphans, duplicate
+   PKs, business rules, `pg_amcheck` where the amcheck extension is installed).
+6. **promote** - `pg_promote(wait => true)`, then the recovery settings are removed.
+7. **start_services**, gates on service health and functional checks.
+8. **reseed_replica** - unless the standby already streams from the recovered primary: its
+   WAL salvaged, moved aside (`<dir>.pre_<incident>`), re-seeded, started, waited for.
+9. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
+
+**Killed mid-way?** Re-run with the same `incident_id` (and `incident_started_at`): every
+step checks the actual state first and does only what is missing - no second outage, one
+kept copy per data directory per incident.
 
 Target types: `latest`, `time` (ISO 8601 with zone), `lsn` (e.g. `0/5A000028`),
 `restore_point` (a name created with `pg_create_restore_point`), `immediate` (end of the
@@ -110,36 +127,14 @@ def dr_database_pitr():
     def guard(**context) -> dict:
         from tracktion_dr import ledger, locks
         from tracktion_dr.dag_support import conninfo, endpoint
-        from tracktion_dr.database_recovery import (
-            check_confirmation,
-            cluster_target,
-            guard_pitr,
-            salvage_current_wal,
-        )
-        from tracktion_dr.postgres.pitr import parse_target
+        from tracktion_dr.database_recovery import guard_pitr, salvage_current_wal
 
         incident = open_incident(context, PLAN)
-        environment = PLAN.environment(incident["environment"])
-        with refusing_bad_input():
-            cluster = cluster_target(environment, context["params"].get("cluster"))
-            check_confirmation(
-                incident["environment"],
-                environment,
-                context["params"]["cluster"],
-                context["params"].get("confirm"),
-            )
-            parse_target(
-                context["params"].get("target_type") or "",
-                context["params"].get("target"),
-                window=None,
-            )
-        if not incident["dry_run"]:
-            log.info(salvage_current_wal(endpoint(cluster.conn_id)))
         with refusing_bad_input():
             pitr_plan = guard_pitr(PLAN, incident, context["params"])
         log.info(
-            "recoverable window %s; plan of actions%s:\n%s",
-            pitr_plan["window"],
+            "recoverable window: %s; plan of actions%s:\n%s",
+            pitr_plan["window_text"] or "(resuming: the target was checked when it was laid down)",
             " (DRY RUN)" if incident["dry_run"] else "",
             "\n".join(f"  {i}. {a}" for i, a in enumerate(pitr_plan["actions"], 1)),
         )
@@ -155,16 +150,29 @@ def dr_database_pitr():
                     dag_id=context["ti"].dag_id,
                     run_id=context["ti"].run_id,
                 )
+            # Every refusal is behind us: the one side effect of the guard comes last.
+            if pitr_plan["resuming"] is None:
+                log.info(salvage_current_wal(endpoint(_cluster(pitr_plan | incident).conn_id)))
         return {**incident, **pitr_plan}
 
     @task
     def stop_services(run: dict) -> dict:
         from tracktion_dr.dag_support import controller
+        from tracktion_dr.database_recovery import recovered_primary
         from tracktion_dr.database_recovery import stop_services as stop
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("stop_services", started, "skipped", "dry run")}
+        if recovered_primary(_cluster(run), run):
+            return {
+                "event": step_event(
+                    "stop_services",
+                    started,
+                    "skipped",
+                    "the cluster is already this incident's recovered primary: services stay up",
+                )
+            }
         detail = stop(PLAN.environment(run["environment"]), run["services"], controller)
         return {"event": step_event("stop_services", started, detail=detail)}
 
@@ -183,61 +191,61 @@ def dr_database_pitr():
 
     @task
     def start_postgres(run: dict) -> dict:
-        from tracktion_dr.database_recovery import recovery_log_file
-        from tracktion_dr.postgres.pitr import ClusterPaths, server_running, start_server
+        from tracktion_dr.database_recovery import start_recovery_server
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("start_postgres", started, "skipped", "dry run")}
-        cluster = _cluster(run)
-        paths = ClusterPaths(Path(cluster.data_directory), Path(cluster.bin_dir), cluster.os_user)
-        if server_running(paths):
-            return {"event": step_event("start_postgres", started, detail="already running")}
-        log_file = recovery_log_file(cluster, run["tag"])
-        start_server(paths, log_file)
-        return {
-            "event": step_event(
-                "start_postgres", started, detail=f"started; recovery log {log_file}"
-            )
-        }
+        detail = start_recovery_server(_cluster(run), run)
+        return {"event": step_event("start_postgres", started, detail=detail)}
 
-    def recovery_promoted(run: dict) -> tuple[bool, str]:
+    def recovery_target_reached(run: dict) -> tuple[bool, str]:
         from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import target_from_plan
-        from tracktion_dr.postgres.pitr import replay_progress
+        from tracktion_dr.database_recovery import recovery_target_reached as reached
 
-        progress = replay_progress(
-            endpoint(_cluster(run).conn_id).conninfo("postgres"), target_from_plan(run)
-        )
-        return progress.promoted, progress.detail
+        cluster = _cluster(run)
+        return reached(cluster, run, endpoint(cluster.conn_id).conninfo("postgres"))
 
     @task
     def validate_recovered(run: dict) -> dict:
         from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.postgres.integrity import validate_database
-        from tracktion_dr.postgres.pitr import clear_recovery_settings
+        from tracktion_dr.database_recovery import validate_recovered as validate
+        from tracktion_dr.errors import ValidationFailed
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("validate_recovered", started, "skipped", "dry run")}
         cluster = _cluster(run)
-        if clear_recovery_settings(Path(cluster.data_directory)):
-            log.info("recovery settings removed from postgresql.auto.conf (the server is promoted)")
-        reports = [
-            validate_database(
-                endpoint(cluster.conn_id), name, bindir=Path(cluster.bin_dir)
-            ).as_dict()
-            for name in run["databases"]
-        ]
+        reports = validate(endpoint(cluster.conn_id), run["databases"], Path(cluster.bin_dir))
         problems = [p for report in reports for p in report["problems"]]
         if problems:
-            raise RuntimeError("recovered cluster failed validation: " + "; ".join(problems[:8]))
+            raise ValidationFailed(
+                "the recovered cluster failed validation (it stays paused, not promoted): "
+                + "; ".join(problems[:8])
+            )
         return {
             "event": step_event(
-                "validate_recovered", started, detail="all integrity checks passed"
+                "validate_recovered",
+                started,
+                detail="; ".join(
+                    f"{r['database']}: {r['checks'].get('pg_amcheck')}" for r in reports
+                )
+                or "no databases",
             ),
             "reports": reports,
         }
+
+    @task
+    def promote(run: dict) -> dict:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import promote_recovered
+
+        started = now_iso()
+        if run["dry_run"]:
+            return {"event": step_event("promote", started, "skipped", "dry run")}
+        cluster = _cluster(run)
+        detail = promote_recovered(cluster, run, endpoint(cluster.conn_id))
+        return {"event": step_event("promote", started, detail=detail)}
 
     @task(trigger_rule="all_done")
     def start_services(**context) -> dict:
@@ -291,12 +299,18 @@ def dr_database_pitr():
                 )
             }
         replica_dir = Path(cluster.replica_data_directory)
+        replica_admin = endpoint(cluster.replica_conn_id)
         detail = reseed(
             endpoint(cluster.replication_conn_id),
             endpoint(cluster.conn_id),
             ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
-            endpoint(cluster.replica_conn_id).port,
+            replica_admin.port,
             replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
+            tag=run["tag"],
+            incident_id=run["incident_id"],
+            cluster_name=run["cluster"],
+            wal_archive=Path(run["wal_archive"]),
+            replica_admin=replica_admin,
             bindir=Path(cluster.bin_dir),
         )
         return {"event": step_event("reseed_replica", started, detail=detail)}
@@ -340,6 +354,7 @@ def dr_database_pitr():
     def record(**context) -> dict:
         from tracktion_dr import ledger, locks
         from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.database_recovery import kept_copies
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
@@ -359,7 +374,9 @@ def dr_database_pitr():
                 "window": run["window"],
                 "data_loss": loss,
                 "last_replayed_commit": measured.get("last_replayed_commit"),
-                "kept_data_directory": f"{run['data_directory']}.pre_{run['tag']}",
+                "kept_copies": kept_copies(run),
+                "salvage_dir": run["salvage_dir"],
+                "resumed": run["resuming"] is not None,
             },
         )
         locks.release(
@@ -388,21 +405,25 @@ def dr_database_pitr():
     prepared = prepare_data_directory(run)
     started_pg = start_postgres(run)
     stopped >> prepared >> started_pg
-    gate_promoted = RtoGate(
-        task_id="gate_recovery_promoted", check=recovery_promoted, incident=run, plan=PLAN
+    gate_target = RtoGate(
+        task_id="gate_recovery_target_reached",
+        check=recovery_target_reached,
+        incident=run,
+        plan=PLAN,
     )
     validated = validate_recovered(run)
+    promoted = promote(run)
     services_started = start_services()
-    started_pg >> gate_promoted >> validated >> services_started
+    started_pg >> gate_target >> validated >> promoted >> services_started
     gate_services = RtoGate(
         task_id="gate_services_healthy", check=services_healthy, incident=run, plan=PLAN
     )
     gate_functional = RtoGate(
         task_id="gate_functional_checks", check=functional, incident=run, plan=PLAN
     )
-    [validated, services_started] >> gate_services >> gate_functional
+    [promoted, services_started] >> gate_services >> gate_functional
     reseeded = reseed_replica(run)
-    validated >> reseeded
+    promoted >> reseeded
     loss = measure_data_loss(run)
     gate_functional >> loss
     timeline = record()

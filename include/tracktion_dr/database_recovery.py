@@ -16,13 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from tracktion_dr.backups.catalog import Catalog, local_path
-from tracktion_dr.incident import InvalidInput
+from tracktion_dr.errors import AlreadyRecovered, InvalidInput, StepFailed
 from tracktion_dr.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.plan import Cluster, Database, Environment, Plan
 from tracktion_dr.postgres import pitr, restore
 from tracktion_dr.postgres.commands import Endpoint
 from tracktion_dr.postgres.dumps import read_manifest
 from tracktion_dr.postgres.integrity import validate_database
+from tracktion_dr.postgres.recovery_marker import (
+    RecoveryMarker,
+    mark_promoted,
+    postmaster_pid,
+    read_marker,
+    recovery_pending,
+    write_marker,
+)
+from tracktion_dr.postgres.salvage import WalHoldings, WalSource, salvage_dir_for, salvage_wal
+from tracktion_dr.postgres.wal import lsn_to_int
 from tracktion_dr.services.base import ServiceController
 
 log = logging.getLogger(__name__)
@@ -197,25 +207,181 @@ def validate_restored(
 
 
 # --- point-in-time recovery ---------------------------------------------------------------
+#
+# Every step below inspects the actual state first and does only what is missing, so a run
+# SIGKILLed at any point and run again with the same incident converges with no human and
+# no second outage. The state lives where it cannot drift from the truth: in the data
+# directories themselves (the recovery marker, the signal files, postmaster.pid), the names
+# of this incident's kept and staging directories, and the server's own answers.
+
+
+@dataclass(frozen=True)
+class PitrPaths:
+    """Every place a PITR of one cluster for one incident reads or writes."""
+
+    data_directory: Path
+    replica_data_directory: Path | None
+    wal_archive: Path
+    tag: str
+
+    @property
+    def aside(self) -> Path:
+        return pitr.aside_path(self.data_directory, self.tag)
+
+    @property
+    def staging(self) -> Path:
+        return pitr.staging_path(self.data_directory, self.tag)
+
+    @property
+    def replica_aside(self) -> Path | None:
+        return (
+            pitr.aside_path(self.replica_data_directory, self.tag)
+            if self.replica_data_directory
+            else None
+        )
+
+    @property
+    def salvage(self) -> Path:
+        return salvage_dir_for(self.wal_archive)
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_directory.with_name(f"recovery_{self.tag}.log")
+
+    def wal_sources(self) -> list[WalSource]:
+        """The archive, the salvage folder, and every pg_wal a recovery would salvage
+        before moving its directory: the data directory (or this incident's kept copy of
+        it) and the standby."""
+        sources = [
+            WalSource("archive", self.wal_archive, restorable=True),
+            WalSource("salvage", self.salvage, restorable=True),
+            WalSource.pg_wal("primary pg_wal", self.data_directory),
+            WalSource.pg_wal("kept primary pg_wal", self.aside),
+        ]
+        if self.replica_data_directory:
+            sources.append(WalSource.pg_wal("standby pg_wal", self.replica_data_directory))
+        return sources
+
+
+def pitr_paths(cluster: Cluster, wal_archive: str | Path, tag: str) -> PitrPaths:
+    return PitrPaths(
+        Path(cluster.data_directory),
+        Path(cluster.replica_data_directory) if cluster.replica_data_directory else None,
+        Path(wal_archive) if isinstance(wal_archive, Path) else local_path(wal_archive),
+        tag,
+    )
+
+
+def paths_from_plan(cluster: Cluster, pitr_plan: dict[str, Any]) -> PitrPaths:
+    return pitr_paths(cluster, Path(pitr_plan["wal_archive"]), pitr_plan["tag"])
+
+
+def own_recovery(data_directory: Path, incident_id: str) -> RecoveryMarker | None:
+    """The marker, when the data directory is this incident's recovery (laid down, maybe
+    running, maybe already promoted)."""
+    marker = read_marker(data_directory)
+    if marker and marker.role == "primary" and marker.incident_id == incident_id:
+        return marker
+    return None
+
+
+def recovered_primary(cluster: Cluster, pitr_plan: dict[str, Any]) -> bool:
+    """True once the cluster is this incident's recovery *and* it has promoted (PostgreSQL
+    removed the signal files): from then on nothing may stop it."""
+    data = Path(cluster.data_directory)
+    return own_recovery(data, pitr_plan["incident_id"]) is not None and not recovery_pending(data)
+
+
+def refuse_if_already_recovered(
+    cluster_name: str, data_directory: Path, marker: RecoveryMarker, target: pitr.RecoveryTarget
+) -> None:
+    """A new incident asking for what an earlier incident already did (or is doing) to
+    this cluster is refused instead of taking the cluster down a second time.
+
+    Same target and that recovery unfinished: re-run the earlier incident instead. Same
+    target and it finished: done already - for a time, LSN, restore point or immediate
+    target recovering again would throw away everything written since. A finished recovery
+    to ``latest`` does not stop a new one: "latest" then means the WAL written since."""
+    if not marker.same_target(target.as_dict()):
+        return
+    unfinished = recovery_pending(data_directory)
+    if target.type == "latest" and not unfinished:
+        return
+    what = f"cluster {cluster_name} to {marker.describe_target()}"
+    if unfinished:
+        running = postmaster_pid(data_directory) is not None
+        raise AlreadyRecovered(
+            f"incident {marker.incident_id} is already recovering {what} (base backup "
+            f"{marker.base_backup}, laid down {marker.laid_down_at}); that recovery is "
+            f"{'running (replaying or paused at the target)' if running else 'unfinished (server stopped)'} "
+            f"in {data_directory}",
+            hint=f"re-run dr_database_pitr with incident_id {marker.incident_id} and the same "
+            "target to finish it; a new incident would throw that work away and stop the cluster again",
+        )
+    raise AlreadyRecovered(
+        f"incident {marker.incident_id} already recovered {what} (base backup "
+        f"{marker.base_backup}, promoted {marker.promoted_at or 'earlier'}"
+        f"{f' on timeline {marker.timeline}' if marker.timeline else ''}); recovering to the "
+        "same point again would throw away everything written since",
+        hint="nothing to do for this target; to go back to another point in time, choose another target",
+    )
 
 
 def guard_pitr(
     plan: Plan, incident: dict[str, Any], params: dict[str, Any], now: datetime | None = None
 ) -> dict[str, Any]:
+    """Every check, nothing touched: the PITR plan (safe for XCom).
+
+    In order: the cluster and confirmation; the target's form; what the data directory is
+    (this incident's recovery to resume, another incident's recovery to the same target =
+    ``AlreadyRecovered``); then the target against the WAL actually held - base backup
+    chosen by the target's LSN, restore points resolved from the WAL, the window in the
+    target's own terms, WAL continuity, ``pg_verifybackup``. The caller takes the locks and
+    only then switches the primary's WAL (the one side effect, a salvage)."""
     environment = plan.environment(incident["environment"])
     cluster_name = params.get("cluster")
     cluster = cluster_target(environment, cluster_name)
     check_confirmation(
         incident["environment"], environment, str(cluster_name), params.get("confirm")
     )
+    target = pitr.parse_target(params.get("target_type") or "", params.get("target"), now=now)
+    tag = restore.incident_tag(incident["incident_id"])
+    paths = pitr_paths(cluster, environment.backups.wal_archive, tag)
     catalog = catalog_for(environment, cluster)
-    window = catalog.recoverable_window()
-    if window is None:
-        raise InvalidInput("target", f"nothing can be recovered: {catalog.why_no_window()}")
-    target = pitr.parse_target(
-        params.get("target_type") or "", params.get("target"), window=window, now=now
-    )
-    base, archive = catalog.base_backup_for(target.time)
+    marker = read_marker(paths.data_directory)
+    resuming = own_recovery(paths.data_directory, incident["incident_id"])
+    window: pitr.RecoverableWindow | None = None
+    if resuming is not None:
+        if not resuming.same_target(target.as_dict()):
+            raise InvalidInput(
+                "target",
+                f"incident {incident['incident_id']} is already recovering cluster {cluster_name} "
+                f"to {resuming.describe_target()} in {paths.data_directory}; asked for {target.describe()}",
+                hint="re-run with the same target to finish it, or use a new incident id for another target",
+            )
+        target = pitr.RecoveryTarget.from_dict(resuming.target)
+        base = _base_backup_entry(catalog, resuming)
+    else:
+        if marker is not None and marker.role == "primary":
+            refuse_if_already_recovered(str(cluster_name), paths.data_directory, marker, target)
+        holdings = WalHoldings(paths.wal_sources(), Path(cluster.bin_dir))
+        usable, rejected = catalog.usable_base_backups(holdings)
+        window = catalog.window_held(usable, holdings)
+        if window is None:
+            raise InvalidInput(
+                "target",
+                "nothing can be recovered: "
+                + ("; ".join(rejected) or f"no base backup in {environment.backups.base}"),
+            )
+        occurrences: list[Any] = []
+        if target.type == "restore_point":
+            target, occurrences = catalog.resolve_restore_point(target, usable, holdings)
+        pitr.check_in_window(target, window)
+        base_entry = catalog.base_backup_for_target(target, usable, holdings)
+        if target.type == "restore_point":
+            _refuse_ambiguous_restore_point(target, occurrences, base_entry)
+        base = base_entry.as_dict()
+        log.info("WAL held: %s", holdings.describe_sources())
     databases = [name for name, db in environment.databases.items() if db.cluster == cluster_name]
     services = environment.start_order(
         {s for name in databases for s in environment.dependents_of(name)}
@@ -227,60 +393,275 @@ def guard_pitr(
         if databases
         else None
     )
-    tag = restore.incident_tag(incident["incident_id"])
-    data_directory = Path(cluster.data_directory)
-    actions = [
-        f"stop services that depend on cluster {cluster_name}: {', '.join(services) or 'none'}",
-        f"stop PostgreSQL in {data_directory} (fast, then immediate)",
-        f"move {data_directory} aside to {data_directory.name}.pre_{tag}",
-        f"copy verified base backup {base.id} ({base.start_lsn}..{base.stop_lsn}) into place",
-        f"write recovery.signal, restore_command from {environment.backups.wal_archive}, target {target.describe()}",
-        "start PostgreSQL; gate: recovery reached the target and the server promoted",
-        "validate: FK orphans, duplicate PKs, business rules, pg_amcheck",
-        f"start services in dependency order: {', '.join(services) or 'none'}",
-        "re-seed the streaming replica from the recovered primary"
+    pitr_plan = {
+        "cluster": cluster_name,
+        "databases": [environment.databases[n].name for n in databases],
+        "target": target.as_dict(),
+        "window": window.as_list(target.type) if window else None,
+        "window_text": (
+            (window.lsn_text() if target.type in ("lsn", "restore_point") else window.time_text())
+            if window
+            else None
+        ),
+        "base_backup": base,
+        "data_directory": str(paths.data_directory),
+        "replica_data_directory": str(paths.replica_data_directory)
+        if paths.replica_data_directory
+        else None,
+        "wal_archive": str(paths.wal_archive),
+        "salvage_dir": str(paths.salvage),
+        "tag": tag,
+        "incident_id": incident["incident_id"],
+        "resuming": resuming.as_dict() if resuming else None,
+        "services": services,
+        "rto_seconds": rto.total_seconds(),
+        "rpo_seconds": rpo.total_seconds() if rpo else None,
+    }
+    pitr_plan["actions"] = pitr_actions(pitr_plan, target, cluster)
+    return pitr_plan
+
+
+def _base_backup_entry(catalog: Catalog, marker: RecoveryMarker) -> dict[str, Any]:
+    """The base backup a resumed recovery was laid down from (already verified then; it is
+    not re-chosen - a newer backup must not change a recovery half done)."""
+    for entry in catalog.base_backups():
+        if entry.id == marker.base_backup:
+            return entry.as_dict()
+    return {
+        "id": marker.base_backup,
+        "path": None,
+        "start_lsn": marker.base_start_lsn,
+        "stop_lsn": None,
+    }
+
+
+def _refuse_ambiguous_restore_point(
+    target: pitr.RecoveryTarget, occurrences: list[Any], base: Any
+) -> None:
+    """PostgreSQL stops at the *first* restore point of that name after the base backup's
+    start; if that is not the one we resolved, the operator must say which one."""
+    start = lsn_to_int(base.start_lsn or "0/0")
+    chosen = lsn_to_int(target.lsn or "0/0")
+    earlier = [p for p in occurrences if start <= p.lsn < chosen]
+    if earlier:
+        raise InvalidInput(
+            "target",
+            f"restore point {target.value!r} occurs {len(earlier) + 1} times after base backup "
+            f"{base.id} started (at {', '.join(p.lsn_text for p in earlier)} and {target.lsn}); "
+            "PostgreSQL would stop at the first one",
+            hint=f"use target_type lsn with the LSN of the one you mean (e.g. {target.lsn})",
+        )
+
+
+def pitr_actions(
+    pitr_plan: dict[str, Any], target: pitr.RecoveryTarget, cluster: Cluster
+) -> list[str]:
+    """The plan of actions the guard prints: the steps the DAG takes, in order."""
+    data = Path(pitr_plan["data_directory"])
+    tag = pitr_plan["tag"]
+    base = pitr_plan["base_backup"]
+    services = ", ".join(pitr_plan["services"]) or "none"
+    actions = []
+    if pitr_plan["resuming"]:
+        marker = pitr_plan["resuming"]
+        actions.append(
+            f"RESUME incident {marker['incident_id']}'s recovery in {data} (base backup "
+            f"{marker['base_backup']} laid down {marker['laid_down_at']}"
+            f"{', already promoted' if not recovery_pending(data) else ''}): each step below "
+            "checks the actual state and does only what is missing"
+        )
+    if target.standby_mode:
+        how = (
+            "standby mode (standby.signal, restore_command only): replays everything held and "
+            "waits - it never promotes by itself"
+        )
+        gate = "replay caught up with the end of the WAL held in the archive and the salvage folder"
+    else:
+        how = f"target {target.describe()}, recovery_target_action = pause, hot_standby = on"
+        gate = "the server is paused at the target"
+    actions += [
+        f"stop services that depend on cluster {pitr_plan['cluster']}: {services} "
+        "(not once the cluster is this incident's recovered primary)",
+        f"stop PostgreSQL in {data} (fast, then immediate) - unless it is this incident's recovery",
+        f"move {data} aside to {pitr.aside_path(data, tag).name} (kept, never deleted)",
+        f"salvage the WAL the archive lacks from the old primary's pg_wal and the standby's "
+        f"into {pitr_plan['salvage_dir']}",
+        f"copy verified base backup {base['id']} ({base.get('start_lsn')}..{base.get('stop_lsn')}) "
+        f"into {pitr.staging_path(data, tag).name}, write the recovery settings and the recovery "
+        "marker there, rename it into place",
+        f"recovery settings: restore_command from {pitr_plan['wal_archive']} then the salvage "
+        f"folder, {how}",
+        f"start PostgreSQL; gate: {gate} (a server that dies fails the gate at once, quoting its FATAL line)",
+        "validate read-only on the server in recovery: FK orphans, duplicate PKs, business "
+        "rules, pg_amcheck (where the amcheck extension is installed)",
+        "promote: pg_catalog.pg_promote(wait => true), then remove the recovery settings",
+        f"start services in dependency order: {services}; gates: services healthy, functional checks pass",
+        (
+            f"re-seed the standby from the recovered primary unless it already streams from it: "
+            f"salvage its WAL, move it aside to {Path(cluster.replica_data_directory).name}.pre_{tag}, "
+            "pg_basebackup, start, wait until it streams"
+        )
         if cluster.replica_data_directory
         else "no replica in the plan",
         "measure data lost from the canary, record the run in the ledger",
     ]
-    return {
-        "cluster": cluster_name,
-        "databases": [environment.databases[n].name for n in databases],
-        "target": target.as_dict(),
-        "window": [window[0].isoformat(), window[1].isoformat()] if window else None,
-        "base_backup": base.as_dict(),
-        "wal": {"first": archive.first, "last": archive.last, "continuous": archive.continuous},
-        "data_directory": str(data_directory),
-        "wal_archive": str(local_path(environment.backups.wal_archive)),
-        "tag": tag,
-        "services": services,
-        "rto_seconds": rto.total_seconds(),
-        "rpo_seconds": rpo.total_seconds() if rpo else None,
-        "actions": actions,
-    }
+    return actions
 
 
 def target_from_plan(pitr_plan: dict[str, Any]) -> pitr.RecoveryTarget:
-    data = pitr_plan["target"]
-    moment = datetime.fromisoformat(data["time"]) if data.get("time") else None
-    return pitr.RecoveryTarget(data["type"], data.get("value") or "", moment)
+    return pitr.RecoveryTarget.from_dict(pitr_plan["target"])
 
 
 def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
-    """Stop, move aside, lay down the base backup, write the recovery settings."""
-    paths = pitr.ClusterPaths(Path(cluster.data_directory), Path(cluster.bin_dir), cluster.os_user)
-    stopped = pitr.stop_server(paths)
-    aside = pitr.move_aside(paths.data_directory, pitr_plan["tag"])
-    pitr.lay_down_base_backup(
-        Path(pitr_plan["base_backup"]["path"]), paths.data_directory, cluster.os_user
+    """Stop, move aside, salvage, lay down the base backup with the recovery settings.
+
+    Resumable: a data directory that is already this incident's recovery is left alone
+    (never stopped: it is our recovery in progress or our recovered primary); a directory
+    already moved aside is not moved again; a half-copied staging directory of this
+    incident is discarded and copied again."""
+    paths = paths_from_plan(cluster, pitr_plan)
+    data, aside = paths.data_directory, paths.aside
+    os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
+    ours = own_recovery(data, pitr_plan["incident_id"])
+    if ours is not None:
+        return f"{data} is already this incident's recovery (laid down {ours.laid_down_at}): left as it is"
+    notes = []
+    if data.exists():
+        if aside.exists():
+            raise StepFailed(
+                f"{data} is not this incident's recovery, and this incident's kept copy {aside} "
+                f"already exists: something put a new data directory at {data} after it was "
+                "moved aside; compare the two and move one away by hand before re-running"
+            )
+        notes.append(pitr.stop_server(pitr.ClusterPaths(data, bindir, os_user)))
+        data.rename(aside)
+        notes.append(f"old data directory kept at {aside}")
+    elif aside.exists():
+        notes.append(f"old data directory already kept at {aside}")
+    else:
+        notes.append(f"{data} does not exist (lost with its host?): nothing to move aside")
+    held = [("old primary", aside)]
+    if paths.replica_data_directory:
+        held.append(("standby", paths.replica_data_directory))
+    notes.append(salvage_wal(held, paths.wal_archive, os_user=os_user, bindir=bindir).describe())
+    target = target_from_plan(pitr_plan)
+    base = pitr_plan["base_backup"]
+
+    def finish_staging(staging: Path) -> None:
+        pitr.write_recovery_settings(
+            staging, pitr.restore_command_for(paths.wal_archive, paths.salvage), target
+        )
+        write_marker(
+            staging,
+            RecoveryMarker(
+                incident_id=pitr_plan["incident_id"],
+                cluster=pitr_plan["cluster"],
+                tag=pitr_plan["tag"],
+                target=target.as_dict(),
+                base_backup=base["id"],
+                base_start_lsn=base.get("start_lsn"),
+            ),
+            os_user,
+        )
+
+    pitr.lay_down_base_backup(Path(base["path"]), data, os_user, pitr_plan["tag"], finish_staging)
+    notes.append(
+        f"base backup {base['id']} laid down with "
+        + ("standby-mode settings" if target.standby_mode else f"target {target.describe()}, pause")
     )
-    pitr.write_recovery_settings(
-        paths.data_directory,
-        pitr.restore_command_for(Path(pitr_plan["wal_archive"])),
-        target_from_plan(pitr_plan),
-        port=None,
+    return "; ".join(notes)
+
+
+def start_recovery_server(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
+    """Start the laid-down recovery unless its postmaster is alive already."""
+    paths = paths_from_plan(cluster, pitr_plan)
+    if postmaster_pid(paths.data_directory) is not None:
+        return "already running"
+    if own_recovery(paths.data_directory, pitr_plan["incident_id"]) is None:
+        raise StepFailed(
+            f"{paths.data_directory} is not this incident's recovery (no recovery marker of "
+            f"{pitr_plan['incident_id']}): refusing to start it"
+        )
+    pid = pitr.start_server(
+        pitr.ClusterPaths(paths.data_directory, Path(cluster.bin_dir), cluster.os_user),
+        paths.log_file,
     )
-    return f"{stopped}; old data directory kept at {aside}; base backup {pitr_plan['base_backup']['id']} laid down with recovery settings"
+    return f"started (pid {pid}); recovery log {paths.log_file}"
+
+
+def recovery_target_reached(
+    cluster: Cluster, pitr_plan: dict[str, Any], conninfo: str
+) -> tuple[bool, str]:
+    """The gate's check: open when the server is paused at the target (targeted) or has
+    replayed past the last record held in the archive and salvage folder (latest), or has
+    already been promoted by an earlier attempt. A dead postmaster raises ``ServerDied`` at
+    once, quoting the FATAL line of its log."""
+    paths = paths_from_plan(cluster, pitr_plan)
+    if postmaster_pid(paths.data_directory) is None:
+        raise pitr.server_died(paths.data_directory, paths.log_file)
+    state = pitr.recovery_state(conninfo)
+    if isinstance(state, str):
+        if postmaster_pid(paths.data_directory) is None:
+            raise pitr.server_died(paths.data_directory, paths.log_file)
+        return False, f"not accepting connections yet ({state})"
+    if not state.in_recovery:
+        return True, "already promoted (an earlier attempt of this incident got that far)"
+    target = target_from_plan(pitr_plan)
+    if target.standby_mode:
+        end = WalHoldings.restorable_only(paths.wal_archive, Path(cluster.bin_dir)).end(
+            commit_lookback=0
+        )
+        if (
+            end.last_record_lsn is not None
+            and state.replay_lsn
+            and lsn_to_int(state.replay_lsn) > end.last_record_lsn
+        ):
+            return True, (
+                f"caught up: replayed to {state.replay_lsn}, past the last record held "
+                f"({end.lsn_text} in {end.segment})"
+            )
+        return False, f"{state.describe()}; the WAL held ends at {end.lsn_text} ({end.segment})"
+    if state.pause_state == "paused":
+        return True, f"paused at the target {target.describe()}: {state.describe()}"
+    detail = state.describe()
+    if target.lsn and state.replay_lsn:
+        to_go = max(0, lsn_to_int(target.lsn) - lsn_to_int(state.replay_lsn))
+        detail += f"; target {target.lsn}, {to_go} bytes to go"
+    elif target.type == "time":
+        detail += f"; target {target.value}"
+    return False, detail
+
+
+def validate_recovered(admin: Endpoint, databases: list[str], bindir: Path) -> list[dict[str, Any]]:
+    """Integrity checks on the server while it is still in recovery (read-only; also fine
+    on an already promoted one)."""
+    return [
+        validate_database(admin, name, bindir=bindir, install_amcheck=False).as_dict()
+        for name in databases
+    ]
+
+
+def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoint) -> str:
+    """``pg_promote(wait => true)``, then the recovery settings out of
+    ``postgresql.auto.conf``, then the marker notes the promotion. Idempotent."""
+    data = Path(cluster.data_directory)
+    if own_recovery(data, pitr_plan["incident_id"]) is None:
+        raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
+    promoted_now, timeline = pitr.promote_server(admin.conninfo("postgres"))
+    cleared = pitr.clear_recovery_settings(data)
+    mark_promoted(data, timeline, cluster.os_user)
+    return (
+        f"{'promoted' if promoted_now else 'already promoted'}; now on timeline {timeline}; "
+        f"recovery settings {'removed' if cleared else 'already removed'}"
+    )
+
+
+def kept_copies(pitr_plan: dict[str, Any]) -> list[str]:
+    """The set-aside copies this incident made (one per data directory at most)."""
+    kept = [pitr.aside_path(Path(pitr_plan["data_directory"]), pitr_plan["tag"])]
+    if pitr_plan.get("replica_data_directory"):
+        kept.append(pitr.aside_path(Path(pitr_plan["replica_data_directory"]), pitr_plan["tag"]))
+    return [str(path) for path in kept if path.exists()]
 
 
 def recovery_log_file(cluster: Cluster, tag: str) -> Path:

@@ -2,17 +2,22 @@
 
 A lock row per resource (``database:tracktion``, ``cluster:main``) names the incident and
 run holding it. A second run is refused with that name instead of racing the first; the
-holder re-acquiring (a cleared, re-run guard) is fine. Released by the run's record task.
+holder re-acquiring (a cleared, re-run guard) is fine, and so is a re-run of the same DAG
+for the same incident (its killed earlier run never released it). Released by the run's
+record task.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from tracktion_dr.errors import TargetBusy
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS dr;
@@ -40,13 +45,29 @@ def acquire(
             holder: dict[str, Any] = conn.execute(
                 "SELECT * FROM dr.locks WHERE resource = %s", (resource,)
             ).fetchone()  # type: ignore[assignment]
-            if (holder["dag_id"], holder["run_id"]) != (dag_id, run_id):
-                conn.rollback()
-                raise TargetBusy(
-                    f"{resource} is being recovered by {holder['incident_id']} "
-                    f"({holder['dag_id']} run {holder['run_id']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S %Z}); "
-                    "wait for it to finish, or release it with the README's unlock command if that run is dead"
+            if (holder["dag_id"], holder["run_id"]) == (dag_id, run_id):
+                continue
+            if (holder["dag_id"], holder["incident_id"]) == (dag_id, incident_id):
+                # The same incident's re-run of the same DAG (its earlier run was killed
+                # before its record task released the lock): it takes its own lock over.
+                log.warning(
+                    "%s: taking over incident %s's lock from its earlier run %s",
+                    resource,
+                    incident_id,
+                    holder["run_id"],
                 )
+                conn.execute(
+                    "UPDATE dr.locks SET run_id = %s, acquired_at = pg_catalog.now()"
+                    " WHERE resource = %s",
+                    (run_id, resource),
+                )
+                continue
+            conn.rollback()
+            raise TargetBusy(
+                f"{resource} is being recovered by {holder['incident_id']} "
+                f"({holder['dag_id']} run {holder['run_id']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S %Z}); "
+                "wait for it to finish, or release it with the README's unlock command if that run is dead"
+            )
         conn.commit()
 
 

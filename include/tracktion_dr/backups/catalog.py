@@ -17,12 +17,16 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracktion_dr.errors import NoUsableBackup
+from tracktion_dr.errors import InvalidInput, NoUsableBackup
 from tracktion_dr.plan import BackupLocations
 from tracktion_dr.postgres import basebackups, dumps, wal
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
+
+if TYPE_CHECKING:
+    from tracktion_dr.postgres.pitr import RecoverableWindow, RecoveryTarget
+    from tracktion_dr.postgres.salvage import WalHoldings
 
 log = logging.getLogger(__name__)
 
@@ -401,3 +405,126 @@ class Catalog:
             if archive.continuous:
                 return entry.finished_at, latest
         return None
+
+    # -- point-in-time recovery: base backups chosen by the target's LSN ------------------
+    #
+    # These read the WAL *held* (``salvage.WalHoldings``: the archive, the salvage folder
+    # and any pg_wal that will be salvaged first), resolved along the timeline path replay
+    # follows, so the guard's promise and replay's reality agree.
+
+    def usable_base_backups(self, holdings: WalHoldings) -> tuple[list[BackupEntry], list[str]]:
+        """Base backups replay could start from (newest first): not failed, on the replay
+        path, and WAL held from their start through their consistent point (stop LSN).
+        Plus why each other one is not usable."""
+        usable: list[BackupEntry] = []
+        rejected: list[str] = []
+        for entry in self.base_backups():
+            if entry.status is Status.FAILED:
+                rejected.append(f"{entry.id}: {entry.reason}")
+                continue
+            if not (entry.start_lsn and entry.stop_lsn):
+                rejected.append(f"{entry.id}: no LSN range in its backup_info.json")
+                continue
+            if not holdings.on_path(entry.timeline or 1, wal.lsn_to_int(entry.stop_lsn)):
+                rejected.append(
+                    f"{entry.id}: taken on timeline {entry.timeline}, which the newest timeline "
+                    f"{holdings.latest_timeline} left before {entry.stop_lsn}"
+                )
+                continue
+            missing = holdings.missing(_segment(entry.start_lsn), _segment(entry.stop_lsn))
+            if missing:
+                rejected.append(f"{entry.id}: WAL has a gap, missing {', '.join(missing[:5])}")
+                continue
+            usable.append(entry)
+        usable.sort(key=lambda e: wal.lsn_to_int(e.stop_lsn or "0/0"), reverse=True)
+        return usable, rejected
+
+    def window_held(
+        self, usable: list[BackupEntry], holdings: WalHoldings
+    ) -> RecoverableWindow | None:
+        """From the consistent point of the oldest usable base backup to the newest WAL
+        held (last valid record, newest commit)."""
+        from tracktion_dr.postgres.pitr import RecoverableWindow
+
+        if not usable:
+            return None
+        end = holdings.end()
+        return RecoverableWindow(
+            earliest_time=min(e.finished_at for e in usable),
+            earliest_lsn=min(wal.lsn_to_int(e.stop_lsn or "0/0") for e in usable),
+            latest_time=end.last_commit,
+            latest_lsn=end.last_record_lsn,
+        )
+
+    def resolve_restore_point(
+        self, target: RecoveryTarget, usable: list[BackupEntry], holdings: WalHoldings
+    ) -> tuple[RecoveryTarget, list[wal.RestorePoint]]:
+        """The restore point's LSN and timeline, read from the WAL held (pg_waldump's
+        RESTORE_POINT records) from the oldest usable base backup's start on: the newest
+        one of that name, and every occurrence of the name. Refused when there is none."""
+        from dataclasses import replace
+
+        start = min(_segment(e.start_lsn) for e in usable)
+        files = holdings.files_from(start)
+        points = wal.restore_points(files, self.bindir)
+        matching = [p for p in points if p.name == target.value]
+        if not matching:
+            names = sorted({p.name for p in points})
+            searched = f"{files[0][1].name} .. {files[-1][1].name}" if files else "(no WAL held)"
+            raise InvalidInput(
+                "target",
+                f"restore point {target.value!r} is not in the WAL held ({searched}, along "
+                f"timeline {holdings.latest_timeline}'s history); "
+                + (
+                    f"restore points there: {', '.join(names[-10:])}"
+                    if names
+                    else "there is no restore point in it"
+                ),
+                hint="restore points are made with SELECT pg_catalog.pg_create_restore_point('name'); "
+                "use a time or LSN target otherwise",
+            )
+        chosen = matching[-1]
+        return replace(target, lsn=chosen.lsn_text, timeline=chosen.timeline), matching
+
+    def base_backup_for_target(
+        self, target: RecoveryTarget, usable: list[BackupEntry], holdings: WalHoldings
+    ) -> BackupEntry:
+        """The newest usable base backup for ``target``, verified now (pg_verifybackup).
+
+        Chosen by the target's LSN whatever its type: an LSN or restore point needs a base
+        backup whose consistent point (stop LSN) is at or before it, and WAL held through
+        the target's segment; a time needs one that finished before it; latest and
+        immediate take the newest. Every type but lsn/restore_point needs WAL held through
+        the newest segment (a gap before the end would silently cut the replay short)."""
+        rejected: list[str] = []
+        target_lsn = wal.lsn_to_int(target.lsn) if target.lsn else None
+        for entry in usable:
+            if target.type == "time" and target.time and entry.finished_at > target.time:
+                rejected.append(
+                    f"{entry.id}: finished {entry.finished_at.isoformat()}, after the target"
+                )
+                continue
+            if target_lsn is not None and wal.lsn_to_int(entry.stop_lsn or "0/0") > target_lsn:
+                rejected.append(
+                    f"{entry.id}: consistent only from {entry.stop_lsn}, after the target"
+                )
+                continue
+            through = wal.Segment.from_lsn(target.lsn).number if target.lsn else None
+            if target.type == "immediate":
+                through = _segment(entry.stop_lsn)
+            missing = holdings.missing(_segment(entry.start_lsn), through)
+            if missing:
+                rejected.append(f"{entry.id}: WAL has a gap, missing {', '.join(missing[:5])}")
+                continue
+            checked = self.verify(entry)
+            if checked.status is Status.VERIFIED:
+                return checked
+            rejected.append(f"{entry.id}: {checked.reason}")
+        raise NoUsableBackup(
+            f"no usable base backup for target {target.describe()} in {self.locations.base}"
+            + (": " + "; ".join(rejected) if rejected else " (none found)")
+        )
+
+
+def _segment(lsn: str | None) -> int:
+    return wal.Segment.from_lsn(lsn or "0/0").number

@@ -164,13 +164,21 @@ def business_rule_violations(conn: psycopg.Connection[Any], rules: tuple[Rule, .
     return problems
 
 
-def amcheck(endpoint: Endpoint, database: str, bindir: Path = DEFAULT_BINDIR) -> list[str]:
-    """``pg_amcheck`` of every table and B-tree index (installs amcheck if missing)."""
+def amcheck(
+    endpoint: Endpoint,
+    database: str,
+    bindir: Path = DEFAULT_BINDIR,
+    *,
+    install_missing: bool = True,
+) -> list[str]:
+    """``pg_amcheck`` of every table and B-tree index (installs amcheck if missing, unless
+    ``install_missing`` is off: a server in recovery is read-only, and pg_amcheck's
+    ``CREATE EXTENSION IF NOT EXISTS`` fails there even when the extension exists)."""
     try:
         run(
             [
                 str(bindir / "pg_amcheck"),
-                "--install-missing",
+                *(["--install-missing"] if install_missing else []),
                 f"--database={database}",
                 *endpoint.client_args(),
             ],
@@ -191,10 +199,20 @@ def validate_database(
     rules: tuple[Rule, ...] = TRACKTION_RULES,
     bindir: Path = DEFAULT_BINDIR,
     ignore_tables: tuple[str, ...] = (),
+    install_amcheck: bool = True,
 ) -> IntegrityReport:
-    """Run every check; the report lists each check's finding."""
+    """Run every check; the report lists each check's finding.
+
+    ``install_amcheck=False`` for a server in recovery (read-only): pg_amcheck then runs
+    only where the amcheck extension is already installed (a standby or a restored base
+    backup has whatever its primary had), and the report says when it was skipped."""
     report = IntegrityReport(database)
     with psycopg.connect(endpoint.conninfo(database), connect_timeout=10) as conn:
+        has_amcheck = install_amcheck or bool(
+            conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'amcheck'"
+            ).fetchone()
+        )
         conn.execute("SET statement_timeout = '10min'")
         counts = {t: n for t, n in exact_row_counts(conn).items() if t not in ignore_tables}
         if expected_tables is not None:
@@ -218,7 +236,19 @@ def validate_database(
         report.add("foreign keys", foreign_key_orphans(conn), "no orphans")
         report.add("primary keys", duplicate_primary_keys(conn), "no duplicates")
         report.add("business rules", business_rule_violations(conn, rules), "no violations")
-    report.add("pg_amcheck", amcheck(endpoint, database, bindir), "tables and indexes check clean")
+    if has_amcheck:
+        report.add(
+            "pg_amcheck",
+            amcheck(endpoint, database, bindir, install_missing=install_amcheck),
+            "tables and indexes check clean",
+        )
+    else:
+        report.add(
+            "pg_amcheck",
+            [],
+            "skipped: the amcheck extension is not installed in this database, and a server "
+            "in recovery cannot install it",
+        )
     for check, finding in report.checks.items():
         log.info("integrity %s / %s: %s", database, check, finding)
     return report

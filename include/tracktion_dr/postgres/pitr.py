@@ -1,21 +1,39 @@
-"""Point-in-time recovery of a cluster, the PostgreSQL 12+ way.
+"""Point-in-time recovery of a cluster, the PostgreSQL 12+ way, that never promotes behind
+the operator's back.
 
 stop (fast, then immediate) → move the data directory aside (never ``rm -rf``) → copy the
-verified base backup in → ``recovery.signal`` plus ``restore_command`` and
-``recovery_target_*`` in ``postgresql.auto.conf`` (``recovery.conf`` stops a PG 12+ server)
-→ start → PostgreSQL replays the archive to the target and promotes.
+verified base backup in (through a staging copy) → recovery settings in
+``postgresql.auto.conf`` (``recovery.conf`` stops a PG 12+ server) → start → PostgreSQL
+replays the archive (and the salvaged WAL) and **waits**; the DAG validates the server
+read-only while it waits, then promotes it with ``pg_promote``.
 
-The target is checked against the recoverable window *before* anything is touched: after
-the end of the oldest usable base backup, not after the newest archived commit, not in the
-future.
+Why it waits, and how:
+
+* A targeted recovery (time, LSN, restore point, immediate) uses
+  ``recovery_target_action = 'pause'``: at the target the server pauses, read-only, with
+  ``hot_standby = on`` forced (without it PostgreSQL treats ``pause`` as ``shutdown``).
+* ``latest`` has no target, and at the end of WAL PostgreSQL would promote by itself - in
+  the measured failure it did so after the worker died, unwatched. So ``latest`` runs in
+  **standby mode** (``standby.signal`` with ``restore_command`` only, ``primary_conninfo``
+  emptied so it streams from nobody): it replays everything ``restore_command`` can fetch
+  and then keeps waiting for more. The gate opens when replay has passed the last valid
+  record held in the archive and the salvage folder (what restore_command can reach, see
+  ``salvage.py``); nothing else writes there while the primary is down, so that end is
+  fixed. A standby never promotes unless asked.
+
+Targets are checked against the real archive *before* anything is touched (see
+:class:`RecoverableWindow`): the window is stated in times for time targets and in LSNs for
+LSN and restore-point targets.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,15 +41,22 @@ from typing import Any, Literal
 
 import psycopg
 
-from tracktion_dr.incident import InvalidInput
+from tracktion_dr.errors import InvalidInput, ServerDied, StepFailed
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, as_os_user, chown_tree, run
-from tracktion_dr.postgres.wal import lsn_to_int
+from tracktion_dr.postgres.recovery_marker import (
+    RECOVERY_SIGNALS,
+    last_fatal_line,
+    postmaster_pid,
+)
+from tracktion_dr.postgres.wal import int_to_lsn, lsn_to_int
 
 log = logging.getLogger(__name__)
 
 TargetType = Literal["latest", "time", "lsn", "restore_point", "immediate"]
 TARGET_TYPES: tuple[str, ...] = ("latest", "time", "lsn", "restore_point", "immediate")
 RECOVERY_MARKER = "# tracktion-dr point-in-time recovery"
+RECOVERY_SIGNAL_NAME = "recovery.signal"
+STANDBY_SIGNAL_NAME = "standby.signal"
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _RESTORE_POINT = re.compile(r"^[A-Za-z0-9_.\-]{1,63}$")
 
@@ -41,10 +66,27 @@ class RecoveryTarget:
     type: TargetType
     value: str = ""  # ISO time, LSN, or restore point name
     time: datetime | None = None  # parsed, for type "time"
+    lsn: str | None = None  # for "lsn"; for "restore_point", resolved from the archived WAL
+    timeline: int | None = None  # for "restore_point": the timeline its record is on
+
+    @property
+    def standby_mode(self) -> bool:
+        """``latest`` recovers as a standby (see the module doc): it never self-promotes."""
+        return self.type == "latest"
 
     def settings(self) -> dict[str, str]:
-        """The ``recovery_target_*`` settings for this target."""
-        settings = {"recovery_target_action": "promote", "recovery_target_timeline": "latest"}
+        """The recovery settings for this target (appended to ``postgresql.auto.conf``)."""
+        settings = {
+            "recovery_target_timeline": "latest",
+            # pause needs a hot standby; and a recovering server must not stream from
+            # whatever primary_conninfo a base backup of a former standby carries.
+            "hot_standby": "on",
+            "primary_conninfo": "",
+            "primary_slot_name": "",
+        }
+        if self.standby_mode:
+            return settings
+        settings["recovery_target_action"] = "pause"
         if self.type == "time":
             assert self.time is not None
             settings["recovery_target_time"] = self.time.astimezone(UTC).strftime(
@@ -60,34 +102,37 @@ class RecoveryTarget:
         return settings
 
     def describe(self) -> str:
-        return self.type if self.type in ("latest", "immediate") else f"{self.type} {self.value}"
+        text = self.type if self.type in ("latest", "immediate") else f"{self.type} {self.value}"
+        if self.type == "restore_point" and self.lsn:
+            text += f" (at {self.lsn} on timeline {self.timeline})"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["time"] = self.time.isoformat() if self.time else None
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecoveryTarget:
+        moment = datetime.fromisoformat(data["time"]) if data.get("time") else None
+        return cls(
+            data["type"],
+            data.get("value") or "",
+            moment,
+            data.get("lsn"),
+            data.get("timeline"),
+        )
+
 
 def parse_target(
-    target_type: str,
-    value: str | None,
-    *,
-    window: tuple[datetime, datetime] | None,
-    now: datetime | None = None,
+    target_type: str, value: str | None, *, now: datetime | None = None
 ) -> RecoveryTarget:
-    """Check the target before anything is touched; the message shows the window.
-
-    With ``window=None`` only the form is checked (type, syntax, zone, not in the future):
-    the cheap check a guard runs before it looks at the archive."""
+    """The target's form: type, syntax, zone, not in the future. Cheap, touches nothing;
+    :func:`check_in_window` then checks it against the WAL actually held."""
     now = now or datetime.now(UTC)
     value = (value or "").strip()
     if target_type not in TARGET_TYPES:
         raise InvalidInput("target_type", f"{target_type!r} is not one of {list(TARGET_TYPES)}")
-    window_text = (
-        f"recoverable window is {window[0].isoformat()} .. {window[1].isoformat()}"
-        if window
-        else ""
-    )
     if target_type in ("latest", "immediate"):
         return RecoveryTarget(target_type)  # type: ignore[arg-type]
     if not value:
@@ -100,25 +145,101 @@ def parse_target(
         if moment.tzinfo is None:
             raise InvalidInput("target", f"{value!r} has no time zone; add Z or +HH:MM")
         if moment > now:
-            raise InvalidInput(
-                "target", f"{value} is in the future" + (f"; {window_text}" if window else "")
-            )
-        if window and moment < window[0]:
-            raise InvalidInput(
-                "target", f"{value} is before the oldest usable base backup ended; {window_text}"
-            )
-        if window and moment > window[1]:
-            raise InvalidInput(
-                "target", f"{value} is after the newest archived commit; {window_text}"
-            )
+            raise InvalidInput("target", f"{value} is in the future")
         return RecoveryTarget("time", value, moment)
     if target_type == "lsn":
         if not _LSN.match(value):
             raise InvalidInput("target", f"not an LSN: {value!r} (e.g. 0/5A000028)")
-        return RecoveryTarget("lsn", value.upper())
+        normalized = int_to_lsn(lsn_to_int(value))
+        return RecoveryTarget("lsn", normalized, lsn=normalized)
     if not _RESTORE_POINT.match(value):
         raise InvalidInput("target", f"not a restore point name: {value!r}")
     return RecoveryTarget("restore_point", value)
+
+
+@dataclass(frozen=True)
+class RecoverableWindow:
+    """What point-in-time recovery can reach with the backups and WAL held right now.
+
+    From the consistent point (end) of the oldest usable base backup to the newest WAL held
+    along the replay path (archive, salvage folder, the old primary's and the standby's
+    pg_wal, which are salvaged before anything moves them)."""
+
+    earliest_time: datetime
+    earliest_lsn: int
+    latest_time: datetime | None  # newest commit held
+    latest_lsn: int | None  # start of the last valid record held
+
+    def time_text(self) -> str:
+        latest = self.latest_time.isoformat() if self.latest_time else "(no commit held)"
+        return f"recoverable window is {self.earliest_time.isoformat()} .. {latest}"
+
+    def lsn_text(self) -> str:
+        latest = int_to_lsn(self.latest_lsn) if self.latest_lsn is not None else "(no WAL held)"
+        return f"recoverable window is {int_to_lsn(self.earliest_lsn)} .. {latest}"
+
+    def as_list(self, target_type: str) -> list[str]:
+        if target_type in ("lsn", "restore_point"):
+            return [
+                int_to_lsn(self.earliest_lsn),
+                int_to_lsn(self.latest_lsn) if self.latest_lsn is not None else "",
+            ]
+        return [
+            self.earliest_time.isoformat(),
+            self.latest_time.isoformat() if self.latest_time else "",
+        ]
+
+
+def check_in_window(target: RecoveryTarget, window: RecoverableWindow) -> None:
+    """Refuse a target replay cannot reach, naming the window in the target's own terms.
+
+    Time: replay stops *before the first commit after* the target, so a commit after it
+    must be held. LSN (and a resolved restore point): replay stops after the first record
+    at or past it, so such a record must be held; and it must not lie before the
+    consistent point of every usable base backup (PostgreSQL: "requested recovery stop
+    point is before consistent recovery point")."""
+    if target.type == "time":
+        assert target.time is not None
+        if target.time < window.earliest_time:
+            raise InvalidInput(
+                "target",
+                f"{target.value} is before the oldest usable base backup ended; {window.time_text()}",
+            )
+        if window.latest_time is None or target.time >= window.latest_time:
+            raise InvalidInput(
+                "target",
+                f"{target.value} is not before the newest commit held in the WAL archive, the "
+                f"salvage folder or any pg_wal (replay stops only at a commit after the target); "
+                f"{window.time_text()}",
+                hint="choose an earlier time, or target_type latest to replay everything held",
+            )
+        return
+    if target.type not in ("lsn", "restore_point") or target.lsn is None:
+        return
+    position = lsn_to_int(target.lsn)
+    what = (
+        f"{target.value}"
+        if target.type == "lsn"
+        else f"restore point {target.value!r} (at {target.lsn})"
+    )
+    if window.latest_lsn is None or position > window.latest_lsn:
+        raise InvalidInput(
+            "target",
+            f"{what} is past the newest WAL held (archive, salvage folder, pg_wal); "
+            f"{window.lsn_text()}",
+            hint="pick an LSN inside the window (pg_current_wal_lsn() on the primary, or "
+            "pg_waldump of the archive), or target_type latest",
+        )
+    if position < window.earliest_lsn:
+        raise InvalidInput(
+            "target",
+            f"{what} is before the consistent point of every usable base backup; "
+            f"{window.lsn_text()}",
+            hint="an older base backup would be needed; none that is usable reaches back there",
+        )
+
+
+# --- the cluster's processes and files ----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,52 +278,50 @@ def stop_server(cluster: ClusterPaths, *, fast_timeout: int = 60) -> str:
         return "stopped (immediate)"
 
 
-def move_aside(data_directory: Path, tag: str) -> Path | None:
-    """Rename the data directory to ``<dir>.pre_<tag>``; idempotent for the same tag."""
-    aside = data_directory.with_name(f"{data_directory.name}.pre_{tag}")
-    if aside.exists():
-        if data_directory.exists() and (data_directory / RECOVERY_SIGNAL_NAME).exists():
-            return aside  # an earlier attempt already moved it and started restoring
-        if not data_directory.exists():
-            return aside
-        raise FileExistsError(
-            f"{aside} already exists: refusing to overwrite a kept data directory"
-        )
-    if not data_directory.exists():
-        log.warning(
-            "%s does not exist (lost with the host?): nothing to move aside", data_directory
-        )
-        return None
-    data_directory.rename(aside)
-    log.info("moved %s aside to %s", data_directory, aside)
-    return aside
+def aside_path(data_directory: Path, tag: str) -> Path:
+    """Where an incident keeps the data directory it replaced: ``<dir>.pre_<tag>``."""
+    return data_directory.with_name(f"{data_directory.name}.pre_{tag}")
 
 
-RECOVERY_SIGNAL_NAME = "recovery.signal"
+def staging_path(data_directory: Path, tag: str) -> Path:
+    """Where an incident builds the replacement before renaming it into place. Its name
+    carries the incident: a directory there is provably that incident's own partial copy
+    (of a base backup that still exists), so a resumed run may discard it."""
+    return data_directory.with_name(f".{data_directory.name}.restoring_{tag}")
 
 
-def lay_down_base_backup(base_backup: Path, data_directory: Path, os_user: str) -> None:
-    """Copy the verified base backup into place (the backup itself stays untouched)."""
-    staging = data_directory.with_name(f".{data_directory.name}.restoring")
-    if staging.exists():
-        shutil.rmtree(staging)  # our own half-copied staging area from an earlier attempt
+def lay_down_base_backup(
+    base_backup: Path,
+    data_directory: Path,
+    os_user: str,
+    tag: str,
+    finish_staging: Callable[[Path], None],
+) -> None:
+    """Copy the verified base backup into a staging directory, let ``finish_staging`` write
+    the recovery settings and the marker there, then rename it into place (atomic: the
+    path holds either nothing or a complete, marked recovery directory)."""
     if data_directory.exists():
-        if (data_directory / "postmaster.pid").exists():
-            raise FileExistsError(f"{data_directory} belongs to a running server: stop it first")
-        if (data_directory / RECOVERY_SIGNAL_NAME).exists():
-            shutil.rmtree(data_directory)  # a restore of ours that never started: redo it
-        else:
-            raise FileExistsError(f"{data_directory} exists and is not ours: move it aside first")
+        raise StepFailed(
+            f"{data_directory} exists: it must be moved aside before the base backup is laid down"
+        )
+    staging = staging_path(data_directory, tag)
+    if staging.exists():
+        log.info("discarding this incident's own half-copied staging %s", staging)
+        shutil.rmtree(staging)
     shutil.copytree(base_backup, staging, symlinks=True)
     staging.chmod(0o700)
+    finish_staging(staging)
     chown_tree(staging, os_user)
     staging.rename(data_directory)
 
 
 def write_recovery_settings(
-    data_directory: Path, restore_command: str, target: RecoveryTarget, port: int | None
+    data_directory: Path, restore_command: str, target: RecoveryTarget, port: int | None = None
 ) -> None:
-    """``recovery.signal`` + settings appended to ``postgresql.auto.conf`` (read last)."""
+    """The signal file plus our settings block appended to ``postgresql.auto.conf`` (read
+    last, so it wins): ``recovery.signal`` for a targeted recovery, ``standby.signal`` for
+    ``latest``; the other one removed (a base backup of a standby carries standby.signal,
+    which would take precedence)."""
     settings = {"restore_command": restore_command, **target.settings()}
     if port:
         settings["port"] = str(port)
@@ -212,10 +331,13 @@ def write_recovery_settings(
     for key, value in settings.items():
         text += f"{key} = '{_conf_escape(value)}'\n"
     auto_conf.write_text(text)
-    (data_directory / RECOVERY_SIGNAL_NAME).write_text("")
-    for path in (auto_conf, data_directory / RECOVERY_SIGNAL_NAME):
+    signal = STANDBY_SIGNAL_NAME if target.standby_mode else RECOVERY_SIGNAL_NAME
+    for name in RECOVERY_SIGNALS:
+        if name != signal:
+            (data_directory / name).unlink(missing_ok=True)
+    (data_directory / signal).write_text("")
+    for path in (auto_conf, data_directory / signal):
         chown_tree(path, _owner_of(data_directory), recursive=False)
-    (data_directory / "standby.signal").unlink(missing_ok=True)
 
 
 def clear_recovery_settings(data_directory: Path) -> bool:
@@ -244,54 +366,112 @@ def _owner_of(path: Path) -> str:
     return pwd.getpwuid(path.stat().st_uid).pw_name
 
 
-def start_server(cluster: ClusterPaths, log_file: Path) -> None:
-    """Start without waiting for recovery: the gate waits, with progress in its log."""
+def start_server(cluster: ClusterPaths, log_file: Path, *, wait_seconds: float = 20) -> int:
+    """Start without waiting for recovery (the gate waits, with progress in its log); wait
+    only until the postmaster is up. Returns its pid; raises ``ServerDied`` quoting the log
+    when it exits at once (a bad setting, a missing WAL file, a corrupt backup)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     chown_tree(log_file.parent, cluster.os_user, recursive=False)
     run(cluster.pg_ctl("start", "-W", "-l", str(log_file)), what="pg_ctl start")
-    time.sleep(1)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        pid = postmaster_pid(cluster.data_directory)
+        if pid is not None:
+            time.sleep(1)  # a server that dies on its first WAL file does so within this
+            if postmaster_pid(cluster.data_directory) == pid:
+                return pid
+            break
+        time.sleep(0.2)
+    raise server_died(cluster.data_directory, log_file)
+
+
+def server_died(data_directory: Path, log_file: Path) -> ServerDied:
+    fatal = last_fatal_line(log_file)
+    return ServerDied(
+        f"PostgreSQL in {data_directory} is not running: "
+        + (f"its log {log_file} says: {fatal}" if fatal else f"no FATAL line in {log_file}")
+    )
 
 
 @dataclass(frozen=True)
-class ReplayProgress:
-    accepting: bool
-    in_recovery: bool | None
+class RecoveryState:
+    """What a server says about its recovery (read-only queries; works while paused)."""
+
+    in_recovery: bool
     replay_lsn: str | None
-    detail: str
+    pause_state: str | None  # 'not paused' | 'pause requested' | 'paused'
+    last_replayed_commit: datetime | None
 
-    @property
-    def promoted(self) -> bool:
-        return self.accepting and self.in_recovery is False
+    def describe(self) -> str:
+        if not self.in_recovery:
+            return "recovery finished, server promoted"
+        return (
+            f"replay at {self.replay_lsn} ({self.pause_state}), "
+            f"last replayed commit {self.last_replayed_commit.isoformat() if self.last_replayed_commit else 'none yet'}"
+        )
 
 
-def replay_progress(conninfo: str, target: RecoveryTarget, timeout: float = 5) -> ReplayProgress:
-    """Where recovery is now: connectable? still in recovery? replayed LSN vs target."""
+def recovery_state(conninfo: str, timeout: int = 3) -> RecoveryState | str:
+    """The server's recovery state, or why it cannot say (not accepting connections yet:
+    a hot standby answers only once consistent)."""
     try:
-        with psycopg.connect(conninfo, connect_timeout=max(2, int(timeout))) as conn:
+        with psycopg.connect(conninfo, connect_timeout=max(2, timeout), autocommit=True) as conn:
+            conn.execute("SET statement_timeout = '10s'")
             in_recovery, replay_lsn, replay_time = conn.execute(
                 "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()::text,"
                 " pg_catalog.pg_last_xact_replay_timestamp()"
             ).fetchone()  # type: ignore[misc]
+            pause_state = (
+                conn.execute("SELECT pg_catalog.pg_get_wal_replay_pause_state()").fetchone()[0]  # type: ignore[index]
+                if in_recovery
+                else None
+            )
     except psycopg.OperationalError as exc:
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        return ReplayProgress(
-            False, None, None, lines[-1] if lines else "not accepting connections"
-        )
-    if not in_recovery:
-        return ReplayProgress(True, False, replay_lsn, "recovery finished, server promoted")
-    detail = f"replaying: at {replay_lsn} (last replayed commit {replay_time})"
-    if target.type == "lsn" and replay_lsn:
-        detail += f", target {target.value}, {max(0, lsn_to_int(target.value) - lsn_to_int(replay_lsn))} bytes to go"
-    elif target.type == "time":
-        detail += f", target {target.value}"
-    return ReplayProgress(True, True, replay_lsn, detail)
+        return lines[-1] if lines else "not accepting connections"
+    return RecoveryState(bool(in_recovery), replay_lsn, pause_state, replay_time)
 
 
-def restore_command_for(archive: Path) -> str:
-    """``restore_command`` for a local (or mounted) WAL archive; run by the server's shell."""
-    import shlex
+def current_timeline(conn: psycopg.Connection[Any]) -> int:
+    """The timeline a primary writes on now (its current WAL file's name starts with it)."""
+    name = conn.execute(
+        "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
+    ).fetchone()[0]  # type: ignore[index]
+    return int(str(name)[:8], 16)
 
-    return f"cp {shlex.quote(str(archive))}/%f %p"
+
+def promote_server(conninfo: str, *, wait_seconds: int = 300) -> tuple[bool, int]:
+    """``pg_promote(wait => true)`` unless already promoted. (promoted now?, timeline)."""
+    with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+        in_recovery = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
+        promoted_now = False
+        if in_recovery:
+            done = conn.execute(
+                "SELECT pg_catalog.pg_promote(wait => true, wait_seconds => %s)", (wait_seconds,)
+            ).fetchone()[0]  # type: ignore[index]
+            if not done:
+                raise StepFailed(f"pg_promote did not finish within {wait_seconds}s")
+            promoted_now = True
+        conn.execute("SELECT pg_catalog.pg_reload_conf()")
+        return promoted_now, current_timeline(conn)
+
+
+def restore_command_for(archive: Path, salvage: Path | None = None) -> str:
+    """``restore_command`` reading the archive first, then the salvage folder.
+
+    A PostgreSQL setting run by the server's own shell (our code never uses one); ``%`` in
+    a path is doubled for the server, paths are shell-quoted. Quiet when a file is in
+    neither folder (standby mode asks for the next segment every few seconds)."""
+
+    def quoted(folder: Path) -> str:
+        return shlex.quote(str(folder).replace("%", "%%") + "/") + "%f"
+
+    if salvage is None:
+        return f"cp {quoted(archive)} %p"
+    return (
+        f"if test -f {quoted(archive)}; then cp {quoted(archive)} %p; "
+        f"elif test -f {quoted(salvage)}; then cp {quoted(salvage)} %p; else exit 1; fi"
+    )
 
 
 def last_replayed_commit(log_text: str) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,12 @@ class Segment:
 def lsn_to_int(lsn: str) -> int:
     high, low = (int(part, 16) for part in lsn.split("/"))
     return (high << 32) | low
+
+
+def int_to_lsn(position: int) -> str:
+    """``0x5A000028`` -> ``0/5A000028``, as the server spells it (``pg_lsn`` output: no
+    zero padding), so an LSN from the window can be pasted back as a target."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)
@@ -215,3 +222,119 @@ def _parse_commit_time(text: str, zone: str) -> datetime:
 
 def segment_names(segments: Iterable[Segment]) -> list[str]:
     return [s.name() for s in segments]
+
+
+# --- records inside segments (pg_waldump) -------------------------------------------------
+
+RECORD = re.compile(r"\blsn: ([0-9A-F]+/[0-9A-F]+), prev [0-9A-F]+/[0-9A-F]+, desc: (\S+) ?(.*)$")
+# XLogPageHeaderData: magic, info, timeline, page address, remaining length (little-endian,
+# as written on this architecture). The first page of a segment names the segment's start.
+_PAGE_HEADER = struct.Struct("<HHIQI")
+
+
+def segment_header_matches(path: Path, number: int) -> bool:
+    """True when ``path`` really holds segment ``number``: its first page header carries
+    that segment's start address. A recycled file in pg_wal (renamed ahead for reuse) still
+    holds an old segment's pages, and a freshly zeroed one holds nothing: neither is WAL
+    anyone could replay, so neither is salvaged or counted."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_PAGE_HEADER.size)
+    except OSError:
+        return False
+    if len(header) < _PAGE_HEADER.size:
+        return False
+    magic, _info, _timeline, page_address, _remaining = _PAGE_HEADER.unpack(header)
+    return magic != 0 and page_address == number * SEGMENT_BYTES
+
+
+@dataclass(frozen=True)
+class SegmentContents:
+    """What one segment file holds, as far as it can be read (a partial segment ends at its
+    last complete, checksummed record - where replay would end too)."""
+
+    last_record_lsn: int | None  # start of the last valid record
+    last_commit: datetime | None
+
+    def reaches_further_than(self, other: SegmentContents) -> bool:
+        return (self.last_record_lsn or -1) > (other.last_record_lsn or -1)
+
+
+def read_segment(segment_file: Path, bindir: Path) -> SegmentContents:
+    """The last valid record and the newest commit in one segment file (pg_waldump)."""
+    result = run(
+        [str(bindir / "pg_waldump"), str(segment_file)],
+        what=f"pg_waldump {segment_file.name}",
+        env={**os.environ, "TZ": "UTC"},
+        check=False,  # exits non-zero where the valid records end; those printed are good
+        timeout=300,
+    )
+    last_lsn: int | None = None
+    for line in reversed(result.stdout.splitlines()):
+        match = RECORD.search(line)
+        if match:
+            last_lsn = lsn_to_int(match.group(1))
+            break
+    times = [
+        _parse_commit_time(m.group(1), m.group(2)) for m in COMMIT_TIME.finditer(result.stdout)
+    ]
+    return SegmentContents(last_lsn, max(times) if times else None)
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    name: str
+    lsn: int
+    timeline: int
+
+    @property
+    def lsn_text(self) -> str:
+        return int_to_lsn(self.lsn)
+
+
+def restore_points(segment_files: Sequence[tuple[int, Path]], bindir: Path) -> list[RestorePoint]:
+    """Every ``pg_create_restore_point`` record in these segments, in WAL order.
+
+    ``segment_files`` are (segment number, file) along one replay path. Runs of consecutive
+    segments in one folder on one timeline are read by one pg_waldump (so a record that
+    crosses from one file into the next is still seen)."""
+    found: list[RestorePoint] = []
+    for run_files in _runs(segment_files):
+        first, last = run_files[0], run_files[-1]
+        timeline = Segment.parse(first.name).timeline
+        result = run(
+            [
+                str(bindir / "pg_waldump"),
+                "--rmgr=XLOG",
+                f"--path={first.parent}",
+                first.name,
+                last.name,
+            ],
+            what=f"pg_waldump {first.name}..{last.name}",
+            check=False,
+            timeout=1800,
+        )
+        for line in result.stdout.splitlines():
+            match = RECORD.search(line)
+            if match and match.group(2) == "RESTORE_POINT":
+                found.append(
+                    RestorePoint(match.group(3).strip(), lsn_to_int(match.group(1)), timeline)
+                )
+    return sorted(found, key=lambda point: point.lsn)
+
+
+def _runs(segment_files: Sequence[tuple[int, Path]]) -> list[list[Path]]:
+    runs: list[list[Path]] = []
+    previous: tuple[int, Path] | None = None
+    for number, path in sorted(segment_files):
+        if (
+            previous is not None
+            and number == previous[0] + 1
+            and path.parent == previous[1].parent
+            and path.name[:8] == previous[1].name[:8]
+        ):
+            runs[-1].append(path)
+        else:
+            runs.append([path])
+        previous = (number, path)
+    return runs
