@@ -2,9 +2,13 @@
 
 When a table is dropped at T while the canary writes, then PITR to T-1s brings the table
 back with every row written before the target and none after, and the data lost is
-measured from the canary. When the primary is killed and its data directory lost, PITR to
-latest brings it back and the replica is re-seeded. Bad targets are refused in the guard
-with the window in the message and the database unchanged.
+measured from the canary; a new incident asking for the same target again is refused
+(AlreadyRecovered). When the primary is killed and its data directory lost, PITR to
+latest brings it back - including rows only the standby still held (the archiver was
+stopped) - and the replica is re-seeded. An LSN target is recovered from the base backup
+before it even when a newer one exists; a restore point is found in the archived WAL.
+Bad targets of every type are refused in the guard with the window in the message, the
+primary untouched (not restarted, its WAL not even switched).
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tracktion_dr.backups.catalog import Catalog
+from tracktion_dr.backups.catalog import Catalog, local_path
 from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.dag_support import endpoint
 from tracktion_dr.database_recovery import segment_archived
 from tracktion_dr.plan import load_plan
+from tracktion_dr.postgres.basebackups import take_base_backup
 from tracktion_dr.postgres.commands import as_os_user, run
-from tracktion_dr.postgres.wal import Segment, list_segments
+from tracktion_dr.postgres.salvage import salvage_dir_for
+from tracktion_dr.postgres.wal import Segment, list_segments, segment_header_matches
 
 pytestmark = pytest.mark.sandbox
 
@@ -45,6 +51,21 @@ def switch_wal() -> None:
     raise AssertionError(f"{segment} not archived")
 
 
+def replica(dbname: str = "tracktion"):
+    return psycopg.connect(
+        endpoint("tracktion_pg_replica").conninfo(dbname), connect_timeout=5, autocommit=True
+    )
+
+
+def postmaster_started() -> datetime:
+    with primary("postgres") as conn:
+        return conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
+def pitr(conf: dict) -> object:
+    return run_dag("dr_database_pitr", {"environment": "drill", "cluster": "main", **conf})
+
+
 def wait_for_replica_streaming(timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,7 +82,7 @@ def probe_table() -> sql.Identifier:
     return sql.Identifier(f"pitr_probe_{uuid.uuid4().hex[:10]}")
 
 
-def test_drop_table_then_pitr_to_just_before(sandbox):
+def test_drop_table_then_pitr_to_just_before(sandbox, capfd):
     probe = probe_table()
     with primary() as conn:
         conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
@@ -107,6 +128,15 @@ def test_drop_table_then_pitr_to_just_before(sandbox):
     )
     assert timeline["rto_achieved_seconds"] < timeline["rto_target_seconds"]
     wait_for_replica_streaming()
+
+    # A new incident asking for the same target is told it is done, and nothing moves.
+    started = postmaster_started()
+    capfd.readouterr()
+    again = pitr({"target_type": "time", "target": target.isoformat()})
+    assert task_states(again)["guard"] == "failed"
+    out = capfd.readouterr().out
+    assert "already recovered cluster main to time" in out
+    assert postmaster_started() == started
 
 
 def test_primary_killed_and_data_directory_lost(sandbox):
@@ -169,39 +199,206 @@ def test_primary_killed_and_data_directory_lost(sandbox):
         ("time", "yesterday at noon", "not an ISO 8601 time"),
         ("time", "2026-11-26T03:00:00", "has no time zone"),
         ("lsn", "not-an-lsn", "not an LSN"),
+        (
+            "lsn",
+            "FFFFFFFF/FFFFFFFF",
+            "FFFFFFFF/FFFFFFFF is past the newest WAL held (archive, salvage folder, pg_wal); "
+            "recoverable window is 0/",
+        ),
+        (
+            "lsn",
+            "0/10",
+            "0/10 is before the consistent point of every usable base backup; "
+            "recoverable window is 0/",
+        ),
+        (
+            "restore_point",
+            "no_such_point_anywhere",
+            "'no_such_point_anywhere' is not in the WAL held",
+        ),
     ],
 )
 def test_bad_targets_are_refused_with_the_window(sandbox, target_type, target, message, capfd):
     before = _business_fingerprint()
-    dag_run = run_dag(
-        "dr_database_pitr",
-        {"environment": "drill", "cluster": "main", "target_type": target_type, "target": target},
-    )
+    started = postmaster_started()
+    dag_run = pitr({"target_type": target_type, "target": target})
     states = task_states(dag_run)
     assert states["guard"] == "failed" and states["prepare_data_directory"] == "upstream_failed"
-    assert message in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert message in out
+    assert "salvaged: WAL up to" not in out, "the guard switched the WAL before refusing"
     assert _business_fingerprint() == before
+    assert postmaster_started() == started
+
+
+def test_lsn_target_uses_the_base_backup_before_it(sandbox):
+    """Measured before: a newer base backup than the LSN was picked (by time), the server
+    died "requested recovery stop point is before consistent recovery point" and the gate
+    polled for ten minutes. The base backup is now chosen by its consistent point."""
+    probe = probe_table()
+    with primary() as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (1)").format(probe))
+        target = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (2)").format(probe))  # after the target
+    switch_wal()
+    environment = load_plan().environment("drill")
+    newer = take_base_backup(
+        endpoint("tracktion_pg_replication"),
+        local_path(environment.backups.base),
+        label_prefix="pitr-test-newer-than-target",
+    )
+    dag_run = pitr({"target_type": "lsn", "target": target})
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    used = task_result(dag_run, "guard")["base_backup"]
+    assert used["id"] != newer.name
+    with primary() as conn:
+        assert [
+            r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(probe))
+        ] == [1]
+    wait_for_replica_streaming()
+
+
+def test_restore_point_target(sandbox):
+    probe = probe_table()
+    name = f"before_{uuid.uuid4().hex[:8]}"
+    with primary() as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (1)").format(probe))
+        conn.execute("SELECT pg_create_restore_point(%s)", (name,))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (2)").format(probe))
+    switch_wal()
+    dag_run = pitr({"target_type": "restore_point", "target": name})
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    assert task_result(dag_run, "guard")["target"]["lsn"]  # resolved from the archived WAL
+    with primary() as conn:
+        assert [
+            r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(probe))
+        ] == [1]
+    wait_for_replica_streaming()
+
+
+def test_rows_only_the_standby_held_come_back(sandbox):
+    """Measured before: after a loss of the primary, 120 rows committed in the last 20 s
+    were "lost" although every one was on the streaming replica, and the recovery then
+    moved the replica aside. Now its WAL is salvaged first and replayed."""
+    layout = sandbox.layout
+    probe = probe_table()
+    with primary("postgres") as conn:  # the archiver stops archiving (segments pile up)
+        conn.execute("ALTER SYSTEM SET archive_command = ''")
+        conn.execute("SELECT pg_reload_conf()")
+    lost = layout.primary_data.with_name("primary.lost-in-standby-test")
+    try:
+        with primary() as conn:
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+            for i in range(1, 121):  # one commit each, across unarchived segments
+                conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (%s)").format(probe), (i,))
+                if i in (40, 80):
+                    conn.execute("SELECT pg_switch_wal()")
+            newest = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        assert not (layout.wal_archive / newest).exists()
+        deadline = time.monotonic() + 60
+        while True:  # every committed row has reached the standby
+            with replica() as conn:
+                try:
+                    on_standby = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(probe)
+                    ).fetchone()[0]
+                except psycopg.errors.UndefinedTable:
+                    on_standby = 0
+            if on_standby == 120:
+                break
+            assert time.monotonic() < deadline, f"the standby has {on_standby} of 120 rows"
+            time.sleep(0.5)
+        run(
+            as_os_user(
+                [
+                    "/usr/lib/postgresql/15/bin/pg_ctl",
+                    "-D",
+                    str(layout.primary_data),
+                    "stop",
+                    "-m",
+                    "immediate",
+                ],
+                "postgres",
+            ),
+            what="kill the primary",
+        )
+        layout.primary_data.rename(lost)  # the disk is gone, with the unarchived WAL
+        dag_run = pitr(
+            {"target_type": "latest", "incident_started_at": datetime.now(UTC).isoformat()}
+        )
+        states = task_states(dag_run)
+        assert states["verdict"] == "success", states
+        assert (salvage_dir_for(layout.wal_archive) / newest).exists()
+        with primary() as conn:
+            assert (
+                conn.execute(sql.SQL("SELECT count(*) FROM {}").format(probe)).fetchone()[0] == 120
+            )
+        wait_for_replica_streaming()
+    finally:
+        if not lost.exists():  # failed before the loss: give the primary its archiver back
+            with primary("postgres") as conn:
+                conn.execute("ALTER SYSTEM RESET archive_command")
+                conn.execute("SELECT pg_reload_conf()")
+        shutil.rmtree(lost, ignore_errors=True)
 
 
 def test_missing_wal_segment_is_refused_naming_it(sandbox, capfd):
     archive = sandbox.layout.wal_archive
     for _ in range(3):  # make sure segments exist after the newest base backup's start
         switch_wal()
+    _checkpoint_everywhere()
     newest = Catalog(load_plan().environment("drill").backups).base_backups()[0]
     start = Segment.from_lsn(newest.start_lsn).number
     segments = list_segments(archive)
-    needed = [n for n in sorted(segments) if start < n < max(segments)]
-    victim = segments[needed[len(needed) // 2]]  # a segment every usable base backup needs
+    # A segment every usable base backup needs that nobody else holds either: the guard
+    # counts the WAL still in the primary's and the standby's pg_wal and the salvage folder.
+    held = _held_elsewhere(sandbox.layout)
+    needed = [n for n in sorted(segments) if start < n < max(segments) and n not in held]
+    assert needed, "no archived segment that only the archive holds"
+    victim = segments[needed[len(needed) // 2]]
     hidden = victim.with_name(f".{victim.name}.hidden-by-test")
     victim.rename(hidden)
     try:
-        dag_run = run_dag(
-            "dr_database_pitr", {"environment": "drill", "cluster": "main", "target_type": "latest"}
-        )
+        dag_run = pitr({"target_type": "latest"})
         assert task_states(dag_run)["guard"] == "failed"
         assert f"missing {victim.name}" in capfd.readouterr().out
     finally:
         hidden.rename(victim)
+
+
+def _checkpoint_everywhere() -> None:
+    """Checkpoint the primary and then the standby (a restartpoint), so WAL the archive
+    already has leaves their pg_wal."""
+    with primary("postgres") as conn:
+        conn.execute("CHECKPOINT")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    deadline = time.monotonic() + 30
+    with replica("postgres") as conn:
+        while conn.execute("SELECT pg_last_wal_replay_lsn() < %s", (lsn,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the standby does not replay"
+            time.sleep(0.3)
+        conn.execute("CHECKPOINT")
+
+
+def _held_elsewhere(layout) -> set[int]:
+    held = set()
+    for folder in (
+        layout.primary_data / "pg_wal",
+        layout.replica_data / "pg_wal",
+        salvage_dir_for(layout.wal_archive),
+    ):
+        for path in folder.iterdir() if folder.is_dir() else []:
+            try:
+                segment = Segment.parse(path.name)
+            except ValueError:
+                continue
+            if segment_header_matches(path, segment.number):
+                held.add(segment.number)
+    return held
 
 
 def test_production_needs_the_typed_confirmation(sandbox, capfd):

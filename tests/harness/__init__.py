@@ -1,0 +1,1 @@
+"""Reusable test harnesses (not shipped: the library never imports tests)."""
