@@ -81,25 +81,40 @@ def bare_restore(
 def bare_pitr(
     layout: SandboxLayout, base: Path, controller: SupervisordController, admin: Endpoint
 ) -> float:
+    """The same recovery to latest by hand: standby mode, wait until replay has passed the
+    last record the archive holds, promote."""
+    from tracktion_dr.postgres.salvage import WalHoldings
+    from tracktion_dr.postgres.wal import lsn_to_int
+
     paths = pitr.ClusterPaths(layout.primary_data)
     tag = f"bench_{int(time.time())}"
+    target = pitr.RecoveryTarget("latest")
     started = time.monotonic()
     for service in reversed(SERVICES):
         controller.stop(service)
     pitr.stop_server(paths)
-    pitr.move_aside(layout.primary_data, tag)
-    pitr.lay_down_base_backup(base, layout.primary_data, "postgres")
-    pitr.write_recovery_settings(
+    layout.primary_data.rename(pitr.aside_path(layout.primary_data, tag))
+    pitr.lay_down_base_backup(
+        base,
         layout.primary_data,
-        pitr.restore_command_for(layout.wal_archive),
-        pitr.RecoveryTarget("latest"),
-        port=None,
+        "postgres",
+        tag,
+        lambda staging: pitr.write_recovery_settings(
+            staging, pitr.restore_command_for(layout.wal_archive), target
+        ),
     )
     pitr.start_server(paths, layout.pg_root / f"recovery_{tag}.log")
-    while not pitr.replay_progress(
-        admin.conninfo("postgres"), pitr.RecoveryTarget("latest")
-    ).promoted:
+    end = WalHoldings.restorable_only(layout.wal_archive, BINDIR).end(commit_lookback=0)
+    while True:
+        state = pitr.recovery_state(admin.conninfo("postgres"))
+        if (
+            not isinstance(state, str)
+            and state.replay_lsn
+            and lsn_to_int(state.replay_lsn) > (end.last_record_lsn or 0)
+        ):
+            break
         time.sleep(0.2)
+    pitr.promote_server(admin.conninfo("postgres"))
     for service in SERVICES:
         controller.start(service)
     wait_healthy(layout)

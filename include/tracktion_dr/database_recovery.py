@@ -31,7 +31,13 @@ from tracktion_dr.postgres.recovery_marker import (
     recovery_pending,
     write_marker,
 )
-from tracktion_dr.postgres.salvage import WalHoldings, WalSource, salvage_dir_for, salvage_wal
+from tracktion_dr.postgres.salvage import (
+    WalHoldings,
+    WalSource,
+    archive_salvaged_history,
+    salvage_dir_for,
+    salvage_wal,
+)
 from tracktion_dr.postgres.wal import lsn_to_int
 from tracktion_dr.services.base import ServiceController
 
@@ -643,16 +649,26 @@ def validate_recovered(admin: Endpoint, databases: list[str], bindir: Path) -> l
 
 def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoint) -> str:
     """``pg_promote(wait => true)``, then the recovery settings out of
-    ``postgresql.auto.conf``, then the marker notes the promotion. Idempotent."""
+    ``postgresql.auto.conf``, the marker notes the promotion, and the salvaged segments the
+    new timeline's history runs through are copied into the archive. Idempotent."""
     data = Path(cluster.data_directory)
     if own_recovery(data, pitr_plan["incident_id"]) is None:
         raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
     promoted_now, timeline = pitr.promote_server(admin.conninfo("postgres"))
     cleared = pitr.clear_recovery_settings(data)
     mark_promoted(data, timeline, cluster.os_user)
+    archived = archive_salvaged_history(
+        data, Path(pitr_plan["wal_archive"]), os_user=cluster.os_user, bindir=Path(cluster.bin_dir)
+    )
     return (
         f"{'promoted' if promoted_now else 'already promoted'}; now on timeline {timeline}; "
         f"recovery settings {'removed' if cleared else 'already removed'}"
+        + (
+            f"; {len(archived)} salvaged WAL file(s) the new timeline's history runs through "
+            "copied into the archive"
+            if archived
+            else ""
+        )
     )
 
 

@@ -22,7 +22,13 @@ from tracktion_dr.postgres.recovery_marker import (
     recovery_pending,
     write_marker,
 )
-from tracktion_dr.postgres.salvage import WalHoldings, WalSource, salvage_dir_for, salvage_wal
+from tracktion_dr.postgres.salvage import (
+    WalHoldings,
+    WalSource,
+    archive_salvaged_history,
+    salvage_dir_for,
+    salvage_wal,
+)
 from tracktion_dr.postgres.wal import (
     RECORD,
     SEGMENT_BYTES,
@@ -223,6 +229,30 @@ def test_salvage_copies_only_what_the_archive_lacks(tmp_path):
     again = salvage_wal([("old primary", old_primary)], archive, os_user=OS_USER)
     assert again.copied == [] and again.improved == []
     assert (old_primary / "pg_wal" / "000000010000000000000002").exists()  # copied, not moved
+
+
+def test_after_promotion_the_archive_gets_the_salvaged_wal_the_new_history_runs_through(
+    tmp_path,
+):
+    archive, data = tmp_path / "wal_archive", tmp_path / "primary"
+    salvage = salvage_dir_for(archive)
+    for number in (1, 2):
+        write_segment(archive, number, 1)
+    for number in (3, 4, 5):  # only the standby had them; 5 holds the switch point
+        write_segment(salvage, number, 1)
+    (data / "pg_wal").mkdir(parents=True)
+    (data / "pg_wal" / "00000002.history").write_text("1\t0/5000100\tno recovery target\n")
+    write_segment(data / "pg_wal", 5, 2)
+    archived = archive_salvaged_history(data, archive, os_user=OS_USER)
+    assert archived == ["000000010000000000000003", "000000010000000000000004"]
+    assert (
+        WalHoldings(
+            [WalSource("archive", archive, restorable=True), WalSource.pg_wal("p", data)]
+        ).missing(1)
+        == []
+    )
+    assert not (archive / "000000010000000000000005").exists()  # PostgreSQL archives TL 2's
+    assert archive_salvaged_history(data, archive, os_user=OS_USER) == []
 
 
 # --- the recovery marker ------------------------------------------------------------------

@@ -464,9 +464,22 @@ class Catalog:
         one of that name, and every occurrence of the name. Refused when there is none."""
         from dataclasses import replace
 
-        start = min(_segment(e.start_lsn) for e in usable)
-        files = holdings.files_from(start)
-        points = wal.restore_points(files, self.bindir)
+        # Newest base backup's range first: that is where the newest occurrence (and the
+        # base backup for it) usually is; older ranges only when it is not there.
+        starts = sorted({_segment(e.start_lsn) for e in usable}, reverse=True)
+        files = holdings.files_from(starts[-1])
+        points: list[wal.RestorePoint] = []
+        scanned_below: int | None = None
+        for start in starts:
+            chunk = [
+                (n, f)
+                for n, f in files
+                if n >= start and (scanned_below is None or n < scanned_below)
+            ]
+            points = wal.restore_points(chunk, self.bindir) + points
+            scanned_below = start
+            if any(p.name == target.value for p in points):
+                break
         matching = [p for p in points if p.name == target.value]
         if not matching:
             names = sorted({p.name for p in points})

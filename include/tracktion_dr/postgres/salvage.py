@@ -369,3 +369,51 @@ def _copy_into(source: Path, destination: Path, os_user: str) -> None:
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, destination)
+
+
+def archive_salvaged_history(
+    data_directory: Path,
+    archive: Path,
+    *,
+    os_user: str,
+    bindir: Path = DEFAULT_BINDIR,
+) -> list[str]:
+    """After promotion: copy into the archive the salvaged segments the new timeline's
+    history runs through, so the archive alone is continuous again (the WAL watch, the
+    retention, the offsite copy and the next recovery read only the archive).
+
+    Only segments strictly before a timeline switch point: replay read past them into the
+    next segment, so they are complete - what the archiver would have stored had it been
+    alive. The segment holding a switch point is archived by PostgreSQL itself, on the new
+    timeline. Never overwrites: a name the archive has is left alone. Idempotent."""
+    salvage = salvage_dir_for(archive)
+    holdings = WalHoldings(
+        [
+            WalSource("archive", archive, restorable=True),
+            WalSource("salvage", salvage, restorable=True),
+            WalSource.pg_wal("recovered primary pg_wal", data_directory),
+        ],
+        bindir,
+    )
+    chain = holdings.chain()
+    archived: list[str] = []
+    for number, copies in sorted(holdings.path_segments().items()):
+        timeline = wal.timeline_of_segment(chain, number)
+        if timeline == chain[-1][0] or any(c.source == "archive" for c in copies):
+            continue
+        salvaged = [c for c in copies if c.source == "salvage"]
+        if salvaged:
+            _copy_into(salvaged[0].path, archive / salvaged[0].name, os_user)
+            archived.append(salvaged[0].name)
+    for timeline, _ in chain[:-1]:
+        name = _HISTORY_NAME.format(timeline)
+        if timeline > 1 and not (archive / name).exists() and (salvage / name).exists():
+            _copy_into(salvage / name, archive / name, os_user)
+            archived.append(name)
+    if archived:
+        log.info(
+            "archived %d salvaged WAL file(s) the recovered timeline's history runs through: %s",
+            len(archived),
+            _span(archived),
+        )
+    return archived
