@@ -381,7 +381,7 @@ def guard_pitr(
             )
         occurrences: list[Any] = []
         if target.type == "restore_point":
-            target, occurrences = catalog.resolve_restore_point(target, usable, holdings)
+            target, occurrences = catalog.resolve_restore_point(target, usable, holdings, window)
         pitr.check_in_window(target, window)
         base_entry = catalog.base_backup_for_target(target, usable, holdings)
         if target.type == "restore_point":

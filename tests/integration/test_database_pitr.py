@@ -216,6 +216,7 @@ def test_primary_killed_and_data_directory_lost(sandbox):
             "no_such_point_anywhere",
             "'no_such_point_anywhere' is not in the WAL held",
         ),
+        ("restore_point", "no_such_point_anywhere", "; recoverable window is 0/"),
     ],
 )
 def test_bad_targets_are_refused_with_the_window(sandbox, target_type, target, message, capfd):

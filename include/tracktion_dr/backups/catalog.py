@@ -457,7 +457,11 @@ class Catalog:
         )
 
     def resolve_restore_point(
-        self, target: RecoveryTarget, usable: list[BackupEntry], holdings: WalHoldings
+        self,
+        target: RecoveryTarget,
+        usable: list[BackupEntry],
+        holdings: WalHoldings,
+        window: RecoverableWindow | None = None,
     ) -> tuple[RecoveryTarget, list[wal.RestorePoint]]:
         """The restore point's LSN and timeline, read from the WAL held (pg_waldump's
         RESTORE_POINT records) from the oldest usable base backup's start on: the newest
@@ -492,7 +496,8 @@ class Catalog:
                     f"restore points there: {', '.join(names[-10:])}"
                     if names
                     else "there is no restore point in it"
-                ),
+                )
+                + (f"; {window.lsn_text()}" if window else ""),
                 hint="restore points are made with SELECT pg_catalog.pg_create_restore_point('name'); "
                 "use a time or LSN target otherwise",
             )
