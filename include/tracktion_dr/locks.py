@@ -3,16 +3,23 @@
 A lock row per resource (``database:tracktion``, ``cluster:main``) names the incident and
 run holding it. A second run is refused with that name instead of racing the first; the
 holder re-acquiring (a cleared, re-run guard) is fine. Released by the run's record task.
+
+A new run of the *same incident and DAG* takes the locks over (with a log line): it is the
+re-run that resumes a run whose worker died before its record task released them. (Interim
+rule until locks become leases tied to a live run.)
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from tracktion_dr.errors import TargetBusy
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS dr;
@@ -40,13 +47,27 @@ def acquire(
             holder: dict[str, Any] = conn.execute(
                 "SELECT * FROM dr.locks WHERE resource = %s", (resource,)
             ).fetchone()  # type: ignore[assignment]
-            if (holder["dag_id"], holder["run_id"]) != (dag_id, run_id):
-                conn.rollback()
-                raise TargetBusy(
-                    f"{resource} is being recovered by {holder['incident_id']} "
-                    f"({holder['dag_id']} run {holder['run_id']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S %Z}); "
-                    "wait for it to finish, or release it with the README's unlock command if that run is dead"
+            if (holder["dag_id"], holder["run_id"]) == (dag_id, run_id):
+                continue
+            if (holder["incident_id"], holder["dag_id"]) == (incident_id, dag_id):
+                conn.execute(
+                    "UPDATE dr.locks SET run_id = %s, acquired_at = pg_catalog.now()"
+                    " WHERE resource = %s",
+                    (run_id, resource),
                 )
+                log.info(
+                    "took over %s from run %s of the same incident %s (a re-run resumes it)",
+                    resource,
+                    holder["run_id"],
+                    incident_id,
+                )
+                continue
+            conn.rollback()
+            raise TargetBusy(
+                f"{resource} is being recovered by {holder['incident_id']} "
+                f"({holder['dag_id']} run {holder['run_id']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S %Z}); "
+                "wait for it to finish, or release it with the README's unlock command if that run is dead"
+            )
         conn.commit()
 
 
