@@ -257,21 +257,25 @@ def dr_database_restore():
 
         return functional_checks(PLAN.environment(run["environment"]), run["services"])
 
-    @task
-    def measure_data_loss(run: dict) -> dict:
+    @task(trigger_rule="all_done")
+    def measure_data_loss(**context) -> dict:
+        """Runs whenever the run got that far, even if a gate failed: once the swap has
+        happened, what it set aside is reported whatever else went wrong."""
         from tracktion_dr.database_recovery import measure_restore_loss
 
         started = now_iso()
-        if run["dry_run"]:
+        run = context["ti"].xcom_pull(task_ids="guard")
+        if run is None or run["dry_run"]:
+            why = "dry run" if run else "the guard refused: nothing was done"
             return {
-                "event": step_event("measure_data_loss", started, "skipped", "dry run"),
+                "event": step_event("measure_data_loss", started, "skipped", why),
                 "data_loss": None,
                 "set_aside": None,
             }
         admin, _ = admin_for(run)
         measured = measure_restore_loss(admin, run)
         return {
-            "event": step_event("measure_data_loss", started, detail=measured["detail"]),
+            "event": event_of("measure_data_loss", started, measured),
             "data_loss": measured["data_loss"],
             "set_aside": measured["set_aside"],
         }
@@ -346,7 +350,7 @@ def dr_database_restore():
     swapped >> gate_database
     [swapped, started] >> gate_services
     [gate_database, gate_services] >> gate_functional
-    loss = measure_data_loss(run)
+    loss = measure_data_loss()
     gate_functional >> loss
     timeline = record()
     loss >> timeline

@@ -434,6 +434,14 @@ def measure_restore_loss(admin: Endpoint, run: dict[str, Any]) -> dict[str, Any]
     from tracktion_dr.postgres.measure import DataLoss, canary_data_loss
 
     state = _state(admin, run)
+    if state.phase is not restore.Phase.SWAPPED:
+        return _outcome(
+            f"nothing was swapped in ({state.describe()}): the live database is the one the "
+            "incident left, nothing was set aside",
+            "skipped",
+            data_loss=None,
+            set_aside=None,
+        )
     database = run["database_name"]
     incident_at = datetime.fromisoformat(run["started_at"])
     loss = canary_data_loss(
@@ -444,7 +452,7 @@ def measure_restore_loss(admin: Endpoint, run: dict[str, Any]) -> dict[str, Any]
     )
     marker = state.marker
     set_aside: restore.SetAside | None = None
-    if state.phase is restore.Phase.SWAPPED and state.aside and marker and marker.baseline:
+    if state.aside and marker and marker.baseline:
         set_aside = restore.measure_set_aside(admin, state.aside.name, marker.baseline)
         if set_aside.rows == 0:
             loss = DataLoss(
@@ -455,10 +463,10 @@ def measure_restore_loss(admin: Endpoint, run: dict[str, Any]) -> dict[str, Any]
             )
     if set_aside is not None:
         where = set_aside.describe()
-    elif state.phase is restore.Phase.SWAPPED and state.aside is None:
+    elif state.aside is None:
         where = f"no live database was set aside ({database} did not exist before the swap)"
     else:
-        where = f"rows set aside not measured ({state.describe()})"
+        where = f"rows kept in {state.aside.name} not measured: its marker has no baseline"
     data_loss = {
         **loss.as_dict(),
         "dump_newest_write": (marker.baseline.get("canary_newest") if marker else None),
@@ -466,11 +474,11 @@ def measure_restore_loss(admin: Endpoint, run: dict[str, Any]) -> dict[str, Any]
         "tables_set_aside": len(set_aside.tables) if set_aside else None,
         "kept_as": set_aside.kept_as if set_aside else None,
     }
-    return {
-        "detail": f"{loss.describe()}; {where}",
-        "data_loss": data_loss,
-        "set_aside": set_aside.as_dict() if set_aside else None,
-    }
+    return _outcome(
+        f"{loss.describe()}; {where}",
+        data_loss=data_loss,
+        set_aside=set_aside.as_dict() if set_aside else None,
+    )
 
 
 # --- point-in-time recovery ---------------------------------------------------------------

@@ -128,6 +128,17 @@ def during_pg_restore(run: KillableRun, incident: Incident, ctx: dict) -> object
     )
 
 
+def during_validation(run: KillableRun, incident: Incident, ctx: dict) -> object:
+    return run.wait_until(
+        lambda: (
+            child_task_states(incident.incident_id).get("validate_restored") == "running"
+            and backends(incident.scratch)
+        ),
+        what=f"validation is reading {incident.scratch}",
+        interval=0.02,
+    )
+
+
 def between_the_renames(run: KillableRun, incident: Incident, ctx: dict) -> object:
     """Hold the lock the second rename needs (a COMMENT on the validated copy, in an open
     transaction of a session on another database: the swap ends sessions on the copy
@@ -180,6 +191,7 @@ MOMENTS = [
     Moment("after the guard", after_the_guard, {Phase.NOT_STARTED}),
     Moment("during pg_restore", during_pg_restore, {Phase.INCOMPLETE}),
     Moment("during pg_restore, in place", during_pg_restore, {Phase.INCOMPLETE}, "in_place"),
+    Moment("during validation", during_validation, {Phase.RESTORED}),
     Moment("between the two renames", between_the_renames, {Phase.VALIDATED}),
     Moment("right after the swap", right_after_the_swap, {Phase.SWAPPED}),
     Moment("during service start", during_service_start, {Phase.SWAPPED}),
@@ -303,6 +315,10 @@ def _then_one_kept_copy_holds_the_later_rows(incident: Incident, dag_run) -> Non
 def _then_nothing_was_done_twice(incident: Incident, dag_run, phase_after_kill: Phase) -> None:
     restored = task_result(dag_run, "restore_beside")
     stopped = task_result(dag_run, "stop_services")
+    if phase_after_kill is Phase.RESTORED:
+        # Complete but not validated: validated now, not restored again.
+        assert restored["event"]["status"] == "skipped", restored
+        assert task_result(dag_run, "validate_restored")["event"]["status"] == "succeeded"
     if phase_after_kill is Phase.INCOMPLETE:
         # The half-restored copy was dropped, and the run says so.
         assert restored["dropped"] and incident.scratch in restored["dropped"], restored
