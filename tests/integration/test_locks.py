@@ -32,7 +32,7 @@ def test_same_incident_rerun_takes_over_another_incident_is_refused(sandbox):
         locks.acquire(ledger_db, resources, incident_id="DR-1", dag_id=dag, run_id="rerun")
         assert holder("database:locktest") == ("DR-1", "rerun")
         # Another incident, or the same incident through another DAG, waits its turn.
-        with pytest.raises(TargetBusy, match="database:locktest is being recovered by DR-1"):
+        with pytest.raises(TargetBusy, match="locktest is being recovered by DR-1"):
             locks.acquire(ledger_db, resources, incident_id="DR-2", dag_id=dag, run_id="x")
         with pytest.raises(TargetBusy):
             locks.acquire(
