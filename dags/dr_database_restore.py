@@ -37,7 +37,9 @@ from tracktion_dr.dag_kit import (
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
+    release_exclusivity,
     step_event,
+    take_exclusivity,
 )
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
@@ -103,9 +105,7 @@ DATABASES = sorted({name for env in PLAN.environments.values() for name in env.d
 def dr_database_restore():
     @task
     def guard(**context) -> dict:
-        from tracktion_dr import ledger, locks
         from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.dag_support import conninfo
         from tracktion_dr.database_recovery import guard_restore
 
         incident = open_incident(context, PLAN)
@@ -116,16 +116,20 @@ def dr_database_restore():
             " (DRY RUN)" if incident["dry_run"] else "",
             "\n".join(f"  {i}. {a}" for i, a in enumerate(restore_plan["actions"], 1)),
         )
+        exclusivity: dict = {}
         if not incident["dry_run"]:
             with refusing_bad_input():
-                locks.acquire(
-                    conninfo(ledger.LEDGER_CONN_ID),
+                exclusivity = take_exclusivity(
+                    context,
+                    incident,
                     [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"],
-                    incident_id=incident["incident_id"],
-                    dag_id=context["ti"].dag_id,
-                    run_id=context["ti"].run_id,
                 )
-        return {**incident, **restore_plan, "rto_seconds": restore_plan["rto_seconds"]}
+        return {
+            **incident,
+            **restore_plan,
+            "rto_seconds": restore_plan["rto_seconds"],
+            **exclusivity,
+        }
 
     @task
     def stop_services(run: dict) -> dict:
@@ -268,8 +272,6 @@ def dr_database_restore():
 
     @task(trigger_rule="all_done", retries=0)
     def record(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
@@ -289,11 +291,7 @@ def dr_database_restore():
                 "data_loss": loss,
             },
         )
-        locks.release(
-            conninfo(ledger.LEDGER_CONN_ID),
-            dag_id=context["ti"].dag_id,
-            run_id=context["ti"].run_id,
-        )
+        release_exclusivity(context)
         return timeline
 
     @task(retries=0)

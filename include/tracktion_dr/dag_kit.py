@@ -199,14 +199,20 @@ def record_timeline(
         backup_used=backup_used,
         details={**(details or {}), "failed_tasks": failed},
     )
+    spool_file = None
     try:
-        ledger_id = ledger.record_run(conninfo(ledger.LEDGER_CONN_ID), timeline)
-        log.info("recorded in the ledger as run %s", ledger_id)
+        ledger_id, spool_file = ledger.record_or_spool(conninfo(ledger.LEDGER_CONN_ID), timeline)
+        if ledger_id is not None:
+            log.info("recorded in the ledger as run %s", ledger_id)
     except Exception as exc:  # the run's evidence still goes to the log and XCom
         ledger_id = None
         log.error("could not write the ledger: %s", exc)
     log.info("\n%s", timeline.render())
-    return {**timeline.as_dict(), "ledger_id": ledger_id}
+    return {
+        **timeline.as_dict(),
+        "ledger_id": ledger_id,
+        "spooled": str(spool_file) if spool_file else None,
+    }
 
 
 def raise_for_outcome(timeline: dict[str, Any]) -> None:
@@ -251,6 +257,10 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
             known_environments=sorted(plan.environments),
             plan_name=plan.name,
         )
+    if not incident.dry_run:
+        incident = _incident_clock(
+            incident, explicit=bool(context["params"].get("incident_started_at"))
+        )
     log.info(
         "incident %s, environment %s, clock started %s%s",
         incident.incident_id,
@@ -259,6 +269,106 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
         " (DRY RUN: nothing will be touched)" if incident.dry_run else "",
     )
     return incident.as_dict()
+
+
+def _incident_clock(incident: Any, *, explicit: bool) -> Any:
+    """Register the incident's clock in the ledger; a re-run of the incident without an
+    explicit ``incident_started_at`` keeps the clock its first run started."""
+    from dataclasses import replace
+
+    from tracktion_dr import ledger
+    from tracktion_dr.dag_support import conninfo
+
+    proposed = parse_time(incident.started_at)
+    stored = ledger.incident_clock(conninfo(ledger.LEDGER_CONN_ID), incident.incident_id, proposed)
+    if explicit or stored == proposed:
+        return incident
+    log.info(
+        "incident %s is already open: keeping its clock, started %s (its first run)",
+        incident.incident_id,
+        stored.isoformat(),
+    )
+    return replace(incident, started_at=stored.isoformat())
+
+
+# DAGs that stop and replace a database or cluster. With the ledger down, a run of one of
+# them proceeds only while no other is running (see :func:`take_exclusivity`).
+DATABASE_DESTRUCTIVE_DAGS = ("dr_database_restore", "dr_database_pitr", "dr_failover")
+
+
+def _run_alive(context: Any) -> Callable[[str, str], bool | None]:
+    ti = context["ti"]
+
+    def alive(dag_id: str, run_id: str) -> bool | None:
+        try:
+            state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        except Exception:  # unknown to this Airflow: the lease decides
+            return None
+        return str(state) in ("queued", "running")
+
+    return alive
+
+
+def take_exclusivity(
+    context: Any, incident: dict[str, Any], resources: list[str]
+) -> dict[str, Any]:
+    """One destructive run per target. Normally a lease per resource in the ledger
+    (``locks``), taking over the locks of runs that are no longer running. When the
+    ledger's database does not answer, exclusivity comes from Airflow itself: this run
+    proceeds only if no other database-destructive DAG has a run queued or running (each
+    DAG runs one at a time, ``max_active_runs=1``; two such runs starting together both
+    see each other and both refuse - never two holders)."""
+    from tracktion_dr import ledger, locks
+    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.errors import TargetBusy
+
+    ti = context["ti"]
+    try:
+        taken_over = locks.acquire(
+            conninfo(ledger.LEDGER_CONN_ID),
+            resources,
+            incident_id=incident["incident_id"],
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            run_alive=_run_alive(context),
+        )
+        return {"exclusivity": "ledger", "resources": resources, "taken_over": taken_over}
+    except ledger.UNREACHABLE as exc:
+        log.warning(
+            "the ledger does not answer (%s): exclusivity from Airflow's run states instead "
+            "(no other run of %s may be active); the run's record is kept and written to the "
+            "ledger when it is back",
+            str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
+            ", ".join(DATABASE_DESTRUCTIVE_DAGS),
+        )
+    busy = {
+        dag_id: count
+        for dag_id in DATABASE_DESTRUCTIVE_DAGS
+        if (count := ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]))
+        > (1 if dag_id == ti.dag_id else 0)
+    }
+    if busy:
+        raise TargetBusy(
+            f"the ledger is down and other destructive runs are active: {busy}",
+            hint="wait for them to finish (with the ledger down, only one database-"
+            "destructive run at a time is allowed)",
+        )
+    return {"exclusivity": "airflow", "resources": resources, "taken_over": []}
+
+
+def release_exclusivity(context: Any) -> None:
+    """Release this run's ledger locks (nothing to do when the run fell back to Airflow)."""
+    from tracktion_dr import ledger, locks
+    from tracktion_dr.dag_support import conninfo
+
+    ti = context["ti"]
+    try:
+        locks.release(conninfo(ledger.LEDGER_CONN_ID), dag_id=ti.dag_id, run_id=ti.run_id)
+    except ledger.UNREACHABLE:
+        log.warning(
+            "the ledger does not answer: this run's locks (if any) are taken over "
+            "by the next run once Airflow shows this one finished"
+        )
 
 
 @contextmanager
@@ -338,6 +448,13 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
         log.info("the run was refused before anything was touched: no report")
         return {"paths": {}, "summary": "", "skipped": "refused before anything was touched"}
     ti = context["ti"]
+    if timeline.get("spooled"):
+        log.warning(
+            "the ledger was down: no report now; the record waits in %s and the report can "
+            "be built from the ledger once it is written",
+            timeline["spooled"],
+        )
+        return {"paths": {}, "summary": "", "skipped": "ledger unreachable"}
     report = reports.report_for_run(
         conninfo(ledger.LEDGER_CONN_ID),
         dag_id=ti.dag_id,

@@ -103,6 +103,13 @@ class Timeline:
             return None
         return self.data_loss_seconds <= self.rpo_target_seconds
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timeline:
+        """The inverse of :meth:`as_dict` (derived fields are recomputed, not read)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["events"] = [Event(**e) for e in data.get("events") or []]
+        return cls(**fields)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rto_achieved_seconds"] = self.rto_achieved_seconds

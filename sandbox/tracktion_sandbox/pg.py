@@ -742,6 +742,16 @@ def down(layout: SandboxLayout) -> None:
     log.info("all sandbox PostgreSQL clusters are stopped")
 
 
+def stop_cluster(layout: SandboxLayout, name: str) -> None:
+    """Stop one cluster (tests: e.g. the ops cluster, to show a recovery runs without its
+    ledger)."""
+    _stop(clusters(layout)[name], find_bindir())
+
+
+def start_cluster(layout: SandboxLayout, name: str) -> None:
+    _start(clusters(layout)[name], layout, find_bindir())
+
+
 def status(layout: SandboxLayout) -> dict[str, Any]:
     """Per cluster: data dir, port, initialised, running, pid, standby, accepting TCP."""
     try:
