@@ -296,13 +296,9 @@ def dr_database_restore():
 
     @task(retries=0)
     def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import outcome_message
-        from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.notify.runs import notify_outcome as send
 
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or not run["notify"] or timeline.get("refused"):
-            return {"sent": [], "failed": {}}
-        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
+        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
 
     @task(retries=0)
     def verdict(timeline: dict) -> None:

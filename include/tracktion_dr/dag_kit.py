@@ -49,10 +49,11 @@ def now_iso() -> str:
 
 
 def step_event(
-    name: str, started_at: str, status: str = "succeeded", detail: str = ""
+    name: str, started_at: str, status: str = "succeeded", detail: str = "", milestone: str = ""
 ) -> dict[str, Any]:
-    """The event a step task returns (under the key ``event``) when it finishes."""
-    return Event(name, "step", started_at, now_iso(), status, detail).__dict__.copy()  # type: ignore[arg-type]
+    """The event a step task returns (under the key ``event``) when it finishes;
+    ``milestone="redundancy"`` on the step that brings redundancy back (a standby)."""
+    return Event(name, "step", started_at, now_iso(), status, detail, milestone).__dict__.copy()  # type: ignore[arg-type]
 
 
 class RtoGate(BaseSensorOperator):
@@ -74,8 +75,9 @@ class RtoGate(BaseSensorOperator):
         plan: Plan,
         rto_seconds: float | None = None,
         minimum_wait_seconds: float = MINIMUM_GATE_SECONDS,
-        escalate_channels: tuple[str, ...] = ("slack", "pagerduty"),
-        poke_interval: float = 3,
+        milestone: str = "service",
+        escalate_channels: tuple[str, ...] | None = None,
+        poke_interval: float = 0.5,
         **kwargs: Any,
     ):
         kwargs.setdefault("retries", 0)  # a gate's budget is the RTO, not a retry count
@@ -88,6 +90,7 @@ class RtoGate(BaseSensorOperator):
         self.plan = plan
         self.escalate_channels = escalate_channels
         self.minimum_wait_seconds = minimum_wait_seconds
+        self.milestone = milestone
         self._waiting_since = ""
 
     def execute(self, context: Any) -> Any:
@@ -125,13 +128,20 @@ class RtoGate(BaseSensorOperator):
             return False
         log.info("gate %s: open (%s)", self.task_id, detail)
         event = Event(
-            self.task_id, "gate", self._waiting_since or now_iso(), now_iso(), "succeeded", detail
+            self.task_id,
+            "gate",
+            self._waiting_since or now_iso(),
+            now_iso(),
+            "succeeded",
+            detail,
+            self.milestone,
         )
         return PokeReturnValue(is_done=True, xcom_value={"event": event.__dict__})
 
     def _escalate(self, sentence: str) -> None:
         from tracktion_dr.notify.delivery import deliver
         from tracktion_dr.notify.messages import DrMessage
+        from tracktion_dr.notify.policy import RunEvent, channels_for
 
         incident_id = self.incident.get("incident_id")
         report = deliver(
@@ -144,7 +154,7 @@ class RtoGate(BaseSensorOperator):
                 incident_id=incident_id,
                 fields={"dag": self.dag_id, "gate": self.task_id},
             ),
-            channels=self.escalate_channels,
+            channels=self.escalate_channels or channels_for(self.plan, RunEvent.RTO_BREACHED),
         )
         log.error("%s (escalation sent to %s, failed: %s)", sentence, report.sent, report.failed)
 
@@ -220,30 +230,6 @@ def raise_for_outcome(timeline: dict[str, Any]) -> None:
     failed = timeline.get("details", {}).get("failed_tasks") or []
     if timeline.get("outcome") == "failed":
         raise AirflowFailException(f"recovery failed: {', '.join(failed) or 'see the timeline'}")
-
-
-def outcome_message(plan: Plan, timeline: dict[str, Any]) -> Any:
-    from tracktion_dr.notify.messages import DrMessage
-    from tracktion_dr.plan import format_duration
-
-    achieved = timeline.get("rto_achieved_seconds")
-    fields = {
-        "outcome": timeline["outcome"],
-        "RTO target": format_duration(timedelta(seconds=timeline["rto_target_seconds"])),
-        "RTO achieved": format_duration(timedelta(seconds=achieved))
-        if achieved is not None
-        else "not reached",
-    }
-    if timeline.get("data_loss_seconds") is not None:
-        fields["data lost"] = f"{timeline['data_loss_seconds']:.1f}s"
-    return DrMessage(
-        title=f"{timeline['dag_id']} {timeline['incident_id']}: {timeline['outcome'].upper()}",
-        text=f"environment {timeline['environment']}; failed tasks: "
-        f"{', '.join(timeline['details'].get('failed_tasks') or []) or 'none'}",
-        severity="info" if timeline["outcome"] != "failed" else "error",
-        incident_id=timeline["incident_id"],
-        fields=fields,
-    )
 
 
 def open_incident(context: Any, plan: Plan) -> dict[str, Any]:

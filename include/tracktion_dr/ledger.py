@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS dr.alerts (
     labels       jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX IF NOT EXISTS alerts_fingerprint ON dr.alerts (source, fingerprint);
+ALTER TABLE dr.runs ADD COLUMN IF NOT EXISTS redundancy_restored_seconds double precision;
+ALTER TABLE dr.events ADD COLUMN IF NOT EXISTS milestone text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS runs_incident ON dr.runs (incident_id);
 CREATE INDEX IF NOT EXISTS runs_recorded ON dr.runs (recorded_at);
 """
@@ -96,8 +98,8 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                 """
                 INSERT INTO dr.runs (dag_id, run_id, incident_id, environment, clock_started_at,
                     outcome, rto_target_seconds, rto_achieved_seconds, rpo_target_seconds,
-                    data_loss_seconds, backup_used, details)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    data_loss_seconds, backup_used, details, redundancy_restored_seconds)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (dag_id, run_id) DO UPDATE SET
                     incident_id = EXCLUDED.incident_id, environment = EXCLUDED.environment,
                     clock_started_at = EXCLUDED.clock_started_at, outcome = EXCLUDED.outcome,
@@ -106,6 +108,7 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                     rpo_target_seconds = EXCLUDED.rpo_target_seconds,
                     data_loss_seconds = EXCLUDED.data_loss_seconds,
                     backup_used = EXCLUDED.backup_used, details = EXCLUDED.details,
+                    redundancy_restored_seconds = EXCLUDED.redundancy_restored_seconds,
                     recorded_at = pg_catalog.now()
                 RETURNING id
                 """,
@@ -122,15 +125,26 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                     timeline.data_loss_seconds,
                     timeline.backup_used,
                     Jsonb(json.loads(json.dumps(timeline.details, default=str))),
+                    timeline.redundancy_restored_seconds,
                 ),
             ).fetchone()[0]  # type: ignore[index]
             conn.execute("DELETE FROM dr.events WHERE run = %s", (run_id,))
             with conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO dr.events (run, position, name, kind, started_at, finished_at,"
-                    " status, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    " status, detail, milestone) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [
-                        (run_id, i, e.name, e.kind, e.started_at, e.finished_at, e.status, e.detail)
+                        (
+                            run_id,
+                            i,
+                            e.name,
+                            e.kind,
+                            e.started_at,
+                            e.finished_at,
+                            e.status,
+                            e.detail,
+                            e.milestone,
+                        )
                         for i, e in enumerate(timeline.events)
                     ],
                 )

@@ -16,13 +16,12 @@ from tracktion_dr.backups import offsite, retention, snapshots, watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
 from tracktion_dr.errors import StepFailed
 from tracktion_dr.notify.messages import DrMessage
+from tracktion_dr.notify.policy import RunEvent, channels_for
 from tracktion_dr.plan import Environment, Plan
 from tracktion_dr.postgres import basebackups, dumps
 from tracktion_dr.postgres.commands import CommandError, Endpoint
 
 log = logging.getLogger(__name__)
-
-ALERT_CHANNELS = ["slack", "pagerduty"]
 
 
 class BackupJobFailed(StepFailed):
@@ -60,7 +59,7 @@ def alert(plan: Plan, title: str, text: str, *, fields: dict[str, str], notify: 
     message = DrMessage(
         title=title, text=text, severity="error", fields=fields, dedup_key=f"dr-backup:{title}"
     )
-    return deliver(plan, message, channels=ALERT_CHANNELS).as_dict()
+    return deliver(plan, message, channels=channels_for(plan, RunEvent.BACKUP_FAILED)).as_dict()
 
 
 def fail(plan: Plan, title: str, problems: list[str], *, env_name: str, notify: bool) -> None:
