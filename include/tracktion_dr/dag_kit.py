@@ -400,20 +400,64 @@ def publish_task(plan: Plan, timeline: Any) -> Any:
 
 def finish_run(plan: Plan, incident: Any, timeline: Any) -> None:
     """The tail of a scenario DAG, after its ``record`` task (``timeline``): the outcome
-    message (``notify_outcome``: when the run's ``notify`` is on), the report
-    (``publish``), then the ``verdict`` that fails the run when anything failed."""
+    message (``notify_outcome``: when the run's ``notify`` is on, by the one policy), the
+    report (``publish``), then the ``verdict`` that fails the run when anything failed.
+
+    The verdict also waits on the guard (``incident``): a refused guard leaves the verdict
+    *upstream_failed*, so the run fails with the guard's own message as its one failure."""
 
     @task(task_id="notify_outcome", trigger_rule="all_done", retries=0)
-    def notify_outcome(incident: dict[str, Any], timeline: dict[str, Any]) -> dict[str, Any]:
+    def notify_outcome(timeline: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tracktion_dr.notify.runs import notify_outcome as send
+        from tracktion_dr.steps import guard_result
 
-        return send(plan, incident, timeline)
+        return send(plan, guard_result(context), timeline)
 
     @task(task_id="verdict", retries=0)
     def verdict(timeline: dict[str, Any]) -> None:
         raise_for_outcome(timeline)
 
-    [notify_outcome(incident, timeline), publish_task(plan, timeline)] >> verdict(timeline)
+    judged = verdict(timeline)
+    [notify_outcome(timeline), publish_task(plan, timeline)] >> judged
+    incident >> judged
+
+
+def scenario_tail(
+    plan: Plan,
+    run: Any,
+    after: list[Any],
+    *,
+    record_fields: Callable[[dict[str, Any], Any], dict[str, Any]],
+    exclusive: bool = False,
+) -> Any:
+    """The one tail of every scenario DAG: ``record`` (whatever happened: the timeline
+    from every step's event and the tasks that failed, to the ledger or its spool; this
+    run's target locks released when ``exclusive``), then notify, publish and the verdict.
+
+    ``record_fields(run, context)`` returns the scenario's figures for the record:
+    ``rto_target_seconds`` (required), and any of ``rpo_target_seconds``,
+    ``data_loss_seconds``, ``backup_used``, ``details``. A refused guard records nothing
+    (nothing was touched) and its failure is the run's only one."""
+
+    @task(task_id="record", trigger_rule="all_done", retries=0)
+    def record(**context: Any) -> dict[str, Any]:
+        from tracktion_dr.steps import guard_result
+
+        incident = guard_result(context)
+        if incident is None:
+            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
+        try:
+            fields = record_fields(incident, context)
+            return record_timeline(context, incident=incident, **fields)
+        finally:
+            if exclusive and not incident.get("dry_run"):
+                release_exclusivity(context)
+
+    timeline = record()
+    for upstream in after:
+        upstream >> timeline
+    finish_run(plan, run, timeline)
+    return timeline
 
 
 def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[str, Any]:
