@@ -281,19 +281,6 @@ def test_restore_newest_dumps(plan: Plan, env_name: str) -> list[dict[str, Any]]
     return checks
 
 
-def record_checks(checks: list[dict[str, Any]], *, dag_id: str, run_id: str, env_name: str) -> int:
-    from tracktion_dr import ledger
-    from tracktion_dr.dag_support import conninfo
-
-    return ledger.record_backup_checks(
-        conninfo(ledger.LEDGER_CONN_ID),
-        dag_id=dag_id,
-        run_id=run_id,
-        environment=env_name,
-        checks=checks,
-    )
-
-
 # --------------------------------------------------------------------------- offsite
 
 
