@@ -46,7 +46,9 @@ from tracktion_dr.dag_kit import (
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
+    release_exclusivity,
     step_event,
+    take_exclusivity,
 )
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
@@ -108,8 +110,7 @@ def _cluster(run: dict):
 def dr_database_pitr():
     @task
     def guard(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo, endpoint
+        from tracktion_dr.dag_support import endpoint
         from tracktion_dr.database_recovery import (
             check_confirmation,
             cluster_target,
@@ -143,19 +144,18 @@ def dr_database_pitr():
             " (DRY RUN)" if incident["dry_run"] else "",
             "\n".join(f"  {i}. {a}" for i, a in enumerate(pitr_plan["actions"], 1)),
         )
+        exclusivity: dict = {}
         if not incident["dry_run"]:
             with refusing_bad_input():
-                locks.acquire(
-                    conninfo(ledger.LEDGER_CONN_ID),
+                exclusivity = take_exclusivity(
+                    context,
+                    incident,
                     [
                         f"cluster:{pitr_plan['cluster']}",
                         *(f"database:{d}" for d in pitr_plan["databases"]),
                     ],
-                    incident_id=incident["incident_id"],
-                    dag_id=context["ti"].dag_id,
-                    run_id=context["ti"].run_id,
                 )
-        return {**incident, **pitr_plan}
+        return {**incident, **pitr_plan, **exclusivity}
 
     @task
     def stop_services(run: dict) -> dict:
@@ -338,8 +338,6 @@ def dr_database_pitr():
 
     @task(trigger_rule="all_done", retries=0)
     def record(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
@@ -362,22 +360,14 @@ def dr_database_pitr():
                 "kept_data_directory": f"{run['data_directory']}.pre_{run['tag']}",
             },
         )
-        locks.release(
-            conninfo(ledger.LEDGER_CONN_ID),
-            dag_id=context["ti"].dag_id,
-            run_id=context["ti"].run_id,
-        )
+        release_exclusivity(context)
         return timeline
 
     @task(retries=0)
     def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import outcome_message
-        from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.notify.runs import notify_outcome as send
 
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or not run["notify"] or timeline.get("refused"):
-            return {"sent": [], "failed": {}}
-        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
+        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
 
     @task(retries=0)
     def verdict(timeline: dict) -> None:

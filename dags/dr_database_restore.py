@@ -53,7 +53,9 @@ from tracktion_dr.dag_kit import (
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
+    release_exclusivity,
     step_event,
+    take_exclusivity,
 )
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
 from tracktion_dr.plan import load_plan
@@ -119,9 +121,8 @@ DATABASES = sorted({name for env in PLAN.environments.values() for name in env.d
 def dr_database_restore():
     @task
     def guard(**context) -> dict:
-        from tracktion_dr import ledger, locks
         from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.dag_support import conninfo, endpoint
+        from tracktion_dr.dag_support import endpoint
         from tracktion_dr.database_recovery import guard_restore
 
         incident = open_incident(context, PLAN)
@@ -134,16 +135,20 @@ def dr_database_restore():
         )
         if restore_plan["resume"]:
             log.info("resuming incident %s: %s", incident["incident_id"], restore_plan["resume"])
+        exclusivity: dict = {}
         if not incident["dry_run"]:
             with refusing_bad_input():
-                locks.acquire(
-                    conninfo(ledger.LEDGER_CONN_ID),
+                exclusivity = take_exclusivity(
+                    context,
+                    incident,
                     [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"],
-                    incident_id=incident["incident_id"],
-                    dag_id=context["ti"].dag_id,
-                    run_id=context["ti"].run_id,
                 )
-        return {**incident, **restore_plan, "rto_seconds": restore_plan["rto_seconds"]}
+        return {
+            **incident,
+            **restore_plan,
+            "rto_seconds": restore_plan["rto_seconds"],
+            **exclusivity,
+        }
 
     def admin_for(run: dict):
         from tracktion_dr.dag_support import endpoint
@@ -282,8 +287,6 @@ def dr_database_restore():
 
     @task(trigger_rule="all_done", retries=0)
     def record(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
@@ -310,22 +313,14 @@ def dr_database_restore():
                 ).get("dropped"),
             },
         )
-        locks.release(
-            conninfo(ledger.LEDGER_CONN_ID),
-            dag_id=context["ti"].dag_id,
-            run_id=context["ti"].run_id,
-        )
+        release_exclusivity(context)
         return timeline
 
     @task(retries=0)
     def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import outcome_message
-        from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.notify.runs import notify_outcome as send
 
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or not run["notify"] or timeline.get("refused"):
-            return {"sent": [], "failed": {}}
-        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
+        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
 
     @task(retries=0)
     def verdict(timeline: dict) -> None:

@@ -49,10 +49,11 @@ def now_iso() -> str:
 
 
 def step_event(
-    name: str, started_at: str, status: str = "succeeded", detail: str = ""
+    name: str, started_at: str, status: str = "succeeded", detail: str = "", milestone: str = ""
 ) -> dict[str, Any]:
-    """The event a step task returns (under the key ``event``) when it finishes."""
-    return Event(name, "step", started_at, now_iso(), status, detail).__dict__.copy()  # type: ignore[arg-type]
+    """The event a step task returns (under the key ``event``) when it finishes;
+    ``milestone="redundancy"`` on the step that brings redundancy back (a standby)."""
+    return Event(name, "step", started_at, now_iso(), status, detail, milestone).__dict__.copy()  # type: ignore[arg-type]
 
 
 class RtoGate(BaseSensorOperator):
@@ -74,8 +75,9 @@ class RtoGate(BaseSensorOperator):
         plan: Plan,
         rto_seconds: float | None = None,
         minimum_wait_seconds: float = MINIMUM_GATE_SECONDS,
-        escalate_channels: tuple[str, ...] = ("slack", "pagerduty"),
-        poke_interval: float = 3,
+        milestone: str = "service",
+        escalate_channels: tuple[str, ...] | None = None,
+        poke_interval: float = 0.5,
         **kwargs: Any,
     ):
         kwargs.setdefault("retries", 0)  # a gate's budget is the RTO, not a retry count
@@ -88,6 +90,7 @@ class RtoGate(BaseSensorOperator):
         self.plan = plan
         self.escalate_channels = escalate_channels
         self.minimum_wait_seconds = minimum_wait_seconds
+        self.milestone = milestone
         self._waiting_since = ""
 
     def execute(self, context: Any) -> Any:
@@ -125,13 +128,20 @@ class RtoGate(BaseSensorOperator):
             return False
         log.info("gate %s: open (%s)", self.task_id, detail)
         event = Event(
-            self.task_id, "gate", self._waiting_since or now_iso(), now_iso(), "succeeded", detail
+            self.task_id,
+            "gate",
+            self._waiting_since or now_iso(),
+            now_iso(),
+            "succeeded",
+            detail,
+            self.milestone,
         )
         return PokeReturnValue(is_done=True, xcom_value={"event": event.__dict__})
 
     def _escalate(self, sentence: str) -> None:
         from tracktion_dr.notify.delivery import deliver
         from tracktion_dr.notify.messages import DrMessage
+        from tracktion_dr.notify.policy import RunEvent, channels_for
 
         incident_id = self.incident.get("incident_id")
         report = deliver(
@@ -144,7 +154,7 @@ class RtoGate(BaseSensorOperator):
                 incident_id=incident_id,
                 fields={"dag": self.dag_id, "gate": self.task_id},
             ),
-            channels=self.escalate_channels,
+            channels=self.escalate_channels or channels_for(self.plan, RunEvent.RTO_BREACHED),
         )
         log.error("%s (escalation sent to %s, failed: %s)", sentence, report.sent, report.failed)
 
@@ -199,14 +209,20 @@ def record_timeline(
         backup_used=backup_used,
         details={**(details or {}), "failed_tasks": failed},
     )
+    spool_file = None
     try:
-        ledger_id = ledger.record_run(conninfo(ledger.LEDGER_CONN_ID), timeline)
-        log.info("recorded in the ledger as run %s", ledger_id)
+        ledger_id, spool_file = ledger.record_or_spool(conninfo(ledger.LEDGER_CONN_ID), timeline)
+        if ledger_id is not None:
+            log.info("recorded in the ledger as run %s", ledger_id)
     except Exception as exc:  # the run's evidence still goes to the log and XCom
         ledger_id = None
         log.error("could not write the ledger: %s", exc)
     log.info("\n%s", timeline.render())
-    return {**timeline.as_dict(), "ledger_id": ledger_id}
+    return {
+        **timeline.as_dict(),
+        "ledger_id": ledger_id,
+        "spooled": str(spool_file) if spool_file else None,
+    }
 
 
 def raise_for_outcome(timeline: dict[str, Any]) -> None:
@@ -214,30 +230,6 @@ def raise_for_outcome(timeline: dict[str, Any]) -> None:
     failed = timeline.get("details", {}).get("failed_tasks") or []
     if timeline.get("outcome") == "failed":
         raise AirflowFailException(f"recovery failed: {', '.join(failed) or 'see the timeline'}")
-
-
-def outcome_message(plan: Plan, timeline: dict[str, Any]) -> Any:
-    from tracktion_dr.notify.messages import DrMessage
-    from tracktion_dr.plan import format_duration
-
-    achieved = timeline.get("rto_achieved_seconds")
-    fields = {
-        "outcome": timeline["outcome"],
-        "RTO target": format_duration(timedelta(seconds=timeline["rto_target_seconds"])),
-        "RTO achieved": format_duration(timedelta(seconds=achieved))
-        if achieved is not None
-        else "not reached",
-    }
-    if timeline.get("data_loss_seconds") is not None:
-        fields["data lost"] = f"{timeline['data_loss_seconds']:.1f}s"
-    return DrMessage(
-        title=f"{timeline['dag_id']} {timeline['incident_id']}: {timeline['outcome'].upper()}",
-        text=f"environment {timeline['environment']}; failed tasks: "
-        f"{', '.join(timeline['details'].get('failed_tasks') or []) or 'none'}",
-        severity="info" if timeline["outcome"] != "failed" else "error",
-        incident_id=timeline["incident_id"],
-        fields=fields,
-    )
 
 
 def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
@@ -251,6 +243,10 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
             known_environments=sorted(plan.environments),
             plan_name=plan.name,
         )
+    if not incident.dry_run:
+        incident = _incident_clock(
+            incident, explicit=bool(context["params"].get("incident_started_at"))
+        )
     log.info(
         "incident %s, environment %s, clock started %s%s",
         incident.incident_id,
@@ -259,6 +255,106 @@ def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
         " (DRY RUN: nothing will be touched)" if incident.dry_run else "",
     )
     return incident.as_dict()
+
+
+def _incident_clock(incident: Any, *, explicit: bool) -> Any:
+    """Register the incident's clock in the ledger; a re-run of the incident without an
+    explicit ``incident_started_at`` keeps the clock its first run started."""
+    from dataclasses import replace
+
+    from tracktion_dr import ledger
+    from tracktion_dr.dag_support import conninfo
+
+    proposed = parse_time(incident.started_at)
+    stored = ledger.incident_clock(conninfo(ledger.LEDGER_CONN_ID), incident.incident_id, proposed)
+    if explicit or stored == proposed:
+        return incident
+    log.info(
+        "incident %s is already open: keeping its clock, started %s (its first run)",
+        incident.incident_id,
+        stored.isoformat(),
+    )
+    return replace(incident, started_at=stored.isoformat())
+
+
+# DAGs that stop and replace a database or cluster. With the ledger down, a run of one of
+# them proceeds only while no other is running (see :func:`take_exclusivity`).
+DATABASE_DESTRUCTIVE_DAGS = ("dr_database_restore", "dr_database_pitr", "dr_failover")
+
+
+def _run_alive(context: Any) -> Callable[[str, str], bool | None]:
+    ti = context["ti"]
+
+    def alive(dag_id: str, run_id: str) -> bool | None:
+        try:
+            state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        except Exception:  # unknown to this Airflow: the lease decides
+            return None
+        return str(state) in ("queued", "running")
+
+    return alive
+
+
+def take_exclusivity(
+    context: Any, incident: dict[str, Any], resources: list[str]
+) -> dict[str, Any]:
+    """One destructive run per target. Normally a lease per resource in the ledger
+    (``locks``), taking over the locks of runs that are no longer running. When the
+    ledger's database does not answer, exclusivity comes from Airflow itself: this run
+    proceeds only if no other database-destructive DAG has a run queued or running (each
+    DAG runs one at a time, ``max_active_runs=1``; two such runs starting together both
+    see each other and both refuse - never two holders)."""
+    from tracktion_dr import ledger, locks
+    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.errors import TargetBusy
+
+    ti = context["ti"]
+    try:
+        taken_over = locks.acquire(
+            conninfo(ledger.LEDGER_CONN_ID),
+            resources,
+            incident_id=incident["incident_id"],
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            run_alive=_run_alive(context),
+        )
+        return {"exclusivity": "ledger", "resources": resources, "taken_over": taken_over}
+    except ledger.UNREACHABLE as exc:
+        log.warning(
+            "the ledger does not answer (%s): exclusivity from Airflow's run states instead "
+            "(no other run of %s may be active); the run's record is kept and written to the "
+            "ledger when it is back",
+            str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
+            ", ".join(DATABASE_DESTRUCTIVE_DAGS),
+        )
+    busy = {
+        dag_id: count
+        for dag_id in DATABASE_DESTRUCTIVE_DAGS
+        if (count := ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]))
+        > (1 if dag_id == ti.dag_id else 0)
+    }
+    if busy:
+        raise TargetBusy(
+            f"the ledger is down and other destructive runs are active: {busy}",
+            hint="wait for them to finish (with the ledger down, only one database-"
+            "destructive run at a time is allowed)",
+        )
+    return {"exclusivity": "airflow", "resources": resources, "taken_over": []}
+
+
+def release_exclusivity(context: Any) -> None:
+    """Release this run's ledger locks (nothing to do when the run fell back to Airflow)."""
+    from tracktion_dr import ledger, locks
+    from tracktion_dr.dag_support import conninfo
+
+    ti = context["ti"]
+    try:
+        locks.release(conninfo(ledger.LEDGER_CONN_ID), dag_id=ti.dag_id, run_id=ti.run_id)
+    except ledger.UNREACHABLE:
+        log.warning(
+            "the ledger does not answer: this run's locks (if any) are taken over "
+            "by the next run once Airflow shows this one finished"
+        )
 
 
 @contextmanager
@@ -304,20 +400,64 @@ def publish_task(plan: Plan, timeline: Any) -> Any:
 
 def finish_run(plan: Plan, incident: Any, timeline: Any) -> None:
     """The tail of a scenario DAG, after its ``record`` task (``timeline``): the outcome
-    message (``notify_outcome``: when the run's ``notify`` is on), the report
-    (``publish``), then the ``verdict`` that fails the run when anything failed."""
+    message (``notify_outcome``: when the run's ``notify`` is on, by the one policy), the
+    report (``publish``), then the ``verdict`` that fails the run when anything failed.
+
+    The verdict also waits on the guard (``incident``): a refused guard leaves the verdict
+    *upstream_failed*, so the run fails with the guard's own message as its one failure."""
 
     @task(task_id="notify_outcome", trigger_rule="all_done", retries=0)
-    def notify_outcome(incident: dict[str, Any], timeline: dict[str, Any]) -> dict[str, Any]:
+    def notify_outcome(timeline: dict[str, Any], **context: Any) -> dict[str, Any]:
         from tracktion_dr.notify.runs import notify_outcome as send
+        from tracktion_dr.steps import guard_result
 
-        return send(plan, incident, timeline)
+        return send(plan, guard_result(context), timeline)
 
     @task(task_id="verdict", retries=0)
     def verdict(timeline: dict[str, Any]) -> None:
         raise_for_outcome(timeline)
 
-    [notify_outcome(incident, timeline), publish_task(plan, timeline)] >> verdict(timeline)
+    judged = verdict(timeline)
+    [notify_outcome(timeline), publish_task(plan, timeline)] >> judged
+    incident >> judged
+
+
+def scenario_tail(
+    plan: Plan,
+    run: Any,
+    after: list[Any],
+    *,
+    record_fields: Callable[[dict[str, Any], Any], dict[str, Any]],
+    exclusive: bool = False,
+) -> Any:
+    """The one tail of every scenario DAG: ``record`` (whatever happened: the timeline
+    from every step's event and the tasks that failed, to the ledger or its spool; this
+    run's target locks released when ``exclusive``), then notify, publish and the verdict.
+
+    ``record_fields(run, context)`` returns the scenario's figures for the record:
+    ``rto_target_seconds`` (required), and any of ``rpo_target_seconds``,
+    ``data_loss_seconds``, ``backup_used``, ``details``. A refused guard records nothing
+    (nothing was touched) and its failure is the run's only one."""
+
+    @task(task_id="record", trigger_rule="all_done", retries=0)
+    def record(**context: Any) -> dict[str, Any]:
+        from tracktion_dr.steps import guard_result
+
+        incident = guard_result(context)
+        if incident is None:
+            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
+        try:
+            fields = record_fields(incident, context)
+            return record_timeline(context, incident=incident, **fields)
+        finally:
+            if exclusive and not incident.get("dry_run"):
+                release_exclusivity(context)
+
+    timeline = record()
+    for upstream in after:
+        upstream >> timeline
+    finish_run(plan, run, timeline)
+    return timeline
 
 
 def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[str, Any]:
@@ -338,6 +478,13 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
         log.info("the run was refused before anything was touched: no report")
         return {"paths": {}, "summary": "", "skipped": "refused before anything was touched"}
     ti = context["ti"]
+    if timeline.get("spooled"):
+        log.warning(
+            "the ledger was down: no report now; the record waits in %s and the report can "
+            "be built from the ledger once it is written",
+            timeline["spooled"],
+        )
+        return {"paths": {}, "summary": "", "skipped": "ledger unreachable"}
     report = reports.report_for_run(
         conninfo(ledger.LEDGER_CONN_ID),
         dag_id=ti.dag_id,

@@ -3,20 +3,34 @@
 The ledger lives on its own Airflow connection (in the sandbox: the ``ops`` cluster), never
 on a cluster a recovery touches, so the record of a restore survives the restore. Writes
 are idempotent per (dag_id, run_id): a cleared and re-run ``record`` task replaces its row.
+
+A recovery never waits for the ledger: when its database does not answer (a disaster that
+took the ops host too), the run's timeline is kept in a spool folder on the worker
+(:func:`record_or_spool`) and written by the next ledger access that succeeds
+(:func:`flush_spool`: every run's record step, and the ``dr_ledger_sync`` DAG).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tracktion_dr.timeline import Timeline
+from tracktion_dr.timeline import Timeline, parse_time
+
+log = logging.getLogger(__name__)
 
 LEDGER_CONN_ID = "dr_ledger"
+SPOOL_ENV = "DR_LEDGER_SPOOL"
+# Errors that mean "the ledger's database is not there", as opposed to a bug in a query.
+UNREACHABLE = (psycopg.OperationalError,)
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS dr;
@@ -63,6 +77,8 @@ CREATE TABLE IF NOT EXISTS dr.alerts (
     labels       jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX IF NOT EXISTS alerts_fingerprint ON dr.alerts (source, fingerprint);
+ALTER TABLE dr.runs ADD COLUMN IF NOT EXISTS redundancy_restored_seconds double precision;
+ALTER TABLE dr.events ADD COLUMN IF NOT EXISTS milestone text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS runs_incident ON dr.runs (incident_id);
 CREATE INDEX IF NOT EXISTS runs_recorded ON dr.runs (recorded_at);
 """
@@ -82,8 +98,8 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                 """
                 INSERT INTO dr.runs (dag_id, run_id, incident_id, environment, clock_started_at,
                     outcome, rto_target_seconds, rto_achieved_seconds, rpo_target_seconds,
-                    data_loss_seconds, backup_used, details)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    data_loss_seconds, backup_used, details, redundancy_restored_seconds)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (dag_id, run_id) DO UPDATE SET
                     incident_id = EXCLUDED.incident_id, environment = EXCLUDED.environment,
                     clock_started_at = EXCLUDED.clock_started_at, outcome = EXCLUDED.outcome,
@@ -92,6 +108,7 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                     rpo_target_seconds = EXCLUDED.rpo_target_seconds,
                     data_loss_seconds = EXCLUDED.data_loss_seconds,
                     backup_used = EXCLUDED.backup_used, details = EXCLUDED.details,
+                    redundancy_restored_seconds = EXCLUDED.redundancy_restored_seconds,
                     recorded_at = pg_catalog.now()
                 RETURNING id
                 """,
@@ -108,15 +125,26 @@ def record_run(conninfo: str, timeline: Timeline) -> int:
                     timeline.data_loss_seconds,
                     timeline.backup_used,
                     Jsonb(json.loads(json.dumps(timeline.details, default=str))),
+                    timeline.redundancy_restored_seconds,
                 ),
             ).fetchone()[0]  # type: ignore[index]
             conn.execute("DELETE FROM dr.events WHERE run = %s", (run_id,))
             with conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO dr.events (run, position, name, kind, started_at, finished_at,"
-                    " status, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    " status, detail, milestone) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [
-                        (run_id, i, e.name, e.kind, e.started_at, e.finished_at, e.status, e.detail)
+                        (
+                            run_id,
+                            i,
+                            e.name,
+                            e.kind,
+                            e.started_at,
+                            e.finished_at,
+                            e.status,
+                            e.detail,
+                            e.milestone,
+                        )
                         for i, e in enumerate(timeline.events)
                     ],
                 )
@@ -250,3 +278,119 @@ def alerts_for(conninfo: str, fingerprint: str) -> list[dict[str, Any]]:
         return conn.execute(
             "SELECT * FROM dr.alerts WHERE fingerprint = %s ORDER BY id", (fingerprint,)
         ).fetchall()
+
+
+# --- spool: the ledger is down, the recovery is not -----------------------------------------
+
+
+def spool_directory() -> Path:
+    """Where timelines wait for the ledger: ``$DR_LEDGER_SPOOL``, else ``$AIRFLOW_HOME``'s
+    ``dr_ledger_spool`` (a worker-local folder: the worker that ran the recovery flushes it)."""
+    configured = os.environ.get(SPOOL_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "dr_ledger_spool"
+
+
+def _spool_file(timeline: Timeline, folder: Path) -> Path:
+    safe = "".join(
+        c if c.isalnum() or c in "-_." else "_" for c in f"{timeline.dag_id}__{timeline.run_id}"
+    )
+    return folder / f"{safe}.json"
+
+
+def spool(timeline: Timeline, folder: Path | None = None) -> Path:
+    """Keep the timeline on disk (atomically) until the ledger is back."""
+    folder = folder or spool_directory()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _spool_file(timeline, folder)
+    staging = target.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(timeline.as_dict(), default=str, indent=1))
+    staging.replace(target)
+    return target
+
+
+def spooled(folder: Path | None = None) -> list[Timeline]:
+    folder = folder or spool_directory()
+    if not folder.is_dir():
+        return []
+    return [Timeline.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+
+
+def flush_spool(conninfo: str, folder: Path | None = None) -> list[str]:
+    """Write every spooled timeline to the ledger; each one written is moved to ``sent/``
+    (kept, not deleted). Returns the run ids written. Raises when the ledger is down."""
+    folder = folder or spool_directory()
+    if not folder.is_dir():
+        return []
+    written: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        timeline = Timeline.from_dict(json.loads(path.read_text()))
+        record_run(conninfo, timeline)
+        sent = folder / "sent"
+        sent.mkdir(exist_ok=True)
+        path.replace(sent / path.name)
+        written.append(timeline.run_id)
+        log.info(
+            "ledger is back: wrote the spooled record of %s %s", timeline.dag_id, timeline.run_id
+        )
+    return written
+
+
+def record_or_spool(conninfo: str, timeline: Timeline) -> tuple[int | None, Path | None]:
+    """Record the run; when the ledger does not answer, spool it. Flushes older spooled
+    records first when the ledger answers. Returns (ledger id, spool file)."""
+    try:
+        flush_spool(conninfo)
+        return record_run(conninfo, timeline), None
+    except UNREACHABLE as exc:
+        path = spool(timeline)
+        log.warning(
+            "the ledger does not answer (%s): the run's record is kept in %s and written "
+            "when the ledger is back",
+            str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
+            path,
+        )
+        return None, path
+
+
+INCIDENTS_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS dr;
+CREATE TABLE IF NOT EXISTS dr.incidents (
+    incident_id       text PRIMARY KEY,
+    clock_started_at  timestamptz NOT NULL,
+    opened_at         timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+"""
+
+
+def _clock_file(incident_id: str) -> Path:
+    return spool_directory() / "incidents" / f"{incident_id}.txt"
+
+
+def incident_clock(conninfo: str, incident_id: str, proposed: datetime) -> datetime:
+    """The incident's RTO clock start, registered by its first run: ``proposed`` for the
+    first run, the stored one for every re-run (so a re-run's downtime is the incident's,
+    never "data loss"). Kept in the spool when the ledger does not answer."""
+    clock_file = _clock_file(incident_id)
+    local = parse_time(clock_file.read_text().strip()) if clock_file.exists() else None
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(INCIDENTS_SCHEMA)
+            conn.execute(
+                "INSERT INTO dr.incidents (incident_id, clock_started_at) VALUES (%s, %s)"
+                " ON CONFLICT (incident_id) DO UPDATE SET clock_started_at ="
+                " LEAST(dr.incidents.clock_started_at, EXCLUDED.clock_started_at)",
+                (incident_id, min(filter(None, (local, proposed)))),
+            )
+            stored = conn.execute(
+                "SELECT clock_started_at FROM dr.incidents WHERE incident_id = %s",
+                (incident_id,),
+            ).fetchone()[0]  # type: ignore[index]
+        return parse_time(stored)
+    except UNREACHABLE:
+        clock = min(filter(None, (local, proposed)))
+        clock_file.parent.mkdir(parents=True, exist_ok=True)
+        clock_file.write_text(clock.isoformat())
+        log.warning("the ledger does not answer: the incident's clock is kept in %s", clock_file)
+        return clock

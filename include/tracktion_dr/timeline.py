@@ -64,6 +64,9 @@ class Event:
     finished_at: str
     status: Literal["succeeded", "failed", "skipped"]
     detail: str = ""
+    # What the event restores when it succeeds. Service gates restore service (RTO);
+    # re-seeding a standby or resuming backups restores redundancy, recorded separately.
+    milestone: Literal["", "service", "redundancy"] = ""
 
     def duration(self) -> timedelta:
         return parse_time(self.finished_at) - parse_time(self.started_at)
@@ -84,13 +87,30 @@ class Timeline:
     backup_used: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    def _since_clock(self, events: list[Event]) -> float | None:
+        if not events:
+            return None
+        last = max(parse_time(e.finished_at) for e in events)
+        return (last - parse_time(self.clock_started_at)).total_seconds()
+
     @property
     def rto_achieved_seconds(self) -> float | None:
-        gates = [e for e in self.events if e.kind == "gate" and e.status == "succeeded"]
-        if not gates:
-            return None
-        last = max(parse_time(g.finished_at) for g in gates)
-        return (last - parse_time(self.clock_started_at)).total_seconds()
+        """When service was restored: the last service gate of the run opened (a gate is a
+        service gate unless it says it restores redundancy)."""
+        return self._since_clock(
+            [
+                e
+                for e in self.events
+                if e.kind == "gate" and e.status == "succeeded" and e.milestone != "redundancy"
+            ]
+        )
+
+    @property
+    def redundancy_restored_seconds(self) -> float | None:
+        """When redundancy was back (standby streaming again): not part of the RTO."""
+        return self._since_clock(
+            [e for e in self.events if e.milestone == "redundancy" and e.status == "succeeded"]
+        )
 
     @property
     def rto_met(self) -> bool | None:
@@ -103,9 +123,17 @@ class Timeline:
             return None
         return self.data_loss_seconds <= self.rpo_target_seconds
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timeline:
+        """The inverse of :meth:`as_dict` (derived fields are recomputed, not read)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["events"] = [Event(**e) for e in data.get("events") or []]
+        return cls(**fields)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rto_achieved_seconds"] = self.rto_achieved_seconds
+        data["redundancy_restored_seconds"] = self.redundancy_restored_seconds
         data["rto_met"] = self.rto_met
         data["rpo_met"] = self.rpo_met
         return data
@@ -133,6 +161,11 @@ class Timeline:
             verdict = "met" if self.rto_met else "MISSED"
             lines.append(
                 f"RTO: {format_duration(timedelta(seconds=achieved))} achieved vs {target} target: {verdict}"
+            )
+        redundancy = self.redundancy_restored_seconds
+        if redundancy is not None:
+            lines.append(
+                f"Redundancy restored at T+{format_duration(timedelta(seconds=redundancy))} (not part of the RTO)"
             )
         if self.data_loss_seconds is not None and self.rpo_target_seconds is not None:
             verdict = "met" if self.rpo_met else "MISSED"
