@@ -187,19 +187,31 @@ def exact_state(*paths: Path) -> dict[str, tuple[Any, ...]]:
 
 
 @pytest.fixture
-def env_file_put_back(sandbox, tmp_path) -> Iterator[Path]:
-    """The sandbox's environment file as a test finds it (or its absence) is put back
-    afterwards; other tests and the next session find the sandbox as it was."""
-    live = sandbox.layout.app_env_file
-    saved = tmp_path / "environment.env.saved"
-    existed = live.exists()
-    if existed:
-        shutil.copy2(live, saved)
-    yield live
-    if live.exists():
-        live.rename(tmp_path / "environment.env.left-by-test")
-    if existed:
-        shutil.copy2(saved, live)
+def live_configuration_put_back(sandbox, supervisor_controller, tmp_path) -> Iterator[Path]:
+    """The sandbox's configuration folder and environment file (or its absence) as a test
+    finds them are there again afterwards, even when the test fails halfway (a failed run
+    may leave a bad configuration live): other tests find the sandbox as it was. Yields
+    the environment file's path."""
+    layout = sandbox.layout
+    found = exact_state(layout.app_config, layout.app_env_file)
+    saved = tmp_path / "saved"
+    shutil.copytree(layout.app_config, saved / "config", symlinks=True)
+    if layout.app_env_file.exists():
+        shutil.copy2(layout.app_env_file, saved / "environment.env")
+    yield layout.app_env_file
+    if exact_state(layout.app_config, layout.app_env_file) == found:
+        return
+    left = tmp_path / "left-by-test"
+    left.mkdir()
+    for live in (layout.app_config, layout.app_env_file):
+        if os.path.lexists(live):
+            live.rename(left / live.name)
+    shutil.copytree(saved / "config", layout.app_config, symlinks=True)
+    if (saved / "environment.env").exists():
+        shutil.copy2(saved / "environment.env", layout.app_env_file)
+    for service in L.SERVICE_PORTS:  # they read it at start
+        supervisor_controller.restart(service)
+    wait_until_healthy()
 
 
 def healthy(service: str) -> bool:
@@ -280,14 +292,14 @@ def run_and_check_rollback(
 
 
 def test_a_snapshot_missing_a_required_key_breaks_a_service_and_is_rolled_back_exactly(
-    sandbox, tmp_path, env_file_put_back
+    sandbox, tmp_path, live_configuration_put_back
 ):
     """Given an environment file an operator wrote (comments, an export, a variable of
     another tool, mode 0640) and a newest snapshot whose app.json parses but lacks
     ``storage`` and whose environment snapshot carries a variable: the restore swaps both
     in, analysis-service refuses to start, the run rolls back by itself, and the
     configuration and the environment file are byte-, mode- and owner-identical again."""
-    env_file = env_file_put_back
+    env_file = live_configuration_put_back
     original = (
         b"# Tracktion sandbox environment, written by hand\n"
         b"export TRACKTION_FEATURE_WAVEFORMS=on\n"
@@ -337,15 +349,15 @@ def test_a_snapshot_missing_a_required_key_breaks_a_service_and_is_rolled_back_e
 
 
 def test_environment_variables_of_a_bad_snapshot_do_not_outlive_the_rollback(
-    sandbox, tmp_path, env_file_put_back
+    sandbox, tmp_path, live_configuration_put_back
 ):
     """Given no environment file, and a newest snapshot identical to the live configuration
     but carrying ``TRACKTION_STORAGE_PATH`` pointing nowhere: the services start with it and
     report storage unhealthy, the gate breaches, the rollback moves the environment file
     the restore created aside (the services no longer see the variable) and they are
     healthy again."""
-    env_file = env_file_put_back
-    if env_file.exists():
+    env_file = live_configuration_put_back
+    if env_file.exists():  # put back afterwards by the fixture
         env_file.rename(tmp_path / "environment.env.moved-for-test")
     nowhere = tmp_path / "no-such-storage"
     bad = later_snapshot(

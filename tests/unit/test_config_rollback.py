@@ -217,3 +217,14 @@ def test_a_configuration_changing_during_the_safety_snapshot_is_refused(app, mon
     monkeypatch.setattr(config_restore, "config_snapshot", snapshot_then_edit)
     with pytest.raises(StepFailed, match="changed while the safety snapshot"):
         take_safety_snapshot(environment, backups, INCIDENT)
+
+
+def test_a_refused_snapshot_leaves_no_extraction_beside_the_live_folder(app, tmp_path):
+    environment, config, env_file, backups = app
+    source = tmp_path / "corrupt" / "config"
+    source.mkdir(parents=True)
+    (source / "app.json").write_text('{"a": ')
+    archive = writer.config_snapshot([str(source)], backups)
+    with pytest.raises(config_restore.ConfigInvalid):
+        restore(environment, archive, INCIDENT)
+    assert not list(config.parent.glob(".config-restore-*"))

@@ -298,6 +298,22 @@ def stage(
     work = (work_parent or paths[0].parent) / f".config-restore-{tag}"
     if work.exists():  # a cleared and re-run task: start again from the archive
         shutil.rmtree(work)
+    try:
+        staged, missing = _extract_and_check(environment, archive, work, paths, work_parent)
+    except BaseException:
+        # our own extraction of a refused snapshot: nothing in it to keep (the archive is)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work, staged, missing
+
+
+def _extract_and_check(
+    environment: Environment,
+    archive: Path,
+    work: Path,
+    paths: list[Path],
+    work_parent: Path | None,
+) -> tuple[dict[Path, Path], list[str]]:
     extract_snapshot(archive, work)
     staged: dict[Path, Path] = {}
     missing = []
@@ -321,7 +337,7 @@ def stage(
     ]
     if problems:
         raise ConfigInvalid(problems)
-    return work, staged, missing
+    return staged, missing
 
 
 def swap_in(staged: dict[Path, Path], tag: str) -> dict[str, str]:
