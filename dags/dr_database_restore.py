@@ -44,17 +44,16 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
+from tracktion_dr import steps
 from tracktion_dr.dag_kit import (
     RtoGate,
-    now_iso,
-    publish_task,
-    raise_for_outcome,
-    record_timeline,
-    refusing_bad_input,
-    release_exclusivity,
-    step_event,
+    database_accepts,
+    functional_checks_pass,
+    open_incident,
+    scenario_tail,
+    services_healthy,
     take_exclusivity,
 )
 from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
@@ -64,6 +63,40 @@ log = logging.getLogger(__name__)
 
 PLAN = load_plan()
 DATABASES = sorted({name for env in PLAN.environments.values() for name in env.databases})
+
+
+def _target(run: dict):
+    from tracktion_dr.database_recovery import database_target
+
+    return database_target(PLAN.environment(run["environment"]), run["database"])
+
+
+def _admin(run: dict):
+    from tracktion_dr.dag_support import endpoint
+
+    cluster = _target(run).cluster
+    return endpoint(cluster.conn_id), Path(cluster.bin_dir)
+
+
+def _record_fields(run: dict, context) -> dict:
+    pulled = context["ti"].xcom_pull
+    measured = pulled(task_ids="measure_data_loss") or {}
+    loss = measured.get("data_loss") or {}
+    return {
+        "rto_target_seconds": run["rto_seconds"],
+        "rpo_target_seconds": run["rpo_seconds"],
+        "data_loss_seconds": loss.get("seconds"),
+        "backup_used": run["backup"]["id"],
+        "details": {
+            "database": run["database"],
+            "mode": run["mode"],
+            "kept_as": (pulled(task_ids="swap") or {}).get("kept_as"),
+            "data_loss": loss,
+            "set_aside": measured.get("set_aside"),
+            "state_at_guard": run.get("state"),
+            "dropped_incomplete": (pulled(task_ids="restore_beside") or {}).get("dropped"),
+        },
+    }
 
 
 @dag(
@@ -119,212 +152,67 @@ DATABASES = sorted({name for env in PLAN.environments.values() for name in env.d
     doc_md=__doc__,
 )
 def dr_database_restore():
-    @task
+    @steps.guard()
     def guard(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident
         from tracktion_dr.dag_support import endpoint
         from tracktion_dr.database_recovery import guard_restore
 
         incident = open_incident(context, PLAN)
-        with refusing_bad_input():
-            restore_plan = guard_restore(PLAN, incident, context["params"], endpoint)
-        log.info(
-            "plan of actions%s:\n%s",
-            " (DRY RUN)" if incident["dry_run"] else "",
-            "\n".join(f"  {i}. {a}" for i, a in enumerate(restore_plan["actions"], 1)),
-        )
+        restore_plan = guard_restore(PLAN, incident, context["params"], endpoint)
+        steps.print_plan_of_actions(incident, restore_plan["actions"])
         if restore_plan["resume"]:
             log.info("resuming incident %s: %s", incident["incident_id"], restore_plan["resume"])
-        exclusivity: dict = {}
-        if not incident["dry_run"]:
-            with refusing_bad_input():
-                exclusivity = take_exclusivity(
-                    context,
-                    incident,
-                    [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"],
-                )
-        return {
-            **incident,
-            **restore_plan,
-            "rto_seconds": restore_plan["rto_seconds"],
-            **exclusivity,
-        }
+        resources = [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"]
+        exclusivity = {} if incident["dry_run"] else take_exclusivity(context, incident, resources)
+        return {**incident, **restore_plan, **exclusivity}
 
-    def admin_for(run: dict):
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        return endpoint(target.cluster.conn_id), Path(target.cluster.bin_dir)
-
-    def event_of(name: str, started: str, outcome: dict) -> dict:
-        return step_event(name, started, outcome["status"], outcome["detail"])
-
-    @task
-    def stop_services(run: dict) -> dict:
+    @steps.step("destructive")
+    def stop_services(run: dict, **context) -> dict:
         from tracktion_dr.dag_support import controller
         from tracktion_dr.database_recovery import stop_services_for_restore
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("stop_services", started, "skipped", "dry run")}
-        admin, _ = admin_for(run)
-        outcome = stop_services_for_restore(
-            admin, run, PLAN.environment(run["environment"]), controller
-        )
-        return {"event": event_of("stop_services", started, outcome)}
+        environment = PLAN.environment(run["environment"])
+        return stop_services_for_restore(_admin(run)[0], run, environment, controller)
 
-    @task
-    def restore_beside(run: dict) -> dict:
+    @steps.step("destructive")
+    def restore_beside(run: dict, **context) -> dict:
         from tracktion_dr.database_recovery import restore_step
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("restore_beside", started, "skipped", "dry run")}
-        admin, bindir = admin_for(run)
-        outcome = restore_step(admin, run, bindir)
-        return {
-            "event": event_of("restore_beside", started, outcome),
-            "dropped": outcome.get("dropped"),
-        }
+        admin, bindir = _admin(run)
+        return restore_step(admin, run, bindir)
 
-    @task
-    def validate_restored(run: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+    @steps.step("check", skip_in_dry_run=True)
+    def validate_restored(run: dict, **context) -> dict:
         from tracktion_dr.database_recovery import validate_restored as validate
-        from tracktion_dr.errors import ValidationFailed
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("validate_restored", started, "skipped", "dry run")}
-        admin, bindir = admin_for(run)
-        try:
-            outcome = validate(admin, run, bindir)
-        except ValidationFailed as exc:
-            # The same copy fails the same checks again: not retried.
-            raise AirflowFailException(str(exc)) from None
-        return {
-            "event": event_of("validate_restored", started, outcome),
-            "report": outcome["report"],
-        }
+        admin, bindir = _admin(run)
+        return validate(admin, run, bindir)
 
-    @task
-    def swap(run: dict) -> dict:
+    @steps.step("destructive")
+    def swap(run: dict, **context) -> dict:
         from tracktion_dr.database_recovery import swap_step
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("swap", started, "skipped", "dry run"), "kept_as": None}
-        admin, _ = admin_for(run)
-        outcome = swap_step(admin, run)
-        return {"event": event_of("swap", started, outcome), "kept_as": outcome["kept_as"]}
+        return swap_step(_admin(run)[0], run)
 
-    @task(trigger_rule="all_done")
-    def start_services(**context) -> dict:
+    @steps.step("destructive", after_all=True)
+    def start_services(run: dict, **context) -> dict | str:
         """Runs even when a step after stop_services failed: the services go back up (on
         the old database if nothing was swapped) - a failed recovery must not leave
         things worse than it found them."""
         from tracktion_dr.dag_support import controller
         from tracktion_dr.database_recovery import start_services as start
 
-        started = now_iso()
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or context["ti"].xcom_pull(task_ids="stop_services") is None:
-            return {
-                "event": step_event("start_services", started, "skipped", "nothing was stopped")
-            }
-        if run["dry_run"]:
-            return {"event": step_event("start_services", started, "skipped", "dry run")}
-        detail = start(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("start_services", started, detail=detail)}
+        if context["ti"].xcom_pull(task_ids="stop_services") is None:
+            return {"status": "skipped", "detail": "nothing was stopped"}
+        return start(PLAN.environment(run["environment"]), run["services"], controller)
 
-    def database_accepts(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.probes import ProbeFailure, postgres_ready
-
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        try:
-            return True, postgres_ready(
-                endpoint(target.cluster.conn_id).conninfo(run["database_name"])
-            )(5)
-        except ProbeFailure as exc:
-            return False, str(exc)
-
-    def services_healthy(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import service_health
-
-        return service_health(PLAN.environment(run["environment"]), run["services"])
-
-    def functional(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import functional_checks
-
-        return functional_checks(PLAN.environment(run["environment"]), run["services"])
-
-    @task(trigger_rule="all_done")
-    def measure_data_loss(**context) -> dict:
+    @steps.step("check", after_all=True, skip_in_dry_run=True)
+    def measure_data_loss(run: dict, **context) -> dict:
         """Runs whenever the run got that far, even if a gate failed: once the swap has
         happened, what it set aside is reported whatever else went wrong."""
         from tracktion_dr.database_recovery import measure_restore_loss
 
-        started = now_iso()
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or run["dry_run"]:
-            why = "dry run" if run else "the guard refused: nothing was done"
-            return {
-                "event": step_event("measure_data_loss", started, "skipped", why),
-                "data_loss": None,
-                "set_aside": None,
-            }
-        admin, _ = admin_for(run)
-        measured = measure_restore_loss(admin, run)
-        return {
-            "event": event_of("measure_data_loss", started, measured),
-            "data_loss": measured["data_loss"],
-            "set_aside": measured["set_aside"],
-        }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(**context) -> dict:
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None:  # the guard refused: nothing was touched, nothing to record
-            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
-        measured = context["ti"].xcom_pull(task_ids="measure_data_loss") or {}
-        loss = measured.get("data_loss") or {}
-        swapped = context["ti"].xcom_pull(task_ids="swap") or {}
-        timeline = record_timeline(
-            context,
-            incident=run,
-            rto_target_seconds=run["rto_seconds"],
-            rpo_target_seconds=run["rpo_seconds"],
-            data_loss_seconds=loss.get("seconds"),
-            backup_used=run["backup"]["id"],
-            details={
-                "database": run["database"],
-                "mode": run["mode"],
-                "kept_as": swapped.get("kept_as"),
-                "data_loss": loss,
-                "set_aside": measured.get("set_aside"),
-                "state_at_guard": run.get("state"),
-                "dropped_incomplete": (
-                    context["ti"].xcom_pull(task_ids="restore_beside") or {}
-                ).get("dropped"),
-            },
-        )
-        release_exclusivity(context)
-        return timeline
-
-    @task(retries=0)
-    def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.notify.runs import notify_outcome as send
-
-        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        raise_for_outcome(timeline)
+        return measure_restore_loss(_admin(run)[0], run)
 
     run = guard()
     stopped = stop_services(run)
@@ -334,23 +222,26 @@ def dr_database_restore():
     started = start_services()
     stopped >> restored >> validated >> swapped >> started
     gate_database = RtoGate(
-        task_id="gate_database_accepts", check=database_accepts, incident=run, plan=PLAN
+        task_id="gate_database_accepts",
+        check=database_accepts(lambda r: (_target(r).cluster.conn_id, r["database_name"])),
+        incident=run,
+        plan=PLAN,
     )
     gate_services = RtoGate(
-        task_id="gate_services_healthy", check=services_healthy, incident=run, plan=PLAN
+        task_id="gate_services_healthy", check=services_healthy(PLAN), incident=run, plan=PLAN
     )
     gate_functional = RtoGate(
-        task_id="gate_functional_checks", check=functional, incident=run, plan=PLAN
+        task_id="gate_functional_checks",
+        check=functional_checks_pass(PLAN),
+        incident=run,
+        plan=PLAN,
     )
     swapped >> gate_database
     [swapped, started] >> gate_services
     [gate_database, gate_services] >> gate_functional
     loss = measure_data_loss()
     gate_functional >> loss
-    timeline = record()
-    loss >> timeline
-    notify_outcome(timeline)
-    publish_task(PLAN, timeline) >> verdict(timeline)
+    scenario_tail(PLAN, run, [loss], record_fields=_record_fields, exclusive=True)
 
 
 dr_database_restore()

@@ -522,3 +522,47 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
         "delivery": delivery,
         "outcome": report["outcome"],
     }
+
+
+# --- gate checks every database scenario shares ---------------------------------------------
+
+
+def services_healthy(plan: Plan) -> GateCheck:
+    """Gate: every service of the run (``run["services"]``) answers its health URL."""
+
+    def check(run: dict[str, Any]) -> tuple[bool, str]:
+        from tracktion_dr.checks import service_health
+
+        return service_health(plan.environment(run["environment"]), run["services"])
+
+    return check
+
+
+def functional_checks_pass(plan: Plan) -> GateCheck:
+    """Gate: the plan's functional check of every service of the run passes."""
+
+    def check(run: dict[str, Any]) -> tuple[bool, str]:
+        from tracktion_dr.checks import functional_checks
+
+        return functional_checks(plan.environment(run["environment"]), run["services"])
+
+    return check
+
+
+def database_accepts(
+    conn_id_and_database: Callable[[dict[str, Any]], tuple[str, str]],
+) -> GateCheck:
+    """Gate: the run's database accepts connections (``conn_id_and_database(run)`` names
+    the connection and the database)."""
+
+    def check(run: dict[str, Any]) -> tuple[bool, str]:
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.probes import ProbeFailure, postgres_ready
+
+        conn_id, database = conn_id_and_database(run)
+        try:
+            return True, postgres_ready(endpoint(conn_id).conninfo(database))(5)
+        except ProbeFailure as exc:
+            return False, str(exc)
+
+    return check

@@ -12,7 +12,8 @@ owns everything around it, the same for every DAG:
 * **timing and the event**: the step's event (start, finish, status, detail, milestone)
   goes to XCom under ``event`` for the run's record;
 * **refusal means no retry**: a :class:`~tracktion_dr.errors.Refused` ends the task at
-  once with its message and HINT;
+  once with its message and HINT (so does ``ValidationFailed``: the same copy fails the
+  same checks again);
 * **the retry policy per kind of step** (:data:`STEP_POLICIES`): destructive steps are
   resumable (they look at the actual state first), so they are retried; checks once;
   bookkeeping and notification never (their failure must not hide the recovery's outcome);
@@ -33,7 +34,7 @@ from typing import Any, Literal
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tracktion_dr.errors import Refused
+from tracktion_dr.errors import Refused, ValidationFailed
 from tracktion_dr.timeline import Event
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def step(
     task_id: str | None = None,
     milestone: str = "",
     after_all: bool = False,
+    skip_in_dry_run: bool | None = None,
     **task_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Make ``fn(run, *upstream, **context)`` a scenario step (see the module doc).
@@ -125,6 +127,8 @@ def step(
     argument in the graph (``restart()``), reads the guard's result itself and passes it to
     ``fn`` like every step.
     """
+
+    dry_run_skips = kind in ACTING_KINDS if skip_in_dry_run is None else skip_in_dry_run
 
     def decorate(fn: Callable[..., Any]) -> Any:
         name = task_id or fn.__name__
@@ -140,7 +144,7 @@ def step(
                 detail = "the guard refused: nothing was touched"
                 log.info("%s: skipped (%s)", name, detail)
                 return {"event": event(name, started, "skipped", detail, milestone)}
-            if run.get("dry_run") and kind in ACTING_KINDS:
+            if run.get("dry_run") and dry_run_skips:
                 log.info("DRY RUN: %s would run now (see the guard's plan of actions)", name)
                 return {"event": event(name, started, "skipped", "dry run", milestone)}
             if kind in ACTING_KINDS:
@@ -150,6 +154,11 @@ def step(
             except Refused as exc:
                 log.error("refused: %s", exc)
                 raise AirflowFailException(f"{name} refused: {exc}") from None
+            except ValidationFailed as exc:
+                # The same copy fails the same checks again: retrying only delays the
+                # operator (nothing was swapped).
+                log.error("%s", exc)
+                raise AirflowFailException(str(exc)) from None
             if isinstance(result, dict):
                 detail = str(result.pop("detail", ""))
                 status = str(result.pop("status", "succeeded"))

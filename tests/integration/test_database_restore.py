@@ -76,7 +76,9 @@ def test_bad_inputs_are_refused_before_anything_is_touched(sandbox, conf, messag
     states = task_states(dag_run)
     assert states["guard"] == "failed"
     assert states["stop_services"] == "upstream_failed"
-    assert states["verdict"] == "failed"
+    # The refusal is the run's one failure: nothing later fails on its absence.
+    assert [task for task, state in states.items() if state == "failed"] == ["guard"], states
+    assert states["verdict"] == "upstream_failed" and str(dag_run.state) == "failed"
     assert message in capfd.readouterr().out
     assert fingerprint() == before and databases() == dbs
 
