@@ -107,8 +107,7 @@ def dr_application_recovery():
     def report(run: dict, **context) -> dict:
         summary = application.summary_now(PLAN, run)
         context["ti"].xcom_push(key="summary", value=summary)  # for the record, even failed
-        application.raise_if_down(run, summary)
-        return summary
+        return {"detail": application.judge_health(run, summary), **summary}
 
     run = check_inputs()
     before = probe(run)
@@ -125,8 +124,7 @@ def dr_application_recovery():
         )
         recovers[service] >> gates[service]
     for service, dependencies in SERVICE_DEPENDENCIES.items():
-        for dependency in dependencies:
-            gates[dependency] >> recovers[service]
+        [gates[dependency] for dependency in sorted(dependencies)] >> recovers[service]
     reported = report()
     list(gates.values()) >> reported
     scenario_tail(PLAN, run, [reported], record_fields=record_fields)

@@ -112,10 +112,12 @@ def test_a_partial_recovery_fails_naming_what_is_still_down_but_a_dry_run_only_r
         "down": {"analysis-service": "functional check: sample missing"},
     }
     with pytest.raises(ValidationFailed, match=r"1/2 services healthy; still down: analysis") as e:
-        application.raise_if_down({"dry_run": False}, summary)
+        application.judge_health({"dry_run": False}, summary)
     assert isinstance(e.value, StepFailed) and not isinstance(e.value, Refused)
-    application.raise_if_down({"dry_run": True}, summary)
-    application.raise_if_down({"dry_run": False}, application.health_summary({}))
+    assert application.judge_health({"dry_run": True}, summary) == "1/2 services healthy"
+    assert application.judge_health({"dry_run": False}, application.health_summary({})) == (
+        "0/0 services healthy"
+    )
 
 
 def test_the_record_carries_the_strategy_scope_and_health(plan):

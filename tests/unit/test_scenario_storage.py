@@ -106,7 +106,9 @@ def test_inspect_then_restore_puts_back_what_is_missing_or_corrupt_and_only_that
     # A retry (or a re-run of the incident) looks again first: nothing left, nothing done.
     again = storage.restore(plan, run, before)
     assert again == {"detail": "nothing to restore", "actions": {}}
-    storage.raise_unless_sound(run, storage.summary_now(plan, run))
+    assert storage.judge_integrity(run, storage.summary_now(plan, run)) == (
+        "5 files in 2 area(s), 0 area(s) not sound"
+    )
 
 
 def test_left_to_restore_ignores_what_the_backup_cannot_give_back():
@@ -116,5 +118,7 @@ def test_left_to_restore_ignores_what_the_backup_cannot_give_back():
     assert storage.to_restore([unrecoverable]) == {}
     assert storage.left_to_restore([unrecoverable])[0] is True
     with pytest.raises(ValidationFailed, match="storage not sound: a: 0 missing, 1 corrupt"):
-        storage.raise_unless_sound({"dry_run": False}, [unrecoverable])
-    storage.raise_unless_sound({"dry_run": True}, [unrecoverable])
+        storage.judge_integrity({"dry_run": False}, [unrecoverable])
+    assert storage.judge_integrity({"dry_run": True}, [unrecoverable]).endswith(
+        "1 area(s) not sound"
+    )

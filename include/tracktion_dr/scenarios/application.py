@@ -196,14 +196,16 @@ def summary_now(plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def raise_if_down(run: dict[str, Any], summary: dict[str, Any]) -> None:
-    """A partial recovery is a failed run (a dry run touched nothing: it only reports)."""
+def judge_health(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The report's sentence; a partial recovery is a failed run, naming what is still
+    down (a dry run touched nothing: it only reports)."""
     if summary["down"] and not run["dry_run"]:
         still_down = ", ".join(f"{name} ({what})" for name, what in summary["down"].items())
         raise ValidationFailed(
             f"partial recovery: {summary['healthy']}/{summary['total']} services healthy; "
             f"still down: {still_down}"
         )
+    return f"{summary['healthy']}/{summary['total']} services healthy"
 
 
 def record_fields(run: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:

@@ -218,14 +218,16 @@ def summary_now(plan: Plan, run: dict[str, Any], access: SystemAccess) -> list[F
     return findings
 
 
-def raise_if_failing(run: dict[str, Any], findings: list[Finding]) -> None:
-    """Any finding still failing fails the run, named (a dry run only reports)."""
+def judge_findings(run: dict[str, Any], findings: list[Finding]) -> str:
+    """The report's sentence; any finding still failing fails the run, named (a dry run
+    only reports)."""
     failing = [f for f in findings if not f.ok]
     if failing and not run["dry_run"]:
         raise ValidationFailed(
             "infrastructure findings still failing: "
             + "; ".join(f"{f.area} {f.subject}: {f.detail}" for f in failing)
         )
+    return f"{len(findings) - len(failing)}/{len(findings)} checks OK"
 
 
 def record_fields(

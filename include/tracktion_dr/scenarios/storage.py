@@ -186,9 +186,9 @@ def summary_now(plan: Plan, run: dict[str, Any]) -> list[AreaReport]:
     return reports
 
 
-def raise_unless_sound(run: dict[str, Any], reports: list[AreaReport]) -> None:
-    """Anything still missing or corrupt (or a directory problem) fails the run, named
-    (a dry run touched nothing: it only reports)."""
+def judge_integrity(run: dict[str, Any], reports: list[AreaReport]) -> str:
+    """The report's sentence; anything still missing or corrupt (or a directory problem)
+    fails the run, named (a dry run touched nothing: it only reports)."""
     bad = [r for r in reports if not r.clean]
     if bad and not run["dry_run"]:
         raise ValidationFailed(
@@ -199,6 +199,8 @@ def raise_unless_sound(run: dict[str, Any], reports: list[AreaReport]) -> None:
                 for r in bad
             )
         )
+    files = sum(r.file_count for r in reports)
+    return f"{files} files in {len(reports)} area(s), {len(bad)} area(s) not sound"
 
 
 def record_fields(
