@@ -1,6 +1,6 @@
-"""A successful scenario run pages nobody: with ``notify`` on, its start and outcome reach
-the team's chat and mail through the one policy (the tail's ``notify_outcome``), and the
-sandbox's sink receives nothing for PagerDuty."""
+"""A successful (or dry) scenario run pages nobody: with ``notify`` on, its start and
+outcome reach the team's chat (and mail, for a success) through the one policy (the tail's
+``notify_outcome``), and the sandbox's sink receives nothing for PagerDuty."""
 
 from __future__ import annotations
 
@@ -25,15 +25,19 @@ def received(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry_run"])
 @pytest.mark.parametrize("dag_id", SUCCEEDING)
-def test_a_successful_run_pages_nobody(sandbox, dag_id):
+def test_a_successful_run_pages_nobody(sandbox, dag_id, dry_run):
     hooks = sandbox.layout.sink_webhooks
     already = len(received(hooks))
-    dag_run = run_dag(dag_id, {"environment": "drill", "notify": True})
+    dag_run = run_dag(dag_id, {"environment": "drill", "notify": True, "dry_run": dry_run})
     assert str(dag_run.state) == "success", task_states(dag_run)
     outcome = task_result(dag_run, "notify_outcome")
-    assert outcome["event"] == "succeeded" and outcome["failed"] == {}
-    assert sorted(outcome["sent"]) == ["email", "slack"]
+    assert outcome["failed"] == {}
+    if dry_run:
+        assert outcome["event"] == "dry_run" and outcome["sent"] == ["slack"]
+    else:
+        assert outcome["event"] == "succeeded" and sorted(outcome["sent"]) == ["email", "slack"]
     channels = [r["path"].split("/")[1] for r in received(hooks)[already:]]
     assert "slack" in channels, "the team hears the start and the outcome"
     assert "pagerduty" not in channels, channels
