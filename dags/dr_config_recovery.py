@@ -20,8 +20,12 @@ was proven good, and whose rollback could never run under `set -e`).
    and never logged.
 4. `validate_live` → `restart_services` (every application service, dependency order) →
    `gate_services` (health + functional check within the strictest tier's RTO).
-5. `rollback` runs only if 4 fails after the swap: the safety snapshot is restored the same
-   way and the services restarted. The run is then **failed**, saying why.
+5. `rollback` runs when any step after the safety snapshot fails. It compares the live
+   configuration and environment file with the safety snapshot's record; if anything
+   differs it puts back **exactly** what was there before the run (every file's bytes,
+   mode and owner; the environment file byte for byte, or moved aside when there was
+   none), checks the result against the record, and restarts the services. The run is
+   then **failed**, saying why.
 
 **Params**: `snapshot`, `restart_services`, `confirm` (type `RESTORE configuration` where
 the environment demands confirmation), plus the common params (`dry_run` extracts and
@@ -239,12 +243,27 @@ def dr_config_recovery():
         restored = ti.xcom_pull(task_ids="restore") or {}
         safety = ti.xcom_pull(task_ids="safety_snapshot") or {}
         environment = PLAN.environment(incident["environment"])
-        if not restored.get("result"):
-            detail = "nothing was swapped: the live configuration was never touched"
+        untouched = "nothing was swapped: the live configuration was never touched"
+        if not safety.get("path"):  # no safety snapshot: restore never ran
+            log.info(untouched)
+            return {"event": step_event("rollback", started, "skipped", untouched)}
+        # The actual state decides, not what the restore task managed to report: it may
+        # have swapped and then failed (or been killed) before returning.
+        changed = config_restore.differences_from_safety(environment, Path(safety["path"]))
+        if changed == [] or (changed is None and not restored.get("result")):
+            detail = (
+                untouched
+                if not restored.get("result")
+                else "the live configuration is identical to the safety snapshot's record"
+            )
             log.info(detail)
             return {"event": step_event("rollback", started, "skipped", detail)}
-        log.warning("rolling back to the safety snapshot %s", safety["path"])
-        result = config_restore.restore(
+        log.warning(
+            "rolling back to the safety snapshot %s: %d path(s) differ from it",
+            safety["path"],
+            len(changed or []),
+        )
+        result = config_restore.roll_back(
             environment, Path(safety["path"]), f"{incident['incident_id']}-rollback"
         )
         if incident["restart"]:

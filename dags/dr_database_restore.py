@@ -2,12 +2,16 @@
 ### DR database restore (full restore from a logical dump)
 
 The seed's "full" database recovery, made safe: **restore beside, validate, then swap.**
-The live database is never dropped; it is kept as `<db>_pre_<incident>`.
+The live database is never dropped; it is kept as `<db>_pre_<incident>`, with every row
+written after the dump (the run reports how many, per table).
 
 1. **guard** — checks everything before touching anything: the database is in the plan,
    the typed confirmation (`RESTORE <database>`) on production, the backup exists and
    verifies *now* (size, sha256, table of contents), enough disk, and no other destructive
-   run holds the database. A dry run stops here after printing every action.
+   run holds the database. It reads how far this incident already got (see *Re-runs*) and
+   refuses a **new** incident on a database that already is the restore of the same dump
+   (`AlreadyRecovered`: that would be a second outage). A dry run stops here after printing
+   every action.
 2. **stop_services** — the services that depend on the database (from the plan).
 3. **restore_beside** — `pg_restore -j N` into `<db>_restore_<incident>`.
 4. **validate_restored** — table set vs the dump's table of contents, row counts vs the
@@ -16,10 +20,22 @@ The live database is never dropped; it is kept as `<db>_pre_<incident>`.
 5. **swap** — sessions ended, then `<db>` → `<db>_pre_<incident>`, restored → `<db>`.
 6. **start_services**, then the **RTO gates** (database accepts connections, services
    healthy, functional checks) — each waits only for what is left of the tier's RTO.
-7. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
+7. **measure_data_loss** — time lost from the canary, and "N rows in T tables written after
+   the dump are kept in `<db>_pre_<incident>`"; **record** to the ledger, **notify**,
+   **verdict**.
 
-`mode=in_place` renames the live database aside first and restores under its name (put back
-if validation fails). Clear any task to re-run it: every step is idempotent per incident.
+`mode=in_place` renames the live database aside *first* (clients see no database at all
+during the restore, never two), restores and validates under the scratch name, then renames
+it in; if validation fails the original is put back.
+
+**Re-runs.** The scratch copy carries a marker (`COMMENT ON DATABASE`: incident, dump,
+`restoring` → `restored` → `validated`) that follows it through the swap. Every step reads
+the actual state and does only what is missing, so if the worker dies anywhere, **trigger
+again with the same `incident_id` and `incident_started_at`** - no manual step: a copy left
+half-restored is dropped and restored again (it was never live; every row of it is in the
+dump, verified again by the guard), a swap stopped between its two renames is finished,
+and after the swap only the services, gates, measurement and record run (the services are
+not stopped again). The re-run takes over its own incident's locks and uses the same dump.
 """
 
 from __future__ import annotations
@@ -106,16 +122,19 @@ def dr_database_restore():
     @task
     def guard(**context) -> dict:
         from tracktion_dr.dag_kit import open_incident
+        from tracktion_dr.dag_support import endpoint
         from tracktion_dr.database_recovery import guard_restore
 
         incident = open_incident(context, PLAN)
         with refusing_bad_input():
-            restore_plan = guard_restore(PLAN, incident, context["params"])
+            restore_plan = guard_restore(PLAN, incident, context["params"], endpoint)
         log.info(
             "plan of actions%s:\n%s",
             " (DRY RUN)" if incident["dry_run"] else "",
             "\n".join(f"  {i}. {a}" for i, a in enumerate(restore_plan["actions"], 1)),
         )
+        if restore_plan["resume"]:
+            log.info("resuming incident %s: %s", incident["incident_id"], restore_plan["resume"])
         exclusivity: dict = {}
         if not incident["dry_run"]:
             with refusing_bad_input():
@@ -131,77 +150,75 @@ def dr_database_restore():
             **exclusivity,
         }
 
+    def admin_for(run: dict):
+        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.database_recovery import database_target
+
+        target = database_target(PLAN.environment(run["environment"]), run["database"])
+        return endpoint(target.cluster.conn_id), Path(target.cluster.bin_dir)
+
+    def event_of(name: str, started: str, outcome: dict) -> dict:
+        return step_event(name, started, outcome["status"], outcome["detail"])
+
     @task
     def stop_services(run: dict) -> dict:
         from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import stop_services as stop
+        from tracktion_dr.database_recovery import stop_services_for_restore
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("stop_services", started, "skipped", "dry run")}
-        detail = stop(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("stop_services", started, detail=detail)}
+        admin, _ = admin_for(run)
+        outcome = stop_services_for_restore(
+            admin, run, PLAN.environment(run["environment"]), controller
+        )
+        return {"event": event_of("stop_services", started, outcome)}
 
     @task
     def restore_beside(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target, restore_step
+        from tracktion_dr.database_recovery import restore_step
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("restore_beside", started, "skipped", "dry run")}
-        environment = PLAN.environment(run["environment"])
-        target = database_target(environment, run["database"])
-        admin = endpoint(target.cluster.conn_id)
-        detail = restore_step(admin, run)
-        return {"event": step_event("restore_beside", started, detail=detail)}
+        admin, bindir = admin_for(run)
+        outcome = restore_step(admin, run, bindir)
+        return {
+            "event": event_of("restore_beside", started, outcome),
+            "dropped": outcome.get("dropped"),
+        }
 
     @task
     def validate_restored(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
+        from airflow.sdk.exceptions import AirflowFailException
+
         from tracktion_dr.database_recovery import validate_restored as validate
+        from tracktion_dr.errors import ValidationFailed
 
         started = now_iso()
         if run["dry_run"]:
             return {"event": step_event("validate_restored", started, "skipped", "dry run")}
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        report = validate(endpoint(target.cluster.conn_id), run, Path(target.cluster.bin_dir))
-        if not report["ok"]:
-            raise RuntimeError(
-                "restored database failed validation, nothing swapped: "
-                + "; ".join(report["problems"][:8])
-            )
+        admin, bindir = admin_for(run)
+        try:
+            outcome = validate(admin, run, bindir)
+        except ValidationFailed as exc:
+            # The same copy fails the same checks again: not retried.
+            raise AirflowFailException(str(exc)) from None
         return {
-            "event": step_event("validate_restored", started, detail="all integrity checks passed"),
-            "report": report,
+            "event": event_of("validate_restored", started, outcome),
+            "report": outcome["report"],
         }
 
     @task
     def swap(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.postgres.restore import swap_in
+        from tracktion_dr.database_recovery import swap_step
 
         started = now_iso()
-        if run["dry_run"] or run["mode"] == "in_place":
-            return {
-                "event": step_event(
-                    "swap",
-                    started,
-                    "skipped",
-                    "dry run" if run["dry_run"] else "in place: nothing to swap",
-                )
-            }
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        result = swap_in(endpoint(target.cluster.conn_id), run["database_name"], run["tag"])
-        return {
-            "event": step_event(
-                "swap",
-                started,
-                detail=f"{result['live']} is the restored copy; the old one is kept as {result['kept_as']}",
-            )
-        }
+        if run["dry_run"]:
+            return {"event": step_event("swap", started, "skipped", "dry run"), "kept_as": None}
+        admin, _ = admin_for(run)
+        outcome = swap_step(admin, run)
+        return {"event": event_of("swap", started, outcome), "kept_as": outcome["kept_as"]}
 
     @task(trigger_rule="all_done")
     def start_services(**context) -> dict:
@@ -245,29 +262,27 @@ def dr_database_restore():
 
         return functional_checks(PLAN.environment(run["environment"]), run["services"])
 
-    @task
-    def measure_data_loss(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.postgres.measure import canary_data_loss
+    @task(trigger_rule="all_done")
+    def measure_data_loss(**context) -> dict:
+        """Runs whenever the run got that far, even if a gate failed: once the swap has
+        happened, what it set aside is reported whatever else went wrong."""
+        from tracktion_dr.database_recovery import measure_restore_loss
 
         started = now_iso()
-        if run["dry_run"]:
+        run = context["ti"].xcom_pull(task_ids="guard")
+        if run is None or run["dry_run"]:
+            why = "dry run" if run else "the guard refused: nothing was done"
             return {
-                "event": step_event("measure_data_loss", started, "skipped", "dry run"),
+                "event": step_event("measure_data_loss", started, "skipped", why),
                 "data_loss": None,
+                "set_aside": None,
             }
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        loss = canary_data_loss(
-            endpoint(target.cluster.conn_id).conninfo(run["database_name"]),
-            datetime.fromisoformat(run["started_at"]),
-            fallback=datetime.fromisoformat(run["backup"]["started_at"]),
-            fallback_method="the dump's snapshot time",
-        )
-        detail = loss.describe()
+        admin, _ = admin_for(run)
+        measured = measure_restore_loss(admin, run)
         return {
-            "event": step_event("measure_data_loss", started, detail=detail),
-            "data_loss": loss.as_dict(),
+            "event": event_of("measure_data_loss", started, measured),
+            "data_loss": measured["data_loss"],
+            "set_aside": measured["set_aside"],
         }
 
     @task(trigger_rule="all_done", retries=0)
@@ -276,7 +291,9 @@ def dr_database_restore():
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
             return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
-        loss = (context["ti"].xcom_pull(task_ids="measure_data_loss") or {}).get("data_loss") or {}
+        measured = context["ti"].xcom_pull(task_ids="measure_data_loss") or {}
+        loss = measured.get("data_loss") or {}
+        swapped = context["ti"].xcom_pull(task_ids="swap") or {}
         timeline = record_timeline(
             context,
             incident=run,
@@ -287,8 +304,13 @@ def dr_database_restore():
             details={
                 "database": run["database"],
                 "mode": run["mode"],
-                "kept_as": run["kept_as"],
+                "kept_as": swapped.get("kept_as"),
                 "data_loss": loss,
+                "set_aside": measured.get("set_aside"),
+                "state_at_guard": run.get("state"),
+                "dropped_incomplete": (
+                    context["ti"].xcom_pull(task_ids="restore_beside") or {}
+                ).get("dropped"),
             },
         )
         release_exclusivity(context)
@@ -323,7 +345,7 @@ def dr_database_restore():
     swapped >> gate_database
     [swapped, started] >> gate_services
     [gate_database, gate_services] >> gate_functional
-    loss = measure_data_loss(run)
+    loss = measure_data_loss()
     gate_functional >> loss
     timeline = record()
     loss >> timeline

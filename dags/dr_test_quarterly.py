@@ -95,7 +95,7 @@ def dr_test_quarterly():
     def run_chain_step(run: dict, index: int, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from tracktion_dr.drills import run_step
+        from tracktion_dr.drill_steps import run_step
         from tracktion_dr.timeline import Event
 
         step = STEPS[index]

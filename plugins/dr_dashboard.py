@@ -41,18 +41,12 @@ section{margin:1.5em 0}
 
 def _ledger_conninfo() -> str:
     from airflow.models.connection import Connection
-    from psycopg.conninfo import make_conninfo
 
     from tracktion_dr.ledger import LEDGER_CONN_ID
+    from tracktion_dr.postgres.commands import endpoint_from_connection
 
     c = Connection.get_connection_from_secrets(LEDGER_CONN_ID)
-    return make_conninfo(
-        host=c.host or "127.0.0.1",
-        port=str(c.port or 5432),
-        user=c.login or "postgres",
-        password=c.password or "",
-        dbname=c.schema or "postgres",
-    )
+    return endpoint_from_connection(c).conninfo()
 
 
 def _e(value: Any) -> str:

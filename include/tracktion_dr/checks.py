@@ -6,11 +6,11 @@ A health URL answering 200 says a process is up; the functional check says it do
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 
 from tracktion_dr.plan import Environment, FunctionalCheck
+from tracktion_dr.probes import ProbeFailure
+from tracktion_dr.services.recovery import functional_check as run_functional_check
 
 
 def service_health(
@@ -33,36 +33,13 @@ def service_health(
 
 
 def functional_check(check: FunctionalCheck) -> tuple[bool, str]:
-    """Run the plan's functional check; a missing sample file is a failure, not a skip
-    (the seed skipped silently, which hides a broken check for months)."""
-    timeout = check.timeout.total_seconds()
+    """The plan's functional check as a gate sees it: (passed?, what it saw). A missing
+    sample file is a failure, not a skip (the seed skipped silently, which hides a broken
+    check for months). One implementation: ``services.recovery.functional_check``."""
     try:
-        if check.sample_file:
-            sample = Path(check.sample_file)
-            if not sample.is_file():
-                return False, f"sample file {sample} is missing"
-            with sample.open("rb") as handle:
-                response = httpx.request(
-                    check.method, check.url, files={"file": (sample.name, handle)}, timeout=timeout
-                )
-        else:
-            response = httpx.request(check.method, check.url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return False, f"{check.method} {check.url}: {type(exc).__name__}: {exc}"
-    if response.status_code != check.expect_status:
-        return (
-            False,
-            f"{check.method} {check.url}: HTTP {response.status_code} {response.text[:120]}",
-        )
-    if check.expect_json:
-        try:
-            body = response.json()
-        except ValueError:
-            return False, f"{check.url}: answer is not JSON"
-        wrong = {k: body.get(k) for k, v in check.expect_json.items() if body.get(k) != v}
-        if wrong:
-            return False, f"{check.url}: expected {check.expect_json}, got {wrong}"
-    return True, f"{check.method} {check.url}: HTTP {response.status_code}, as expected"
+        return True, run_functional_check(check)
+    except ProbeFailure as exc:
+        return False, str(exc)
 
 
 def functional_checks(environment: Environment, services: list[str]) -> tuple[bool, str]:

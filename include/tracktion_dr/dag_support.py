@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Connection, Param
-from psycopg.conninfo import make_conninfo
 
 from tracktion_dr.incident import INCIDENT_ID_PATTERN
 from tracktion_dr.plan import Controller, Plan
@@ -80,14 +79,7 @@ def common_params(plan: Plan, *, environment_default: str | None) -> dict[str, P
 def conninfo(conn_id: str, dbname: str | None = None) -> str:
     """A libpq conninfo for an Airflow connection. Contains the password: never log it,
     never return it from a task (XCom)."""
-    connection = Connection.get(conn_id)
-    return make_conninfo(
-        host=connection.host or "127.0.0.1",
-        port=str(connection.port or 5432),
-        user=connection.login or "postgres",
-        password=connection.password or "",
-        dbname=dbname or connection.schema or "postgres",
-    )
+    return endpoint(conn_id, dbname).conninfo()
 
 
 def controller(spec: Controller) -> ServiceController:
@@ -115,18 +107,11 @@ def controller(spec: Controller) -> ServiceController:
     raise NotImplementedError(f"no controller for kind {spec.kind!r}")
 
 
-def endpoint(conn_id: str) -> Endpoint:
+def endpoint(conn_id: str, dbname: str | None = None) -> Endpoint:
     """The connection as a PostgreSQL endpoint (password inside: never log or return it)."""
-    from tracktion_dr.postgres.commands import Endpoint
+    from tracktion_dr.postgres.commands import endpoint_from_connection
 
-    connection = Connection.get(conn_id)
-    return Endpoint(
-        host=connection.host or "127.0.0.1",
-        port=int(connection.port or 5432),
-        user=connection.login or "postgres",
-        password=connection.password or "",
-        dbname=connection.schema or "postgres",
-    )
+    return endpoint_from_connection(Connection.get(conn_id), dbname)
 
 
 def backup_params(plan: Plan, *, with_dry_run: bool = False) -> dict[str, Param]:

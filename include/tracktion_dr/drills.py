@@ -13,18 +13,15 @@ that production also names (unless the plan says the drill environment shares th
 
 Quarterly: :func:`simulate_cluster_loss` takes the drill cluster away (stopped, its data
 directory moved aside - never deleted), then the plan's ``drills.quarterly.steps`` run in
-order as real DAG runs (:func:`run_step`), each recorded in the ledger by itself.
+order as real DAG runs (``drill_steps.run_step``), each recorded in the ledger by itself.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -421,54 +418,6 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
     if data.exists():
         os.rename(data, aside)
     return {"lost_at": lost_at.isoformat(), "moved_aside": str(aside), "cluster": cluster_name}
-
-
-def run_step(dag_id: str, conf: dict[str, Any], timeout_seconds: float) -> dict[str, Any]:
-    """Run one chain step as a real DAG run of the step's own DAG (``dag.test()`` in a
-    child process, so its tasks, XCom and ledger record are exactly that DAG's) and
-    return its outcome: {"dag_id", "run_id", "state", "record"}."""
-    completed = subprocess.run(  # noqa: S603 - fixed argv, conf passed as JSON data
-        [sys.executable, "-m", "tracktion_dr.drills", dag_id, json.dumps(conf)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_seconds,
-        check=False,
-    )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith("DRILL-STEP-RESULT "):
-            return json.loads(line.removeprefix("DRILL-STEP-RESULT "))
-    tail = (completed.stderr or completed.stdout)[-800:]
-    return {
-        "dag_id": dag_id,
-        "run_id": None,
-        "state": "failed",
-        "record": None,
-        "error": f"exit {completed.returncode}: {tail}",
-    }
-
-
-def _main(argv: list[str]) -> int:
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    from tracktion_dr.dag_runs import run_dag, task_result, task_states
-
-    dag_id, conf = argv[0], json.loads(argv[1])
-    dag_run = run_dag(dag_id, conf)
-    record = task_result(dag_run, "record")
-    result = {
-        "dag_id": dag_id,
-        "run_id": dag_run.run_id,
-        "state": str(dag_run.state),
-        "record": record,
-        "task_states": task_states(dag_run),
-        "start_date": dag_run.start_date.isoformat() if dag_run.start_date else None,
-        "end_date": dag_run.end_date.isoformat() if dag_run.end_date else None,
-    }
-    print("DRILL-STEP-RESULT " + json.dumps(result, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
 
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"

@@ -225,13 +225,12 @@ def verify_write(conninfo: str) -> str:
 
 
 def canary_data_loss(conninfo: str, incident_at: datetime) -> dict[str, Any]:
-    """Data lost = incident time - newest surviving canary heartbeat (never negative)."""
-    with _connect(conninfo) as conn:
-        (newest,) = conn.execute(
-            "SELECT max(written_at) FROM dr_canary.heartbeat WHERE writer IS DISTINCT FROM %s",
-            (VERIFY_WRITER,),
-        ).fetchone()  # type: ignore[misc]
-    if newest is None:
-        return {"newest_surviving_write": None, "data_loss_seconds": None}
-    loss = max(0.0, (incident_at - newest).total_seconds())
-    return {"newest_surviving_write": newest.isoformat(), "data_loss_seconds": round(loss, 3)}
+    """Data lost = incident time - newest surviving canary heartbeat written before the
+    incident (the failover's own verification write comes after it and never counts)."""
+    from tracktion_dr.postgres.measure import canary_data_loss as measure
+
+    loss = measure(conninfo, incident_at)
+    return {
+        "newest_surviving_write": loss.newest_surviving_write,
+        "data_loss_seconds": loss.seconds,
+    }

@@ -251,15 +251,6 @@ class Catalog:
             )
         return sorted(entries, key=lambda e: e.finished_at, reverse=True)
 
-    def offsite_entries(self, client: Any, *, with_checksums: bool = False) -> list[Any]:
-        """What the offsite ``s3://`` location holds (``offsite.OffsiteObject``s, newest
-        first), read through ``client`` (a boto3 S3 client, e.g. ``S3Hook.get_conn()``)."""
-        from tracktion_dr.backups.offsite import list_location
-
-        if not self.locations.offsite:
-            return []
-        return list_location(client, self.locations.offsite, with_checksums=with_checksums)
-
     def wal_archive(self, since: wal.Segment | None = None) -> wal.ArchiveState:
         return wal.archive_state(local_path(self.locations.wal_archive), since)
 

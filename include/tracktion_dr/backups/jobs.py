@@ -14,32 +14,19 @@ from typing import Any
 
 from tracktion_dr.backups import offsite, retention, snapshots, watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
+from tracktion_dr.dag_support import endpoint
 from tracktion_dr.errors import StepFailed
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.notify.policy import RunEvent, channels_for
 from tracktion_dr.plan import Environment, Plan
 from tracktion_dr.postgres import basebackups, dumps
-from tracktion_dr.postgres.commands import CommandError, Endpoint
+from tracktion_dr.postgres.commands import CommandError
 
 log = logging.getLogger(__name__)
 
 
 class BackupJobFailed(StepFailed):
     """A backup, check or watch failed; the message says what and why."""
-
-
-def endpoint(conn_id: str, dbname: str | None = None) -> Endpoint:
-    """An Airflow postgres connection as an Endpoint (the password stays in memory)."""
-    from airflow.sdk import Connection
-
-    connection = Connection.get(conn_id)
-    return Endpoint(
-        host=connection.host or "127.0.0.1",
-        port=int(connection.port or 5432),
-        user=connection.login or "postgres",
-        password=connection.password or "",
-        dbname=dbname or connection.schema or "postgres",
-    )
 
 
 def catalog_for(environment: Environment) -> Catalog:
@@ -279,19 +266,6 @@ def test_restore_newest_dumps(plan: Plan, env_name: str) -> list[dict[str, Any]]
         checked = catalog.verify(candidates[0], restore_into=endpoint(cluster.conn_id, "postgres"))
         checks.append(_check_row(checked, "sha256 + pg_restore --list + test restore"))
     return checks
-
-
-def record_checks(checks: list[dict[str, Any]], *, dag_id: str, run_id: str, env_name: str) -> int:
-    from tracktion_dr import ledger
-    from tracktion_dr.dag_support import conninfo
-
-    return ledger.record_backup_checks(
-        conninfo(ledger.LEDGER_CONN_ID),
-        dag_id=dag_id,
-        run_id=run_id,
-        environment=env_name,
-        checks=checks,
-    )
 
 
 # --------------------------------------------------------------------------- offsite
