@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS, backup_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 
@@ -70,8 +70,8 @@ def dr_backup_verify():
 
     @task(retries=0, trigger_rule="all_done")
     def record(checks: list, wal: list, restores: list, **context) -> dict:
-        from tracktion_dr import ledger
-        from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.evidence import ledger
 
         rows = []
         for name, part in (

@@ -39,9 +39,9 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate, finish_run
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.dag_kit import RtoGate, finish_run
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ RTO_SECONDS = min(
 
 
 def all_services_healthy(incident: dict) -> tuple[bool, str]:
-    from tracktion_dr.plan import load_plan as current_plan
+    from tracktion_dr.core.plan import load_plan as current_plan
     from tracktion_dr.services.recovery import probe_services
 
     environment = current_plan().environment(incident["environment"])
@@ -70,7 +70,7 @@ def all_services_healthy(incident: dict) -> tuple[bool, str]:
 
 
 def restart_all(environment) -> list[str]:
-    from tracktion_dr.dag_support import controller
+    from tracktion_dr.airflow.support import controller
     from tracktion_dr.services.recovery import dependency_order
 
     restarted = []
@@ -120,9 +120,9 @@ def restart_all(environment) -> list[str]:
 def dr_config_recovery():
     @task(retries=0)
     def guard(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident
+        from tracktion_dr.airflow.dag_kit import open_incident
+        from tracktion_dr.core.incident import InvalidInput, check_confirmation
         from tracktion_dr.files.snapshots import pick_snapshot
-        from tracktion_dr.incident import InvalidInput, check_confirmation
         from tracktion_dr.notify.runs import notify_started
 
         incident = open_incident(context, PLAN)
@@ -147,7 +147,7 @@ def dr_config_recovery():
     def safety_snapshot(incident: dict) -> dict:
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files.config_restore import take_safety_snapshot
         from tracktion_dr.files.snapshots import location_dir
 
@@ -169,7 +169,7 @@ def dr_config_recovery():
         import tempfile
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files import config_restore
 
         started = now_iso()
@@ -194,7 +194,7 @@ def dr_config_recovery():
 
     @task(retries=0)
     def validate_live(incident: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files.config_restore import validate_live as check
 
         started = now_iso()
@@ -211,7 +211,7 @@ def dr_config_recovery():
 
     @task(retries=0)
     def restart_services(incident: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
 
         started = now_iso()
         if incident["dry_run"] or not incident["restart"]:
@@ -235,7 +235,7 @@ def dr_config_recovery():
         import time
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files import config_restore
 
         started = now_iso()
@@ -283,7 +283,7 @@ def dr_config_recovery():
 
     @task(trigger_rule="all_done", retries=0)
     def record(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import record_timeline
+        from tracktion_dr.airflow.dag_kit import record_timeline
 
         rolled = context["ti"].xcom_pull(task_ids="rollback") or {}
         return record_timeline(

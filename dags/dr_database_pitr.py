@@ -38,7 +38,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     RtoGate,
     now_iso,
     open_incident,
@@ -50,8 +50,8 @@ from tracktion_dr.dag_kit import (
     step_event,
     take_exclusivity,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.pitr import TARGET_TYPES
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,14 @@ def _cluster(run: dict):
 def dr_database_pitr():
     @task
     def guard(**context) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import (
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.postgres.pitr import parse_target
+        from tracktion_dr.scenarios.database import (
             check_confirmation,
             cluster_target,
             guard_pitr,
             salvage_current_wal,
         )
-        from tracktion_dr.postgres.pitr import parse_target
 
         incident = open_incident(context, PLAN)
         environment = PLAN.environment(incident["environment"])
@@ -159,8 +159,8 @@ def dr_database_pitr():
 
     @task
     def stop_services(run: dict) -> dict:
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import stop_services as stop
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import stop_services as stop
 
         started = now_iso()
         if run["dry_run"]:
@@ -170,7 +170,7 @@ def dr_database_pitr():
 
     @task
     def prepare_data_directory(run: dict) -> dict:
-        from tracktion_dr.database_recovery import prepare_data_directory as prepare
+        from tracktion_dr.scenarios.database import prepare_data_directory as prepare
 
         started = now_iso()
         if run["dry_run"]:
@@ -183,8 +183,8 @@ def dr_database_pitr():
 
     @task
     def start_postgres(run: dict) -> dict:
-        from tracktion_dr.database_recovery import recovery_log_file
         from tracktion_dr.postgres.pitr import ClusterPaths, server_running, start_server
+        from tracktion_dr.scenarios.database import recovery_log_file
 
         started = now_iso()
         if run["dry_run"]:
@@ -202,9 +202,9 @@ def dr_database_pitr():
         }
 
     def recovery_promoted(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import target_from_plan
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.pitr import replay_progress
+        from tracktion_dr.scenarios.database import target_from_plan
 
         progress = replay_progress(
             endpoint(_cluster(run).conn_id).conninfo("postgres"), target_from_plan(run)
@@ -213,7 +213,7 @@ def dr_database_pitr():
 
     @task
     def validate_recovered(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.integrity import validate_database
         from tracktion_dr.postgres.pitr import clear_recovery_settings
 
@@ -243,8 +243,8 @@ def dr_database_pitr():
     def start_services(**context) -> dict:
         """Runs whatever happened after stop_services: services must not stay down because
         a later step failed (their health gates then tell the truth)."""
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import start_services as start
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import start_services as start
 
         started = now_iso()
         run = context["ti"].xcom_pull(task_ids="guard")
@@ -258,18 +258,18 @@ def dr_database_pitr():
         return {"event": step_event("start_services", started, detail=detail)}
 
     def services_healthy(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import service_health
+        from tracktion_dr.services.checks import service_health
 
         return service_health(PLAN.environment(run["environment"]), run["services"])
 
     def functional(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import functional_checks
+        from tracktion_dr.services.checks import functional_checks
 
         return functional_checks(PLAN.environment(run["environment"]), run["services"])
 
     @task
     def reseed_replica(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.pitr import ClusterPaths
         from tracktion_dr.postgres.replica import reseed_replica as reseed
 
@@ -303,10 +303,10 @@ def dr_database_pitr():
 
     @task
     def measure_data_loss(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import recovery_log_file
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.measure import canary_data_loss
         from tracktion_dr.postgres.pitr import last_replayed_commit
+        from tracktion_dr.scenarios.database import recovery_log_file
 
         started = now_iso()
         if run["dry_run"]:

@@ -46,8 +46,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag
 
-from tracktion_dr import steps
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.dag_kit import (
     RtoGate,
     database_accepts,
     functional_checks_pass,
@@ -56,8 +56,8 @@ from tracktion_dr.dag_kit import (
     services_healthy,
     take_exclusivity,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ DATABASES = sorted({name for env in PLAN.environments.values() for name in env.d
 
 
 def _target(run: dict):
-    from tracktion_dr.database_recovery import database_target
+    from tracktion_dr.scenarios.database import database_target
 
     return database_target(PLAN.environment(run["environment"]), run["database"])
 
 
 def _admin(run: dict):
-    from tracktion_dr.dag_support import endpoint
+    from tracktion_dr.airflow.support import endpoint
 
     cluster = _target(run).cluster
     return endpoint(cluster.conn_id), Path(cluster.bin_dir)
@@ -154,8 +154,8 @@ def _record_fields(run: dict, context) -> dict:
 def dr_database_restore():
     @steps.guard()
     def guard(**context) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import guard_restore
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.database import guard_restore
 
         incident = open_incident(context, PLAN)
         restore_plan = guard_restore(PLAN, incident, context["params"], endpoint)
@@ -168,29 +168,29 @@ def dr_database_restore():
 
     @steps.step("destructive")
     def stop_services(run: dict, **context) -> dict:
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import stop_services_for_restore
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import stop_services_for_restore
 
         environment = PLAN.environment(run["environment"])
         return stop_services_for_restore(_admin(run)[0], run, environment, controller)
 
     @steps.step("destructive")
     def restore_beside(run: dict, **context) -> dict:
-        from tracktion_dr.database_recovery import restore_step
+        from tracktion_dr.scenarios.database import restore_step
 
         admin, bindir = _admin(run)
         return restore_step(admin, run, bindir)
 
     @steps.step("check", skip_in_dry_run=True)
     def validate_restored(run: dict, **context) -> dict:
-        from tracktion_dr.database_recovery import validate_restored as validate
+        from tracktion_dr.scenarios.database import validate_restored as validate
 
         admin, bindir = _admin(run)
         return validate(admin, run, bindir)
 
     @steps.step("destructive")
     def swap(run: dict, **context) -> dict:
-        from tracktion_dr.database_recovery import swap_step
+        from tracktion_dr.scenarios.database import swap_step
 
         return swap_step(_admin(run)[0], run)
 
@@ -199,8 +199,8 @@ def dr_database_restore():
         """Runs even when a step after stop_services failed: the services go back up (on
         the old database if nothing was swapped) - a failed recovery must not leave
         things worse than it found them."""
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import start_services as start
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import start_services as start
 
         if context["ti"].xcom_pull(task_ids="stop_services") is None:
             return {"status": "skipped", "detail": "nothing was stopped"}
@@ -210,7 +210,7 @@ def dr_database_restore():
     def measure_data_loss(run: dict, **context) -> dict:
         """Runs whenever the run got that far, even if a gate failed: once the swap has
         happened, what it set aside is reported whatever else went wrong."""
-        from tracktion_dr.database_recovery import measure_restore_loss
+        from tracktion_dr.scenarios.database import measure_restore_loss
 
         return measure_restore_loss(_admin(run)[0], run)
 

@@ -42,13 +42,13 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.airflow_access import ACCESS
-from tracktion_dr.dag_kit import RtoGate, open_incident, scenario_tail, take_exclusivity
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
+from tracktion_dr.airflow.access import ACCESS
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail, take_exclusivity
+from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
-from tracktion_dr.plan import load_plan
 from tracktion_dr.scenarios import failover
-from tracktion_dr.steps import guard, print_plan_of_actions, step
 
 PLAN = load_plan()
 DAG_ID = "dr_failover"

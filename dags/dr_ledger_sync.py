@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS
+from tracktion_dr.airflow.support import DEFAULT_ARGS
 
 
 @dag(
@@ -37,8 +37,8 @@ from tracktion_dr.dag_support import DEFAULT_ARGS
 def dr_ledger_sync():
     @task(retries=0, execution_timeout=timedelta(minutes=5))
     def flush_spool() -> dict:
-        from tracktion_dr import ledger
-        from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.evidence import ledger
 
         written = ledger.flush_spool(conninfo(ledger.LEDGER_CONN_ID))
         return {"written": written, "spool": str(ledger.spool_directory())}

@@ -37,12 +37,12 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag
 
-from tracktion_dr.dag_kit import RtoGate, open_incident, scenario_tail
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
-from tracktion_dr.plan import load_plan
 from tracktion_dr.scenarios import storage
-from tracktion_dr.steps import guard, print_plan_of_actions, step
 
 PLAN = load_plan()
 DAG_ID = "dr_storage_recovery"

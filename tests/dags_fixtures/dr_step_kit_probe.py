@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag
 
-from tracktion_dr.dag_kit import RtoGate, open_incident, scenario_tail
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.errors import InvalidInput
-from tracktion_dr.plan import load_plan
-from tracktion_dr.steps import guard, step
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.steps import guard, step
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.errors import InvalidInput
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 

@@ -31,7 +31,7 @@ T = TypeVar("T")
 # The child runs one DAG with dag.test(), in-process (tasks run inside this one process).
 DAG_TEST_PROGRAM = (
     "import json, sys\n"
-    "from tracktion_dr.dag_runs import run_dag\n"
+    "from tracktion_dr.airflow.dag_runs import run_dag\n"
     "run_dag(sys.argv[1], json.loads(sys.argv[2]))\n"
 )
 
@@ -75,7 +75,7 @@ class KillableRun:
         log_path: Path,
         env: Mapping[str, str] | None = None,
     ) -> KillableRun:
-        """``dag.test()`` of ``dag_id`` with ``conf`` (via ``tracktion_dr.dag_runs``) in a
+        """``dag.test()`` of ``dag_id`` with ``conf`` (via ``tracktion_dr.airflow.dag_runs``) in a
         child process that inherits this process's environment (Airflow home, sandbox
         connections, ``PYTHONPATH``) unless ``env`` is given."""
         return cls(

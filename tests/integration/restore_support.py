@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.incident import new_incident_id
+from tracktion_dr.airflow.support import endpoint
+from tracktion_dr.core.incident import new_incident_id
 from tracktion_dr.postgres.dumps import read_manifest, take_logical_dump
 from tracktion_dr.postgres.restore import aside_name, incident_tag, rename_database, restore_name
 
@@ -151,8 +151,8 @@ def put_sandbox_back(incident: Incident, supervisor_controller, services: list[s
     """After a test, whatever happened: a live database under the real name, this
     incident's scratch and kept copies gone (the test already judged them), its locks
     released, the services up, its dump removed."""
-    from tracktion_dr import ledger, locks
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger, locks
 
     with connect("postgres", autocommit=True) as conn:
         present = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.backups import snapshots as writer
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.files import snapshots
 from tracktion_dr.files.config_restore import tree_digest
 from tracktion_sandbox import layout as L

@@ -21,8 +21,8 @@ from restore_support import (
     write_after_dump_and_break,
 )
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import endpoint
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.postgres.dumps import exact_row_counts
 from tracktion_dr.postgres.restore import MarkerState, Phase, inspect_state
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.sandbox
 
 @pytest.fixture()
 def dependents():
-    from tracktion_dr.plan import load_plan
+    from tracktion_dr.core.plan import load_plan
 
     return load_plan().environment("drill").dependents_of(DATABASE)
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from tracktion_dr import ledger, locks
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import conninfo
-from tracktion_dr.errors import TargetBusy
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import conninfo
+from tracktion_dr.core.errors import TargetBusy
+from tracktion_dr.evidence import ledger, locks
 from tracktion_sandbox import pg
 
 pytestmark = pytest.mark.sandbox

@@ -6,9 +6,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tracktion_dr import ledger, locks
-from tracktion_dr.dag_support import conninfo
-from tracktion_dr.errors import TargetBusy
+from tracktion_dr.airflow.support import conninfo
+from tracktion_dr.core.errors import TargetBusy
+from tracktion_dr.evidence import ledger, locks
 
 pytestmark = pytest.mark.sandbox
 

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
+from tracktion_dr.airflow.backup_jobs import s3_hook
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.backups import offsite
-from tracktion_dr.backups.jobs import s3_hook
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 
 pytestmark = pytest.mark.sandbox
 MIB = 1024 * 1024

@@ -24,9 +24,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import endpoint
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.commands import as_os_user, run
 
 pytestmark = pytest.mark.sandbox

@@ -39,7 +39,7 @@ from restore_support import (
     write_after_dump_and_break,
 )
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.postgres.restore import MarkerState, Phase, inspect_state
 
 pytestmark = pytest.mark.sandbox
@@ -200,7 +200,7 @@ MOMENTS = [
 
 @pytest.fixture()
 def dependents():
-    from tracktion_dr.plan import load_plan
+    from tracktion_dr.core.plan import load_plan
 
     return load_plan().environment("drill").dependents_of(DATABASE)
 
@@ -279,8 +279,8 @@ def _then_the_database_is_the_dump(incident: Incident) -> None:
 
 
 def _then_services_are_healthy(dependents: list[str]) -> None:
-    from tracktion_dr.checks import service_health
-    from tracktion_dr.plan import load_plan
+    from tracktion_dr.core.plan import load_plan
+    from tracktion_dr.services.checks import service_health
 
     healthy, detail = service_health(load_plan().environment("drill"), dependents)
     assert healthy, detail

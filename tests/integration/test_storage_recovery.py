@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.files.storage_integrity import audio_problem
 
 pytestmark = pytest.mark.sandbox

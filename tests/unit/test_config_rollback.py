@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tracktion_dr.backups import snapshots as writer
-from tracktion_dr.errors import StepFailed, ValidationFailed
+from tracktion_dr.core.errors import StepFailed, ValidationFailed
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.files import config_restore
 from tracktion_dr.files.config_restore import (
     configuration_digest,
@@ -26,7 +27,6 @@ from tracktion_dr.files.config_restore import (
     roll_back,
     take_safety_snapshot,
 )
-from tracktion_dr.plan import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 INCIDENT = "DR-20261125-000000"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.notify.policy import (
     NOTIFICATION_POLICY,
@@ -13,7 +14,6 @@ from tracktion_dr.notify.policy import (
     outcome_event,
 )
 from tracktion_dr.notify.runs import notify_outcome, outcome_message
-from tracktion_dr.plan import load_plan
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tracktion_dr.database_recovery import (
-    pick_backup,
-    refuse_already_recovered,
-    refuse_unsafe_state,
-)
-from tracktion_dr.errors import AlreadyRecovered, InvalidInput, Refused
+from tracktion_dr.core.errors import AlreadyRecovered, InvalidInput, Refused
 from tracktion_dr.postgres.restore import (
     DatabaseInfo,
     Marker,
@@ -19,6 +14,11 @@ from tracktion_dr.postgres.restore import (
     Phase,
     RestoreState,
     marker_for,
+)
+from tracktion_dr.scenarios.database import (
+    pick_backup,
+    refuse_already_recovered,
+    refuse_unsafe_state,
 )
 
 TAG = "20261126_031205"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 from tracktion_sandbox import audio, service
 from tracktion_sandbox.layout import SandboxLayout
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.errors import InvalidInput, Refused, StepFailed, ValidationFailed
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.errors import InvalidInput, Refused, StepFailed, ValidationFailed
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios import application
 
 ROOT = Path(__file__).resolve().parents[2]

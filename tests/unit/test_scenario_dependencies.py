@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios import dependencies
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.errors import FailoverRefused, InvalidInput, Refused
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.errors import FailoverRefused, InvalidInput, Refused
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios import failover
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.errors import InvalidInput, ValidationFailed
-from tracktion_dr.infrastructure import Finding
-from tracktion_dr.plan import Controller, load_plan
+from tracktion_dr.core.errors import InvalidInput, ValidationFailed
+from tracktion_dr.core.plan import Controller, load_plan
 from tracktion_dr.scenarios import infrastructure
+from tracktion_dr.services.infrastructure import Finding
 
 ROOT = Path(__file__).resolve().parents[2]
 INCIDENT = {"incident_id": "DR-20261126-031200", "environment": "drill", "dry_run": False}

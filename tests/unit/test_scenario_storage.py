@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tracktion_dr.backups.snapshots import storage_snapshot
-from tracktion_dr.errors import InvalidInput, NoUsableBackup, Refused, ValidationFailed
+from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, Refused, ValidationFailed
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.files.storage_integrity import AreaReport
-from tracktion_dr.plan import load_plan
 from tracktion_dr.scenarios import storage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tracktion_dr.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline
+from tracktion_dr.core.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline
 
 T0 = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 

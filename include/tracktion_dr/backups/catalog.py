@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.errors import NoUsableBackup
-from tracktion_dr.plan import BackupLocations
+from tracktion_dr.core.errors import NoUsableBackup
+from tracktion_dr.core.plan import BackupLocations
 from tracktion_dr.postgres import basebackups, dumps, wal
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
 

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file, utc_stamp, write_json_atomic
 
 log = logging.getLogger(__name__)

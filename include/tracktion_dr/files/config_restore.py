@@ -50,14 +50,14 @@ from tracktion_dr.backups.snapshots import (
     SAFETY_STATE_MEMBER,
     config_snapshot,
 )
-from tracktion_dr.errors import StepFailed, ValidationFailed
+from tracktion_dr.core.errors import StepFailed, ValidationFailed
+from tracktion_dr.core.plan import Environment
 from tracktion_dr.files.snapshots import (
     extract_snapshot,
     read_environment,
     sha256_file,
     utc_stamp,
 )
-from tracktion_dr.plan import Environment
 
 log = logging.getLogger(__name__)
 

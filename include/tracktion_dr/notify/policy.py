@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from tracktion_dr.plan import Plan
+from tracktion_dr.core.plan import Plan
 
 
 class RunEvent(StrEnum):

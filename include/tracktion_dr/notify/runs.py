@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from tracktion_dr.core.plan import Plan, format_duration
 from tracktion_dr.notify.delivery import deliver
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.notify.policy import RunEvent, channels_for, outcome_event
-from tracktion_dr.plan import Plan, format_duration
 
 
 def notify_started(

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
-from tracktion_dr.errors import CommandError
+from tracktion_dr.core.errors import CommandError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from tracktion_dr.incident import InvalidInput
+from tracktion_dr.core.incident import InvalidInput
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, as_os_user, chown_tree, run
 from tracktion_dr.postgres.wal import lsn_to_int
 

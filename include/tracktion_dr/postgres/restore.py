@@ -51,7 +51,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint, run
 from tracktion_dr.postgres.dumps import drop_database, user_tables
 from tracktion_dr.postgres.measure import CANARY_TABLE

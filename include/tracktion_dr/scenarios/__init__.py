@@ -1,7 +1,7 @@
-"""One module per scenario's decisions (DESIGN.md, layout): what a run will do and in
+"""One module per scenario's decisions (README, layout): what a run will do and in
 which order, what each step does given what it finds, when a gate opens, and the sentence
 that says what is still wrong. Plain Python, no Airflow: the DAG files wire these functions
-into steps (``tracktion_dr.steps``) and gates (``dag_kit.RtoGate``) and show their graph.
+into steps (``tracktion_dr.airflow.steps``) and gates (``dag_kit.RtoGate``) and show their graph.
 
 A run is the guard's result, a dict (it travels as XCom): the common incident fields
 (``incident_id``, ``started_at``, ``environment``, ``dry_run``, ``notify``) plus what the
@@ -10,7 +10,7 @@ scenario's guard decided. A step function returns ``{"detail": ..., **figures}``
 step's event.
 
 Reaching the systems needs Airflow's connections (secrets stay there): a scenario gets
-them as a :class:`SystemAccess`, built by the Airflow layer (``airflow_access.ACCESS``),
+them as a :class:`SystemAccess`, built by the Airflow layer (``airflow.access.ACCESS``),
 so every decision here runs in a unit test without Airflow.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tracktion_dr.plan import Controller, Environment, Plan
+from tracktion_dr.core.plan import Controller, Environment, Plan
 from tracktion_dr.services.base import ServiceController
 
 # A gate's check: given the run, (opened?, what it saw).

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracktion_dr.errors import InvalidInput, ValidationFailed
-from tracktion_dr.plan import Plan
+from tracktion_dr.core.errors import InvalidInput, ValidationFailed
+from tracktion_dr.core.plan import Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
 from tracktion_dr.services.recovery import (
     STRATEGIES,

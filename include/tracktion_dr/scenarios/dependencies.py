@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tracktion_dr.plan import Environment, Plan
+from tracktion_dr.core.plan import Environment, Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of, joined
 from tracktion_dr.services.dependencies import (
     LAYERS,

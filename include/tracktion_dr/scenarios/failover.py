@@ -3,7 +3,7 @@ approval shows (the same list the guard prints), the switch, when the failover i
 the data lost, and the verdict on an unapproved manual failover.
 
 The mechanics (load balancer API, fencing, ``pg_promote``, the canary) are
-``tracktion_dr.failover``'s; this module decides and composes them.
+``tracktion_dr.services.failover``'s; this module decides and composes them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from tracktion_dr.errors import FailoverRefused, InvalidInput
-from tracktion_dr.failover import (
+from tracktion_dr.core.errors import FailoverRefused, InvalidInput
+from tracktion_dr.core.plan import Environment, Plan
+from tracktion_dr.core.timeline import parse_time
+from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
+from tracktion_dr.services.failover import (
     LoadBalancer,
     canary_data_loss,
     check_database_preconditions,
@@ -23,10 +26,7 @@ from tracktion_dr.failover import (
     promote,
     verify_write,
 )
-from tracktion_dr.plan import Environment, Plan
-from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
 from tracktion_dr.services.recovery import probe_services
-from tracktion_dr.timeline import parse_time
 
 log = logging.getLogger(__name__)
 

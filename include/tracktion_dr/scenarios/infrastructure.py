@@ -2,7 +2,7 @@
 repairs by itself (only what the plan allows, never a system file), when the repairs
 hold, and the sentence naming what is still failing.
 
-The checks and findings are ``tracktion_dr.infrastructure``'s; this module adds the
+The checks and findings are ``tracktion_dr.services.infrastructure``'s; this module adds the
 service-manager checks (they need the plan's controllers) and the repairs.
 """
 
@@ -12,13 +12,18 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracktion_dr.errors import InvalidInput, ValidationFailed
-from tracktion_dr.infrastructure import AREAS, Finding, infrastructure_findings, render_findings
-from tracktion_dr.plan import Controller, Environment, Plan
-from tracktion_dr.probes import ProbeFailure
+from tracktion_dr.core.errors import InvalidInput, ValidationFailed
+from tracktion_dr.core.plan import Controller, Environment, Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of, joined
 from tracktion_dr.services.commands import last_lines, run_command
 from tracktion_dr.services.dependencies import ensure_storage_area
+from tracktion_dr.services.infrastructure import (
+    AREAS,
+    Finding,
+    infrastructure_findings,
+    render_findings,
+)
+from tracktion_dr.services.probes import ProbeFailure
 from tracktion_dr.services.systemd import SystemdController
 
 log = logging.getLogger(__name__)

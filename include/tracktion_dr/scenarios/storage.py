@@ -12,7 +12,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from tracktion_dr.errors import InvalidInput, NoUsableBackup, ValidationFailed
+from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, ValidationFailed
+from tracktion_dr.core.plan import Plan
 from tracktion_dr.files.snapshots import Snapshot, SnapshotError, pick_snapshot, storage_inventory
 from tracktion_dr.files.storage_integrity import (
     AreaReport,
@@ -20,7 +21,6 @@ from tracktion_dr.files.storage_integrity import (
     render_report,
     repair_area,
 )
-from tracktion_dr.plan import Plan
 from tracktion_dr.scenarios import GateCheck, environment_of
 
 log = logging.getLogger(__name__)

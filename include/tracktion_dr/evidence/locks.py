@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tracktion_dr.errors import TargetBusy
+from tracktion_dr.core.errors import TargetBusy
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tracktion_dr.plan import Environment
-from tracktion_dr.probes import ProbeFailure, ProbeTarget, run_probes, storage_writable
+from tracktion_dr.core.plan import Environment
+from tracktion_dr.services.probes import ProbeFailure, ProbeTarget, run_probes, storage_writable
 
 AREAS = ("network", "storage", "compute")
 

@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tracktion_dr import ledger
-from tracktion_dr.plan import format_duration
+from tracktion_dr.core.plan import format_duration
+from tracktion_dr.evidence import ledger
 
 
 def _iso(value: Any) -> str | None:

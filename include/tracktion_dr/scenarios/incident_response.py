@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.incident import InvalidInput
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.plan import EscalationLevel, Plan, format_duration
+from tracktion_dr.core.timeline import parse_time
 from tracktion_dr.notify.messages import DrMessage, Severity
 from tracktion_dr.notify.templates import render
-from tracktion_dr.plan import EscalationLevel, Plan, format_duration
-from tracktion_dr.timeline import parse_time
 
 # Plan tier (business impact level) -> message severity.
 SEVERITY_OF_TIER: dict[str, Severity] = {

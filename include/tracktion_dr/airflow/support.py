@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Connection, Param
 
-from tracktion_dr.incident import INCIDENT_ID_PATTERN
-from tracktion_dr.plan import Controller, Plan
+from tracktion_dr.core.incident import INCIDENT_ID_PATTERN
+from tracktion_dr.core.plan import Controller, Plan
 from tracktion_dr.services.base import ServiceController
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def common_params(plan: Plan, *, environment_default: str | None) -> dict[str, Param]:
-    """The params every recovery DAG takes (DESIGN.md, contracts)."""
+    """The params every recovery DAG takes (a contract: alerting and operators rely on them)."""
     environment_kwargs: dict[str, Any] = {}
     if environment_default is not None:
         environment_kwargs["default"] = environment_default

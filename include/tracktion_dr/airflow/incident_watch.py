@@ -20,8 +20,8 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from tracktion_dr.plan import Plan, format_duration
-from tracktion_dr.timeline import parse_time
+from tracktion_dr.core.plan import Plan, format_duration
+from tracktion_dr.core.timeline import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class RecoveryWatch(BaseSensorOperator):
     # -- what a poke does ---------------------------------------------------------------
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        from tracktion_dr.timeline import Event
+        from tracktion_dr.core.timeline import Event
 
         now = datetime.now(UTC)
         self._waiting_since = self._waiting_since or now.isoformat()
@@ -90,8 +90,11 @@ class RecoveryWatch(BaseSensorOperator):
         return False
 
     def update_when_due(self, now: datetime, state: str) -> None:
-        from tracktion_dr.incident_response import next_status_update, status_update_message
         from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.scenarios.incident_response import (
+            next_status_update,
+            status_update_message,
+        )
 
         interval = self.plan.incident_response.status_update_interval
         if not next_status_update(self._last_update, now, interval):
@@ -116,7 +119,7 @@ class RecoveryWatch(BaseSensorOperator):
         self._updates += 1
 
     def escalate_when_due(self, now: datetime) -> None:
-        from tracktion_dr.incident_response import due_escalations
+        from tracktion_dr.scenarios.incident_response import due_escalations
 
         started = parse_time(self.incident["started_at"])
         for level, after in due_escalations(
@@ -133,7 +136,7 @@ class RecoveryWatch(BaseSensorOperator):
 
 
 def _request(incident: dict[str, Any]) -> Any:
-    from tracktion_dr.incident_response import IncidentRequest
+    from tracktion_dr.scenarios.incident_response import IncidentRequest
 
     return IncidentRequest(
         severity=incident["severity"],
@@ -158,8 +161,8 @@ def page_level(
 ) -> dict[str, Any]:
     """Page an escalation level: its responders by e-mail (contacts from Airflow
     variables), plus the chat and PagerDuty channels."""
-    from tracktion_dr.incident_response import escalation_message
     from tracktion_dr.notify.delivery import deliver, resolve_contact, send_email_to
+    from tracktion_dr.scenarios.incident_response import escalation_message
 
     level = next(level for level in plan.escalation if level.level == level_number)
     message = escalation_message(

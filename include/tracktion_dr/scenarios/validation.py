@@ -22,8 +22,8 @@ from typing import Any, Literal
 import httpx
 import psycopg
 
-from tracktion_dr.checks import functional_checks, service_health
-from tracktion_dr.plan import Environment, format_duration
+from tracktion_dr.core.plan import Environment, format_duration
+from tracktion_dr.services.checks import functional_checks, service_health
 
 CheckStatus = Literal["passed", "failed", "skipped"]
 
@@ -143,9 +143,9 @@ def system_health(environment: Environment, database_conninfos: dict[str, str]) 
 def data_integrity(endpoint: Any, databases: dict[str, str], bindir: Path) -> CheckResult:
     """Per database: table row counts, FK orphans (anti-joins), duplicate PKs, business
     rules and pg_amcheck (the integrity module the restore DAGs use)."""
-    from tracktion_dr.database_recovery import CANARY_TABLES
     from tracktion_dr.postgres.dumps import exact_row_counts
     from tracktion_dr.postgres.integrity import validate_database
+    from tracktion_dr.scenarios.database import CANARY_TABLES
 
     problems: list[str] = []
     evidence: dict[str, Any] = {}

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from tracktion_dr.backups.catalog import Catalog, local_path
-from tracktion_dr.errors import (
+from tracktion_dr.core.errors import (
     AlreadyRecovered,
     NoUsableBackup,
     Refused,
     StepFailed,
     ValidationFailed,
 )
-from tracktion_dr.incident import InvalidInput
-from tracktion_dr.incident import check_confirmation as incident_check_confirmation
-from tracktion_dr.plan import Cluster, Database, Environment, Plan
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.incident import check_confirmation as incident_check_confirmation
+from tracktion_dr.core.plan import Cluster, Database, Environment, Plan
 from tracktion_dr.postgres import pitr, restore
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint
 from tracktion_dr.postgres.dumps import read_manifest

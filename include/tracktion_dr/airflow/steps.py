@@ -11,7 +11,7 @@ owns everything around it, the same for every DAG:
 * **dry run**: acting steps are skipped with "dry run" (checks and bookkeeping still run);
 * **timing and the event**: the step's event (start, finish, status, detail, milestone)
   goes to XCom under ``event`` for the run's record;
-* **refusal means no retry**: a :class:`~tracktion_dr.errors.Refused` ends the task at
+* **refusal means no retry**: a :class:`~tracktion_dr.core.errors.Refused` ends the task at
   once with its message and HINT (so does ``ValidationFailed``: the same copy fails the
   same checks again);
 * **the retry policy per kind of step** (:data:`STEP_POLICIES`): destructive steps are
@@ -34,8 +34,8 @@ from typing import Any, Literal
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tracktion_dr.errors import Refused, ValidationFailed
-from tracktion_dr.timeline import Event
+from tracktion_dr.core.errors import Refused, ValidationFailed
+from tracktion_dr.core.timeline import Event
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def refusal_is_final(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _renew_lease(context: Any, run: dict[str, Any]) -> None:
     if run.get("exclusivity") != "ledger":
         return
-    from tracktion_dr import ledger, locks
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger, locks
 
     try:
         locks.renew(

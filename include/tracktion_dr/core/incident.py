@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from tracktion_dr.errors import InvalidInput
+from tracktion_dr.core.errors import InvalidInput
 
 __all__ = ["InvalidInput"]
 
@@ -109,7 +109,7 @@ def check_confirmation(
     required: bool, typed: object, target: str, environment: str = "this"
 ) -> None:
     """A destructive run against an environment that demands it must be confirmed by
-    typing ``RESTORE <target>`` (DESIGN.md, like deleting a repository on GitHub)."""
+    typing ``RESTORE <target>`` (like deleting a repository on GitHub)."""
     if not required:
         return
     expected = f"RESTORE {target}"

@@ -32,10 +32,10 @@ from pydantic import (
     model_validator,
 )
 
-from tracktion_dr.errors import PlanProblem
+from tracktion_dr.core.errors import PlanProblem
 
 PLAN_ENV_VAR = "DR_PLAN"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 DEFAULT_PLAN_FILE = CONFIG_DIR / "sandbox.yaml"
 
 ENVIRONMENT_NAMES = ("production", "drill")

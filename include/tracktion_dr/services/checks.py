@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import httpx
 
-from tracktion_dr.plan import Environment, FunctionalCheck
-from tracktion_dr.probes import ProbeFailure
+from tracktion_dr.core.plan import Environment, FunctionalCheck
+from tracktion_dr.services.probes import ProbeFailure
 from tracktion_dr.services.recovery import functional_check as run_functional_check
 
 

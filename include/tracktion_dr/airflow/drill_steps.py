@@ -19,7 +19,7 @@ def run_step(dag_id: str, conf: dict[str, Any], timeout_seconds: float) -> dict[
     child process, so its tasks, XCom and ledger record are exactly that DAG's) and
     return its outcome: {"dag_id", "run_id", "state", "record"}."""
     completed = subprocess.run(  # noqa: S603 - fixed argv, conf passed as JSON data
-        [sys.executable, "-m", "tracktion_dr.drill_steps", dag_id, json.dumps(conf)],
+        [sys.executable, "-m", "tracktion_dr.airflow.drill_steps", dag_id, json.dumps(conf)],
         capture_output=True,
         text=True,
         timeout=timeout_seconds,
@@ -40,7 +40,7 @@ def run_step(dag_id: str, conf: dict[str, Any], timeout_seconds: float) -> dict[
 
 def _main(argv: list[str]) -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    from tracktion_dr.dag_runs import run_dag, task_result, task_states
+    from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 
     dag_id, conf = argv[0], json.loads(argv[1])
     dag_run = run_dag(dag_id, conf)

@@ -25,7 +25,7 @@ from typing import Literal
 import httpx
 import psycopg
 
-from tracktion_dr.errors import DrError
+from tracktion_dr.core.errors import DrError
 
 log = logging.getLogger(__name__)
 

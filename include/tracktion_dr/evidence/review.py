@@ -25,8 +25,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tracktion_dr.plan import Plan
-from tracktion_dr.reports import REPORT_FILES, dur
+from tracktion_dr.core.plan import Plan
+from tracktion_dr.evidence.reports import REPORT_FILES, dur
 
 DRILL_DAGS = ("dr_test_monthly", "dr_test_quarterly")
 NOT_INCIDENTS = (*DRILL_DAGS, "dr_post_recovery_validation", "dr_plan_review_annual")

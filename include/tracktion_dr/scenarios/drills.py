@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.incident import InvalidInput
-from tracktion_dr.plan import Environment, Plan
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.plan import Environment, Plan
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def service_cycle_test(
     target_seconds: float,
     poll_seconds: float = 0.5,
 ) -> StepResult:
-    from tracktion_dr.checks import service_health
+    from tracktion_dr.services.checks import service_health
 
     name = f"service_recovery:{service}"
     started = _now()
@@ -420,13 +420,13 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
     return {"lost_at": lost_at.isoformat(), "moved_aside": str(aside), "cluster": cluster_name}
 
 
-DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[3] / "dags"
 
 
 def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
     """Everything checked before the drill cluster is taken away."""
-    from tracktion_dr.database_recovery import catalog_for
     from tracktion_dr.postgres.restore import incident_tag
+    from tracktion_dr.scenarios.database import catalog_for
 
     if plan.drills is None:
         raise InvalidInput("drills", "the plan has no drills section")
@@ -470,8 +470,8 @@ def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
 def put_back_if_down(environment: Environment, cluster_name: str, loss: dict[str, Any]) -> str:
     """After the chain: if the cluster answers, nothing to do. If not, move whatever is in
     its data directory aside and put the lost directory back, then start it."""
-    from tracktion_dr.database_recovery import recovery_log_file
     from tracktion_dr.postgres.pitr import ClusterPaths, server_running, start_server
+    from tracktion_dr.scenarios.database import recovery_log_file
 
     cluster = environment.clusters[cluster_name]
     data = Path(cluster.data_directory)

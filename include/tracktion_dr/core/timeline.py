@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from tracktion_dr.plan import format_duration
+from tracktion_dr.core.plan import format_duration
 
 Outcome = Literal["succeeded", "failed", "dry_run"]
 

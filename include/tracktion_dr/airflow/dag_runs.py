@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[3] / "dags"
 
 
 def load_dag(dag_id: str, dags_folder: Path = DAGS_FOLDER) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from airflow.sdk import Connection
 
-from tracktion_dr.dag_support import conninfo, controller
+from tracktion_dr.airflow.support import conninfo, controller
 from tracktion_dr.scenarios import SystemAccess
 
 

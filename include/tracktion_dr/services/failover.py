@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tracktion_dr.errors import FailoverRefused
-from tracktion_dr.plan import Cluster
+from tracktion_dr.core.errors import FailoverRefused
+from tracktion_dr.core.plan import Cluster
 from tracktion_dr.services.commands import last_lines, run_command
 
 log = logging.getLogger(__name__)

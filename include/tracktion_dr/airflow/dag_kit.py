@@ -1,6 +1,6 @@
 """The one mechanism every recovery DAG shares: steps, RTO gates, the record, the verdict.
 
-Anatomy (DESIGN.md): probe → guard → act → gates → validate → record → notify → verdict.
+Anatomy: probe → guard → act → gates → validate → record → notify → verdict.
 
 * A **step** task returns ``{"event": <Event>, ...}`` built with :func:`step_event`; the
   record collects these from XCom.
@@ -30,8 +30,8 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from tracktion_dr.plan import Plan
-from tracktion_dr.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline, parse_time
+from tracktion_dr.core.plan import Plan
+from tracktion_dr.core.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def record_timeline(
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the run's timeline, write it to the ledger, log it; return it (for XCom)."""
-    from tracktion_dr import ledger
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger
 
     events, failed = collect_events(context)
     timeline = Timeline(
@@ -234,7 +234,7 @@ def raise_for_outcome(timeline: dict[str, Any]) -> None:
 
 def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
     """The guard's first check, shared by every DAG: the common params, resolved."""
-    from tracktion_dr.incident import resolve_incident
+    from tracktion_dr.core.incident import resolve_incident
 
     with refusing_bad_input():
         incident = resolve_incident(
@@ -262,8 +262,8 @@ def _incident_clock(incident: Any, *, explicit: bool) -> Any:
     explicit ``incident_started_at`` keeps the clock its first run started."""
     from dataclasses import replace
 
-    from tracktion_dr import ledger
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger
 
     proposed = parse_time(incident.started_at)
     stored = ledger.incident_clock(conninfo(ledger.LEDGER_CONN_ID), incident.incident_id, proposed)
@@ -304,9 +304,9 @@ def take_exclusivity(
     proceeds only if no other database-destructive DAG has a run queued or running (each
     DAG runs one at a time, ``max_active_runs=1``; two such runs starting together both
     see each other and both refuse - never two holders)."""
-    from tracktion_dr import ledger, locks
-    from tracktion_dr.dag_support import conninfo
-    from tracktion_dr.errors import TargetBusy
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.core.errors import TargetBusy
+    from tracktion_dr.evidence import ledger, locks
 
     ti = context["ti"]
     try:
@@ -344,8 +344,8 @@ def take_exclusivity(
 
 def release_exclusivity(context: Any) -> None:
     """Release this run's ledger locks (nothing to do when the run fell back to Airflow)."""
-    from tracktion_dr import ledger, locks
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger, locks
 
     ti = context["ti"]
     try:
@@ -361,7 +361,7 @@ def release_exclusivity(context: Any) -> None:
 def refusing_bad_input() -> Iterator[None]:
     """Turn a refusal (bad input, no usable backup, target busy) into a failure that is not
     retried: trying again cannot make a wrong input right, and it delays the operator."""
-    from tracktion_dr.errors import Refused
+    from tracktion_dr.core.errors import Refused
 
     try:
         yield
@@ -408,8 +408,8 @@ def finish_run(plan: Plan, incident: Any, timeline: Any) -> None:
 
     @task(task_id="notify_outcome", trigger_rule="all_done", retries=0)
     def notify_outcome(timeline: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from tracktion_dr.airflow.steps import guard_result
         from tracktion_dr.notify.runs import notify_outcome as send
-        from tracktion_dr.steps import guard_result
 
         return send(plan, guard_result(context), timeline)
 
@@ -441,7 +441,7 @@ def scenario_tail(
 
     @task(task_id="record", trigger_rule="all_done", retries=0)
     def record(**context: Any) -> dict[str, Any]:
-        from tracktion_dr.steps import guard_result
+        from tracktion_dr.airflow.steps import guard_result
 
         incident = guard_result(context)
         if incident is None:
@@ -464,8 +464,8 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
     """Build the run's report from the ledger (Markdown, HTML, JSON) at the plan's report
     location, log its summary and where it is, and send it to the plan's report channels
     (when the run's ``notify`` param is set; best effort)."""
-    from tracktion_dr import ledger, reports
-    from tracktion_dr.dag_support import conninfo
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger, reports
     from tracktion_dr.notify.delivery import deliver
     from tracktion_dr.notify.messages import DrMessage
 
@@ -531,7 +531,7 @@ def services_healthy(plan: Plan) -> GateCheck:
     """Gate: every service of the run (``run["services"]``) answers its health URL."""
 
     def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.checks import service_health
+        from tracktion_dr.services.checks import service_health
 
         return service_health(plan.environment(run["environment"]), run["services"])
 
@@ -542,7 +542,7 @@ def functional_checks_pass(plan: Plan) -> GateCheck:
     """Gate: the plan's functional check of every service of the run passes."""
 
     def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.checks import functional_checks
+        from tracktion_dr.services.checks import functional_checks
 
         return functional_checks(plan.environment(run["environment"]), run["services"])
 
@@ -556,8 +556,8 @@ def database_accepts(
     the connection and the database)."""
 
     def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.probes import ProbeFailure, postgres_ready
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.services.probes import ProbeFailure, postgres_ready
 
         conn_id, database = conn_id_and_database(run)
         try:

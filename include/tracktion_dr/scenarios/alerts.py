@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from tracktion_dr.errors import DrError
-from tracktion_dr.incident import CLOCK_SKEW_ALLOWANCE, MAX_INCIDENT_AGE
-from tracktion_dr.plan import AlertRoute, Plan
+from tracktion_dr.core.errors import DrError
+from tracktion_dr.core.incident import CLOCK_SKEW_ALLOWANCE, MAX_INCIDENT_AGE
+from tracktion_dr.core.plan import AlertRoute, Plan
 
 SOURCES = ("alertmanager", "grafana", "pagerduty")
 AlertStatus = Literal["firing", "resolved", "ignored"]

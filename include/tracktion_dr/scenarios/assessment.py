@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tracktion_dr.plan import Environment
-from tracktion_dr.probes import (
+from tracktion_dr.core.plan import Environment
+from tracktion_dr.services.probes import (
     ProbeResult,
     ProbeTarget,
     http_health,

@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tracktion_dr.timeline import Timeline, parse_time
+from tracktion_dr.core.timeline import Timeline, parse_time
 
 log = logging.getLogger(__name__)
 

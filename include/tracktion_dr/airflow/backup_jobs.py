@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups import offsite, retention, snapshots, watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
+from tracktion_dr.core.plan import Environment, Plan
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.notify.policy import RunEvent, channels_for
-from tracktion_dr.plan import Environment, Plan
 from tracktion_dr.postgres import basebackups, dumps
 from tracktion_dr.postgres.commands import CommandError
 
