@@ -32,11 +32,11 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
-from tracktion_dr.dag_runs import run_dag, task_result  # noqa: E402
+from tracktion_dr.airflow.dag_runs import run_dag, task_result  # noqa: E402
+from tracktion_dr.core.timeline import parse_time  # noqa: E402
 from tracktion_dr.postgres import basebackups, dumps, pitr  # noqa: E402
 from tracktion_dr.postgres.commands import Endpoint  # noqa: E402
 from tracktion_dr.services.supervisord import SupervisordController  # noqa: E402
-from tracktion_dr.timeline import parse_time  # noqa: E402
 from tracktion_sandbox import connections, generate  # noqa: E402
 from tracktion_sandbox import layout as L  # noqa: E402
 from tracktion_sandbox.layout import SandboxLayout  # noqa: E402

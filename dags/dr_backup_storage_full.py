@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS, backup_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS, backup_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 
@@ -70,7 +70,8 @@ def dr_backup_verify():
 
     @task(retries=0, trigger_rule="all_done")
     def record(checks: list, wal: list, restores: list, **context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.evidence import ledger
 
         rows = []
         for name, part in (
@@ -94,11 +95,12 @@ def dr_backup_verify():
             row["backup"] = row["backup"] + (
                 " (test restore)" if "test restore" in row["check"] else ""
             )
-        count = jobs.record_checks(
-            rows,
+        count = ledger.record_backup_checks(
+            conninfo(ledger.LEDGER_CONN_ID),
             dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
-            env_name=context["params"]["environment"],
+            environment=context["params"]["environment"],
+            checks=rows,
         )
         failed = [r for r in rows if r["status"] == "failed"]
         return {"recorded": count, "failed": failed, "checks": rows}

@@ -20,8 +20,12 @@ was proven good, and whose rollback could never run under `set -e`).
    and never logged.
 4. `validate_live` → `restart_services` (every application service, dependency order) →
    `gate_services` (health + functional check within the strictest tier's RTO).
-5. `rollback` runs only if 4 fails after the swap: the safety snapshot is restored the same
-   way and the services restarted. The run is then **failed**, saying why.
+5. `rollback` runs when any step after the safety snapshot fails. It compares the live
+   configuration and environment file with the safety snapshot's record; if anything
+   differs it puts back **exactly** what was there before the run (every file's bytes,
+   mode and owner; the environment file byte for byte, or moved aside when there was
+   none), checks the result against the record, and restarts the services. The run is
+   then **failed**, saying why.
 
 **Params**: `snapshot`, `restart_services`, `confirm` (type `RESTORE configuration` where
 the environment demands confirmation), plus the common params (`dry_run` extracts and
@@ -35,9 +39,9 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import RtoGate, finish_run
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.dag_kit import RtoGate, finish_run
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ RTO_SECONDS = min(
 
 
 def all_services_healthy(incident: dict) -> tuple[bool, str]:
-    from tracktion_dr.plan import load_plan as current_plan
+    from tracktion_dr.core.plan import load_plan as current_plan
     from tracktion_dr.services.recovery import probe_services
 
     environment = current_plan().environment(incident["environment"])
@@ -66,7 +70,7 @@ def all_services_healthy(incident: dict) -> tuple[bool, str]:
 
 
 def restart_all(environment) -> list[str]:
-    from tracktion_dr.dag_support import controller
+    from tracktion_dr.airflow.support import controller
     from tracktion_dr.services.recovery import dependency_order
 
     restarted = []
@@ -116,9 +120,9 @@ def restart_all(environment) -> list[str]:
 def dr_config_recovery():
     @task(retries=0)
     def guard(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident
+        from tracktion_dr.airflow.dag_kit import open_incident
+        from tracktion_dr.core.incident import InvalidInput, check_confirmation
         from tracktion_dr.files.snapshots import pick_snapshot
-        from tracktion_dr.incident import InvalidInput, check_confirmation
         from tracktion_dr.notify.runs import notify_started
 
         incident = open_incident(context, PLAN)
@@ -143,7 +147,7 @@ def dr_config_recovery():
     def safety_snapshot(incident: dict) -> dict:
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files.config_restore import take_safety_snapshot
         from tracktion_dr.files.snapshots import location_dir
 
@@ -165,7 +169,7 @@ def dr_config_recovery():
         import tempfile
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files import config_restore
 
         started = now_iso()
@@ -190,7 +194,7 @@ def dr_config_recovery():
 
     @task(retries=0)
     def validate_live(incident: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files.config_restore import validate_live as check
 
         started = now_iso()
@@ -207,7 +211,7 @@ def dr_config_recovery():
 
     @task(retries=0)
     def restart_services(incident: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
 
         started = now_iso()
         if incident["dry_run"] or not incident["restart"]:
@@ -231,7 +235,7 @@ def dr_config_recovery():
         import time
         from pathlib import Path
 
-        from tracktion_dr.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.files import config_restore
 
         started = now_iso()
@@ -239,12 +243,27 @@ def dr_config_recovery():
         restored = ti.xcom_pull(task_ids="restore") or {}
         safety = ti.xcom_pull(task_ids="safety_snapshot") or {}
         environment = PLAN.environment(incident["environment"])
-        if not restored.get("result"):
-            detail = "nothing was swapped: the live configuration was never touched"
+        untouched = "nothing was swapped: the live configuration was never touched"
+        if not safety.get("path"):  # no safety snapshot: restore never ran
+            log.info(untouched)
+            return {"event": step_event("rollback", started, "skipped", untouched)}
+        # The actual state decides, not what the restore task managed to report: it may
+        # have swapped and then failed (or been killed) before returning.
+        changed = config_restore.differences_from_safety(environment, Path(safety["path"]))
+        if changed == [] or (changed is None and not restored.get("result")):
+            detail = (
+                untouched
+                if not restored.get("result")
+                else "the live configuration is identical to the safety snapshot's record"
+            )
             log.info(detail)
             return {"event": step_event("rollback", started, "skipped", detail)}
-        log.warning("rolling back to the safety snapshot %s", safety["path"])
-        result = config_restore.restore(
+        log.warning(
+            "rolling back to the safety snapshot %s: %d path(s) differ from it",
+            safety["path"],
+            len(changed or []),
+        )
+        result = config_restore.roll_back(
             environment, Path(safety["path"]), f"{incident['incident_id']}-rollback"
         )
         if incident["restart"]:
@@ -264,7 +283,7 @@ def dr_config_recovery():
 
     @task(trigger_rule="all_done", retries=0)
     def record(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import record_timeline
+        from tracktion_dr.airflow.dag_kit import record_timeline
 
         rolled = context["ti"].xcom_pull(task_ids="rollback") or {}
         return record_timeline(

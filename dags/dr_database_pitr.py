@@ -55,7 +55,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     RtoGate,
     now_iso,
     open_incident,
@@ -63,10 +63,12 @@ from tracktion_dr.dag_kit import (
     raise_for_outcome,
     record_timeline,
     refusing_bad_input,
+    release_exclusivity,
     step_event,
+    take_exclusivity,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.pitr import TARGET_TYPES
 
 log = logging.getLogger(__name__)
@@ -125,9 +127,8 @@ def _cluster(run: dict):
 def dr_database_pitr():
     @task
     def guard(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo, endpoint
-        from tracktion_dr.database_recovery import guard_pitr, salvage_current_wal
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.database import guard_pitr, salvage_current_wal
 
         incident = open_incident(context, PLAN)
         with refusing_bad_input():
@@ -138,28 +139,27 @@ def dr_database_pitr():
             " (DRY RUN)" if incident["dry_run"] else "",
             "\n".join(f"  {i}. {a}" for i, a in enumerate(pitr_plan["actions"], 1)),
         )
+        exclusivity: dict = {}
         if not incident["dry_run"]:
             with refusing_bad_input():
-                locks.acquire(
-                    conninfo(ledger.LEDGER_CONN_ID),
+                exclusivity = take_exclusivity(
+                    context,
+                    incident,
                     [
                         f"cluster:{pitr_plan['cluster']}",
                         *(f"database:{d}" for d in pitr_plan["databases"]),
                     ],
-                    incident_id=incident["incident_id"],
-                    dag_id=context["ti"].dag_id,
-                    run_id=context["ti"].run_id,
                 )
             # Every refusal is behind us: the one side effect of the guard comes last.
             if pitr_plan["resuming"] is None:
                 log.info(salvage_current_wal(endpoint(_cluster(pitr_plan | incident).conn_id)))
-        return {**incident, **pitr_plan}
+        return {**incident, **pitr_plan, **exclusivity}
 
     @task
     def stop_services(run: dict) -> dict:
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import recovered_primary
-        from tracktion_dr.database_recovery import stop_services as stop
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import recovered_primary
+        from tracktion_dr.scenarios.database import stop_services as stop
 
         started = now_iso()
         if run["dry_run"]:
@@ -178,7 +178,7 @@ def dr_database_pitr():
 
     @task
     def prepare_data_directory(run: dict) -> dict:
-        from tracktion_dr.database_recovery import prepare_data_directory as prepare
+        from tracktion_dr.scenarios.database import prepare_data_directory as prepare
 
         started = now_iso()
         if run["dry_run"]:
@@ -191,7 +191,7 @@ def dr_database_pitr():
 
     @task
     def start_postgres(run: dict) -> dict:
-        from tracktion_dr.database_recovery import start_recovery_server
+        from tracktion_dr.scenarios.database import start_recovery_server
 
         started = now_iso()
         if run["dry_run"]:
@@ -200,17 +200,17 @@ def dr_database_pitr():
         return {"event": step_event("start_postgres", started, detail=detail)}
 
     def recovery_target_reached(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import recovery_target_reached as reached
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.database import recovery_target_reached as reached
 
         cluster = _cluster(run)
         return reached(cluster, run, endpoint(cluster.conn_id).conninfo("postgres"))
 
     @task
     def validate_recovered(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import validate_recovered as validate
-        from tracktion_dr.errors import ValidationFailed
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.core.errors import ValidationFailed
+        from tracktion_dr.scenarios.database import validate_recovered as validate
 
         started = now_iso()
         if run["dry_run"]:
@@ -237,8 +237,8 @@ def dr_database_pitr():
 
     @task
     def promote(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import promote_recovered
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.database import promote_recovered
 
         started = now_iso()
         if run["dry_run"]:
@@ -251,8 +251,8 @@ def dr_database_pitr():
     def start_services(**context) -> dict:
         """Runs whatever happened after stop_services: services must not stay down because
         a later step failed (their health gates then tell the truth)."""
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import start_services as start
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import start_services as start
 
         started = now_iso()
         run = context["ti"].xcom_pull(task_ids="guard")
@@ -266,18 +266,18 @@ def dr_database_pitr():
         return {"event": step_event("start_services", started, detail=detail)}
 
     def services_healthy(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import service_health
+        from tracktion_dr.services.checks import service_health
 
         return service_health(PLAN.environment(run["environment"]), run["services"])
 
     def functional(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import functional_checks
+        from tracktion_dr.services.checks import functional_checks
 
         return functional_checks(PLAN.environment(run["environment"]), run["services"])
 
     @task
     def reseed_replica(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.pitr import ClusterPaths
         from tracktion_dr.postgres.replica import reseed_replica as reseed
 
@@ -317,10 +317,10 @@ def dr_database_pitr():
 
     @task
     def measure_data_loss(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import recovery_log_file
+        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.measure import canary_data_loss
         from tracktion_dr.postgres.pitr import last_replayed_commit
+        from tracktion_dr.scenarios.database import recovery_log_file
 
         started = now_iso()
         if run["dry_run"]:
@@ -352,9 +352,7 @@ def dr_database_pitr():
 
     @task(trigger_rule="all_done", retries=0)
     def record(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo
-        from tracktion_dr.database_recovery import kept_copies
+        from tracktion_dr.scenarios.database import kept_copies
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if run is None:  # the guard refused: nothing was touched, nothing to record
@@ -379,22 +377,14 @@ def dr_database_pitr():
                 "resumed": run["resuming"] is not None,
             },
         )
-        locks.release(
-            conninfo(ledger.LEDGER_CONN_ID),
-            dag_id=context["ti"].dag_id,
-            run_id=context["ti"].run_id,
-        )
+        release_exclusivity(context)
         return timeline
 
     @task(retries=0)
     def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import outcome_message
-        from tracktion_dr.notify.delivery import deliver
+        from tracktion_dr.notify.runs import notify_outcome as send
 
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or not run["notify"] or timeline.get("refused"):
-            return {"sent": [], "failed": {}}
-        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
+        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
 
     @task(retries=0)
     def verdict(timeline: dict) -> None:

@@ -2,12 +2,16 @@
 ### DR database restore (full restore from a logical dump)
 
 The seed's "full" database recovery, made safe: **restore beside, validate, then swap.**
-The live database is never dropped; it is kept as `<db>_pre_<incident>`.
+The live database is never dropped; it is kept as `<db>_pre_<incident>`, with every row
+written after the dump (the run reports how many, per table).
 
 1. **guard** — checks everything before touching anything: the database is in the plan,
    the typed confirmation (`RESTORE <database>`) on production, the backup exists and
    verifies *now* (size, sha256, table of contents), enough disk, and no other destructive
-   run holds the database. A dry run stops here after printing every action.
+   run holds the database. It reads how far this incident already got (see *Re-runs*) and
+   refuses a **new** incident on a database that already is the restore of the same dump
+   (`AlreadyRecovered`: that would be a second outage). A dry run stops here after printing
+   every action.
 2. **stop_services** — the services that depend on the database (from the plan).
 3. **restore_beside** — `pg_restore -j N` into `<db>_restore_<incident>`.
 4. **validate_restored** — table set vs the dump's table of contents, row counts vs the
@@ -16,10 +20,22 @@ The live database is never dropped; it is kept as `<db>_pre_<incident>`.
 5. **swap** — sessions ended, then `<db>` → `<db>_pre_<incident>`, restored → `<db>`.
 6. **start_services**, then the **RTO gates** (database accepts connections, services
    healthy, functional checks) — each waits only for what is left of the tier's RTO.
-7. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
+7. **measure_data_loss** — time lost from the canary, and "N rows in T tables written after
+   the dump are kept in `<db>_pre_<incident>`"; **record** to the ledger, **notify**,
+   **verdict**.
 
-`mode=in_place` renames the live database aside first and restores under its name (put back
-if validation fails). Clear any task to re-run it: every step is idempotent per incident.
+`mode=in_place` renames the live database aside *first* (clients see no database at all
+during the restore, never two), restores and validates under the scratch name, then renames
+it in; if validation fails the original is put back.
+
+**Re-runs.** The scratch copy carries a marker (`COMMENT ON DATABASE`: incident, dump,
+`restoring` → `restored` → `validated`) that follows it through the swap. Every step reads
+the actual state and does only what is missing, so if the worker dies anywhere, **trigger
+again with the same `incident_id` and `incident_started_at`** - no manual step: a copy left
+half-restored is dropped and restored again (it was never live; every row of it is in the
+dump, verified again by the guard), a swap stopped between its two renames is finished,
+and after the swap only the services, gates, measurement and record run (the services are
+not stopped again). The re-run takes over its own incident's locks and uses the same dump.
 """
 
 from __future__ import annotations
@@ -28,24 +44,59 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.dag_kit import (
     RtoGate,
-    now_iso,
-    publish_task,
-    raise_for_outcome,
-    record_timeline,
-    refusing_bad_input,
-    step_event,
+    database_accepts,
+    functional_checks_pass,
+    open_incident,
+    scenario_tail,
+    services_healthy,
+    take_exclusivity,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
 PLAN = load_plan()
 DATABASES = sorted({name for env in PLAN.environments.values() for name in env.databases})
+
+
+def _target(run: dict):
+    from tracktion_dr.scenarios.database import database_target
+
+    return database_target(PLAN.environment(run["environment"]), run["database"])
+
+
+def _admin(run: dict):
+    from tracktion_dr.airflow.support import endpoint
+
+    cluster = _target(run).cluster
+    return endpoint(cluster.conn_id), Path(cluster.bin_dir)
+
+
+def _record_fields(run: dict, context) -> dict:
+    pulled = context["ti"].xcom_pull
+    measured = pulled(task_ids="measure_data_loss") or {}
+    loss = measured.get("data_loss") or {}
+    return {
+        "rto_target_seconds": run["rto_seconds"],
+        "rpo_target_seconds": run["rpo_seconds"],
+        "data_loss_seconds": loss.get("seconds"),
+        "backup_used": run["backup"]["id"],
+        "details": {
+            "database": run["database"],
+            "mode": run["mode"],
+            "kept_as": (pulled(task_ids="swap") or {}).get("kept_as"),
+            "data_loss": loss,
+            "set_aside": measured.get("set_aside"),
+            "state_at_guard": run.get("state"),
+            "dropped_incomplete": (pulled(task_ids="restore_beside") or {}).get("dropped"),
+        },
+    }
 
 
 @dag(
@@ -101,214 +152,67 @@ DATABASES = sorted({name for env in PLAN.environments.values() for name in env.d
     doc_md=__doc__,
 )
 def dr_database_restore():
-    @task
+    @steps.guard()
     def guard(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.dag_support import conninfo
-        from tracktion_dr.database_recovery import guard_restore
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.database import guard_restore
 
         incident = open_incident(context, PLAN)
-        with refusing_bad_input():
-            restore_plan = guard_restore(PLAN, incident, context["params"])
-        log.info(
-            "plan of actions%s:\n%s",
-            " (DRY RUN)" if incident["dry_run"] else "",
-            "\n".join(f"  {i}. {a}" for i, a in enumerate(restore_plan["actions"], 1)),
-        )
-        if not incident["dry_run"]:
-            with refusing_bad_input():
-                locks.acquire(
-                    conninfo(ledger.LEDGER_CONN_ID),
-                    [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"],
-                    incident_id=incident["incident_id"],
-                    dag_id=context["ti"].dag_id,
-                    run_id=context["ti"].run_id,
-                )
-        return {**incident, **restore_plan, "rto_seconds": restore_plan["rto_seconds"]}
+        restore_plan = guard_restore(PLAN, incident, context["params"], endpoint)
+        steps.print_plan_of_actions(incident, restore_plan["actions"])
+        if restore_plan["resume"]:
+            log.info("resuming incident %s: %s", incident["incident_id"], restore_plan["resume"])
+        resources = [f"database:{restore_plan['database']}", f"cluster:{restore_plan['cluster']}"]
+        exclusivity = {} if incident["dry_run"] else take_exclusivity(context, incident, resources)
+        return {**incident, **restore_plan, **exclusivity}
 
-    @task
-    def stop_services(run: dict) -> dict:
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import stop_services as stop
+    @steps.step("destructive")
+    def stop_services(run: dict, **context) -> dict:
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import stop_services_for_restore
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("stop_services", started, "skipped", "dry run")}
-        detail = stop(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("stop_services", started, detail=detail)}
-
-    @task
-    def restore_beside(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target, restore_step
-
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("restore_beside", started, "skipped", "dry run")}
         environment = PLAN.environment(run["environment"])
-        target = database_target(environment, run["database"])
-        admin = endpoint(target.cluster.conn_id)
-        detail = restore_step(admin, run)
-        return {"event": step_event("restore_beside", started, detail=detail)}
+        return stop_services_for_restore(_admin(run)[0], run, environment, controller)
 
-    @task
-    def validate_restored(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.database_recovery import validate_restored as validate
+    @steps.step("destructive")
+    def restore_beside(run: dict, **context) -> dict:
+        from tracktion_dr.scenarios.database import restore_step
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("validate_restored", started, "skipped", "dry run")}
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        report = validate(endpoint(target.cluster.conn_id), run, Path(target.cluster.bin_dir))
-        if not report["ok"]:
-            raise RuntimeError(
-                "restored database failed validation, nothing swapped: "
-                + "; ".join(report["problems"][:8])
-            )
-        return {
-            "event": step_event("validate_restored", started, detail="all integrity checks passed"),
-            "report": report,
-        }
+        admin, bindir = _admin(run)
+        return restore_step(admin, run, bindir)
 
-    @task
-    def swap(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.postgres.restore import swap_in
+    @steps.step("check", skip_in_dry_run=True)
+    def validate_restored(run: dict, **context) -> dict:
+        from tracktion_dr.scenarios.database import validate_restored as validate
 
-        started = now_iso()
-        if run["dry_run"] or run["mode"] == "in_place":
-            return {
-                "event": step_event(
-                    "swap",
-                    started,
-                    "skipped",
-                    "dry run" if run["dry_run"] else "in place: nothing to swap",
-                )
-            }
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        result = swap_in(endpoint(target.cluster.conn_id), run["database_name"], run["tag"])
-        return {
-            "event": step_event(
-                "swap",
-                started,
-                detail=f"{result['live']} is the restored copy; the old one is kept as {result['kept_as']}",
-            )
-        }
+        admin, bindir = _admin(run)
+        return validate(admin, run, bindir)
 
-    @task(trigger_rule="all_done")
-    def start_services(**context) -> dict:
+    @steps.step("destructive")
+    def swap(run: dict, **context) -> dict:
+        from tracktion_dr.scenarios.database import swap_step
+
+        return swap_step(_admin(run)[0], run)
+
+    @steps.step("destructive", after_all=True)
+    def start_services(run: dict, **context) -> dict | str:
         """Runs even when a step after stop_services failed: the services go back up (on
         the old database if nothing was swapped) - a failed recovery must not leave
         things worse than it found them."""
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.database_recovery import start_services as start
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import start_services as start
 
-        started = now_iso()
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or context["ti"].xcom_pull(task_ids="stop_services") is None:
-            return {
-                "event": step_event("start_services", started, "skipped", "nothing was stopped")
-            }
-        if run["dry_run"]:
-            return {"event": step_event("start_services", started, "skipped", "dry run")}
-        detail = start(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("start_services", started, detail=detail)}
+        if context["ti"].xcom_pull(task_ids="stop_services") is None:
+            return {"status": "skipped", "detail": "nothing was stopped"}
+        return start(PLAN.environment(run["environment"]), run["services"], controller)
 
-    def database_accepts(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.probes import ProbeFailure, postgres_ready
+    @steps.step("check", after_all=True, skip_in_dry_run=True)
+    def measure_data_loss(run: dict, **context) -> dict:
+        """Runs whenever the run got that far, even if a gate failed: once the swap has
+        happened, what it set aside is reported whatever else went wrong."""
+        from tracktion_dr.scenarios.database import measure_restore_loss
 
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        try:
-            return True, postgres_ready(
-                endpoint(target.cluster.conn_id).conninfo(run["database_name"])
-            )(5)
-        except ProbeFailure as exc:
-            return False, str(exc)
-
-    def services_healthy(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import service_health
-
-        return service_health(PLAN.environment(run["environment"]), run["services"])
-
-    def functional(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.checks import functional_checks
-
-        return functional_checks(PLAN.environment(run["environment"]), run["services"])
-
-    @task
-    def measure_data_loss(run: dict) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.database_recovery import database_target
-        from tracktion_dr.postgres.measure import canary_data_loss
-
-        started = now_iso()
-        if run["dry_run"]:
-            return {
-                "event": step_event("measure_data_loss", started, "skipped", "dry run"),
-                "data_loss": None,
-            }
-        target = database_target(PLAN.environment(run["environment"]), run["database"])
-        loss = canary_data_loss(
-            endpoint(target.cluster.conn_id).conninfo(run["database_name"]),
-            datetime.fromisoformat(run["started_at"]),
-            fallback=datetime.fromisoformat(run["backup"]["started_at"]),
-            fallback_method="the dump's snapshot time",
-        )
-        detail = loss.describe()
-        return {
-            "event": step_event("measure_data_loss", started, detail=detail),
-            "data_loss": loss.as_dict(),
-        }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(**context) -> dict:
-        from tracktion_dr import ledger, locks
-        from tracktion_dr.dag_support import conninfo
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None:  # the guard refused: nothing was touched, nothing to record
-            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
-        loss = (context["ti"].xcom_pull(task_ids="measure_data_loss") or {}).get("data_loss") or {}
-        timeline = record_timeline(
-            context,
-            incident=run,
-            rto_target_seconds=run["rto_seconds"],
-            rpo_target_seconds=run["rpo_seconds"],
-            data_loss_seconds=loss.get("seconds"),
-            backup_used=run["backup"]["id"],
-            details={
-                "database": run["database"],
-                "mode": run["mode"],
-                "kept_as": run["kept_as"],
-                "data_loss": loss,
-            },
-        )
-        locks.release(
-            conninfo(ledger.LEDGER_CONN_ID),
-            dag_id=context["ti"].dag_id,
-            run_id=context["ti"].run_id,
-        )
-        return timeline
-
-    @task(retries=0)
-    def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import outcome_message
-        from tracktion_dr.notify.delivery import deliver
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or not run["notify"] or timeline.get("refused"):
-            return {"sent": [], "failed": {}}
-        return deliver(PLAN, outcome_message(PLAN, timeline)).as_dict()
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        raise_for_outcome(timeline)
+        return measure_restore_loss(_admin(run)[0], run)
 
     run = guard()
     stopped = stop_services(run)
@@ -318,23 +222,26 @@ def dr_database_restore():
     started = start_services()
     stopped >> restored >> validated >> swapped >> started
     gate_database = RtoGate(
-        task_id="gate_database_accepts", check=database_accepts, incident=run, plan=PLAN
+        task_id="gate_database_accepts",
+        check=database_accepts(lambda r: (_target(r).cluster.conn_id, r["database_name"])),
+        incident=run,
+        plan=PLAN,
     )
     gate_services = RtoGate(
-        task_id="gate_services_healthy", check=services_healthy, incident=run, plan=PLAN
+        task_id="gate_services_healthy", check=services_healthy(PLAN), incident=run, plan=PLAN
     )
     gate_functional = RtoGate(
-        task_id="gate_functional_checks", check=functional, incident=run, plan=PLAN
+        task_id="gate_functional_checks",
+        check=functional_checks_pass(PLAN),
+        incident=run,
+        plan=PLAN,
     )
     swapped >> gate_database
     [swapped, started] >> gate_services
     [gate_database, gate_services] >> gate_functional
-    loss = measure_data_loss(run)
+    loss = measure_data_loss()
     gate_functional >> loss
-    timeline = record()
-    loss >> timeline
-    notify_outcome(timeline)
-    publish_task(PLAN, timeline) >> verdict(timeline)
+    scenario_tail(PLAN, run, [loss], record_fields=_record_fields, exclusive=True)
 
 
 dr_database_restore()

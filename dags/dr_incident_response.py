@@ -36,9 +36,9 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
-from tracktion_dr.recovery_watch import RecoveryWatch
+from tracktion_dr.airflow.incident_watch import RecoveryWatch
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def _deliver(incident: dict, message, channels: list[str]) -> dict:
 def dr_incident_response():
     @task(retries=0)
     def open_incident(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident as guard
-        from tracktion_dr.incident_response import resolve_request
+        from tracktion_dr.airflow.dag_kit import open_incident as guard
         from tracktion_dr.notify.delivery import slack_channel_name
+        from tracktion_dr.scenarios.incident_response import resolve_request
 
         incident = guard(context, PLAN)
         request = resolve_request(PLAN, context["params"])
@@ -132,9 +132,9 @@ def dr_incident_response():
 
     @task(retries=0)
     def assess(incident: dict) -> dict:
-        from tracktion_dr.assessment import assess as run_assessment
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.dag_support import conninfo
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.scenarios.assessment import assess as run_assessment
 
         started = now_iso()
         assessment = run_assessment(PLAN.environment(incident["environment"]), conninfo)
@@ -150,8 +150,8 @@ def dr_incident_response():
 
     @task(retries=0)
     def alert_stakeholders(incident: dict, assessment: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.incident_response import (
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
+        from tracktion_dr.scenarios.incident_response import (
             alert_message,
             customer_initial_message,
             resolve_request,
@@ -174,9 +174,9 @@ def dr_incident_response():
 
     @task(retries=0)
     def activate_team(incident: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.incident_response import activation_message, resolve_request
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
         from tracktion_dr.notify.delivery import resolve_contact, send_email_to
+        from tracktion_dr.scenarios.incident_response import activation_message, resolve_request
 
         started = now_iso()
         request = resolve_request(PLAN, incident)
@@ -211,14 +211,14 @@ def dr_incident_response():
 
     @task(retries=0)
     def war_room(incident: dict, assessment: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.incident_response import (
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
+        from tracktion_dr.notify.delivery import create_slack_channel, resolve_contact
+        from tracktion_dr.scenarios.incident_response import (
             incident_dir,
             incident_document,
             resolve_request,
             write_document,
         )
-        from tracktion_dr.notify.delivery import create_slack_channel, resolve_contact
 
         started = now_iso()
         request = resolve_request(PLAN, incident)
@@ -330,15 +330,15 @@ def dr_incident_response():
 
     @task(trigger_rule="all_done", retries=0)
     def close_incident(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.incident_response import (
+        from tracktion_dr.airflow.dag_kit import now_iso, step_event
+        from tracktion_dr.airflow.incident_watch import page_level
+        from tracktion_dr.core.plan import format_duration
+        from tracktion_dr.core.timeline import parse_time
+        from tracktion_dr.scenarios.incident_response import (
             resolve_request,
             restoration_message,
             status_update_message,
         )
-        from tracktion_dr.plan import format_duration
-        from tracktion_dr.recovery_watch import page_level
-        from tracktion_dr.timeline import parse_time
 
         started = now_iso()
         request = resolve_request(PLAN, incident)
@@ -397,7 +397,7 @@ def dr_incident_response():
 
     @task(trigger_rule="all_done", retries=0)
     def record(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import record_timeline
+        from tracktion_dr.airflow.dag_kit import record_timeline
 
         return record_timeline(
             context, incident=incident, rto_target_seconds=incident["rto_seconds"]
@@ -405,13 +405,13 @@ def dr_incident_response():
 
     @task(trigger_rule="all_done", retries=0)
     def post_incident_review(incident: dict, closed: dict, timeline: dict) -> dict:
-        from tracktion_dr import ledger
-        from tracktion_dr.dag_support import conninfo
-        from tracktion_dr.incident_response import (
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.evidence import ledger
+        from tracktion_dr.scenarios.incident_response import (
             incident_dir,
             write_document,
         )
-        from tracktion_dr.incident_response import (
+        from tracktion_dr.scenarios.incident_response import (
             post_incident_review as review,
         )
 
@@ -434,7 +434,7 @@ def dr_incident_response():
 
     @task(retries=0)
     def verdict(timeline: dict) -> None:
-        from tracktion_dr.dag_kit import raise_for_outcome
+        from tracktion_dr.airflow.dag_kit import raise_for_outcome
 
         raise_for_outcome(timeline)
 

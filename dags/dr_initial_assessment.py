@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ PLAN = load_plan()
 def dr_initial_assessment():
     @task
     def open_incident(**context) -> dict:
-        from tracktion_dr.incident import resolve_incident
+        from tracktion_dr.core.incident import resolve_incident
 
         run_started = context["dag_run"].start_date or datetime.now(UTC)
         incident = resolve_incident(
@@ -73,9 +73,9 @@ def dr_initial_assessment():
     # Re-probing on retry would describe a different moment; the operator re-runs instead.
     @task(retries=0)
     def probe_platform(incident: dict) -> dict:
-        from tracktion_dr.assessment import assess
-        from tracktion_dr.dag_support import conninfo
-        from tracktion_dr.plan import load_plan as load_current_plan
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.core.plan import load_plan as load_current_plan
+        from tracktion_dr.scenarios.assessment import assess
 
         environment = load_current_plan().environment(incident["environment"])
         assessment = assess(environment, conninfo_for=conninfo)

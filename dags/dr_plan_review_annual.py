@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_support import DEFAULT_ARGS
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["annually"].cron if "annually" in PLAN.test_schedule else None
@@ -66,10 +66,10 @@ def dr_plan_review_annual():
         from airflow.sdk import Variable
         from psycopg.rows import dict_row
 
-        from tracktion_dr import ledger
-        from tracktion_dr.dag_support import conninfo
-        from tracktion_dr.reports import runs_between
-        from tracktion_dr.review import (
+        from tracktion_dr.airflow.support import conninfo
+        from tracktion_dr.evidence import ledger
+        from tracktion_dr.evidence.reports import runs_between
+        from tracktion_dr.evidence.review import (
             build_review,
             previous_fingerprints,
             render_review_markdown,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     now_iso,
     open_incident,
     publish_task,
@@ -33,8 +33,8 @@ from tracktion_dr.dag_kit import (
     record_timeline,
     step_event,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 CHECK_TASKS = (
@@ -53,8 +53,8 @@ def run_check(name: str, incident: dict, context: dict) -> dict:
     failure matters most), and a failed check fails the task."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tracktion_dr import validation
-    from tracktion_dr.dag_support import conninfo, endpoint
+    from tracktion_dr.airflow.support import conninfo, endpoint
+    from tracktion_dr.scenarios import validation
 
     started = now_iso()
     environment = PLAN.environment(incident["environment"])
@@ -120,7 +120,7 @@ def dr_post_recovery_validation():
 
     @task(trigger_rule="all_done", retries=0)
     def record(incident: dict, **context) -> dict:
-        from tracktion_dr.validation import CHECKS
+        from tracktion_dr.scenarios.validation import CHECKS
 
         ti = context["ti"]
         results = []

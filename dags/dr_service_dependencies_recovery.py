@@ -17,83 +17,28 @@ A database whose data directory is gone is not restarted: the run stops and says
 a restore (`dr_database_restore`).
 
 **Params**: the common params (`incident_id`, `incident_started_at`, `environment`,
-`dry_run`: print every action, touch nothing; `notify`: start and outcome messages).
+`dry_run`: the guard looks at every layer and prints what each step would do, touches
+nothing; `notify`: start and outcome messages).
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from tracktion_dr.dag_kit import RtoGate, finish_run
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
-
-log = logging.getLogger(__name__)
+from tracktion_dr.airflow.access import ACCESS
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.notify.runs import notify_started
+from tracktion_dr.scenarios import dependencies
 
 PLAN = load_plan()
 DAG_ID = "dr_service_dependencies_recovery"
-LAYERS = ("database", "cache", "queue", "storage", "application")
-# The platform is down while any layer is: the strictest tier of what the plan recovers.
-RTO_SECONDS = min(
-    PLAN.tiers[item.tier].rto.total_seconds()
-    for env in PLAN.environments.values()
-    for item in [*env.databases.values(), *env.services.values()]
-)
-
-
-def layer_health(layer: str, incident: dict) -> dict[str, dict]:
-    """{component: {"healthy", "detail"}} for one layer (empty when the plan has none)."""
-    from tracktion_dr.dag_support import conninfo
-    from tracktion_dr.plan import load_plan as current_plan
-    from tracktion_dr.services.dependencies import database_probes, storage_probes
-    from tracktion_dr.services.recovery import probe_services, services_in_layer
-
-    environment = current_plan().environment(incident["environment"])
-    if layer == "database":
-        return database_probes(environment, conninfo)
-    if layer == "storage":
-        return storage_probes(environment)
-    return probe_services(environment, services_in_layer(environment, layer))
-
-
-def gate_check_for(layer: str):
-    def check(incident: dict) -> tuple[bool, str]:
-        health = layer_health(layer, incident)
-        if not health:
-            return True, f"no {layer} in the plan"
-        down = {name: r["detail"] for name, r in health.items() if not r["healthy"]}
-        if down:
-            return False, "; ".join(f"{name}: {detail}" for name, detail in down.items())
-        return True, f"{len(health)} healthy: {', '.join(health)}"
-
-    return check
-
-
-def recover_layer(layer: str, incident: dict) -> dict[str, str]:
-    from tracktion_dr.dag_support import controller
-    from tracktion_dr.services.dependencies import ensure_storage_area, start_cluster
-    from tracktion_dr.services.recovery import restart_unhealthy, services_in_layer
-
-    environment = PLAN.environment(incident["environment"])
-    dry_run = incident["dry_run"]
-    actions: dict[str, str] = {}
-    if layer in ("database", "storage"):
-        for name, result in layer_health(layer, incident).items():
-            if result["healthy"]:
-                actions[name] = "healthy, left alone"
-            elif dry_run:
-                actions[name] = f"dry run: would {'start' if layer == 'database' else 'recreate'}"
-            elif layer == "database":
-                actions[name] = start_cluster(environment.clusters[name])
-            else:
-                actions[name] = ensure_storage_area(environment.storage[name])
-        return actions
-    return restart_unhealthy(
-        environment, services_in_layer(environment, layer), controller, dry_run=dry_run
-    )
+LAYERS = dependencies.LAYERS
+RTO_SECONDS = dependencies.rto_seconds(PLAN)
 
 
 @dag(
@@ -108,61 +53,41 @@ def recover_layer(layer: str, incident: dict) -> dict[str, str]:
     doc_md=__doc__,
 )
 def dr_service_dependencies_recovery():
-    @task(retries=0)
-    def guard(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.notify.runs import notify_started
+    @guard()
+    def check_inputs(**context) -> dict:
+        run = open_incident(context, PLAN)
+        health = dependencies.health_for_the_plan(PLAN, run, ACCESS)
+        print_plan_of_actions(run, dependencies.plan_of_actions(run, health))
+        notify_started(PLAN, run, DAG_ID, "recovering " + " -> ".join(LAYERS))
+        return run
 
-        incident = open_incident(context, PLAN)
-        notify_started(PLAN, incident, DAG_ID, "recovering " + " -> ".join(LAYERS))
-        return incident
-
-    def make_recover(layer: str):
-        @task(task_id=f"recover_{layer}")
-        def recover(incident: dict) -> dict:
-            from tracktion_dr.dag_kit import now_iso, step_event
-
-            started = now_iso()
-            actions = recover_layer(layer, incident)
-            for name, action in actions.items():
-                log.info("%s %-22s %s", layer, name, action)
-            detail = "; ".join(f"{n}: {a}" for n, a in actions.items()) or f"no {layer} in the plan"
-            status = "skipped" if incident["dry_run"] else "succeeded"
-            return {
-                "event": step_event(f"recover_{layer}", started, status, detail),
-                "actions": actions,
-            }
+    def recover_step(layer: str):
+        @step("destructive", task_id=f"recover_{layer}")
+        def recover(run: dict, **context) -> dict:
+            return dependencies.recover_layer(PLAN, run, layer, ACCESS)
 
         return recover
 
-    incident = guard()
-    previous = None
-    gates = []
+    run = check_inputs()
+    previous = run
     for layer in LAYERS:
-        recovered = make_recover(layer)(incident)
-        if previous is not None:
-            previous >> recovered
-        gate = RtoGate(
+        recovered = recover_step(layer)(run)
+        previous >> recovered
+        previous = RtoGate(
             task_id=f"gate_{layer}",
-            check=gate_check_for(layer),
-            incident=incident,
+            check=dependencies.gate_check(PLAN, layer, ACCESS),
+            incident=run,
             plan=PLAN,
             rto_seconds=RTO_SECONDS,
             poke_interval=2,
         )
-        recovered >> gate
-        previous = gate
-        gates.append(gate)
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import record_timeline
-
-        return record_timeline(context, incident=incident, rto_target_seconds=RTO_SECONDS)
-
-    recorded = record(incident)
-    gates[-1] >> recorded
-    finish_run(PLAN, incident, recorded)
+        recovered >> previous
+    scenario_tail(
+        PLAN,
+        run,
+        [previous],
+        record_fields=lambda run, context: {"rto_target_seconds": RTO_SECONDS},
+    )
 
 
 dr_service_dependencies_recovery()

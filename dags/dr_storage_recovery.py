@@ -16,9 +16,10 @@ the file system is sound again. Replaces the seed's `verify_file_integrity.sh`, 
   the snapshot's sha256; then the check runs again as the RTO gate.
 
 **Flow**: `guard` (snapshot picked: `latest`, a day `YYYY-MM-DD`, or a name; nothing
-touched) → `inspect_before` → `restore_from_backup` → `gate_integrity` → `report` (fails the
-run if anything is still missing or corrupt, listing it) → `record` → `notify_outcome` +
-`publish` (report) → `verdict`.
+touched; a snapshot that does not exist is refused here) → `inspect_before` (lists what
+will be restored) → `restore_from_backup` (looks again first: a retry restores only what
+is still wrong) → `gate_integrity` → `report` (fails the run if anything is still missing
+or corrupt, listing it) → `record` → `notify_outcome` + `publish` (report) → `verdict`.
 
 **Params**: `snapshot`, `areas` (`all` or the plan's storage area names), and the common
 params (`dry_run` inspects and lists what would be restored, touches nothing).
@@ -32,56 +33,31 @@ plain copy an operator can use directly.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from tracktion_dr.dag_kit import RtoGate, finish_run
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
-
-log = logging.getLogger(__name__)
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.notify.runs import notify_started
+from tracktion_dr.scenarios import storage
 
 PLAN = load_plan()
 DAG_ID = "dr_storage_recovery"
-# The storage is back when the most critical service that needs it can work again.
-RTO_SECONDS = min(
-    [
-        PLAN.tiers[service.tier].rto.total_seconds()
-        for env in PLAN.environments.values()
-        for service in env.services.values()
-        if set(service.depends_on) & set(env.storage)
-    ]
-    or [t.rto.total_seconds() for t in PLAN.tiers.values()]
-)
+RTO_SECONDS = storage.rto_seconds(PLAN)
 
 
-def inspect(incident: dict) -> list:
-    from tracktion_dr.files.snapshots import Snapshot, storage_inventory
-    from tracktion_dr.files.storage_integrity import inspect_area
-    from tracktion_dr.plan import load_plan as current_plan
-
-    environment = current_plan().environment(incident["environment"])
-    manifest = storage_inventory(Snapshot.from_dict(incident["snapshot"]))
-    return [
-        inspect_area(name, environment.storage[name], manifest.get(name, {}))
-        for name in incident["areas"]
-    ]
-
-
-def restorable_left(incident: dict) -> tuple[bool, str]:
-    """Gate: open when nothing the backup holds is still missing or corrupt."""
-    reports = inspect(incident)
-    left = [
-        f"{r.name}/{p}"
-        for r in reports
-        for p in [*r.missing, *r.corrupted]
-        if p not in r.unrecoverable  # the report fails the run on those, naming them
-    ]
-    if left:
-        return False, f"{len(left)} file(s) still missing or corrupt: {', '.join(left[:5])}"
-    return True, f"{sum(r.file_count for r in reports)} files sound in {len(reports)} area(s)"
+def record_fields(run: dict, context) -> dict:
+    ti = context["ti"]
+    return storage.record_fields(
+        run,
+        before=ti.xcom_pull(task_ids="inspect_before"),
+        restored=ti.xcom_pull(task_ids="restore_from_backup"),
+        after=ti.xcom_pull(task_ids="report", key="summary"),
+        rto_target_seconds=RTO_SECONDS,
+    )
 
 
 @dag(
@@ -114,137 +90,41 @@ def restorable_left(incident: dict) -> tuple[bool, str]:
     doc_md=__doc__,
 )
 def dr_storage_recovery():
-    @task(retries=0)
-    def guard(**context) -> dict:
-        from tracktion_dr.dag_kit import open_incident
-        from tracktion_dr.files.snapshots import pick_snapshot, storage_inventory
-        from tracktion_dr.incident import InvalidInput
-        from tracktion_dr.notify.runs import notify_started
+    @guard()
+    def check_inputs(**context) -> dict:
+        run = storage.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
+        print_plan_of_actions(run, storage.plan_of_actions(run))
+        notify_started(PLAN, run, DAG_ID, storage.started_summary(run))
+        return run
 
-        incident = open_incident(context, PLAN)
-        environment = PLAN.environment(incident["environment"])
-        snapshot = pick_snapshot(
-            environment.backups.storage, "storage", context["params"]["snapshot"]
-        )
-        held = storage_inventory(snapshot)
-        in_backup = [name for name in environment.storage if name in held]
-        requested = context["params"]["areas"]
-        if requested in ([], ["all"], "all"):
-            areas = in_backup
-        else:
-            unknown = [a for a in requested if a not in environment.storage]
-            if unknown:
-                raise InvalidInput(
-                    "areas", f"unknown {unknown} (the plan has {sorted(environment.storage)})"
-                )
-            not_backed = [a for a in requested if a not in in_backup]
-            if not_backed:
-                raise InvalidInput("areas", f"{not_backed} are not in {snapshot.name}")
-            areas = list(requested)
-        incident.update(snapshot=snapshot.as_dict(), areas=areas)
-        notify_started(
-            PLAN, incident, DAG_ID, f"checking {', '.join(areas)} against {snapshot.name}"
-        )
-        return incident
+    @step("check")
+    def inspect_before(run: dict, **context) -> dict:
+        return storage.inspect_before(PLAN, run)
 
-    @task(retries=0)
-    def inspect_before(incident: dict) -> dict:
-        from tracktion_dr.files.storage_integrity import render_report
+    @step("destructive")
+    def restore_from_backup(run: dict, before: dict, **context) -> dict:
+        return storage.restore(PLAN, run, before)
 
-        reports = inspect(incident)
-        log.info("\n%s", render_report(reports))
-        return {"areas": {r.name: r.as_dict() for r in reports}}
+    @step("check", after_all=True)
+    def report(run: dict, **context) -> dict:
+        reports = storage.summary_now(PLAN, run)
+        summary = {r.name: r.as_dict() for r in reports}
+        context["ti"].xcom_push(key="summary", value=summary)  # for the record, even failed
+        return {"detail": storage.judge_integrity(run, reports), "areas": summary}
 
-    @task(retries=0)
-    def restore_from_backup(incident: dict, before: dict) -> dict:
-        from tracktion_dr.dag_kit import now_iso, step_event
-        from tracktion_dr.files.snapshots import Snapshot, storage_inventory
-        from tracktion_dr.files.storage_integrity import AreaReport, repair_area
-
-        started = now_iso()
-        environment = PLAN.environment(incident["environment"])
-        snap = incident["snapshot"]
-        manifest = storage_inventory(Snapshot.from_dict(snap))
-        actions: dict[str, dict[str, str]] = {}
-        for name, found in before["areas"].items():
-            report = AreaReport(**{k: v for k, v in found.items() if k != "clean"})
-            todo = sorted({*report.missing, *report.corrupted})
-            if not todo:
-                continue
-            if incident["dry_run"]:
-                actions[name] = {p: "dry run: would restore" for p in todo}
-                continue
-            actions[name] = repair_area(
-                environment.storage[name], report, manifest[name], incident["incident_id"]
-            )
-        for name, done in actions.items():
-            for relative, action in done.items():
-                log.info("%s/%s: %s", name, relative, action)
-        count = sum(len(d) for d in actions.values())
-        status = "skipped" if incident["dry_run"] else "succeeded"
-        detail = f"{count} file(s) handled from {snap['name']}" if count else "nothing to restore"
-        return {
-            "event": step_event("restore_from_backup", started, status, detail),
-            "actions": actions,
-        }
-
-    incident = guard()
-    before = inspect_before(incident)
-    restored = restore_from_backup(incident, before)
+    run = check_inputs()
+    restored = restore_from_backup(run, inspect_before(run))
     gate = RtoGate(
         task_id="gate_integrity",
-        check=restorable_left,
-        incident=incident,
+        check=storage.gate_check(PLAN),
+        incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
         poke_interval=2,
     )
-    restored >> gate
-
-    @task(trigger_rule="all_done", retries=0)
-    def report(incident: dict, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from tracktion_dr.files.storage_integrity import render_report
-
-        reports = inspect(incident)
-        log.info("\n%s", render_report(reports))
-        summary = {r.name: r.as_dict() for r in reports}
-        context["ti"].xcom_push(key="summary", value=summary)
-        bad = [r for r in reports if not r.clean]
-        if bad and not incident["dry_run"]:
-            raise AirflowFailException(
-                "storage not sound: "
-                + "; ".join(
-                    f"{r.name}: {len(r.missing)} missing, {len(r.corrupted)} corrupt, "
-                    f"{'; '.join(r.problems) or 'directory ok'}"
-                    for r in bad
-                )
-            )
-        return summary
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(incident: dict, **context) -> dict:
-        from tracktion_dr.dag_kit import record_timeline
-
-        ti = context["ti"]
-        return record_timeline(
-            context,
-            incident=incident,
-            rto_target_seconds=RTO_SECONDS,
-            backup_used=incident["snapshot"]["name"],
-            details={
-                "before": (ti.xcom_pull(task_ids="inspect_before") or {}).get("areas"),
-                "restored": (ti.xcom_pull(task_ids="restore_from_backup") or {}).get("actions"),
-                "after": ti.xcom_pull(task_ids="report", key="summary"),
-            },
-        )
-
-    reported = report(incident)
-    gate >> reported
-    recorded = record(incident)
-    reported >> recorded
-    finish_run(PLAN, incident, recorded)
+    reported = report()
+    restored >> gate >> reported
+    scenario_tail(PLAN, run, [reported], record_fields=record_fields)
 
 
 dr_storage_recovery()

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     now_iso,
     open_incident,
     publish_task,
@@ -39,8 +39,8 @@ from tracktion_dr.dag_kit import (
     record_timeline,
     refusing_bad_input,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["monthly"].cron if "monthly" in PLAN.test_schedule else None
@@ -60,7 +60,7 @@ def _outcome(name: str, started: str, steps: list[dict], context: dict) -> dict:
     last one), the per-part steps for the report; a failed part fails the task."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tracktion_dr.timeline import Event
+    from tracktion_dr.core.timeline import Event
 
     failed = [s for s in steps if s["status"] != "succeeded"]
     detail = "; ".join(f"{s['name']}: {s['detail']}" for s in (failed or steps))[:1500]
@@ -98,8 +98,8 @@ def _outcome(name: str, started: str, steps: list[dict], context: dict) -> dict:
 def dr_test_monthly():
     @task(retries=0)
     def guard(**context) -> dict:
-        from tracktion_dr.drills import guard_monthly
         from tracktion_dr.postgres.restore import incident_tag
+        from tracktion_dr.scenarios.drills import guard_monthly
 
         incident = open_incident(context, PLAN)
         with refusing_bad_input():
@@ -108,8 +108,8 @@ def dr_test_monthly():
 
     @task(retries=0)
     def test_databases(**context) -> dict:
-        from tracktion_dr.dag_support import endpoint
-        from tracktion_dr.drills import restore_test
+        from tracktion_dr.airflow.support import endpoint
+        from tracktion_dr.scenarios.drills import restore_test
 
         run, started = _guard_result(context), now_iso()
         environment = PLAN.environment(run["environment"])
@@ -128,8 +128,8 @@ def dr_test_monthly():
 
     @task(retries=0, trigger_rule="all_done")
     def test_services(**context) -> dict:
-        from tracktion_dr.dag_support import controller
-        from tracktion_dr.drills import service_cycle_test
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.drills import service_cycle_test
 
         run, started = _guard_result(context), now_iso()
         environment = PLAN.environment(run["environment"])
@@ -149,7 +149,7 @@ def dr_test_monthly():
     def test_storage(**context) -> dict:
         from pathlib import Path
 
-        from tracktion_dr.drills import storage_test
+        from tracktion_dr.scenarios.drills import storage_test
 
         run, started = _guard_result(context), now_iso()
         environment = PLAN.environment(run["environment"])
@@ -170,8 +170,8 @@ def dr_test_monthly():
 
     @task(retries=0, trigger_rule="all_done")
     def teardown(**context) -> list[str]:
-        from tracktion_dr.dag_support import controller, endpoint
-        from tracktion_dr.drills import teardown_monthly
+        from tracktion_dr.airflow.support import controller, endpoint
+        from tracktion_dr.scenarios.drills import teardown_monthly
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if not run:
@@ -183,7 +183,7 @@ def dr_test_monthly():
 
     @task(retries=0, trigger_rule="all_done")
     def measure_rpo(**context) -> dict:
-        from tracktion_dr.database_recovery import catalog_for
+        from tracktion_dr.scenarios.database import catalog_for
 
         run = context["ti"].xcom_pull(task_ids="guard")
         if not run:
@@ -213,7 +213,7 @@ def dr_test_monthly():
         ti = context["ti"]
         run = ti.xcom_pull(task_ids="guard")
         if not run:
-            from tracktion_dr.incident import resolve_incident
+            from tracktion_dr.core.incident import resolve_incident
 
             run = resolve_incident(
                 {**context["params"], "environment": "drill"},

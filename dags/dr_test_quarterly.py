@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     now_iso,
     open_incident,
     publish_task,
@@ -37,8 +37,8 @@ from tracktion_dr.dag_kit import (
     refusing_bad_input,
     step_event,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["quarterly"].cron if "quarterly" in PLAN.test_schedule else None
@@ -63,7 +63,7 @@ def step_task_id(index: int, dag_id: str) -> str:
 def dr_test_quarterly():
     @task(retries=0)
     def guard(**context) -> dict:
-        from tracktion_dr.drills import guard_quarterly
+        from tracktion_dr.scenarios.drills import guard_quarterly
 
         incident = open_incident(context, PLAN)
         with refusing_bad_input():
@@ -71,7 +71,7 @@ def dr_test_quarterly():
 
     @task(retries=0)
     def simulate_loss(run: dict) -> dict:
-        from tracktion_dr.drills import simulate_cluster_loss
+        from tracktion_dr.scenarios.drills import simulate_cluster_loss
 
         started = now_iso()
         if run["dry_run"]:
@@ -95,8 +95,8 @@ def dr_test_quarterly():
     def run_chain_step(run: dict, index: int, **context) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from tracktion_dr.drills import run_step
-        from tracktion_dr.timeline import Event
+        from tracktion_dr.airflow.drill_steps import run_step
+        from tracktion_dr.core.timeline import Event
 
         step = STEPS[index]
         name = step_task_id(index, step.dag_id)
@@ -155,7 +155,7 @@ def dr_test_quarterly():
 
     @task(retries=0, trigger_rule="all_done")
     def safety_net(**context) -> str:
-        from tracktion_dr.drills import put_back_if_down
+        from tracktion_dr.scenarios.drills import put_back_if_down
 
         run = context["ti"].xcom_pull(task_ids="simulate_loss")
         if not run or run.get("dry_run") or not run.get("moved_aside"):
@@ -169,7 +169,7 @@ def dr_test_quarterly():
         ti = context["ti"]
         run = ti.xcom_pull(task_ids="simulate_loss") or ti.xcom_pull(task_ids="guard")
         if not run:
-            from tracktion_dr.incident import resolve_incident
+            from tracktion_dr.core.incident import resolve_incident
 
             run = resolve_incident(
                 {**context["params"], "environment": "drill"},

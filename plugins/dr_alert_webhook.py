@@ -58,18 +58,12 @@ def _authorized(header: str | None, expected: str) -> bool:
 def _ledger_conninfo() -> str | None:
     try:
         from airflow.models.connection import Connection
-        from psycopg.conninfo import make_conninfo
 
-        from tracktion_dr.ledger import LEDGER_CONN_ID
+        from tracktion_dr.evidence.ledger import LEDGER_CONN_ID
+        from tracktion_dr.postgres.commands import endpoint_from_connection
 
         c = Connection.get_connection_from_secrets(LEDGER_CONN_ID)
-        return make_conninfo(
-            host=c.host or "127.0.0.1",
-            port=str(c.port or 5432),
-            user=c.login or "postgres",
-            password=c.password or "",
-            dbname=c.schema or "postgres",
-        )
+        return endpoint_from_connection(c).conninfo()
     except Exception as exc:
         log.warning("alert ledger unavailable: %s", type(exc).__name__)
         return None
@@ -78,7 +72,7 @@ def _ledger_conninfo() -> str | None:
 def _record(conninfo: str | None, alert: Any, action: str, run: dict[str, Any] | None) -> bool:
     if not conninfo:
         return False
-    from tracktion_dr.ledger import record_alert
+    from tracktion_dr.evidence.ledger import record_alert
 
     try:
         record_alert(
@@ -128,7 +122,7 @@ def _start(alert: Any, plan: Any, incident_id: str, now: datetime) -> dict[str, 
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType
 
-    from tracktion_dr.alerts import find_route, run_conf
+    from tracktion_dr.scenarios.alerts import find_route, run_conf
 
     route = find_route(plan, alert)
     if route is None:
@@ -190,7 +184,7 @@ async def alerts_endpoint(source: str, request: Request) -> JSONResponse:
 
     from starlette.concurrency import run_in_threadpool
 
-    from tracktion_dr.alerts import SOURCES, MalformedPayload, parse_alerts
+    from tracktion_dr.scenarios.alerts import SOURCES, MalformedPayload, parse_alerts
 
     expected = _expected_token()
     if not expected:
@@ -217,8 +211,8 @@ async def alerts_endpoint(source: str, request: Request) -> JSONResponse:
 
 
 def _handle(source: str, alerts: list[Any]) -> JSONResponse:
-    from tracktion_dr.incident import new_incident_id
-    from tracktion_dr.plan import PlanError, load_plan
+    from tracktion_dr.core.incident import new_incident_id
+    from tracktion_dr.core.plan import PlanError, load_plan
 
     try:
         plan = load_plan()

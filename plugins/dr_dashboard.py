@@ -41,18 +41,12 @@ section{margin:1.5em 0}
 
 def _ledger_conninfo() -> str:
     from airflow.models.connection import Connection
-    from psycopg.conninfo import make_conninfo
 
-    from tracktion_dr.ledger import LEDGER_CONN_ID
+    from tracktion_dr.evidence.ledger import LEDGER_CONN_ID
+    from tracktion_dr.postgres.commands import endpoint_from_connection
 
     c = Connection.get_connection_from_secrets(LEDGER_CONN_ID)
-    return make_conninfo(
-        host=c.host or "127.0.0.1",
-        port=str(c.port or 5432),
-        user=c.login or "postgres",
-        password=c.password or "",
-        dbname=c.schema or "postgres",
-    )
+    return endpoint_from_connection(c).conninfo()
 
 
 def _e(value: Any) -> str:
@@ -64,7 +58,7 @@ def scenario_rows(conninfo: str, trend_runs: int) -> dict[str, list[dict[str, An
     import psycopg
     from psycopg.rows import dict_row
 
-    from tracktion_dr import ledger
+    from tracktion_dr.evidence import ledger
 
     with psycopg.connect(conninfo, connect_timeout=5, row_factory=dict_row) as conn:
         ledger.ensure_schema(conn)
@@ -81,7 +75,7 @@ def scenario_rows(conninfo: str, trend_runs: int) -> dict[str, list[dict[str, An
 
 
 def render_dashboard(grouped: dict[str, list[dict[str, Any]]]) -> str:
-    from tracktion_dr.reports import dur, trend_chart_svg, verdict
+    from tracktion_dr.evidence.reports import dur, trend_chart_svg, verdict
 
     summary, sections = [], []
     for dag_id, rows in sorted(grouped.items()):
@@ -139,7 +133,7 @@ def render_dashboard(grouped: dict[str, list[dict[str, Any]]]) -> str:
 
 @app.get("/", response_class=HTMLResponse)
 def dashboard() -> HTMLResponse:
-    from tracktion_dr.plan import load_plan
+    from tracktion_dr.core.plan import load_plan
 
     plan = load_plan()
     trend_runs = plan.reports.trend_runs if plan.reports else 12
@@ -159,8 +153,8 @@ def dashboard() -> HTMLResponse:
 @app.get("/report/{dag_id}/{run_id}")
 def report(dag_id: str, run_id: str) -> FileResponse:
     """A run's stored HTML report (written by its publish task)."""
-    from tracktion_dr.plan import load_plan
-    from tracktion_dr.reports import file_safe_run_id
+    from tracktion_dr.core.plan import load_plan
+    from tracktion_dr.evidence.reports import file_safe_run_id
 
     plan = load_plan()
     if plan.reports is None:

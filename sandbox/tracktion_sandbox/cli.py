@@ -16,7 +16,16 @@ from datetime import UTC, datetime
 
 import httpx
 
-from tracktion_sandbox import audio, connections, file_snapshots, pg, s3, supervisor
+from tracktion_sandbox import (
+    audio,
+    backups,
+    connections,
+    file_snapshots,
+    generate,
+    pg,
+    s3,
+    supervisor,
+)
 from tracktion_sandbox import layout as L
 from tracktion_sandbox.layout import SandboxLayout
 from tracktion_sandbox.secrets import load_or_create
@@ -72,7 +81,16 @@ def up(layout: SandboxLayout, size: str) -> None:
     audio.make_sample_audio(layout.audio_files)
     file_snapshots.take_initial_snapshots(layout)
     log.info("PostgreSQL: primary, replica, ops")
-    pg.up(layout, secrets, size=size)
+
+    def seed(dsn: str) -> None:
+        log.info("tracktion data: %s", generate.generate(dsn, size=size))
+
+    pg.up(
+        layout,
+        secrets,
+        seed=seed,
+        initial_backups=lambda: backups.take_initial_backups(layout, secrets),
+    )
     connections.write_airflow_env(layout, secrets)
     log.info("supervisord: services, load balancer, sink, canary")
     supervisor.up(layout, secrets, supervisor.default_programs(layout, secrets))

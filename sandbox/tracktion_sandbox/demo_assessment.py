@@ -13,9 +13,9 @@ import sys
 # The demo prints its own table; Airflow's per-task INFO lines would bury it.
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
-from tracktion_dr.assessment import Assessment
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.probes import ProbeResult
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.scenarios.assessment import Assessment
+from tracktion_dr.services.probes import ProbeResult
 from tracktion_dr.services.supervisord import SupervisordController
 from tracktion_sandbox import connections
 from tracktion_sandbox import layout as L

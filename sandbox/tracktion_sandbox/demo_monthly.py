@@ -19,7 +19,7 @@ import sys
 # The demo prints its own report; Airflow's per-task INFO lines would bury it.
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states  # noqa: E402
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states  # noqa: E402
 from tracktion_sandbox import connections  # noqa: E402
 from tracktion_sandbox.layout import SandboxLayout  # noqa: E402
 from tracktion_sandbox.secrets import load_or_create  # noqa: E402

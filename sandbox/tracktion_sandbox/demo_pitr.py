@@ -19,8 +19,8 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 import psycopg  # noqa: E402
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states  # noqa: E402
-from tracktion_dr.timeline import Event, Timeline  # noqa: E402
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states  # noqa: E402
+from tracktion_dr.core.timeline import Event, Timeline  # noqa: E402
 from tracktion_sandbox import connections  # noqa: E402
 from tracktion_sandbox import layout as L  # noqa: E402
 from tracktion_sandbox.layout import SandboxLayout  # noqa: E402

@@ -126,6 +126,12 @@ class SandboxLayout:
         return self.app / "config"
 
     @property
+    def app_env_file(self) -> Path:
+        """The services' environment file (the plan's ``config_env_file``): read by each
+        service at start; it does not exist until a configuration restore writes it."""
+        return self.app / "environment.env"
+
+    @property
     def app_logs(self) -> Path:
         return self.app / "logs"
 

@@ -32,7 +32,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -683,14 +683,19 @@ def _refuse_orphaned_history(layout: SandboxLayout) -> None:
 # --------------------------------------------------------------------------- public API
 
 
-def up(layout: SandboxLayout, secrets: SandboxSecrets, *, size: str = "30MB") -> None:
+def up(
+    layout: SandboxLayout,
+    secrets: SandboxSecrets,
+    *,
+    seed: Callable[[str], None],
+    initial_backups: Callable[[], None],
+) -> None:
     """Create what is missing and start what is stopped: primary, replica, ops.
 
-    A first run initialises, seeds ``size`` of Tracktion data and takes the initial logical
-    dump and base backup; later runs only start stopped clusters.
+    ``seed(dsn)`` fills the primary with Tracktion data and ``initial_backups()`` takes the
+    first logical dump and base backup (both idempotent; the caller, ``cli.up``, owns them,
+    so this module needs neither the generator nor the backups module).
     """
-    from tracktion_sandbox import backups, generate
-
     bindir = find_bindir()
     log.info("using PostgreSQL binaries in %s", bindir)
     prepare_directories(layout)
@@ -702,8 +707,7 @@ def up(layout: SandboxLayout, secrets: SandboxSecrets, *, size: str = "30MB") ->
         _create_standalone(primary, layout, bindir, secrets.postgres_password)
     _start(primary, layout, bindir)
     _bootstrap_primary(secrets)
-    counts = generate.generate(app_dsn(secrets), size=size)
-    log.info("tracktion data: %s", counts)
+    seed(app_dsn(secrets))
 
     replica = by_name["replica"]
     if not replica.initialized:
@@ -717,7 +721,7 @@ def up(layout: SandboxLayout, secrets: SandboxSecrets, *, size: str = "30MB") ->
     with connect(OPS_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
         ensure_database(conn, LEDGER_DATABASE, SUPERUSER)
 
-    backups.take_initial_backups(layout, secrets)
+    initial_backups()
     if _wait_for_streaming(secrets):
         log.info("replica is streaming from the primary")
     else:
@@ -740,6 +744,16 @@ def down(layout: SandboxLayout) -> None:
     if errors:
         raise SandboxPostgresError("; ".join(errors))
     log.info("all sandbox PostgreSQL clusters are stopped")
+
+
+def stop_cluster(layout: SandboxLayout, name: str) -> None:
+    """Stop one cluster (tests: e.g. the ops cluster, to show a recovery runs without its
+    ledger)."""
+    _stop(clusters(layout)[name], find_bindir())
+
+
+def start_cluster(layout: SandboxLayout, name: str) -> None:
+    _start(clusters(layout)[name], layout, find_bindir())
 
 
 def status(layout: SandboxLayout) -> dict[str, Any]:

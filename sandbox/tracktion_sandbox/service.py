@@ -10,8 +10,28 @@ answers 200 only when all of them pass, else 503 naming the failed check.
 ``audio/*`` body), parsing the upload with mutagen, so the post-recovery functional check
 exercises a real code path instead of a canned answer.
 
+**Configuration, read once at start** (as production services read theirs), so a bad
+configuration really breaks a service and ``dr_config_recovery``'s rollback is exercised:
+
+* the environment file (``TRACKTION_ENV_FILE``, the plan's ``config_env_file``): its
+  ``NAME=value`` lines are laid over the process environment, as a systemd
+  ``EnvironmentFile=`` or compose ``env_file`` would; a missing file is no error;
+* ``<TRACKTION_CONFIG_DIR>/services.yaml`` must list the service under ``services:``
+  (a service the configuration does not declare refuses to start);
+* ``<TRACKTION_CONFIG_DIR>/app.json``: ``storage.root`` is the storage path of the
+  services that use storage (``TRACKTION_STORAGE_PATH`` from the environment overrides
+  it); analysis-service needs ``analysis.formats`` (the audio formats ``/analyze``
+  accepts: the functional check's mp3 is refused when it is not listed) and
+  ``analysis.max_upload_mb``.
+
+A missing or malformed file or key ends the process at once with exit status 78
+(``EX_CONFIG``) and a log line naming the file, the key and the reason; supervisord then
+reports it BACKOFF/FATAL. A value that is valid but wrong (a storage root that does not
+exist) starts the service and makes ``/health`` fail, naming the check.
+
 Run: ``python -m tracktion_sandbox.service --name analysis-service --port 18001``; the
-database and storage come from ``TRACKTION_DATABASE_URL`` and ``TRACKTION_STORAGE_PATH``.
+database comes from ``TRACKTION_DATABASE_URL``. Without ``TRACKTION_CONFIG_DIR`` the
+settings come from the environment alone (every format accepted).
 """
 
 from __future__ import annotations
@@ -53,6 +73,12 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 
 AUDIO_FORMATS = {"WAVE": "wav", "FLAC": "flac", "MP3": "mp3"}
 
+CONFIG_DIR_ENV = "TRACKTION_CONFIG_DIR"
+ENV_FILE_ENV = "TRACKTION_ENV_FILE"
+APP_CONFIG_FILE = "app.json"
+SERVICES_CONFIG_FILE = "services.yaml"
+EX_CONFIG = 78  # sysexits.h: "configuration error"
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -60,6 +86,113 @@ class ServiceConfig:
     port: int
     database_url: str | None
     storage_path: Path | None
+    formats: frozenset[str] = frozenset(AUDIO_FORMATS.values())
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+
+class ConfigurationError(Exception):
+    """The service's configuration is missing or wrong; the message names file and key."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (``export`` prefixes and ``#`` comments allowed)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        if sep and key and not key.startswith("#"):
+            values[key] = value
+    return values
+
+
+def _setting(document: Any, dotted: str, where: Path) -> Any:
+    value = document
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigurationError(f"{where}: required key {dotted!r} is missing")
+        value = value[part]
+    return value
+
+
+def _load_file(path: Path) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, yaml.YAMLError) as exc:  # ValueError: JSON and UTF-8 errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(f"{path}: not valid {path.suffix[1:].upper()}: {first}") from None
+
+
+def load_config(
+    name: str, port: int, environ: dict[str, str] | None = None
+) -> tuple[ServiceConfig, dict[str, str]]:
+    """The service's settings from its configuration files and environment (see the
+    module doc); also returns what was read from where, for the start-up log line."""
+    env = dict(os.environ if environ is None else environ)
+    sources: dict[str, str] = {}
+    env_file = Path(env[ENV_FILE_ENV]) if env.get(ENV_FILE_ENV) else None
+    if env_file is not None:
+        if env_file.is_file():
+            from_file = read_environment_file(env_file)
+            env.update(from_file)
+            sources["environment file"] = f"{env_file} ({len(from_file)} variables)"
+        else:
+            sources["environment file"] = f"{env_file} (absent)"
+    storage = env.get("TRACKTION_STORAGE_PATH") or None
+    if storage:
+        sources["storage"] = "TRACKTION_STORAGE_PATH"
+    formats = frozenset(AUDIO_FORMATS.values())
+    max_upload = MAX_UPLOAD_BYTES
+    config_dir = Path(env[CONFIG_DIR_ENV]) if env.get(CONFIG_DIR_ENV) else None
+    if config_dir is not None:
+        services_file = config_dir / SERVICES_CONFIG_FILE
+        declared = _setting(_load_file(services_file), "services", services_file)
+        if not isinstance(declared, dict) or not isinstance(declared.get(name), dict):
+            raise ConfigurationError(f"{services_file}: services.{name} is not declared")
+        app_file = config_dir / APP_CONFIG_FILE
+        app = _load_file(app_file)
+        if "storage" in DEPENDENCIES[name] and storage is None:
+            root = _setting(app, "storage.root", app_file)
+            if not isinstance(root, str) or not root:
+                raise ConfigurationError(f"{app_file}: storage.root must be a path")
+            storage = root
+            sources["storage"] = f"{app_file} storage.root"
+        if name == "analysis-service":
+            formats, max_upload = _analysis_settings(app, app_file)
+        sources["configuration"] = str(config_dir)
+    config = ServiceConfig(
+        name=name,
+        port=port,
+        database_url=env.get("TRACKTION_DATABASE_URL") or None,
+        storage_path=Path(storage) if storage else None,
+        formats=formats,
+        max_upload_bytes=max_upload,
+    )
+    return config, sources
+
+
+def _analysis_settings(app: Any, app_file: Path) -> tuple[frozenset[str], int]:
+    listed = _setting(app, "analysis.formats", app_file)
+    known = set(AUDIO_FORMATS.values())
+    if (
+        not isinstance(listed, list)
+        or not listed
+        or not all(isinstance(f, str) and f in known for f in listed)
+    ):
+        raise ConfigurationError(
+            f"{app_file}: analysis.formats must be a non-empty list of {sorted(known)}"
+        )
+    max_mb = _setting(app, "analysis.max_upload_mb", app_file)
+    if isinstance(max_mb, bool) or not isinstance(max_mb, int) or not 0 < max_mb <= 1024:
+        raise ConfigurationError(f"{app_file}: analysis.max_upload_mb must be 1..1024")
+    return frozenset(listed), max_mb * 1024 * 1024
 
 
 class RequestError(Exception):
@@ -258,6 +391,12 @@ class ServiceHandler(BaseHTTPRequestHandler):
             body = self._read_body()
             data = extract_upload(self.headers.get("Content-Type", ""), body)
             result = analyze_audio(data)
+            if result["format"] not in self.config.formats:
+                raise RequestError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                    f"{result['format']} is not an enabled format "
+                    f"(analysis.formats: {sorted(self.config.formats)})",
+                )
         except RequestError as exc:
             self._send_json(exc.status, {"status": "error", "reason": exc.reason})
             return
@@ -271,10 +410,11 @@ class ServiceHandler(BaseHTTPRequestHandler):
             length = int(length_header)
         except ValueError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from exc
-        if length < 0 or length > MAX_UPLOAD_BYTES:
+        if length < 0 or length > self.config.max_upload_bytes:
             self.close_connection = True
             raise RequestError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"upload exceeds {MAX_UPLOAD_BYTES} bytes"
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"upload exceeds {self.config.max_upload_bytes} bytes",
             )
         return self.rfile.read(length)
 
@@ -283,7 +423,7 @@ class ServiceHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
-        if 0 < length <= MAX_UPLOAD_BYTES:
+        if 0 < length <= self.config.max_upload_bytes:
             self.rfile.read(length)
         elif length:
             self.close_connection = True
@@ -342,13 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", required=True, type=int)
     args = parser.parse_args(argv)
     configure_logging()
-    storage = os.environ.get("TRACKTION_STORAGE_PATH")
-    config = ServiceConfig(
-        name=args.name,
-        port=args.port,
-        database_url=os.environ.get("TRACKTION_DATABASE_URL") or None,
-        storage_path=Path(storage) if storage else None,
-    )
+    try:
+        config, sources = load_config(args.name, args.port)
+    except ConfigurationError as exc:
+        log.error("%s: configuration refused, not starting: %s", args.name, exc)
+        return EX_CONFIG
+    # where each setting came from; never a value of the environment file
+    log.info("%s: settings from %s", args.name, sources or "the environment only")
     serve_until_signalled(make_server(config), config.name)
     return 0
 

@@ -239,7 +239,10 @@ def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Pro
                 "TRACKTION_DATABASE_ROUTE": (
                     f"http://{layout_mod.HOST}:{layout_mod.LOAD_BALANCER_PORT}"
                 ),
-                "TRACKTION_STORAGE_PATH": str(layout.app_data),
+                # the storage path and the other settings are read from these at start
+                # (service.py): the plan's config_paths and config_env_file
+                "TRACKTION_CONFIG_DIR": str(layout.app_config),
+                "TRACKTION_ENV_FILE": str(layout.app_env_file),
                 "TRACKTION_SERVICE_NAME": service,
             },
         )

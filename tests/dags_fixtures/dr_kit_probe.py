@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag, task
 
-from tracktion_dr.dag_kit import (
+from tracktion_dr.airflow.dag_kit import (
     RtoGate,
     now_iso,
     open_incident,
@@ -19,8 +19,8 @@ from tracktion_dr.dag_kit import (
     record_timeline,
     step_event,
 )
-from tracktion_dr.dag_support import DEFAULT_ARGS, common_params
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 POKES: dict[str, int] = {}

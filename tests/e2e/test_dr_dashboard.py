@@ -25,8 +25,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tracktion_dr import ledger
-from tracktion_dr.timeline import Event, Timeline
+from tracktion_dr.core.timeline import Event, Timeline
+from tracktion_dr.evidence import ledger
 from tracktion_sandbox import layout as L
 
 pytestmark = pytest.mark.sandbox

@@ -1,21 +1,17 @@
-"""Run a DAG in a child process of its own process group, and SIGKILL the whole group at a
-chosen moment - the way a worker dies (OOM killer, node loss, ``kill -9``).
+"""A run that a test can SIGKILL at a chosen moment, the way a worker dies in production.
 
-The moment is found by polling the real state (task states in the metadata database,
-files, the server), never by sleeping: :meth:`KillableRun.kill_when` takes a predicate and
-kills the group the first time it holds. Servers that ``pg_ctl`` started have daemonized
-into their own session (pg_ctl's child calls ``setsid``), so they survive the kill, as
-they would in real life; :meth:`survivors` proves nothing of the group is left.
+The run is a child process in its own process group (``start_new_session``), so killing the
+group takes everything the task started with it - ``pg_restore`` and its parallel workers,
+``psql`` and the like - exactly what an OOM kill or a lost node does to a worker. The moment
+is found by polling real state (task instance states in the Airflow metadata database,
+``pg_stat_activity``, database names), never by sleeping a guessed number of seconds.
 
-Usage::
+    with KillableRun.dag_test("dr_database_restore", conf, log_path=tmp / "run.log") as run:
+        run.wait_until(lambda: task_state(...) == "success", what="the guard succeeded")
+        run.kill()
+        run.wait_exit()
 
-    run = KillableRun("dr_database_pitr", conf, log_path=tmp_path / "killed.log").start()
-    run.kill_when(lambda: staging.exists(), what="while the data directory is prepared")
-    assert run.survivors() == []
-    dag_run = run_dag("dr_database_pitr", conf)  # the re-run, same incident
-
-The child runs ``tracktion_dr.dag_runs.run_dag`` (``dag.test()``), with this process's
-environment (Airflow home, plan, the sandbox's connections).
+The timeouts below are safety nets against a hung test, not assertions about speed.
 """
 
 from __future__ import annotations
@@ -26,178 +22,177 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-RUNNER = (
+T = TypeVar("T")
+
+# The child runs one DAG with dag.test(), in-process (tasks run inside this one process).
+DAG_TEST_PROGRAM = (
     "import json, sys\n"
-    "from tracktion_dr.dag_runs import run_dag\n"
-    "dag_run = run_dag(sys.argv[1], json.loads(sys.argv[2]))\n"
-    "print('KILLABLE_RUN_FINISHED', dag_run.run_id, dag_run.state, flush=True)\n"
+    "from tracktion_dr.airflow.dag_runs import run_dag\n"
+    "run_dag(sys.argv[1], json.loads(sys.argv[2]))\n"
 )
 
 
-class RunEndedFirst(AssertionError):
-    """The run finished (or died on its own) before the awaited moment came."""
+class RunEnded(AssertionError):
+    """The run exited before the moment the test waited for (the log tail says why)."""
 
 
 class KillableRun:
-    def __init__(self, dag_id: str, conf: dict[str, Any], *, log_path: Path):
-        self.dag_id = dag_id
-        self.conf = conf
+    """A child process in its own process group: start, wait until, kill the group, wait."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.argv = list(argv)
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = datetime.now(UTC)
-        self.killed_at: datetime | None = None
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,  # its own session and process group: killpg takes all
+        )
+        self.pgid = os.getpgid(self.process.pid)
 
-    # -- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> KillableRun:
-        self.started_at = datetime.now(UTC) - timedelta(seconds=1)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", RUNNER, self.dag_id, json.dumps(self.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: killed as a whole
-                env=dict(os.environ),
-            )
-        return self
+    @classmethod
+    def dag_test(
+        cls,
+        dag_id: str,
+        conf: dict[str, Any],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> KillableRun:
+        """``dag.test()`` of ``dag_id`` with ``conf`` (via ``tracktion_dr.airflow.dag_runs``) in a
+        child process that inherits this process's environment (Airflow home, sandbox
+        connections, ``PYTHONPATH``) unless ``env`` is given."""
+        return cls(
+            [sys.executable, "-c", DAG_TEST_PROGRAM, dag_id, json.dumps(conf)],
+            log_path=log_path,
+            env=env,
+        )
 
     @property
-    def pgid(self) -> int:
-        assert self.process is not None, "start() first"
-        return self.process.pid  # a session leader's pid is its group id
-
-    def kill_when(
-        self,
-        moment: Callable[[], bool],
-        *,
-        what: str,
-        timeout: float = 900,
-        poll_seconds: float = 0.005,
-    ) -> None:
-        """SIGKILL the whole process group the first time ``moment()`` is true."""
-        assert self.process is not None, "start() first"
-        deadline = time.monotonic() + timeout
-        while True:
-            if moment():
-                self.kill()
-                return
-            if self.process.poll() is not None:
-                raise RunEndedFirst(
-                    f"the run ended (exit {self.process.returncode}) before {what}; "
-                    f"see {self.log_path}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(
-                    f"{what} did not come within {timeout:.0f}s; see {self.log_path}"
-                )
-            time.sleep(poll_seconds)
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def wait_until(
         self,
-        moment: Callable[[], bool],
+        condition: Callable[[], T],
         *,
         what: str,
         timeout: float = 900,
-        poll_seconds: float = 0.005,
-    ) -> None:
-        """Return (without killing) the first time ``moment()`` is true: to change the
-        world under a live run at a precise point (hide a file, stop a service)."""
-        assert self.process is not None, "start() first"
+        interval: float = 0.05,
+    ) -> T:
+        """Poll ``condition`` until it returns something truthy, and return that. Raises
+        :class:`RunEnded` if the run exits first, ``TimeoutError`` after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while not moment():
-            if self.process.poll() is not None:
-                raise RunEndedFirst(
-                    f"the run ended (exit {self.process.returncode}) before {what}; "
-                    f"see {self.log_path}"
+        while True:
+            value = condition()
+            if value:
+                return value
+            if not self.running:
+                raise RunEnded(
+                    f"the run exited (code {self.process.returncode}) before {what}:\n"
+                    + self.log_tail()
                 )
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{what} did not come within {timeout:.0f}s; see {self.log_path}"
-                )
-            time.sleep(poll_seconds)
+                raise TimeoutError(f"{what}: not within {timeout:.0f}s\n" + self.log_tail())
+            time.sleep(interval)
 
     def kill(self) -> None:
-        assert self.process is not None
+        """SIGKILL the whole process group (no handler runs, nothing is cleaned up)."""
         try:
             os.killpg(self.pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.process.wait(timeout=60)
-        self.killed_at = datetime.now(UTC)
 
-    def wait(self, timeout: float = 1800) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the child to exit and for every other process of its group to be gone
+        (children of a killed leader are reparented and reaped by init). Returns the
+        child's exit code (``-9`` after :meth:`kill`)."""
+        code = self.process.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self._group_alive():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process group {self.pgid} still has members")
+            time.sleep(0.05)
+        self._log.close()
+        return code
 
-    def survivors(self, settle_seconds: float = 10) -> list[int]:
-        """Processes still in the killed group (should be none), after letting the kernel
-        reap them."""
-        deadline = time.monotonic() + settle_seconds
-        while True:
-            alive = [pid for pid in _pids_in_group(self.pgid) if not _zombie(pid)]
-            if not alive or time.monotonic() > deadline:
-                return alive
-            time.sleep(0.1)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    # -- the run's state in the metadata database -------------------------------------
-
-    def task_state(self, task_id: str) -> str | None:
-        """The state of ``task_id`` in this run (the newest task instance of the DAG
-        started since this run started), or None before it starts."""
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        with create_session() as session:
-            row = session.execute(
-                select(TaskInstance.state)
-                .where(
-                    TaskInstance.dag_id == self.dag_id,
-                    TaskInstance.task_id == task_id,
-                    TaskInstance.start_date >= self.started_at,
-                )
-                .order_by(TaskInstance.start_date.desc())
-                .limit(1)
-            ).first()
-        return str(row[0]) if row and row[0] is not None else None
-
-    def task_reached(
-        self, task_id: str, states: tuple[str, ...] = ("success",)
-    ) -> Callable[[], bool]:
-        """A moment: ``task_id`` of this run is in one of ``states``."""
-
-        def moment() -> bool:
-            return self.task_state(task_id) in states
-
-        return moment
-
-
-def _pids_in_group(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    def _group_alive(self) -> bool:
         try:
-            if os.getpgid(int(entry.name)) == pgid:
-                pids.append(int(entry.name))
-        except (ProcessLookupError, PermissionError):
-            continue
-    return pids
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A zombie member still "exists" to kill(0): only count live ones.
+        return any(_is_live_member(pid, self.pgid) for pid in _pids())
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def __enter__(self) -> KillableRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running:
+            self.kill()
+        if not self._log.closed:
+            self.wait_exit()
 
 
-def _zombie(pid: int) -> bool:
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _is_live_member(pid: int, pgid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
+        return False
+    # Fields after the parenthesised command: state is the 1st, pgrp the 3rd.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0] != "Z" and int(fields[2]) == pgid
+
+
+def incident_task_states(dag_id: str, incident_id: str) -> dict[str, str]:
+    """Task instance states of the newest run of ``dag_id`` whose conf names
+    ``incident_id`` (the child's run, read from the metadata database): the usual way a
+    test finds "the guard succeeded" or "the gate failed" in a run it cannot see into."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.execute(
+            select(DagRun.run_id, DagRun.conf)
+            .where(DagRun.dag_id == dag_id)
+            .order_by(DagRun.id.desc())
+            .limit(20)
+        ).all()
+        run_ids = [r for r, conf in runs if (conf or {}).get("incident_id") == incident_id]
+        if not run_ids:
+            return {}
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_ids[0]
+            )
+        ).all()
+    return {task_id: str(state) for task_id, state in rows}

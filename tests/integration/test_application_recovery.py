@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.services import ServiceState
 from tracktion_sandbox import layout as L
 
@@ -51,7 +51,12 @@ def test_a_stopped_service_is_restarted_and_nothing_else_is_touched(sandbox, sup
         assert events["gate_analysis_service"]["status"] == "succeeded"
         assert "functional check passed" in events["gate_analysis_service"]["detail"]
         summary = task_result(dag_run, "report")
-        assert summary == {"healthy": 4, "total": 4, "down": {}}
+        assert summary["event"]["status"] == "succeeded"
+        assert {k: v for k, v in summary.items() if k != "event"} == {
+            "healthy": 4,
+            "total": 4,
+            "down": {},
+        }
     finally:
         supervisor_controller.start(victim)
 
@@ -91,8 +96,10 @@ def test_dry_run_touches_nothing(sandbox, supervisor_controller):
             {"environment": "drill", "dry_run": True, "services": [victim]},
         )
         assert supervisor_controller.status(victim).state == ServiceState.STOPPED
+        # what would happen is the probe's answer; the acting step is skipped by the kit
+        assert task_result(dag_run, "probe")["planned"] == {victim: "restart"}
         event = task_result(dag_run, "recover_notification_service")["event"]
-        assert event["status"] == "skipped" and event["detail"] == "dry run: would restart"
+        assert event["status"] == "skipped" and event["detail"] == "dry run"
         assert task_result(dag_run, "record")["outcome"] == "dry_run"
     finally:
         supervisor_controller.start(victim)

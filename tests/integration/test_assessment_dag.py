@@ -14,9 +14,9 @@ import socket
 import pytest
 import yaml
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.incident import INCIDENT_ID_PATTERN
-from tracktion_dr.plan import PLAN_ENV_VAR, plan_path
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.core.incident import INCIDENT_ID_PATTERN
+from tracktion_dr.core.plan import PLAN_ENV_VAR, plan_path
 
 pytestmark = pytest.mark.sandbox
 

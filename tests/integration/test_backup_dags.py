@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tracktion_dr import ledger
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import conninfo
 from tracktion_dr.backups import watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, NoUsableBackup, Status
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import conninfo
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.evidence import ledger
 from tracktion_dr.postgres import basebackups, dumps, wal
 from tracktion_dr.postgres.commands import Endpoint
 from tracktion_sandbox import layout as L

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr import ledger
-from tracktion_dr.dag_runs import load_dag, task_result, task_states
-from tracktion_dr.dag_support import conninfo
+from tracktion_dr.airflow.dag_runs import load_dag, task_result, task_states
+from tracktion_dr.airflow.support import conninfo
+from tracktion_dr.evidence import ledger
 
 pytestmark = pytest.mark.sandbox
 FIXTURES = Path(__file__).resolve().parents[1] / "dags_fixtures"

@@ -22,15 +22,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups.catalog import Catalog, local_path
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.database_recovery import segment_archived
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.basebackups import take_base_backup
 from tracktion_dr.postgres.commands import as_os_user, run
 from tracktion_dr.postgres.salvage import salvage_dir_for
 from tracktion_dr.postgres.wal import Segment, list_segments, segment_header_matches
+from tracktion_dr.scenarios.database import segment_archived
 
 pytestmark = pytest.mark.sandbox
 

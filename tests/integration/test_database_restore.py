@@ -1,44 +1,39 @@
 """dr_database_restore against the live sandbox, for real: the dump is restored beside the
-live database, validated, swapped in; the old database is kept; bad inputs are refused in
-the guard with the production database unchanged."""
+live database, validated, swapped in; the old database is kept (and what it holds beyond
+the dump is reported); bad inputs are refused in the guard with the production database
+unchanged; a re-run of the same incident finishes, a new incident on the same dump is
+refused. (Runs killed half-way: test_restore_fault_injection.py.)"""
 
 from __future__ import annotations
 
-import hashlib
+import json
 
 import psycopg
 import pytest
-from psycopg import sql
+from restore_support import (
+    DATABASE,
+    admin,
+    connect,
+    databases,
+    fingerprint,
+    fresh_dump,
+    put_sandbox_back,
+    write_after_dump_and_break,
+)
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.postgres.dumps import exact_row_counts, read_manifest
-from tracktion_dr.postgres.restore import aside_name, incident_tag
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import endpoint
+from tracktion_dr.postgres.dumps import exact_row_counts
+from tracktion_dr.postgres.restore import MarkerState, Phase, inspect_state
 
 pytestmark = pytest.mark.sandbox
 
 
-def admin():
-    return endpoint("tracktion_pg_primary")
+@pytest.fixture()
+def dependents():
+    from tracktion_dr.core.plan import load_plan
 
-
-def fingerprint(database: str = "tracktion") -> str:
-    """A checksum of the business tables' contents (the canary table keeps changing)."""
-    digest = hashlib.sha256()
-    with psycopg.connect(admin().conninfo(database), connect_timeout=10) as conn:
-        for table, key in (("audio_files", "id"), ("analysis_results", "id"), ("tracklists", "id")):
-            rows = conn.execute(
-                sql.SQL("SELECT md5(string_agg(t::text, '|' ORDER BY {})) FROM {} t").format(
-                    sql.Identifier(key), sql.Identifier("public", table)
-                )
-            ).fetchone()
-            digest.update(str(rows[0]).encode())
-    return digest.hexdigest()
-
-
-def databases() -> set[str]:
-    with psycopg.connect(admin().conninfo("postgres"), connect_timeout=10) as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+    return load_plan().environment("drill").dependents_of(DATABASE)
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(sandbox):
@@ -81,7 +76,9 @@ def test_bad_inputs_are_refused_before_anything_is_touched(sandbox, conf, messag
     states = task_states(dag_run)
     assert states["guard"] == "failed"
     assert states["stop_services"] == "upstream_failed"
-    assert states["verdict"] == "failed"
+    # The refusal is the run's one failure: nothing later fails on its absence.
+    assert [task for task, state in states.items() if state == "failed"] == ["guard"], states
+    assert states["verdict"] == "upstream_failed" and str(dag_run.state) == "failed"
     assert message in capfd.readouterr().out
     assert fingerprint() == before and databases() == dbs
 
@@ -106,41 +103,94 @@ def test_truncated_dump_is_never_used(sandbox, tmp_path):
             path.unlink(missing_ok=True)
 
 
-def test_full_restore_side_by_side(sandbox):
-    with psycopg.connect(
-        admin().conninfo("tracktion"), connect_timeout=10, autocommit=True
-    ) as conn:
-        # The incident: rows destroyed in the live database.
-        conn.execute("DELETE FROM analysis_results WHERE id % 2 = 0")
-    damaged = fingerprint()
-    dag_run = run_dag(
-        "dr_database_restore", {"environment": "drill", "database": "tracktion", "notify": True}
-    )
-    states = task_states(dag_run)
-    assert states["verdict"] == "success", states
-    run = task_result(dag_run, "guard")
-    manifest = read_manifest(__import__("pathlib").Path(run["backup"]["path"]))
-    with psycopg.connect(admin().conninfo("tracktion"), connect_timeout=10) as conn:
-        counts = exact_row_counts(conn)
-    for table in ("public.audio_files", "public.analysis_results", "public.tracklists"):
-        assert counts[table] == manifest["row_counts"][table], table
-    kept = aside_name("tracktion", incident_tag(run["incident_id"]))
-    assert kept in databases(), "the old database is kept, never dropped"
-    assert fingerprint(kept) == damaged
-    timeline = task_result(dag_run, "record")
-    assert timeline["outcome"] == "succeeded" and timeline["rto_achieved_seconds"] is not None
-    assert timeline["data_loss_seconds"] is not None and timeline["data_loss_seconds"] > 0
-    with psycopg.connect(admin().conninfo("postgres"), connect_timeout=10) as conn:
-        owner = conn.execute(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'tracktion'"
-        ).fetchone()[0]
-    assert owner == "tracktion", "the services' role owns the restored database, as before"
-    with psycopg.connect(
-        endpoint("tracktion_pg_primary").conninfo("tracktion"), connect_timeout=10
-    ) as conn:
-        tables_owned = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'tracktion'"
-        ).fetchone()[0]
-    assert tables_owned == 3
-    gates = [e["name"] for e in timeline["events"] if e["kind"] == "gate"]
-    assert gates == ["gate_database_accepts", "gate_services_healthy", "gate_functional_checks"]
+def test_full_restore_side_by_side(sandbox, supervisor_controller, dependents, capfd):
+    incident = fresh_dump(sandbox)
+    try:
+        # Rows written after the dump, then the incident: rows destroyed in the live database.
+        write_after_dump_and_break(incident)
+        damaged = fingerprint()
+        dag_run = run_dag("dr_database_restore", incident.conf(notify=True))
+        states = task_states(dag_run)
+        assert states["verdict"] == "success", states
+        manifest = incident.manifest
+        with connect() as conn:
+            counts = exact_row_counts(conn)
+        for table in ("public.audio_files", "public.analysis_results", "public.tracklists"):
+            assert counts[table] == manifest["row_counts"][table], table
+        assert incident.kept in databases(), "the old database is kept, never dropped"
+        assert incident.scratch not in databases()
+        assert fingerprint(incident.kept) == damaged
+        timeline = task_result(dag_run, "record")
+        assert timeline["outcome"] == "succeeded" and timeline["rto_achieved_seconds"] is not None
+        assert timeline["data_loss_seconds"] is not None and timeline["data_loss_seconds"] > 0
+        set_aside = timeline["details"]["set_aside"]
+        assert set_aside["tables"]["public.audio_files"]["rows_after_dump"] == 3
+        assert set_aside["sentence"].endswith(f"written after the dump are kept in {incident.kept}")
+        assert timeline["details"]["data_loss"]["rows_set_aside"] == set_aside["rows"]
+        with connect("postgres") as conn:
+            owner = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'tracktion'"
+            ).fetchone()[0]
+        assert owner == "tracktion", "the services' role owns the restored database, as before"
+        with psycopg.connect(
+            endpoint("tracktion_pg_primary").conninfo("tracktion"), connect_timeout=10
+        ) as conn:
+            tables_owned = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'tracktion'"
+            ).fetchone()[0]
+        assert tables_owned == 3
+        gates = [e["name"] for e in timeline["events"] if e["kind"] == "gate"]
+        assert gates == ["gate_database_accepts", "gate_services_healthy", "gate_functional_checks"]
+
+        # The same incident again (a re-run after success): nothing is done twice.
+        names = databases()
+        rerun = run_dag("dr_database_restore", incident.conf())
+        assert task_states(rerun)["verdict"] == "success"
+        for task_id in ("stop_services", "restore_beside", "validate_restored", "swap"):
+            assert task_result(rerun, task_id)["event"]["status"] == "skipped", task_id
+        assert databases() == names
+
+        # A new incident on the same dump: refused, nothing touched.
+        before = fingerprint()
+        other = run_dag(
+            "dr_database_restore",
+            {"environment": "drill", "database": DATABASE, "backup": incident.dump.name},
+        )
+        states = task_states(other)
+        assert states["guard"] == "failed" and states["stop_services"] == "upstream_failed"
+        assert (
+            f"tracktion already is the validated restore of {incident.dump.name}, made by "
+            f"incident {incident.incident_id}"
+        ) in capfd.readouterr().out
+        assert fingerprint() == before and databases() == names
+    finally:
+        put_sandbox_back(incident, supervisor_controller, dependents)
+
+
+def test_in_place_restore_that_fails_validation_puts_the_original_back(
+    sandbox, supervisor_controller, dependents, capfd
+):
+    """A dump whose manifest promises rows it does not hold (the dump file itself is
+    intact, so it verifies): the restore completes, validation fails on the row counts, the
+    original goes back under its name, the failed copy stays marked invalid (evidence)."""
+    incident = fresh_dump(sandbox)
+    manifest_path = incident.dump.with_name(incident.dump.name + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["row_counts"]["public.tracklists"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    try:
+        write_after_dump_and_break(incident)
+        before = fingerprint()
+        dag_run = run_dag("dr_database_restore", incident.conf(mode="in_place"))
+        states = task_states(dag_run)
+        assert states["validate_restored"] == "failed", states
+        assert states["swap"] == "upstream_failed" and states["verdict"] == "failed"
+        assert states["start_services"] == "success", "the services come back on the original"
+        assert "public.tracklists" in capfd.readouterr().out
+        assert fingerprint() == before, "the original is back under its name, untouched"
+        state = inspect_state(admin(), DATABASE, incident.tag)
+        assert state.phase is Phase.INVALID and state.aside is None
+        assert state.scratch.marker.state is MarkerState.INVALID
+        assert any("public.tracklists" in p for p in state.scratch.marker.problems)
+    finally:
+        put_sandbox_back(incident, supervisor_controller, dependents)

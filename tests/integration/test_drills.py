@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from tracktion_dr import reports
-from tracktion_dr.dag_kit import report_path
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.drills import guard_monthly
-from tracktion_dr.incident import InvalidInput
-from tracktion_dr.plan import load_plan
+from tracktion_dr.airflow.dag_kit import report_path
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.evidence import reports
+from tracktion_dr.scenarios.drills import guard_monthly
 from tracktion_sandbox import layout as L
 
 pytestmark = pytest.mark.sandbox

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from failover_support import SERVICE, backend, secondary_registered, set_server
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_sandbox import cli, pg
 from tracktion_sandbox import layout as L
 

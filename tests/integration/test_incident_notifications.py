@@ -16,14 +16,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tracktion_dr.incident_response import (
+from tracktion_dr.core.plan import load_plan, parse_plan
+from tracktion_dr.notify.delivery import create_slack_channel, deliver, slack_channel_name
+from tracktion_dr.scenarios.incident_response import (
     IncidentRequest,
     alert_message,
     restoration_message,
     status_update_message,
 )
-from tracktion_dr.notify.delivery import create_slack_channel, deliver, slack_channel_name
-from tracktion_dr.plan import load_plan, parse_plan
 
 pytestmark = pytest.mark.sandbox
 
@@ -153,7 +153,7 @@ def test_a_failing_channel_is_retried_then_recorded(sandbox, monkeypatch):
 
 def _fast_escalation_plan():
     """The sandbox plan with level 2 due one second after the start (3 and 4 much later)."""
-    from tracktion_dr.plan import plan_path
+    from tracktion_dr.core.plan import plan_path
 
     data = yaml.safe_load(plan_path().read_text())
     for level, after in zip(data["escalation"][1:], ("1s", "1h", "2h"), strict=True):
@@ -164,7 +164,7 @@ def _fast_escalation_plan():
 def test_escalation_fires_at_its_threshold_and_never_after_resolution(sandbox):
     """The real sensor, poked by hand; only the run-state lookup is a stand-in (the
     triggered run's state comes from the Airflow API, which a unit of the sensor lacks)."""
-    from tracktion_dr.recovery_watch import RecoveryWatch
+    from tracktion_dr.airflow.incident_watch import RecoveryWatch
 
     plan = _fast_escalation_plan()
     started = datetime.now(UTC) - timedelta(seconds=5)  # level 1 (0s) and 2 (1s) are due

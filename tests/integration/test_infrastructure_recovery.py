@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 
 pytestmark = pytest.mark.sandbox
 

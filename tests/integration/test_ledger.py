@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tracktion_dr import ledger
-from tracktion_dr.timeline import Event, Timeline
+from tracktion_dr.core.timeline import Event, Timeline
+from tracktion_dr.evidence import ledger
 from tracktion_sandbox import layout as L
 
 pytestmark = pytest.mark.sandbox

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.delivery import deliver
 from tracktion_dr.notify.messages import DrMessage
-from tracktion_dr.plan import load_plan
 
 pytestmark = pytest.mark.sandbox
 

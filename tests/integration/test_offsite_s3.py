@@ -7,11 +7,10 @@ import os
 
 import pytest
 
+from tracktion_dr.airflow.backup_jobs import s3_hook
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.backups import offsite
-from tracktion_dr.backups.catalog import Catalog
-from tracktion_dr.backups.jobs import s3_hook
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 
 pytestmark = pytest.mark.sandbox
 MIB = 1024 * 1024
@@ -74,7 +73,7 @@ def test_offsite_dag_copies_newest_backups_and_wal_and_the_catalog_lists_them(sa
     plan = load_plan()
     backups = plan.environment("drill").backups
     client = s3_hook(backups.offsite_conn_id, plan).get_conn()
-    entries = Catalog(backups).offsite_entries(client, with_checksums=True)
+    entries = offsite.list_location(client, backups.offsite, with_checksums=True)
     kinds = {e.kind for e in entries}
     assert {"logical_dump", "base_backup", "wal_segment"} <= kinds
     assert all(e.sha256 for e in entries if e.kind != "other")

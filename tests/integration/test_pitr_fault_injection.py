@@ -24,15 +24,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from harness.killable_run import KillableRun
+from harness.killable_run import KillableRun, incident_task_states
 from psycopg import sql
 
+from tracktion_dr.airflow.dag_runs import run_dag, task_states
+from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups.catalog import Catalog
-from tracktion_dr.checks import service_health
-from tracktion_dr.dag_runs import run_dag, task_states
-from tracktion_dr.dag_support import endpoint
-from tracktion_dr.database_recovery import segment_archived
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.pitr import aside_path, staging_path
 from tracktion_dr.postgres.recovery_marker import (
     postmaster_pid,
@@ -42,6 +40,8 @@ from tracktion_dr.postgres.recovery_marker import (
 from tracktion_dr.postgres.replica import reseed_staging_path
 from tracktion_dr.postgres.restore import incident_tag
 from tracktion_dr.postgres.wal import Segment
+from tracktion_dr.scenarios.database import segment_archived
+from tracktion_dr.services.checks import service_health
 
 pytestmark = pytest.mark.sandbox
 
@@ -105,29 +105,32 @@ class Incident:
         return marker is not None and marker.incident_id == self.incident_id
 
 
-def after_the_guard(run: KillableRun, incident: Incident) -> Callable[[], bool]:
-    return run.task_reached("guard")
+DAG_ID = "dr_database_pitr"
 
 
-def while_preparing(run: KillableRun, incident: Incident) -> Callable[[], bool]:
+def after_the_guard(incident: Incident) -> Callable[[], bool]:
+    return lambda: incident_task_states(DAG_ID, incident.incident_id).get("guard") == "success"
+
+
+def while_preparing(incident: Incident) -> Callable[[], bool]:
     staging = staging_path(incident.primary_data, incident.tag)
     aside = aside_path(incident.primary_data, incident.tag)
     return lambda: staging.exists() or (aside.exists() and not incident.primary_data.exists())
 
 
-def during_replay(run: KillableRun, incident: Incident) -> Callable[[], bool]:
+def during_replay(incident: Incident) -> Callable[[], bool]:
     data = incident.primary_data
     return lambda: (
         incident.ours(data) and recovery_pending(data) and postmaster_pid(data) is not None
     )
 
 
-def during_reseed(run: KillableRun, incident: Incident) -> Callable[[], bool]:
+def during_reseed(incident: Incident) -> Callable[[], bool]:
     staging = reseed_staging_path(incident.replica_data, incident.tag)
     return staging.exists
 
 
-def right_after_promotion(run: KillableRun, incident: Incident) -> Callable[[], bool]:
+def right_after_promotion(incident: Incident) -> Callable[[], bool]:
     data = incident.primary_data
     return lambda: (
         incident.ours(data) and not recovery_pending(data) and postmaster_pid(data) is not None
@@ -148,9 +151,10 @@ def test_killed_at_a_step_then_rerun_converges(sandbox, tmp_path, moment_name, c
     incident = Incident(sandbox.layout)
     moment, poll = MOMENTS[moment_name]
 
-    run = KillableRun("dr_database_pitr", incident.conf, log_path=tmp_path / "killed.log").start()
-    run.kill_when(moment(run, incident), what=moment_name, poll_seconds=poll)
-    assert run.survivors() == [], "something of the killed run's process group survived"
+    run = KillableRun.dag_test(DAG_ID, incident.conf, log_path=tmp_path / "killed.log")
+    run.wait_until(moment(incident), what=moment_name, interval=poll)
+    run.kill()
+    assert run.wait_exit() == -9  # and nothing of its process group is left
     # The server our recovery started (if any) outlives the worker, as in real life.
     server_before_rerun = postmaster_pid(incident.primary_data)
     promoted_before_rerun = incident.ours(incident.primary_data) and not recovery_pending(
@@ -171,7 +175,7 @@ def test_killed_at_a_step_then_rerun_converges(sandbox, tmp_path, moment_name, c
         )
         assert postmaster_pid(incident.primary_data) == server_before_rerun
 
-    dag_run = run_dag("dr_database_pitr", incident.conf)  # same incident, no manual step
+    dag_run = run_dag(DAG_ID, incident.conf)  # same incident, no manual step
     states = task_states(dag_run)
     assert states["verdict"] == "success", (states, run.log_path)
 
@@ -217,11 +221,11 @@ def test_a_server_dying_in_recovery_fails_the_gate_at_once_then_the_rerun_resume
     same incident's re-run starts the laid-down recovery again and finishes."""
     incident = Incident(sandbox.layout)
     archive = sandbox.layout.wal_archive
-    run = KillableRun("dr_database_pitr", incident.conf, log_path=tmp_path / "dying.log").start()
+    run = KillableRun.dag_test(DAG_ID, incident.conf, log_path=tmp_path / "dying.log")
     run.wait_until(
         lambda: incident.ours(incident.primary_data),
         what="the base backup laid down",
-        poll_seconds=0.002,
+        interval=0.002,
     )
     # The segment holding the target: replay needs it last, so the server is well into
     # replay, watched by the gate, when it finds it missing.
@@ -236,17 +240,18 @@ def test_a_server_dying_in_recovery_fails_the_gate_at_once_then_the_rerun_resume
     hidden = victim.with_name(f".{victim.name}.hidden-by-test")
     victim.rename(hidden)
     try:
-        run.wait(timeout=600)  # the gate's budget is the RTO (30 min): it must not wait it out
-        log_text = run.log_text()
-        assert run.task_state("gate_recovery_target_reached") == "failed"
+        run.wait_exit(timeout=600)  # the gate's budget is the RTO (30 min): not waited out
+        log_text = run.log_path.read_text(errors="replace")
+        states = incident_task_states(DAG_ID, incident.incident_id)
+        assert states["gate_recovery_target_reached"] == "failed", states
         assert "ServerDied" in log_text and "is not running: its log" in log_text
         assert "recovery ended before configured recovery target was reached" in log_text
-        assert run.task_state("promote") == "upstream_failed"
+        assert states["promote"] == "upstream_failed"
         assert recovery_pending(incident.primary_data), "nothing may have promoted it"
     finally:
         hidden.rename(victim)
 
-    dag_run = run_dag("dr_database_pitr", incident.conf)
+    dag_run = run_dag(DAG_ID, incident.conf)
     states = task_states(dag_run)
     assert states["verdict"] == "success", states
     with primary() as conn:
@@ -278,35 +283,3 @@ def _wait_for_streaming_on_current_timeline(timeout: float = 90) -> None:
         seen = f"senders {senders}, receiver {row}, primary timeline {timeline}"
         time.sleep(1)
     raise AssertionError(f"the replica does not stream from the recovered primary: {seen}")
-
-
-def test_a_killed_runs_lock_is_taken_over_by_its_own_incident_only(sandbox):
-    """Its record task never ran, so the killed run still holds its locks: the same
-    incident's re-run of the same DAG takes them over; anyone else is still refused."""
-    from tracktion_dr import ledger, locks
-    from tracktion_dr.dag_support import conninfo
-    from tracktion_dr.errors import TargetBusy
-
-    ledger_db = conninfo(ledger.LEDGER_CONN_ID)
-    resource = f"cluster:lock-test-{uuid.uuid4().hex[:8]}"
-    holder = {"incident_id": "DR-20261126-010101", "dag_id": "dr_database_pitr"}
-    locks.acquire(ledger_db, [resource], **holder, run_id="killed-run")
-    with pytest.raises(TargetBusy, match="is being recovered by DR-20261126-010101"):
-        locks.acquire(
-            ledger_db,
-            [resource],
-            incident_id="DR-20261126-020202",
-            dag_id="dr_database_pitr",
-            run_id="other",
-        )
-    with pytest.raises(TargetBusy):
-        locks.acquire(
-            ledger_db,
-            [resource],
-            incident_id="DR-20261126-010101",
-            dag_id="dr_database_restore",
-            run_id="x",
-        )
-    locks.acquire(ledger_db, [resource], **holder, run_id="re-run")  # taken over
-    assert locks.release(ledger_db, dag_id="dr_database_pitr", run_id="killed-run") == 0
-    assert locks.release(ledger_db, dag_id="dr_database_pitr", run_id="re-run") == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 
 pytestmark = pytest.mark.sandbox
 

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tracktion_sandbox import pg
+from tracktion_sandbox import backups, generate, pg
 from tracktion_sandbox.layout import (
     APP_DATABASE,
     APP_USER,
@@ -269,7 +269,12 @@ def test_up_again_changes_nothing(sandbox: Any) -> None:
     before_bases = sorted(layout.base_backups.glob("*"))
     with connect(sandbox, user=APP_USER) as conn:
         files_before = scalar(conn, "SELECT count(*) FROM audio_files")
-    pg.up(layout, sandbox.secrets)
+    pg.up(
+        layout,
+        sandbox.secrets,
+        seed=lambda dsn: generate.generate(dsn, size="30MB"),
+        initial_backups=lambda: backups.take_initial_backups(layout, sandbox.secrets),
+    )
     with connect(sandbox, user=APP_USER) as conn:
         assert scalar(conn, "SELECT count(*) FROM audio_files") == files_before
     assert sorted(layout.logical_dumps.glob("*")) == before_dumps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.services import ServiceState
 from tracktion_sandbox import cli, pg
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tracktion_dr.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.files.storage_integrity import audio_problem
 
 pytestmark = pytest.mark.sandbox
@@ -46,7 +46,7 @@ def test_deleted_and_corrupted_audio_is_found_and_restored(sandbox, tmp_path):
         incident_id = task_result(dag_run, "guard")["incident_id"]
         quarantine = sandbox.layout.app_data / ".dr-quarantine" / incident_id / "audio_files"
         assert (quarantine / "mp3/tone_e5_mono.mp3").stat().st_size == 4096, "kept, not deleted"
-        after = task_result(dag_run, "report")
+        after = task_result(dag_run, "report")["areas"]
         assert all(area["clean"] for area in after.values())
         assert after["audio_files"]["file_count"] == 6
     finally:
@@ -61,8 +61,11 @@ def test_dry_run_lists_but_restores_nothing(sandbox, tmp_path):
     try:
         dag_run = run_dag("dr_storage_recovery", {"environment": "drill", "dry_run": True})
         assert not victim.exists()
-        actions = task_result(dag_run, "restore_from_backup")["actions"]
-        assert actions == {"user_uploads": {"user_1002/notes.txt": "dry run: would restore"}}
+        # what would be restored is the inspection's answer; the restore step is skipped
+        planned = task_result(dag_run, "inspect_before")["to_restore"]
+        assert planned == {"user_uploads": ["user_1002/notes.txt"]}
+        event = task_result(dag_run, "restore_from_backup")["event"]
+        assert event["status"] == "skipped" and event["detail"] == "dry run"
         assert task_result(dag_run, "record")["outcome"] == "dry_run"
     finally:
         shutil.move(tmp_path / "notes.txt", victim)

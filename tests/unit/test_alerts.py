@@ -6,8 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tracktion_dr.alerts import MalformedPayload, clock_start, find_route, parse_alerts, run_conf
-from tracktion_dr.plan import load_plan
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.scenarios.alerts import (
+    MalformedPayload,
+    clock_start,
+    find_route,
+    parse_alerts,
+    run_conf,
+)
 
 NOW = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 

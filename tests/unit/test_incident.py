@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tracktion_dr.incident import InvalidInput, new_incident_id, resolve_incident
+from tracktion_dr.core.incident import InvalidInput, new_incident_id, resolve_incident
 
 NOW = datetime(2026, 11, 26, 3, 30, tzinfo=UTC)
 ENVIRONMENTS = ["drill", "production"]
@@ -59,7 +59,7 @@ def test_bad_inputs_name_the_field(params, field, reason):
 
 
 def test_destructive_runs_need_the_typed_confirmation_where_the_plan_says_so():
-    from tracktion_dr.incident import check_confirmation
+    from tracktion_dr.core.incident import check_confirmation
 
     check_confirmation(False, "", "configuration")  # drill: not required
     check_confirmation(True, " RESTORE configuration ", "configuration")

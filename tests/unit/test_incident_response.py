@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tracktion_dr.incident import InvalidInput
-from tracktion_dr.incident_response import (
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.notify.templates import TemplateError, placeholders, render, template_names
+from tracktion_dr.scenarios.incident_response import (
     IncidentRequest,
     alert_message,
     due_escalations,
@@ -18,8 +20,6 @@ from tracktion_dr.incident_response import (
     restoration_message,
     status_update_message,
 )
-from tracktion_dr.notify.templates import TemplateError, placeholders, render, template_names
-from tracktion_dr.plan import load_plan
 
 START = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 INCIDENT = {

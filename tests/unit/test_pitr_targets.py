@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.errors import InvalidInput
+from tracktion_dr.core.errors import InvalidInput
 from tracktion_dr.postgres import pitr
 from tracktion_dr.postgres.recovery_marker import (
     RecoveryMarker,

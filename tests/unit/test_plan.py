@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracktion_dr.plan import PlanError, format_duration, load_plan, parse_duration, parse_plan
+from tracktion_dr.core.plan import PlanError, format_duration, load_plan, parse_duration, parse_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_PLAN = ROOT / "include" / "config" / "sandbox.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracktion_dr.plan import BackupSchedule, PlanError, load_plan, parse_plan
+from tracktion_dr.core.plan import BackupSchedule, PlanError, load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = [ROOT / "include" / "config" / f"{name}.yaml" for name in ("sandbox", "tracktion")]

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tracktion_dr.probes import (
+from tracktion_dr.services.probes import (
     ProbeTarget,
     http_health,
     overall_status,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tracktion_dr.backups import snapshots as writer
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.files import snapshots
 from tracktion_dr.files.config_restore import ConfigInvalid, stage
-from tracktion_dr.plan import load_plan
 from tracktion_dr.services.recovery import (
     UnknownService,
     actions_for,

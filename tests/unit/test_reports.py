@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from tracktion_dr import reports
-from tracktion_dr.plan import load_plan
-from tracktion_dr.review import build_review, plan_fingerprints, render_review_markdown
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.evidence import reports
+from tracktion_dr.evidence.review import build_review, plan_fingerprints, render_review_markdown
 
 T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 

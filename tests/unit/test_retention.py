@@ -11,7 +11,7 @@ import pytest
 
 from tracktion_dr.backups import retention, snapshots
 from tracktion_dr.backups.catalog import BackupKind, Catalog
-from tracktion_dr.plan import BackupLocations, BackupRetention
+from tracktion_dr.core.plan import BackupLocations, BackupRetention
 from tracktion_dr.postgres import wal
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tracktion_dr.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline
+from tracktion_dr.core.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline
 
 T0 = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 
@@ -43,3 +43,17 @@ def test_no_gate_opened_means_no_rto_claimed():
     timeline = Timeline("DR-20261126-030000", "dr_x", "run", "drill", T0.isoformat(), 1800)
     assert timeline.rto_achieved_seconds is None and timeline.rto_met is None
     assert "RTO: not reached (target 30m)" in timeline.render()
+
+
+def test_rto_is_service_restored_and_redundancy_is_recorded_apart():
+    timeline = Timeline("DR-20261126-030000", "dr_x", "run", "drill", T0.isoformat(), 1800)
+    timeline.events = [
+        Event("gate_services", "gate", at(3), at(4), "succeeded", milestone="service"),
+        Event("reseed_replica", "step", at(4), at(9), "succeeded", milestone="redundancy"),
+        Event("gate_replica_streaming", "gate", at(9), at(10), "succeeded", milestone="redundancy"),
+    ]
+    assert timeline.rto_achieved_seconds == 4 * 60
+    assert timeline.redundancy_restored_seconds == 10 * 60
+    assert "Redundancy restored at T+10m (not part of the RTO)" in timeline.render()
+    again = Timeline.from_dict(timeline.as_dict())
+    assert again.as_dict() == timeline.as_dict()

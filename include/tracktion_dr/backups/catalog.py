@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracktion_dr.errors import InvalidInput, NoUsableBackup
-from tracktion_dr.plan import BackupLocations
+from tracktion_dr.core.errors import InvalidInput, NoUsableBackup
+from tracktion_dr.core.plan import BackupLocations
 from tracktion_dr.postgres import basebackups, dumps, wal
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
 
@@ -254,15 +254,6 @@ class Catalog:
                 )
             )
         return sorted(entries, key=lambda e: e.finished_at, reverse=True)
-
-    def offsite_entries(self, client: Any, *, with_checksums: bool = False) -> list[Any]:
-        """What the offsite ``s3://`` location holds (``offsite.OffsiteObject``s, newest
-        first), read through ``client`` (a boto3 S3 client, e.g. ``S3Hook.get_conn()``)."""
-        from tracktion_dr.backups.offsite import list_location
-
-        if not self.locations.offsite:
-            return []
-        return list_location(client, self.locations.offsite, with_checksums=with_checksums)
 
     def wal_archive(self, since: wal.Segment | None = None) -> wal.ArchiveState:
         return wal.archive_state(local_path(self.locations.wal_archive), since)

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file
 
 log = logging.getLogger(__name__)

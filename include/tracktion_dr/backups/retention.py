@@ -33,7 +33,7 @@ from typing import Any
 
 from tracktion_dr.backups.catalog import BackupEntry, BackupKind, Catalog, Status, local_path
 from tracktion_dr.backups.snapshots import read_manifest
-from tracktion_dr.plan import BackupRetention
+from tracktion_dr.core.plan import BackupRetention
 from tracktion_dr.postgres import wal
 
 log = logging.getLogger(__name__)

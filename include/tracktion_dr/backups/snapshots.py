@@ -23,6 +23,12 @@ Archive member names: a storage area's files under its source path without the l
 Two configuration paths with the same base name are refused rather than merged. A
 configuration snapshot may carry the plan's environment file, filtered to the plan's
 allowed prefixes, as ``environment_snapshot.txt``; such an archive is made 0600.
+
+A *safety* snapshot (``dr_config_recovery``'s, taken before it touches anything) must give
+back exactly what was there, so it carries two more private members: ``safety_state.json``
+(every path's type, mode, owner and checksum, and whether the environment file existed)
+and ``environment_file`` (that file's bytes, as they were). A configuration folder may not
+be named like one of these members.
 """
 
 from __future__ import annotations
@@ -39,13 +45,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file, utc_stamp, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"  # the catalog's SNAPSHOT_MANIFEST_SUFFIX
 ENVIRONMENT_MEMBER = "environment_snapshot.txt"
+# A safety snapshot's exact record: the state of every path, and the environment file's bytes.
+SAFETY_STATE_MEMBER = "safety_state.json"
+ENVIRONMENT_FILE_MEMBER = "environment_file"
+RESERVED_MEMBERS = frozenset({ENVIRONMENT_MEMBER, SAFETY_STATE_MEMBER, ENVIRONMENT_FILE_MEMBER})
 SAFETY_FOLDER = "safety"  # dr_config_recovery's safety snapshots, beside the daily ones
 SYNC_FOLDER = "sync"
 SYNC_STATE_SUFFIX = ".sync.json"
@@ -183,21 +193,30 @@ def config_snapshot(
     environment: dict[str, str] | None = None,
     name: str | None = None,
     now: datetime | None = None,
+    exact_members: dict[str, bytes] | None = None,
 ) -> Path:
     """The plan's configuration folders as ``config_full_<stamp>.tar.gz`` (always full:
     configuration is small and a restore should need one file, not a chain), members
-    under each folder's base name, plus ``environment`` as ``environment_snapshot.txt``."""
-    private = (
-        {ENVIRONMENT_MEMBER: "".join(f"{k}={v}\n" for k, v in sorted(environment.items())).encode()}
-        if environment
-        else None
-    )
+    under each folder's base name, plus ``environment`` as ``environment_snapshot.txt``
+    and ``exact_members`` (a safety snapshot's ``safety_state.json`` and
+    ``environment_file``) as private members."""
+    for path in config_paths:
+        if Path(path).name in RESERVED_MEMBERS:
+            raise SnapshotError(
+                f"{path}: a configuration folder cannot be named {Path(path).name!r}, the "
+                "name of a snapshot's own member; rename it in the plan's config_paths"
+            )
+    private = dict(exact_members or {})
+    if environment:
+        private[ENVIRONMENT_MEMBER] = "".join(
+            f"{k}={v}\n" for k, v in sorted(environment.items())
+        ).encode()
     return take_snapshot(
         [Path(p) for p in config_paths],
         destination,
         "config",
         by_base_name=True,
-        private_members=private,
+        private_members=private or None,
         name=name,
         now=now,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from tracktion_dr.backups import snapshots
 from tracktion_dr.backups.catalog import Catalog, Status, local_path
-from tracktion_dr.plan import Environment, Plan, format_duration
+from tracktion_dr.core.plan import Environment, Plan, format_duration
 from tracktion_dr.postgres import wal
 
 

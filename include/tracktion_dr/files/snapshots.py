@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 
 # Re-exported: the recovery modules and tests take them from here.
 from tracktion_dr.postgres.dumps import sha256_file as sha256_file

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.core.plan import StorageArea
 from tracktion_dr.files.snapshots import SnapshotError, extract_member, sha256_file
-from tracktion_dr.plan import StorageArea
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracktion_dr.core.plan import NotificationChannel, Plan
 from tracktion_dr.notify.messages import DrMessage
-from tracktion_dr.plan import NotificationChannel, Plan
 
 log = logging.getLogger(__name__)
 

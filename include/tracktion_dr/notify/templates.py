@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from tracktion_dr.errors import DrError
+from tracktion_dr.core.errors import DrError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 

@@ -14,10 +14,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
-from tracktion_dr.errors import CommandError
+from tracktion_dr.core.errors import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,18 @@ class Endpoint:
 
     def with_database(self, dbname: str) -> Endpoint:
         return Endpoint(self.host, self.port, self.user, self.password, dbname)
+
+
+def endpoint_from_connection(connection: Any, dbname: str | None = None) -> Endpoint:
+    """An Airflow connection (task SDK or api-server model: anything with host, port,
+    login, password, schema) as an Endpoint. The password stays in memory."""
+    return Endpoint(
+        host=connection.host or "127.0.0.1",
+        port=int(connection.port or 5432),
+        user=connection.login or "postgres",
+        password=connection.password or "",
+        dbname=dbname or connection.schema or "postgres",
+    )
 
 
 def as_os_user(argv: Sequence[str], os_user: str) -> list[str]:

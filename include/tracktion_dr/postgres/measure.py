@@ -41,34 +41,38 @@ def canary_data_loss(
     fallback: datetime | None = None,
     fallback_method: str = "",
 ) -> DataLoss:
-    """Data loss from the newest surviving pre-incident heartbeat; when none survived (the
-    backup predates the canary), from ``fallback`` - the newest point the backup is known
-    to contain (a dump's snapshot time, the last replayed commit)."""
+    """Data lost = incident time - the newest write from before the incident that survived.
 
-    def from_fallback(why: str) -> DataLoss:
-        if fallback is None:
-            return DataLoss(incident_at.isoformat(), None, None, why)
-        return DataLoss(
-            incident_at.isoformat(),
-            fallback.isoformat(),
-            round((incident_at - fallback).total_seconds(), 3),
-            f"{fallback_method} ({why})",
-        )
-
+    Two witnesses: the newest surviving canary heartbeat (one a second), and ``fallback``,
+    the newest point the recovered copy is known to contain (the last transaction replayed
+    by a recovery, to the microsecond and across all tables; a dump's snapshot time). The
+    newer of the two that is not after the incident wins; when neither exists the loss is
+    unknown and said so."""
+    canary: datetime | None = None
+    why = ""
     with psycopg.connect(conninfo, connect_timeout=10) as conn:
         exists = conn.execute(
             "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (CANARY_TABLE,)
         ).fetchone()[0]  # type: ignore[index]
-        if not exists:
-            return from_fallback("no canary table")
-        newest = conn.execute(
-            "SELECT max(written_at) FROM dr_canary.heartbeat WHERE written_at <= %s", (incident_at,)
-        ).fetchone()[0]  # type: ignore[index]
-    if newest is None:
-        return from_fallback("no canary heartbeat from before the incident survived")
+        if exists:
+            canary = conn.execute(
+                "SELECT max(written_at) FROM dr_canary.heartbeat WHERE written_at <= %s",
+                (incident_at,),
+            ).fetchone()[0]  # type: ignore[index]
+            why = "" if canary else "no canary heartbeat from before the incident survived"
+        else:
+            why = "no canary table"
+    witnesses = [(canary, "canary heartbeat")] if canary else []
+    if fallback is not None and fallback <= incident_at:
+        witnesses.append((fallback, fallback_method or "known content of the backup"))
+    if not witnesses:
+        return DataLoss(
+            incident_at.isoformat(), None, None, why or "no witness of the newest write"
+        )
+    newest, method = max(witnesses, key=lambda w: w[0])
     return DataLoss(
         incident_at.isoformat(),
         newest.isoformat(),
         round((incident_at - newest).total_seconds(), 3),
-        "canary heartbeat",
+        method + (f" ({why})" if why else ""),
     )

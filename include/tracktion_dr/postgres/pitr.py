@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from tracktion_dr.errors import InvalidInput, ServerDied, StepFailed
+from tracktion_dr.core.errors import InvalidInput, ServerDied, StepFailed
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, as_os_user, chown_tree, run
 from tracktion_dr.postgres.recovery_marker import (
     RECOVERY_SIGNALS,

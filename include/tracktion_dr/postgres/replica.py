@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from tracktion_dr.errors import StepFailed
+from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint, chown_tree, run
 from tracktion_dr.postgres.pitr import (
     ClusterPaths,

@@ -1,6 +1,6 @@
 """Service controllers: one interface over supervisord (sandbox), docker compose, systemd."""
 
-from tracktion_dr.errors import ControllerError
+from tracktion_dr.core.errors import ControllerError
 from tracktion_dr.services.base import (
     ServiceController,
     ServiceState,

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tracktion_dr.errors import ControllerError
+from tracktion_dr.core.errors import ControllerError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
-from tracktion_dr.errors import ControllerError
-from tracktion_dr.plan import Cluster, Environment, StorageArea
-from tracktion_dr.probes import ProbeTarget, postgres_ready, run_probes, storage_writable
+from tracktion_dr.core.errors import ControllerError
+from tracktion_dr.core.plan import Cluster, Environment, StorageArea
 from tracktion_dr.services.commands import last_lines, run_command
+from tracktion_dr.services.probes import ProbeTarget, postgres_ready, run_probes, storage_writable
 
 log = logging.getLogger(__name__)
 

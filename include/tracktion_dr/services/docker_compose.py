@@ -24,7 +24,7 @@ import json
 import logging
 from typing import Any
 
-from tracktion_dr.errors import ControllerError
+from tracktion_dr.core.errors import ControllerError
 from tracktion_dr.services.base import (
     ServiceController,
     ServiceState,

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from tracktion_dr.errors import Refused
-from tracktion_dr.plan import Environment, FunctionalCheck, Plan
-from tracktion_dr.probes import ProbeFailure, ProbeTarget, http_health, run_probes
+from tracktion_dr.core.errors import Refused
+from tracktion_dr.core.plan import Environment, FunctionalCheck, Plan
+from tracktion_dr.services.probes import ProbeFailure, ProbeTarget, http_health, run_probes
 
 STRATEGIES = ("restart_failed", "restart_all", "rebuild")
 

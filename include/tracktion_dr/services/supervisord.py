@@ -11,7 +11,7 @@ import logging
 import xmlrpc.client
 from typing import Any
 
-from tracktion_dr.errors import ControllerError
+from tracktion_dr.core.errors import ControllerError
 from tracktion_dr.services.base import (
     ServiceController,
     ServiceState,

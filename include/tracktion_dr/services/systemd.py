@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from tracktion_dr.errors import ControllerError
+from tracktion_dr.core.errors import ControllerError
 from tracktion_dr.services.base import (
     ServiceController,
     ServiceState,

@@ -1,0 +1,1 @@
+"""The only Airflow-facing layer: step kit, gates, scenario tail, params, connections, watches."""

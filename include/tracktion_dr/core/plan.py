@@ -1,0 +1,886 @@
+"""The disaster-recovery plan as a typed, validated model, and its loader.
+
+The plan file (``include/config/*.yaml``, chosen by the ``DR_PLAN`` environment variable) is
+the single description of what must be recovered and how fast: tiers with their RTO/RPO,
+the databases, services, storage and backups of each environment, who is told and how, and
+when the drills run. DAGs are built from it, so adding a service is a YAML change.
+
+A bad plan must never half-load: every problem is reported at once, each as
+``<file>: <field path>: <reason>``, so an Airflow import error tells the operator exactly
+which line of YAML to fix.
+
+Strings may reference environment variables as ``${NAME}``; an unset variable is an error
+(naming the field), never an empty string silently spliced into a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tracktion_dr.core.errors import PlanProblem
+
+PLAN_ENV_VAR = "DR_PLAN"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+DEFAULT_PLAN_FILE = CONFIG_DIR / "sandbox.yaml"
+
+ENVIRONMENT_NAMES = ("production", "drill")
+
+
+class PlanError(PlanProblem):
+    """The plan file cannot be used. The message names the file, the field and the reason."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"{self.path}: {field}: {reason}" for field, reason in problems]
+        super().__init__("invalid DR plan\n" + "\n".join(lines))
+
+
+# --- value types -------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``30m``, ``2h``, ``1h30m``, ``90s``, ``1d`` into a timedelta.
+
+    Bare numbers are refused on purpose: "30" could be seconds or minutes, and a wrong guess
+    in an RTO target silently changes what counts as a met objective.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r} (write it with a unit, e.g. 30m, 2h, 1d)")
+    text = value.strip().lower()
+    position, total = 0, timedelta()
+    for match in _DURATION_PART.finditer(text):
+        if text[position : match.start()].strip():
+            break
+        total += timedelta(**{_DURATION_UNITS[match.group(2)]: float(match.group(1))})
+        position = match.end()
+    if not text or position == 0 or text[position:].strip():
+        raise ValueError(f"not a duration: {value!r} (write it with a unit, e.g. 30m, 2h, 1d)")
+    if total <= timedelta():
+        raise ValueError(f"duration must be positive: {value!r}")
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way operators read targets: ``2h``, ``30m``, ``1h 30m 5s``."""
+    seconds = int(round(value.total_seconds()))
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    if secs or not parts:
+        parts.append(f"{secs}s")
+    return sign + " ".join(parts)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_LOCATION = re.compile(r"^(file:///|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$))")
+
+
+def _check_location(value: str) -> str:
+    if not _LOCATION.match(value):
+        raise ValueError(
+            f"not a backup location: {value!r} (use file:///absolute/path or s3://bucket/prefix)"
+        )
+    return value
+
+
+Location = Annotated[str, BeforeValidator(_check_location)]
+
+_HTTP_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+
+def _check_http_url(value: str) -> str:
+    if not isinstance(value, str) or not _HTTP_URL.match(value):
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(_check_http_url)]
+
+_CONN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}$")
+
+
+def _check_conn_id(value: str) -> str:
+    if not isinstance(value, str) or not _CONN_ID.match(value):
+        raise ValueError(f"not an Airflow connection id: {value!r}")
+    return value
+
+
+ConnId = Annotated[str, BeforeValidator(_check_conn_id)]
+
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"not a 5-field cron expression: {value!r}")
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(_check_cron)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo such as "rto_target" must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- plan sections ------------------------------------------------------------------------
+
+
+class Tier(_Model):
+    rto: Duration
+    rpo: Duration
+    description: str = ""
+    requirements: str = ""
+
+
+class DataCategory(_Model):
+    rpo: Duration
+    backup_frequency: str
+
+
+class EscalationLevel(_Model):
+    level: int = Field(ge=1, le=4)
+    name: str
+    trigger: str
+    responders: list[str]
+    response_time: Duration
+    authority: str
+    # When this level is paged, measured from the incident start, if the incident is not
+    # resolved by then. Default (see Plan.escalation_thresholds): level 1 at the start, and
+    # level N+1 once level N's response time has passed.
+    escalate_after: Duration | None = None
+
+
+class ContactRole(_Model):
+    """A role, not a person: names and numbers live in Airflow variables (or a secrets
+    backend), so the plan in git holds no personal data."""
+
+    description: str = ""
+    variable: str
+    backup_variable: str | None = None
+
+
+class NotificationChannel(_Model):
+    kind: Literal["slack", "pagerduty", "email", "status_page", "webhook"]
+    conn_id: ConnId
+    target: str = ""  # Slack channel, or comma-separated roles for e-mail
+    description: str = ""
+
+
+_DAG_ID = re.compile(r"^dr_[a-z0-9_]{1,200}$")
+
+
+def _check_dag_id(value: str) -> str:
+    if not isinstance(value, str) or not _DAG_ID.match(value):
+        raise ValueError(f"not a DR DAG id: {value!r} (dr_ followed by a-z, 0-9, _)")
+    return value
+
+
+DagId = Annotated[str, BeforeValidator(_check_dag_id)]
+
+
+class IncidentResponse(_Model):
+    """How ``dr_incident_response`` runs an incident (the seed's communication plan)."""
+
+    # The recovery DAGs an incident may start (the ``scenario`` param's enum): a new
+    # scenario DAG is one line here.
+    scenarios: list[DagId] = ["dr_initial_assessment"]
+    # The seed's customer notice promises "updates every 30 minutes".
+    status_update_interval: Duration = timedelta(minutes=30)
+    # Who is paged at activation (the seed's team structure).
+    activation_roles: list[str] = [
+        "incident_commander",
+        "technical_lead",
+        "database_administrator",
+        "infrastructure_engineer",
+        "communications_lead",
+    ]
+    # Where incident response documents and post-incident reviews are written.
+    document_dir: str = "/var/lib/tracktion-dr/incidents"
+    # A Slack *bot token* connection (conn_type slack) for creating the war-room channel;
+    # webhook connections cannot create channels.
+    war_room_slack_conn_id: ConnId | None = None
+    channels: list[str] = []  # default: every notification channel of the plan
+    # Delivery attempts per channel before it is recorded as failed.
+    delivery_attempts: int = Field(default=3, ge=1, le=10)
+    delivery_retry_delay: Duration = timedelta(seconds=2)
+
+
+AlertSource = Literal["alertmanager", "grafana", "pagerduty"]
+
+
+class AlertRoute(_Model):
+    """A routing rule of the alert webhook: the first route whose ``match`` labels all
+    equal the alert's labels (and whose ``sources`` include the sender) decides the DAG."""
+
+    name: str
+    sources: list[AlertSource] = ["alertmanager", "grafana", "pagerduty"]
+    match: dict[str, str] = {}
+    dag_id: DagId
+    conf: dict[str, Any] = {}
+
+
+class ScheduledTest(_Model):
+    name: str
+    cron: Cron
+    duration: Duration
+    scope: str
+    participants: list[str] = []
+
+
+class Cluster(_Model):
+    """A PostgreSQL cluster (one data directory, one postmaster)."""
+
+    conn_id: ConnId  # superuser maintenance connection
+    data_directory: str
+    bin_dir: str = "/usr/lib/postgresql/15/bin"
+    os_user: str = "postgres"
+    replica_conn_id: ConnId | None = None
+    replica_data_directory: str | None = None
+    # A role with the REPLICATION attribute, for pg_basebackup (the superuser connection
+    # above is not used for that: base backups need only replication rights).
+    replication_conn_id: ConnId | None = None
+
+
+class Database(_Model):
+    cluster: str
+    name: str
+    tier: str
+    data_category: str = "transactional"
+    restore_jobs: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError(f"not a plain PostgreSQL database name: {value!r}")
+        return value
+
+
+class FunctionalCheck(_Model):
+    method: Literal["GET", "POST"] = "GET"
+    url: HttpUrl
+    sample_file: str | None = None  # uploaded as multipart field "file" when set
+    expect_status: int = 200
+    expect_json: dict[str, Any] = {}
+    timeout: Duration = timedelta(seconds=30)
+
+
+class Service(_Model):
+    tier: str
+    health_url: HttpUrl
+    controller: str
+    # Where the service sits in the recovery order (database -> cache -> queue -> storage ->
+    # application): a Redis or a message broker declared here is recovered before the
+    # application services, by dr_service_dependencies_recovery.
+    layer: Literal["cache", "queue", "application"] = "application"
+    unit: str | None = None  # program / compose service / systemd unit; defaults to the key
+    depends_on: list[str] = []
+    functional_check: FunctionalCheck | None = None
+    probe_timeout: Duration = timedelta(seconds=5)
+
+
+class Controller(_Model):
+    kind: Literal["supervisord", "docker_compose", "systemd"]
+    conn_id: ConnId | None = None  # supervisord: XML-RPC endpoint and credentials
+    compose_file: str | None = None
+    project: str | None = None
+
+    @model_validator(mode="after")
+    def _required_per_kind(self) -> Controller:
+        if self.kind == "supervisord" and not self.conn_id:
+            raise ValueError("a supervisord controller needs conn_id (its XML-RPC connection)")
+        if self.kind == "docker_compose" and not (self.compose_file and self.project):
+            raise ValueError("a docker_compose controller needs compose_file and project")
+        return self
+
+
+class StorageArea(_Model):
+    path: str
+    data_category: str
+    must_be_writable: bool = True
+    owner: str | None = None  # "user:group"
+    mode: str | None = None  # octal, e.g. "0755"
+    audio: bool = False  # dr_storage_recovery checks every file here by content
+
+
+class BackupLocations(_Model):
+    logical: Location
+    base: Location
+    wal_archive: Location
+    configuration: Location
+    storage: Location
+    offsite: Location | None = None
+    # Offsite copy (S3, through the amazon provider's S3Hook on this AWS connection).
+    offsite_conn_id: ConnId = "aws_default"
+    # Optional second copy in another region (the seed's S3 cross-region replication),
+    # written by a server-side copy on its own connection (whose extra names the region).
+    offsite_cross_region: Location | None = None
+    offsite_cross_region_conn_id: ConnId | None = None
+    # Where retention moves expired backups (a file:// location outside the others).
+    # Unset: retention only reports what it would move, it never touches anything.
+    expired: Location | None = None
+
+    @model_validator(mode="after")
+    def _offsite_consistent(self) -> BackupLocations:
+        if self.offsite_cross_region and not self.offsite:
+            raise ValueError("offsite_cross_region needs offsite (the copy is made from it)")
+        if self.offsite and not self.offsite.startswith("s3://"):
+            raise ValueError(f"offsite must be an s3:// location, not {self.offsite!r}")
+        if self.offsite_cross_region and not self.offsite_cross_region.startswith("s3://"):
+            raise ValueError("offsite_cross_region must be an s3:// location")
+        if self.expired:
+            if not self.expired.startswith("file://"):
+                raise ValueError("expired must be a file:// location (retention moves files)")
+            inside = [
+                name
+                for name in ("logical", "base", "wal_archive", "configuration", "storage")
+                if _nested(self.expired, getattr(self, name))
+            ]
+            if inside:
+                raise ValueError(
+                    f"expired must not be inside or contain the {', '.join(inside)} "
+                    "location(s): listings of those would pick up expired backups"
+                )
+        return self
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one location is the other or below it."""
+    first, second = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return first.startswith(second) or second.startswith(first)
+
+
+class ExternalDependency(_Model):
+    url: HttpUrl
+    timeout: Duration = timedelta(seconds=5)
+    # An external outage degrades the platform but is not ours to recover.
+    severity_when_down: Literal["degraded", "down"] = "degraded"
+
+
+class LoadBalancer(_Model):
+    conn_id: ConnId
+
+
+def _check_mode(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f'not an octal file mode: {value!r} (e.g. "0640")')
+    return value
+
+
+FileMode = Annotated[str, BeforeValidator(_check_mode)]
+
+
+def _check_owner(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[a-z_][a-z0-9_\-]*:[a-z_][a-z0-9_\-]*", value
+    ):
+        raise ValueError(f"not an owner: {value!r} (write user:group)")
+    return value
+
+
+Owner = Annotated[str, BeforeValidator(_check_owner)]
+
+
+def _check_env_prefix(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+        raise ValueError(f"not an environment variable prefix: {value!r} (e.g. TRACKTION_)")
+    return value
+
+
+EnvPrefix = Annotated[str, BeforeValidator(_check_env_prefix)]
+
+
+class Infrastructure(_Model):
+    """dr_infrastructure_recovery: what to check beyond the plan's own targets, the
+    thresholds, and which repairs the plan allows (none that rewrites system files)."""
+
+    hosts: list[str] = []  # extra names to resolve (the plan's URLs' hosts always are)
+    min_free_disk_percent: float = Field(default=10, ge=0, le=100)
+    min_free_memory_percent: float = Field(default=5, ge=0, le=100)
+    repair_directories: bool = True  # recreate missing storage directories (owner, mode)
+    restart_service_manager: bool = False  # e.g. systemctl restart docker
+
+
+class ValidationSettings(_Model):
+    """What ``dr_post_recovery_validation`` judges an environment by (the seed's checklist,
+    with its hard-coded numbers moved here)."""
+
+    # Ports allowed to listen (TCP, any address). None: not configured, the port part of
+    # the security check is reported as skipped, never as passed.
+    allowed_ports: list[int] | None = None
+    # Most permissive mode a config file may have, by file-name glob (first match wins);
+    # a file no glob names may be at most "*"'s mode. The seed: 640 (or 600).
+    config_file_modes: dict[str, str] = {"*": "0640"}
+    # Health answer time of every service (the seed: 1.0 s).
+    max_health_latency: Duration = timedelta(seconds=1)
+    # Resource ceilings (the seed: CPU < 80 %, memory < 85 %, disk < 90 %).
+    max_cpu_percent: float = Field(default=80, gt=0, le=100)
+    max_memory_percent: float = Field(default=85, gt=0, le=100)
+    max_disk_percent: float = Field(default=90, gt=0, le=100)
+    # Prometheus / Grafana health URLs by name. Empty: the monitoring check is skipped
+    # with a note ("no monitoring configured"), shown as skipped.
+    monitoring: dict[str, HttpUrl] = {}
+    # "A recent verified backup exists": the newest verified dump is at most this old.
+    backup_max_age: Duration = timedelta(days=1)
+
+    @field_validator("config_file_modes")
+    @classmethod
+    def _octal_modes(cls, value: dict[str, str]) -> dict[str, str]:
+        for mode in value.values():
+            if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+                raise ValueError(f"not an octal file mode: {mode!r} (e.g. 0640)")
+        return value
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _port_numbers(cls, value: list[int] | None) -> list[int] | None:
+        for port in value or []:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"not a TCP port: {port}")
+        return value
+
+
+class Environment(_Model):
+    description: str = ""
+    destructive_requires_confirmation: bool
+    clusters: dict[str, Cluster]
+    databases: dict[str, Database]
+    services: dict[str, Service]
+    controllers: dict[str, Controller]
+    storage: dict[str, StorageArea] = {}
+    config_paths: list[str] = []
+    # dr_config_recovery: the modes the seed sets on restored files (glob -> octal mode),
+    # the owner (user:group) when the plan says so, which environment variables a
+    # configuration snapshot may restore, and the file they are restored to (mode 0600).
+    config_file_modes: dict[str, FileMode] = {"*.conf": "0640", "*.json": "0644"}
+    config_owner: Owner | None = None
+    config_env_prefixes: list[EnvPrefix] = ["TRACKTION_"]
+    config_env_file: str | None = None
+    backups: BackupLocations
+    external_dependencies: dict[str, ExternalDependency] = {}
+    load_balancer: LoadBalancer | None = None
+    infrastructure: Infrastructure = Infrastructure()
+    probe_timeout: Duration = timedelta(seconds=5)
+    validation: ValidationSettings = ValidationSettings()
+    # The sandbox's drill and production are the same processes: a drill may stop and
+    # start services that production also names only when the plan says so here.
+    shares_production_targets: bool = False
+
+    def dependents_of(self, name: str) -> list[str]:
+        """Services that depend on ``name`` (a service, database or storage area), directly
+        or through other services, in the order they can be started."""
+        affected: set[str] = set()
+        frontier = {name}
+        while frontier:
+            found = {
+                s for s, spec in self.services.items() if set(spec.depends_on) & frontier
+            } - affected
+            affected |= found
+            frontier = found
+        return self.start_order(affected)
+
+    def start_order(self, services: set[str] | list[str]) -> list[str]:
+        """``services`` ordered so every service starts after the services it depends on
+        (the plan is validated acyclic); ties keep the plan's order."""
+        wanted = [s for s in self.services if s in set(services)]
+        ordered: list[str] = []
+        while wanted:
+            ready = [s for s in wanted if not (set(self.services[s].depends_on) & set(wanted))]
+            ordered.extend(ready)
+            wanted = [s for s in wanted if s not in ready]
+        return ordered
+
+
+class BackupRetention(_Model):
+    """The seed's daily and weekly levels, as a grandfather-father-son policy.
+
+    Kept: every backup of the last ``keep_daily`` days that have one, and the newest of
+    each of the last ``keep_weekly`` ISO weeks; always the newest verified backup; every
+    WAL segment a kept base backup needs. Expired backups are moved aside into the plan's
+    ``backups.expired`` area, never deleted here.
+    """
+
+    keep_daily: int = Field(default=7, ge=1, le=366)
+    keep_weekly: int = Field(default=4, ge=0, le=520)
+
+
+class BackupSchedule(_Model):
+    """When the ``dr_backup_*`` DAGs run (5-field cron, UTC). Defaults are the seed's
+    frequencies: continuous WAL archiving watched every 5 minutes, daily database and
+    configuration backups, weekly full file-storage backups with daily incrementals and a
+    near-real-time sync."""
+
+    logical_dump: Cron = "0 2 * * *"  # Database Level 2: daily backup
+    base_backup: Cron = "0 1 * * *"  # Level 1/2: the base PITR replays WAL onto
+    wal_watch: Cron = "*/5 * * * *"  # transactional RPO 15m: check 3x per window
+    config_snapshot: Cron = "0 4 * * *"  # "Daily configuration snapshots"
+    storage_sync: Cron = "*/10 * * * *"  # File System Level 1: real-time(-ish) sync
+    storage_incremental: Cron = "0 3 * * 1-6"  # Level 2: daily incremental
+    storage_full: Cron = "0 3 * * 0"  # Level 3: weekly full
+    verify: Cron = "0 6 * * *"
+    offsite: Cron = "30 * * * *"
+    retention: Cron = "0 7 * * *"
+    rpo_watch: Cron = "*/5 * * * *"
+    # Large files go up to S3 in parts (boto3 TransferConfig) above this size.
+    multipart_threshold_mb: int = Field(default=64, ge=5, le=5120)
+    multipart_chunk_mb: int = Field(default=64, ge=5, le=5120)
+    keep: BackupRetention = BackupRetention()
+
+
+class DrillStep(_Model):
+    """One step of the quarterly chain: a DAG triggered with ``conf`` and waited for."""
+
+    dag_id: str = Field(pattern=r"^dr_[a-z0-9_]+$")
+    conf: dict[str, Any] = {}
+    label: str = ""
+
+
+class MonthlyDrill(_Model):
+    """``dr_test_monthly``: the seed's component test, on scratch resources."""
+
+    environment: Literal["drill"] = "drill"
+    databases: list[str] = []  # restored into scratch databases (empty: every database)
+    services: list[str] = []  # stopped, started and gated on health one after the other
+    storage_areas: list[str] = []  # write, back up, delete, restore, verify
+    # Scratch databases are named <prefix><database>_<tag>; never a plan database's name.
+    scratch_prefix: str = Field(default="dr_test_", min_length=3, pattern=r"^[a-z][a-z0-9_]*_$")
+    scratch_dir: str  # scratch files (storage test backups); never inside a production path
+
+
+class QuarterlyDrill(_Model):
+    """``dr_test_quarterly``: simulated loss of the drill cluster, then ``steps`` in order."""
+
+    environment: Literal["drill"] = "drill"
+    cluster: str = "main"
+    steps: list[DrillStep] = []
+    step_timeout: Duration = timedelta(hours=1)
+
+
+class Drills(_Model):
+    monthly: MonthlyDrill
+    quarterly: QuarterlyDrill = QuarterlyDrill()
+
+
+class Reports(_Model):
+    """Where run reports go (Markdown, HTML, JSON) and who gets them."""
+
+    location: str  # a local directory; one sub-directory per DAG
+    trend_runs: int = Field(default=12, ge=2, le=200)  # drills shown in the trend chart
+    channels: list[str] = ["email", "slack"]  # notification channels the report is sent to
+
+
+class Plan(_Model):
+    name: str
+    version: Literal[1] = 1
+    tiers: dict[str, Tier]
+    data_categories: dict[str, DataCategory]
+    escalation: list[EscalationLevel]
+    contacts: dict[str, ContactRole]
+    notifications: dict[str, NotificationChannel]
+    test_schedule: dict[str, ScheduledTest]
+    environments: dict[str, Environment]
+    default_environment: Literal["production", "drill"] = "drill"
+    backup_schedule: BackupSchedule = BackupSchedule()
+    incident_response: IncidentResponse = IncidentResponse()
+    alert_routes: list[AlertRoute] = []
+    drills: Drills | None = None
+    reports: Reports | None = None
+
+    @field_validator("environments")
+    @classmethod
+    def _known_environments(cls, value: dict[str, Environment]) -> dict[str, Environment]:
+        unknown = sorted(set(value) - set(ENVIRONMENT_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown environment(s) {unknown}; allowed: {list(ENVIRONMENT_NAMES)}"
+            )
+        if "production" not in value:
+            raise ValueError("the plan must describe the production environment")
+        return value
+
+    @field_validator("escalation")
+    @classmethod
+    def _four_levels(cls, value: list[EscalationLevel]) -> list[EscalationLevel]:
+        if sorted(level.level for level in value) != [1, 2, 3, 4]:
+            raise ValueError("escalation must list levels 1, 2, 3 and 4 exactly once each")
+        return value
+
+    # -- cross references: checked after the structure is known to be right --------------
+
+    def reference_problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+
+        def check(path: str, name: str, known: dict[str, Any] | set[str], what: str) -> None:
+            if name not in known:
+                problems.append((path, f"unknown {what} {name!r} (known: {sorted(known)})"))
+
+        response = self.incident_response
+        for i, role in enumerate(response.activation_roles):
+            check(f"incident_response.activation_roles[{i}]", role, self.contacts, "contact role")
+        for i, channel in enumerate(response.channels):
+            check(f"incident_response.channels[{i}]", channel, self.notifications, "channel")
+        for i, route in enumerate(self.alert_routes):
+            if route.dag_id != "dr_incident_response" and route.dag_id not in response.scenarios:
+                problems.append(
+                    (
+                        f"alert_routes[{i}].dag_id",
+                        f"{route.dag_id!r} is neither dr_incident_response nor one of "
+                        f"incident_response.scenarios {response.scenarios}",
+                    )
+                )
+            scenario = route.conf.get("scenario")
+            if scenario and scenario not in response.scenarios:
+                problems.append(
+                    (
+                        f"alert_routes[{i}].conf.scenario",
+                        f"unknown scenario {scenario!r} (known: {response.scenarios})",
+                    )
+                )
+        if self.reports:
+            for i, channel in enumerate(self.reports.channels):
+                check(f"reports.channels[{i}]", channel, self.notifications, "channel")
+        if self.drills:
+            monthly, quarterly = self.drills.monthly, self.drills.quarterly
+            env = self.environments.get(monthly.environment)
+            if env is None:
+                problems.append(("drills.monthly.environment", "not defined in environments"))
+            else:
+                for i, name in enumerate(monthly.databases):
+                    check(f"drills.monthly.databases[{i}]", name, env.databases, "database")
+                for i, name in enumerate(monthly.services):
+                    check(f"drills.monthly.services[{i}]", name, env.services, "service")
+                for i, name in enumerate(monthly.storage_areas):
+                    check(f"drills.monthly.storage_areas[{i}]", name, env.storage, "storage area")
+            env = self.environments.get(quarterly.environment)
+            if env is None:
+                problems.append(("drills.quarterly.environment", "not defined in environments"))
+            else:
+                check("drills.quarterly.cluster", quarterly.cluster, env.clusters, "cluster")
+        thresholds = [after for _, after in self.escalation_thresholds()]
+        if thresholds != sorted(thresholds):
+            problems.append(
+                ("escalation", "escalation thresholds must not decrease from level 1 to 4")
+            )
+        if self.default_environment not in self.environments:
+            problems.append(("default_environment", f"{self.default_environment!r} is not defined"))
+        for i, level in enumerate(self.escalation):
+            for j, role in enumerate(level.responders):
+                check(f"escalation[{i}].responders[{j}]", role, self.contacts, "contact role")
+        for env_name, env in self.environments.items():
+            base = f"environments.{env_name}"
+            for name, db in env.databases.items():
+                check(f"{base}.databases.{name}.cluster", db.cluster, env.clusters, "cluster")
+                check(f"{base}.databases.{name}.tier", db.tier, self.tiers, "tier")
+                check(
+                    f"{base}.databases.{name}.data_category",
+                    db.data_category,
+                    self.data_categories,
+                    "data category",
+                )
+            for name, area in env.storage.items():
+                check(
+                    f"{base}.storage.{name}.data_category",
+                    area.data_category,
+                    self.data_categories,
+                    "data category",
+                )
+            dependency_targets = set(env.services) | set(env.databases) | set(env.storage)
+            for name, service in env.services.items():
+                path = f"{base}.services.{name}"
+                check(f"{path}.tier", service.tier, self.tiers, "tier")
+                check(f"{path}.controller", service.controller, env.controllers, "controller")
+                for i, dependency in enumerate(service.depends_on):
+                    if dependency == name:
+                        problems.append(
+                            (f"{path}.depends_on[{i}]", "a service cannot depend on itself")
+                        )
+                    else:
+                        check(
+                            f"{path}.depends_on[{i}]",
+                            dependency,
+                            dependency_targets,
+                            "service, database or storage area",
+                        )
+            cycle = _find_cycle({n: s.depends_on for n, s in env.services.items()})
+            if cycle:
+                problems.append((f"{base}.services", f"dependency cycle: {' -> '.join(cycle)}"))
+        return problems
+
+    # -- conveniences used by DAGs --------------------------------------------------------
+
+    def environment(self, name: str | None = None) -> Environment:
+        key = name or self.default_environment
+        try:
+            return self.environments[key]
+        except KeyError:
+            raise PlanError(
+                "<plan>",
+                [("environment", f"{key!r} is not defined (have {sorted(self.environments)})")],
+            ) from None
+
+    def escalation_thresholds(self) -> list[tuple[EscalationLevel, timedelta]]:
+        """Each level with the time after the incident start at which it is paged."""
+        levels = sorted(self.escalation, key=lambda level: level.level)
+        thresholds: list[tuple[EscalationLevel, timedelta]] = []
+        for i, level in enumerate(levels):
+            default = timedelta() if i == 0 else levels[i - 1].response_time
+            thresholds.append((level, level.escalate_after or default))
+        return thresholds
+
+    def tier_of_service(self, environment: str, service: str) -> Tier:
+        return self.tiers[self.environment(environment).services[service].tier]
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one dependency cycle among services (edges to non-services are ignored)."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return visiting[visiting.index(node) :] + [node]
+        if node in done or node not in graph:
+            return None
+        visiting.append(node)
+        for neighbour in graph[node]:
+            found = visit(neighbour)
+            if found:
+                return found
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in graph:
+        found = visit(start)
+        if found:
+            return found
+    return None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append((path, f"environment variable {name} is not set"))
+                return match.group(0)
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "<root>"
+
+
+def _reason(error: dict[str, Any]) -> str:
+    message = str(error["msg"])
+    # pydantic prefixes messages raised by our validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (not part of the plan schema; check the spelling)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    return message
+
+
+def parse_plan(data: Any, source: Path | str = "<memory>") -> Plan:
+    """Validate already-parsed YAML data; raise PlanError listing every problem."""
+    if not isinstance(data, dict):
+        raise PlanError(source, [("<root>", "the plan must be a YAML mapping")])
+    # Top-level "x-..." keys are YAML anchors' homes (as in docker compose files): they let
+    # the two environments share one block and are not part of the plan itself.
+    data = {key: value for key, value in data.items() if not str(key).startswith("x-")}
+    problems: list[tuple[str, str]] = []
+    expanded = _expand(data, "", problems)
+    if problems:
+        raise PlanError(source, problems)
+    try:
+        plan = Plan.model_validate(expanded)
+    except ValidationError as exc:
+        raise PlanError(
+            source, [(_field_path(tuple(e["loc"])), _reason(dict(e))) for e in exc.errors()]
+        ) from None
+    problems = plan.reference_problems()
+    if problems:
+        raise PlanError(source, problems)
+    return plan
+
+
+def plan_path() -> Path:
+    """The plan file in force: ``$DR_PLAN`` (a path, or a name under include/config)."""
+    selected = os.environ.get(PLAN_ENV_VAR)
+    if not selected:
+        return DEFAULT_PLAN_FILE
+    candidate = Path(selected)
+    if not candidate.is_absolute() and not candidate.exists():
+        named = CONFIG_DIR / (selected if selected.endswith(".yaml") else f"{selected}.yaml")
+        if named.exists():
+            return named
+    return candidate
+
+
+def load_plan(path: Path | str | None = None) -> Plan:
+    """Load and validate a plan file (default: the one ``DR_PLAN`` selects)."""
+    source = Path(path) if path is not None else plan_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(
+            source, [("<file>", f"cannot read the plan file: {exc.strerror}")]
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        raise PlanError(
+            source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
+    return parse_plan(data, source)

@@ -1,0 +1,1 @@
+"""What a run leaves behind: the ledger, target locks, reports, the annual review."""

@@ -1,0 +1,375 @@
+"""The incident response, as plain Python: inputs, the seed's messages, the escalation
+schedule, status-update cadence, and the war-room and post-incident documents.
+
+``dags/dr_incident_response.py`` wires these into tasks; nothing here imports Airflow, so
+each rule (which level is due, when the next update is owed, what the review says) is
+tested on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tracktion_dr.core.incident import InvalidInput
+from tracktion_dr.core.plan import EscalationLevel, Plan, format_duration
+from tracktion_dr.core.timeline import parse_time
+from tracktion_dr.notify.messages import DrMessage, Severity
+from tracktion_dr.notify.templates import render
+
+# Plan tier (business impact level) -> message severity.
+SEVERITY_OF_TIER: dict[str, Severity] = {
+    "critical": "critical",
+    "important": "error",
+    "standard": "warning",
+    "non_critical": "info",
+}
+
+
+def pagerduty_dedup_key(incident_id: str) -> str:
+    """One PagerDuty incident per DR incident: trigger, acknowledge and resolve share it."""
+    return f"tracktion-dr/{incident_id}"
+
+
+@dataclass(frozen=True)
+class IncidentRequest:
+    severity: str
+    description: str
+    scenario: str  # "" = no recovery DAG
+    auto_recover: bool
+
+
+def resolve_request(plan: Plan, params: dict[str, Any]) -> IncidentRequest:
+    """Check the incident params (beyond the common ones) before anything is sent."""
+    severity = str(params.get("severity") or "")
+    if severity not in plan.tiers:
+        raise InvalidInput("severity", f"{severity!r} is not one of {list(plan.tiers)}")
+    scenario = str(params.get("scenario") or "")
+    if scenario and scenario not in plan.incident_response.scenarios:
+        raise InvalidInput(
+            "scenario",
+            f"{scenario!r} is not one of the plan's scenarios {plan.incident_response.scenarios}",
+        )
+    description = str(params.get("description") or "").strip()
+    if not description:
+        raise InvalidInput("description", "describe the incident (one line is enough)")
+    return IncidentRequest(
+        severity=severity,
+        description=description,
+        scenario=scenario,
+        auto_recover=bool(params.get("auto_recover", False)),
+    )
+
+
+def _now_text(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def eta_text(plan: Plan, severity: str, started_at: str, now: datetime | None = None) -> str:
+    """ETA = the tier's RTO from the incident start (what the plan promises)."""
+    deadline = parse_time(started_at) + plan.tiers[severity].rto
+    return f"{_now_text(deadline)} (RTO {format_duration(plan.tiers[severity].rto)})"
+
+
+def _message(
+    template: str,
+    incident_id: str,
+    message_severity: Severity,
+    /,
+    *,
+    fields: dict[str, str] | None = None,
+    pagerduty_action: str = "trigger",
+    status_page_status: str | None = None,
+    **values: object,
+) -> DrMessage:
+    rendered = render(template, incident_id=incident_id, **values)
+    return DrMessage(
+        title=rendered.subject,
+        text=rendered.body,
+        severity=message_severity,
+        incident_id=incident_id,
+        fields=fields or {},
+        dedup_key=pagerduty_dedup_key(incident_id),
+        pagerduty_action=pagerduty_action,  # type: ignore[arg-type]
+        status_page_status=status_page_status,  # type: ignore[arg-type]
+    )
+
+
+def alert_message(incident: dict[str, Any], request: IncidentRequest) -> DrMessage:
+    return _message(
+        "alert",
+        incident["incident_id"],
+        SEVERITY_OF_TIER.get(request.severity, "error"),
+        severity=request.severity,
+        time=_now_text(),
+        description=request.description,
+        status_page_status="investigating",
+    )
+
+
+def activation_message(
+    incident: dict[str, Any], request: IncidentRequest, role: str, war_room: str
+) -> DrMessage:
+    return _message(
+        "activation",
+        incident["incident_id"],
+        SEVERITY_OF_TIER.get(request.severity, "error"),
+        severity=request.severity,
+        role=role.replace("_", " "),
+        war_room_channel=war_room,
+        description=request.description,
+    )
+
+
+def status_update_message(
+    plan: Plan,
+    incident: dict[str, Any],
+    request: IncidentRequest,
+    *,
+    status: str,
+    activities: str,
+    next_update: str,
+    war_room: str,
+    impact: str,
+) -> DrMessage:
+    return _message(
+        "status_update",
+        incident["incident_id"],
+        "warning",
+        time=_now_text(),
+        status=status,
+        eta=eta_text(plan, request.severity, incident["started_at"]),
+        next_update=next_update,
+        activities=activities,
+        impact=impact,
+        war_room_channel=war_room,
+        pagerduty_action="acknowledge",
+        status_page_status="identified",
+    )
+
+
+def customer_initial_message(
+    plan: Plan, incident: dict[str, Any], request: IncidentRequest, impact: str
+) -> DrMessage:
+    return _message(
+        "customer_initial",
+        incident["incident_id"],
+        SEVERITY_OF_TIER.get(request.severity, "error"),
+        status="Service disrupted; disaster recovery activated",
+        impact=impact,
+        eta=eta_text(plan, request.severity, incident["started_at"]),
+        update_interval=format_duration(plan.incident_response.status_update_interval),
+        status_page_status="investigating",
+    )
+
+
+def restoration_message(
+    incident: dict[str, Any],
+    request: IncidentRequest,
+    *,
+    duration: str,
+    recovery: str,
+    recovery_outcome: str,
+    data_impact: str,
+) -> DrMessage:
+    return _message(
+        "customer_restored",
+        incident["incident_id"],
+        "info",
+        duration=duration,
+        services_restored="All services are operational again (verified by the recovery run)",
+        data_impact=data_impact,
+        description=request.description,
+        recovery=recovery,
+        recovery_outcome=recovery_outcome,
+        pagerduty_action="resolve",
+        status_page_status="resolved",
+    )
+
+
+def escalation_message(
+    incident: dict[str, Any],
+    request: IncidentRequest,
+    level: EscalationLevel,
+    *,
+    reason: str,
+    elapsed: timedelta,
+    war_room: str,
+) -> DrMessage:
+    return _message(
+        "escalation",
+        incident["incident_id"],
+        "critical",
+        level=level.level,
+        level_name=level.name,
+        severity=request.severity,
+        reason=reason,
+        elapsed=format_duration(elapsed),
+        responders=", ".join(r.replace("_", " ") for r in level.responders),
+        response_time=format_duration(level.response_time),
+        authority=level.authority,
+        war_room_channel=war_room,
+        fields={"escalation level": str(level.level)},
+    )
+
+
+# --- escalation and status cadence -------------------------------------------------------
+
+
+def due_escalations(
+    plan: Plan,
+    started_at: datetime,
+    now: datetime,
+    *,
+    already_paged: set[int],
+    resolved: bool,
+) -> list[tuple[EscalationLevel, timedelta]]:
+    """Levels whose threshold (from the incident start) has passed and that have not been
+    paged yet. Nothing is due once the incident is resolved."""
+    if resolved:
+        return []
+    elapsed = now - started_at
+    return [
+        (level, after)
+        for level, after in plan.escalation_thresholds()
+        if after <= elapsed and level.level not in already_paged
+    ]
+
+
+def next_status_update(last_sent: datetime | None, now: datetime, interval: timedelta) -> bool:
+    """Is a status update owed? The first one at once, then one per interval."""
+    return last_sent is None or now - last_sent >= interval
+
+
+# --- documents -----------------------------------------------------------------------------
+
+
+def incident_dir(plan: Plan, incident_id: str) -> Path:
+    return Path(plan.incident_response.document_dir) / incident_id
+
+
+def write_document(path: Path, text: str) -> Path:
+    """Write atomically; an existing document (a re-run) is moved aside, never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def incident_document(
+    incident: dict[str, Any],
+    request: IncidentRequest,
+    *,
+    assessment: str,
+    war_room: str,
+    commander: str,
+    technical_lead: str,
+) -> str:
+    return render(
+        "incident_document",
+        incident_id=incident["incident_id"],
+        start_time=incident["started_at"],
+        severity=request.severity,
+        environment=incident["environment"],
+        incident_commander=commander,
+        technical_lead=technical_lead,
+        description=request.description,
+        assessment=assessment,
+        recovery=request.scenario or "no recovery DAG chosen",
+        war_room_channel=war_room,
+    ).body
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def post_incident_review(
+    incident_id: str,
+    runs: list[dict[str, Any]],
+    events: dict[int, list[dict[str, Any]]],
+    *,
+    description: str,
+    detected_at: str | None = None,
+    resolved_at: str | None = None,
+    review_date: str | None = None,
+) -> str:
+    """The seed's review template, pre-filled from the ledger: every run recorded for the
+    incident and every step/gate event of those runs, in time order."""
+    starts = [parse_time(r["clock_started_at"]) for r in runs]
+    start = min(starts) if starts else None
+    rows: list[tuple[datetime, str, str, str]] = []
+    if start:
+        rows.append((start, "Incident start", "RTO clock started", "-"))
+    if detected_at:
+        rows.append(
+            (parse_time(detected_at), "Detection", "dr_incident_response started", "Airflow")
+        )
+    for run in runs:
+        for event in events.get(int(run["id"]), []):
+            finished = event["finished_at"]
+            finished = finished if isinstance(finished, datetime) else parse_time(finished)
+            rows.append(
+                (
+                    finished,
+                    f"{event['kind']} {event['name']} ({event['status']})",
+                    event.get("detail") or "-",
+                    run["dag_id"],
+                )
+            )
+    if resolved_at:
+        rows.append((parse_time(resolved_at), "Resolution", "Services restored", "-"))
+    rows.sort(key=lambda row: row[0])
+    table = [
+        "| Time | Event | Action Taken | Person Responsible |",
+        "|------|-------|--------------|-------------------|",
+    ]
+    table += [
+        f"| {_cell(t.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC'))} | {_cell(e)} | {_cell(a)} | {_cell(p)} |"
+        for t, e, a, p in rows
+    ]
+    end = parse_time(resolved_at) if resolved_at else (rows[-1][0] if rows else None)
+    duration = format_duration(end - start) if (start and end) else "unknown"
+    if not resolved_at:
+        duration += " (not resolved when this review was generated)"
+    metrics = []
+    for run in runs:
+        achieved = run.get("rto_achieved_seconds")
+        loss = run.get("data_loss_seconds")
+        metrics.append(
+            f"- {run['dag_id']} ({run['run_id']}): {run['outcome']}; RTO target "
+            f"{format_duration(timedelta(seconds=run['rto_target_seconds']))}, achieved "
+            + (format_duration(timedelta(seconds=achieved)) if achieved is not None else "n/a")
+            + (f"; data lost {loss:.1f}s" if loss is not None else "")
+        )
+    losses = [r["data_loss_seconds"] for r in runs if r.get("data_loss_seconds") is not None]
+    failed = [r["dag_id"] for r in runs if r["outcome"] == "failed"]
+    return render(
+        "post_incident_review",
+        incident_id=incident_id,
+        review_date=review_date or datetime.now(UTC).strftime("%Y-%m-%d"),
+        duration=duration,
+        summary=f"{description}\n\nRuns recorded for this incident: "
+        + (", ".join(f"{r['dag_id']} ({r['outcome']})" for r in runs) or "none"),
+        timeline_table="\n".join(table),
+        data_impact=f"measured data loss {max(losses):.1f}s"
+        if losses
+        else "not measured by these runs",
+        components_affected="see the initial assessment in the incident document",
+        detection=f"detected at {detected_at}"
+        if detected_at
+        else "[How long until incident was detected]",
+        recovery="; ".join(f"{r['dag_id']}: {r['outcome']}" for r in runs) or "no recovery run",
+        communication="every notification's delivery report is in the incident response run's details",
+        recovery_metrics="\n".join(metrics) or "no runs recorded",
+        communication_records="the notify tasks' XCom and the channels' own history",
+        incident_logs="Airflow task logs of the runs listed under Recovery Metrics"
+        + (f"; failed: {', '.join(failed)}" if failed else ""),
+    ).body

@@ -1,0 +1,236 @@
+"""Failover from a primary to its secondary: service backends and the database.
+
+Services: traffic is switched through the load balancer's admin API (the seed's
+``POST /api/v1/backends/{service}/servers/{host}`` with ``weight`` and ``status``), only
+after the primary is confirmed unhealthy and the secondary confirmed healthy, and the switch
+is proven by routing a request through the balancer (its ``X-Backend`` answer header), not
+by trusting the API's 200.
+
+Database: fence the old primary first (so it cannot accept writes if it comes back: a
+running postmaster is stopped, ``standby.signal`` is written into its data directory so a
+restart comes up read-only, and a ``DR_FENCED`` note says why), then ``pg_promote`` the
+streaming replica, repoint the balancer's ``database`` backend, prove a write commits on
+the new primary, and measure the data lost from the canary heartbeats that survived.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tracktion_dr.core.errors import FailoverRefused
+from tracktion_dr.core.plan import Cluster
+from tracktion_dr.services.commands import last_lines, run_command
+
+log = logging.getLogger(__name__)
+
+VERIFY_WRITER = "dr-failover-verify"
+FENCE_NOTE = "DR_FENCED"
+HTTP_TIMEOUT = 5.0
+
+
+# --- load balancer ---------------------------------------------------------------------
+
+
+class LoadBalancer:
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+
+    def backend(self, service: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.base_url}/api/v1/backends/{service}", timeout=HTTP_TIMEOUT)
+        if response.status_code == 404:
+            raise FailoverRefused(f"the load balancer has no backend {service!r}")
+        response.raise_for_status()
+        return response.json()
+
+    def set_server(self, service: str, server: str, *, weight: int, status: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{self.base_url}/api/v1/backends/{service}/servers/{server}",
+            json={"weight": weight, "status": status},
+            timeout=HTTP_TIMEOUT,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"load balancer refused {service}/{server}: HTTP {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        return response.json()
+
+    def switch(self, service: str, primary: str, secondary: str) -> None:
+        """Secondary in first, then primary out: there is never a moment with no server."""
+        self.set_server(service, secondary, weight=100, status="enabled")
+        self.set_server(service, primary, weight=0, status="disabled")
+
+    def routed_to(self, service: str, path: str = "/health") -> tuple[str | None, int | None]:
+        """Which server answers a request routed through the balancer, and its status."""
+        try:
+            response = httpx.get(f"{self.base_url}/route/{service}{path}", timeout=HTTP_TIMEOUT)
+        except httpx.HTTPError:
+            return None, None
+        return response.headers.get("X-Backend"), response.status_code
+
+
+def server_health(address: str, path: str = "/health") -> tuple[bool, str]:
+    try:
+        response = httpx.get(f"http://{address}{path}", timeout=HTTP_TIMEOUT)
+    except httpx.HTTPError as exc:
+        text = str(exc) or type(exc).__name__
+        return False, "connection refused" if "refused" in text.lower() else text[:160]
+    return response.is_success, f"HTTP {response.status_code}"
+
+
+def check_service_preconditions(
+    backend: dict[str, Any], primary: str, secondary: str
+) -> dict[str, Any]:
+    """Raise FailoverRefused unless the primary is down and the secondary healthy."""
+    servers = backend["servers"]
+    for role, name in (("primary", primary), ("secondary", secondary)):
+        if name not in servers:
+            raise FailoverRefused(
+                f"{role} server {name!r} is not in the backend (have {sorted(servers)})"
+            )
+    primary_ok, primary_detail = server_health(servers[primary]["address"])
+    secondary_ok, secondary_detail = server_health(servers[secondary]["address"])
+    found = {
+        "primary": {"server": primary, "healthy": primary_ok, "detail": primary_detail},
+        "secondary": {"server": secondary, "healthy": secondary_ok, "detail": secondary_detail},
+    }
+    if primary_ok:
+        raise FailoverRefused(
+            f"primary {primary} is healthy ({primary_detail}): failover not needed, nothing switched"
+        )
+    if not secondary_ok:
+        raise FailoverRefused(
+            f"secondary {secondary} is also down ({secondary_detail}): nothing switched"
+        )
+    return found
+
+
+# --- database --------------------------------------------------------------------------
+
+
+def _connect(conninfo: str, timeout: float = 5) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        conninfo,
+        connect_timeout=max(2, math.ceil(timeout)),
+        autocommit=True,
+        application_name="tracktion-dr-failover",
+        options="-c statement_timeout=90000",
+    )
+
+
+def database_role(conninfo: str) -> tuple[bool, str]:
+    """(reachable and writable?, description)."""
+    try:
+        with _connect(conninfo) as conn:
+            (in_recovery,) = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()  # type: ignore[misc]
+    except psycopg.Error as exc:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        return False, (lines[-1] if lines else type(exc).__name__)[:160]
+    return (not in_recovery), ("standby (in recovery)" if in_recovery else "primary (writable)")
+
+
+def check_database_preconditions(primary_conninfo: str, replica_conninfo: str) -> dict[str, Any]:
+    primary_up, primary_detail = database_role(primary_conninfo)
+    try:
+        with _connect(replica_conninfo) as conn:
+            (in_recovery,) = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()  # type: ignore[misc]
+            replay = conn.execute("SELECT pg_catalog.pg_last_xact_replay_timestamp()").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error as exc:
+        raise FailoverRefused(
+            f"the replica is not reachable ({str(exc).strip().splitlines()[-1][:160]}): "
+            "nothing switched"
+        ) from None
+    if primary_up:
+        raise FailoverRefused(
+            f"the primary is up and writable ({primary_detail}): nothing switched"
+        )
+    if not in_recovery:
+        raise FailoverRefused("the replica is not a standby (already promoted?): nothing switched")
+    return {
+        "primary": primary_detail,
+        "replica": "standby (in recovery)",
+        "replica_last_replay": replay.isoformat() if replay else None,
+    }
+
+
+def _as_os_user(cluster: Cluster, argv: list[str]) -> list[str]:
+    if os.geteuid() == 0 and cluster.os_user != "root":
+        return ["runuser", "-u", cluster.os_user, "--", *argv]
+    return argv
+
+
+def fence_old_primary(cluster: Cluster, incident_id: str) -> list[str]:
+    """Make sure the old primary cannot accept writes if it comes back."""
+    actions = []
+    data = Path(cluster.data_directory)
+    pg_ctl = str(Path(cluster.bin_dir) / "pg_ctl")
+    status = run_command(_as_os_user(cluster, [pg_ctl, "status", "-D", str(data)]), 30)
+    if status.returncode == 0:
+        stop = run_command(
+            _as_os_user(cluster, [pg_ctl, "stop", "-D", str(data), "-m", "fast", "-w", "-t", "60"]),
+            90,
+        )
+        if stop.returncode != 0:
+            raise RuntimeError(f"could not stop the old primary: {last_lines(stop.stderr)}")
+        actions.append("stopped the old primary's postmaster")
+    if not data.is_dir():
+        actions.append(f"{data} is not reachable from here: fence it on its host")
+        return actions
+    signal_file = data / "standby.signal"
+    if not signal_file.exists():
+        signal_file.write_text("")
+        actions.append("wrote standby.signal: a restart comes up read-only")
+    note = data / FENCE_NOTE
+    note.write_text(
+        f"Fenced by dr_failover ({incident_id}) at {datetime.now(UTC).isoformat()}: the replica "
+        "was promoted. Do not remove standby.signal; rebuild this node as a standby of the "
+        "new primary (pg_rewind or pg_basebackup).\n"
+    )
+    actions.append(f"wrote {FENCE_NOTE}")
+    return actions
+
+
+def promote(replica_conninfo: str, wait_seconds: int = 60) -> str:
+    with _connect(replica_conninfo) as conn:
+        (in_recovery,) = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()  # type: ignore[misc]
+        if not in_recovery:
+            return "already promoted"
+        (done,) = conn.execute("SELECT pg_catalog.pg_promote(true, %s)", (wait_seconds,)).fetchone()  # type: ignore[misc]
+    if not done:
+        raise RuntimeError(f"pg_promote did not finish within {wait_seconds}s")
+    return "promoted with pg_promote"
+
+
+def verify_write(conninfo: str) -> str:
+    """Commit a canary row on the new primary and read it back."""
+    with _connect(conninfo) as conn:
+        (row_id, written_at) = conn.execute(
+            "INSERT INTO dr_canary.heartbeat (writer) VALUES (%s) RETURNING id, written_at",
+            (VERIFY_WRITER,),
+        ).fetchone()  # type: ignore[misc]
+        (count,) = conn.execute(
+            "SELECT count(*) FROM dr_canary.heartbeat WHERE id = %s", (row_id,)
+        ).fetchone()  # type: ignore[misc]
+    if count != 1:
+        raise RuntimeError("the verification write did not read back")
+    return f"write committed on the new primary (heartbeat {row_id} at {written_at.isoformat()})"
+
+
+def canary_data_loss(conninfo: str, incident_at: datetime) -> dict[str, Any]:
+    """Data lost = incident time - newest surviving canary heartbeat written before the
+    incident (the failover's own verification write comes after it and never counts)."""
+    from tracktion_dr.postgres.measure import canary_data_loss as measure
+
+    loss = measure(conninfo, incident_at)
+    return {
+        "newest_surviving_write": loss.newest_surviving_write,
+        "data_loss_seconds": loss.seconds,
+    }

@@ -1,1 +1,0 @@
-"""Reusable test harnesses (not shipped: the library never imports tests)."""
