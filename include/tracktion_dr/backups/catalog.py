@@ -416,10 +416,18 @@ class Catalog:
             if not (entry.start_lsn and entry.stop_lsn):
                 rejected.append(f"{entry.id}: no LSN range in its backup_info.json")
                 continue
-            if not holdings.on_path(entry.timeline or 1, wal.lsn_to_int(entry.stop_lsn)):
+            # PostgreSQL checks the backup's checkpoint is on the requested timeline's
+            # history; its whole range must be, or replay would leave its timeline before
+            # the backup is consistent.
+            timeline = entry.timeline or 1
+            if not (
+                holdings.on_path(timeline, wal.lsn_to_int(entry.start_lsn))
+                and holdings.on_path(timeline, wal.lsn_to_int(entry.stop_lsn) - 1)
+            ):
                 rejected.append(
-                    f"{entry.id}: taken on timeline {entry.timeline}, which the newest timeline "
-                    f"{holdings.latest_timeline} left before {entry.stop_lsn}"
+                    f"{entry.id}: taken on timeline {timeline}, which the history of the newest "
+                    f"timeline {holdings.latest_timeline} does not follow through "
+                    f"{entry.start_lsn}..{entry.stop_lsn}"
                 )
                 continue
             missing = holdings.missing(_segment(entry.start_lsn), _segment(entry.stop_lsn))

@@ -317,11 +317,11 @@ def lay_down_base_backup(
 
 def write_recovery_settings(
     data_directory: Path, restore_command: str, target: RecoveryTarget, port: int | None = None
-) -> None:
+) -> dict[str, str]:
     """The signal file plus our settings block appended to ``postgresql.auto.conf`` (read
     last, so it wins): ``recovery.signal`` for a targeted recovery, ``standby.signal`` for
     ``latest``; the other one removed (a base backup of a standby carries standby.signal,
-    which would take precedence)."""
+    which would take precedence). Returns the settings written (the marker keeps them)."""
     settings = {"restore_command": restore_command, **target.settings()}
     if port:
         settings["port"] = str(port)
@@ -329,7 +329,7 @@ def write_recovery_settings(
     text = auto_conf.read_text() if auto_conf.exists() else ""
     text = text.split(RECOVERY_MARKER)[0].rstrip("\n") + "\n" + RECOVERY_MARKER + "\n"
     for key, value in settings.items():
-        text += f"{key} = '{_conf_escape(value)}'\n"
+        text += _setting_line(key, value) + "\n"
     auto_conf.write_text(text)
     signal = STANDBY_SIGNAL_NAME if target.standby_mode else RECOVERY_SIGNAL_NAME
     for name in RECOVERY_SIGNALS:
@@ -338,21 +338,36 @@ def write_recovery_settings(
     (data_directory / signal).write_text("")
     for path in (auto_conf, data_directory / signal):
         chown_tree(path, _owner_of(data_directory), recursive=False)
+    return settings
 
 
-def clear_recovery_settings(data_directory: Path) -> bool:
-    """Remove our recovery block from ``postgresql.auto.conf`` once the server promoted.
+def _setting_line(key: str, value: str) -> str:
+    return f"{key} = '{_conf_escape(value)}'"
+
+
+def clear_recovery_settings(data_directory: Path, written: dict[str, str] | None = None) -> bool:
+    """Remove our recovery settings from ``postgresql.auto.conf`` once the server promoted.
 
     Harmless on a primary, but a standby cloned from it would inherit the old target and
-    stop replaying there; and a later PITR must start from a clean file. True if removed.
+    stop replaying there; and a later PITR must start from a clean file. Normally our
+    commented block; but an ``ALTER SYSTEM`` run meanwhile (allowed on a server in
+    recovery) rewrites the file without comments - then the lines are found by the exact
+    settings ``written`` (kept in the recovery marker). True if anything was removed.
     """
     auto_conf = data_directory / "postgresql.auto.conf"
     if not auto_conf.exists():
         return False
     text = auto_conf.read_text()
-    if RECOVERY_MARKER not in text:
+    if RECOVERY_MARKER in text:
+        kept = text.split(RECOVERY_MARKER)[0].rstrip("\n") + "\n"
+    elif written:
+        ours = {_setting_line(key, value) for key, value in written.items()}
+        kept = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in ours)
+    else:
         return False
-    auto_conf.write_text(text.split(RECOVERY_MARKER)[0].rstrip("\n") + "\n")  # keeps owner and mode
+    if kept == text:
+        return False
+    auto_conf.write_text(kept)  # keeps owner and mode
     return True
 
 

@@ -43,6 +43,8 @@ class RecoveryMarker:
     laid_down_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     promoted_at: str | None = None
     timeline: int | None = None
+    # The recovery settings written into postgresql.auto.conf, to take out after promotion.
+    recovery_settings: dict[str, str] = field(default_factory=dict)
 
     def same_target(self, target: dict[str, Any]) -> bool:
         return (self.target.get("type"), self.target.get("value") or "") == (

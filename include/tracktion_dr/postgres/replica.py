@@ -190,11 +190,12 @@ def _clone_primary(
         what="pg_basebackup for the new standby",
         env=primary_replication.client_env(),
     )
-    clear_recovery_settings(staging)  # the primary's own recovery target is not the standby's
-    with (staging / "postgresql.auto.conf").open("a") as conf:
-        conf.write(f"port = '{int(replica_port)}'\n")
     # pg_basebackup copied the primary's recovery marker: this directory is the standby.
     copied = read_marker(staging)
+    # The primary's own recovery target is not the standby's.
+    clear_recovery_settings(staging, copied.recovery_settings if copied else None)
+    with (staging / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"port = '{int(replica_port)}'\n")
     write_marker(
         staging,
         replace(copied, role="standby", incident_id=incident_id, tag=tag)

@@ -131,12 +131,9 @@ class WalHoldings:
         return chain
 
     def on_path(self, timeline: int, lsn: int) -> bool:
-        """Is (timeline, lsn) on the history replay follows? (A base backup taken on a
-        timeline that was abandoned before its end cannot lead to the latest timeline.)"""
-        for chain_timeline, end in self.chain():
-            if chain_timeline == timeline:
-                return end is None or lsn <= end
-        return False
+        """Is ``lsn`` on ``timeline`` along the history replay follows? (A base backup
+        taken on a timeline abandoned before its end cannot lead to the latest one.)"""
+        return wal.timeline_at(self.chain(), lsn) == timeline
 
     def path_segments(self) -> dict[int, list[HeldSegment]]:
         """Segment number -> the copies held of the file replay reads for it."""

@@ -141,13 +141,34 @@ def timeline_chain(archive: Path, timeline: int | None = None) -> list[tuple[int
     return chain
 
 
+def _begins(chain: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    """(timeline, LSN where it began) for each chain entry: each began where the previous
+    one was left; the first has no beginning."""
+    return [(timeline, chain[i - 1][1] if i else None) for i, (timeline, _) in enumerate(chain)]
+
+
 def timeline_of_segment(chain: list[tuple[int, int | None]], number: int) -> int:
-    """Which timeline's file replay reads for segment ``number``: the segment holding a
-    switch point is read from the *new* timeline (it carries the old one's WAL up to it)."""
-    for timeline, end in chain:
-        if end is not None and number < end // SEGMENT_BYTES:
+    """Which timeline's file replay reads for segment ``number``: the newest timeline of
+    the chain that had begun by that segment, as PostgreSQL's XLogFileReadAnyTLI walks the
+    history newest first. The segment holding a switch point is read from the new timeline
+    (it carries the old one's WAL up to the switch).
+
+    Newest first matters: after a recovery to a point on an *ancestor* timeline (an early
+    target, ``immediate``) the history file lists switch points out of order - the new
+    timeline begins below an older one's switch point - and that older switch no longer
+    applies to anything."""
+    for timeline, begin in reversed(_begins(chain)):
+        if begin is None or begin // SEGMENT_BYTES <= number:
             return timeline
-    return chain[-1][0]
+    return chain[0][0]
+
+
+def timeline_at(chain: list[tuple[int, int | None]], position: int) -> int:
+    """The timeline replay is on at LSN ``position`` (PostgreSQL's tliOfPointInHistory)."""
+    for timeline, begin in reversed(_begins(chain)):
+        if begin is None or begin <= position:
+            return timeline
+    return chain[0][0]
 
 
 SEGMENT_BYTES = 16 * 1024 * 1024

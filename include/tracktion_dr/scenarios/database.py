@@ -839,7 +839,7 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     base = pitr_plan["base_backup"]
 
     def finish_staging(staging: Path) -> None:
-        pitr.write_recovery_settings(
+        written = pitr.write_recovery_settings(
             staging, pitr.restore_command_for(paths.wal_archive, paths.salvage), target
         )
         write_marker(
@@ -851,6 +851,7 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
                 target=target.as_dict(),
                 base_backup=base["id"],
                 base_start_lsn=base.get("start_lsn"),
+                recovery_settings=written,
             ),
             os_user,
         )
@@ -937,10 +938,11 @@ def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoi
     ``postgresql.auto.conf``, the marker notes the promotion, and the salvaged segments the
     new timeline's history runs through are copied into the archive. Idempotent."""
     data = Path(cluster.data_directory)
-    if own_recovery(data, pitr_plan["incident_id"]) is None:
+    marker = own_recovery(data, pitr_plan["incident_id"])
+    if marker is None:
         raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
     promoted_now, timeline = pitr.promote_server(admin.conninfo("postgres"))
-    cleared = pitr.clear_recovery_settings(data)
+    cleared = pitr.clear_recovery_settings(data, marker.recovery_settings)
     mark_promoted(data, timeline, cluster.os_user)
     archived = archive_salvaged_history(
         data, Path(pitr_plan["wal_archive"]), os_user=cluster.os_user, bindir=Path(cluster.bin_dir)
