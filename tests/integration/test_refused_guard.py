@@ -24,6 +24,8 @@ BAD_INPUTS = {
     "dr_storage_recovery": {"snapshot": "1999-01-01"},
     "dr_infrastructure_recovery": {"incident_started_at": "2026-11-26T03:12:00"},  # no zone
     "dr_failover": {"target": "service", "service": "ghost-service"},
+    "dr_test_monthly": {"environment": "production"},  # a drill never runs there
+    "dr_test_quarterly": {"environment": "production"},
 }
 
 
