@@ -38,7 +38,7 @@ PLAN = load_plan()
 def dr_backup_base():
     @task(execution_timeout=timedelta(hours=2))
     def base_backup(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.base_backups(PLAN, params["environment"], notify=params["notify"])

@@ -40,7 +40,7 @@ PLAN = load_plan()
 def dr_backup_config_snapshot():
     @task(execution_timeout=timedelta(hours=2))
     def snapshot_configuration(**context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.config_snapshot(PLAN, params["environment"], notify=params["notify"])

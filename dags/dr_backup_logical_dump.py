@@ -42,7 +42,7 @@ PLAN = load_plan()
 def dr_backup_logical_dump():
     @task(execution_timeout=timedelta(hours=2))
     def dump_and_check(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.logical_dumps(PLAN, params["environment"], notify=params["notify"])

@@ -43,7 +43,7 @@ PLAN = load_plan()
 def dr_backup_offsite():
     @task(execution_timeout=timedelta(hours=2))
     def copy_offsite(**context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.offsite_copy(

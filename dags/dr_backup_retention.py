@@ -40,7 +40,7 @@ PLAN = load_plan()
 def dr_backup_retention():
     @task(retries=0, execution_timeout=timedelta(hours=2))
     def apply_retention(**context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.apply_retention(PLAN, params["environment"], dry_run=params["dry_run"])

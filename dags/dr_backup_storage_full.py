@@ -36,7 +36,7 @@ PLAN = load_plan()
 def dr_backup_storage_full():
     @task(execution_timeout=timedelta(hours=2))
     def snapshot_storage(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.storage_snapshots(PLAN, params["environment"], "full", notify=params["notify"])

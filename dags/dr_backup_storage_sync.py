@@ -37,7 +37,7 @@ PLAN = load_plan()
 def dr_backup_storage_sync():
     @task(execution_timeout=timedelta(minutes=30))
     def sync_storage(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.storage_sync(PLAN, params["environment"], notify=params["notify"])

@@ -40,13 +40,14 @@ PLAN = load_plan()
 def dr_backup_verify():
     @task(retries=0, execution_timeout=timedelta(hours=2))
     def check_backups(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         return jobs.verify_all(PLAN, context["params"]["environment"])
 
     @task(retries=0, execution_timeout=timedelta(minutes=10))
     def check_wal_continuity(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs, watch
+        from tracktion_dr.airflow import backup_jobs as jobs
+        from tracktion_dr.backups import watch
 
         environment = PLAN.environment(context["params"]["environment"])
         result = watch.watch_wal(
@@ -64,7 +65,7 @@ def dr_backup_verify():
 
     @task(retries=0, execution_timeout=timedelta(hours=4))
     def test_restore(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         return jobs.test_restore_newest_dumps(PLAN, context["params"]["environment"])
 
@@ -107,7 +108,7 @@ def dr_backup_verify():
 
     @task(retries=0)
     def verdict(summary: dict, **context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         if summary["failed"]:
             jobs.fail(

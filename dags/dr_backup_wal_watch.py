@@ -39,7 +39,7 @@ PLAN = load_plan()
 def dr_backup_wal_watch():
     @task(retries=0, execution_timeout=timedelta(minutes=10))
     def check_wal_archive(**context) -> dict:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.wal_watch(PLAN, params["environment"], notify=params["notify"])

@@ -34,51 +34,29 @@ validates the snapshot in a temporary folder and touches nothing live).
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from tracktion_dr.airflow.dag_kit import RtoGate, finish_run
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.access import ACCESS
+from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
-
-log = logging.getLogger(__name__)
+from tracktion_dr.notify.runs import notify_started
+from tracktion_dr.scenarios import config
 
 PLAN = load_plan()
 DAG_ID = "dr_config_recovery"
-# After a rollback, how long to watch the services come back before reporting their state
-# (the run is failed either way: the restore it was asked for did not hold).
-ROLLBACK_HEALTH_WAIT_SECONDS = 30
-RTO_SECONDS = min(
-    PLAN.tiers[service.tier].rto.total_seconds()
-    for env in PLAN.environments.values()
-    for service in env.services.values()
-)
+RTO_SECONDS = config.rto_seconds(PLAN)
+# A failed step is answered by the exact rollback (it waits for a *failed* upstream), not
+# by a retry: these steps fail once and hand over to it.
+NO_RETRY = {"retries": 0}
 
 
-def all_services_healthy(incident: dict) -> tuple[bool, str]:
-    from tracktion_dr.core.plan import load_plan as current_plan
-    from tracktion_dr.services.recovery import probe_services
-
-    environment = current_plan().environment(incident["environment"])
-    results = probe_services(environment, list(environment.services))
-    down = {n: r["detail"] for n, r in results.items() if not r["healthy"]}
-    if down:
-        return False, "; ".join(f"{n}: {d}" for n, d in down.items())
-    return True, f"{len(results)}/{len(results)} services healthy"
-
-
-def restart_all(environment) -> list[str]:
-    from tracktion_dr.airflow.support import controller
-    from tracktion_dr.services.recovery import dependency_order
-
-    restarted = []
-    for name in dependency_order(environment):
-        service = environment.services[name]
-        controller(environment.controllers[service.controller]).restart(service.unit or name)
-        restarted.append(name)
-    return restarted
+def record_fields(run: dict, context) -> dict:
+    rollback = context["ti"].xcom_pull(task_ids="rollback")
+    return config.record_fields(run, rollback, rto_target_seconds=RTO_SECONDS)
 
 
 @dag(
@@ -118,192 +96,53 @@ def restart_all(environment) -> list[str]:
     doc_md=__doc__,
 )
 def dr_config_recovery():
-    @task(retries=0)
+    @steps.guard()
     def guard(**context) -> dict:
-        from tracktion_dr.airflow.dag_kit import open_incident
-        from tracktion_dr.core.incident import InvalidInput, check_confirmation
-        from tracktion_dr.files.snapshots import pick_snapshot
-        from tracktion_dr.notify.runs import notify_started
+        run = config.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
+        steps.print_plan_of_actions(run, config.plan_of_actions(run))
+        notify_started(PLAN, run, DAG_ID, config.started_summary(run))
+        return run
 
-        incident = open_incident(context, PLAN)
-        environment = PLAN.environment(incident["environment"])
-        if not environment.config_paths:
-            raise InvalidInput("environment", "the plan lists no config_paths here")
-        if not incident["dry_run"]:
-            check_confirmation(
-                environment.destructive_requires_confirmation,
-                context["params"]["confirm"],
-                "configuration",
-            )
-        snapshot = pick_snapshot(
-            environment.backups.configuration, "configuration", context["params"]["snapshot"]
-        )
-        incident.update(snapshot=snapshot.as_dict(), restart=context["params"]["restart_services"])
-        log.info("restoring %s (taken %s)", snapshot.name, snapshot.taken_at)
-        notify_started(PLAN, incident, DAG_ID, f"restoring configuration from {snapshot.name}")
-        return incident
+    @steps.step("destructive", **NO_RETRY)
+    def safety_snapshot(run: dict, **context) -> dict:
+        return config.take_safety(PLAN, run)
 
-    @task(retries=0)
-    def safety_snapshot(incident: dict) -> dict:
-        from pathlib import Path
+    @steps.step("destructive", skip_in_dry_run=False, **NO_RETRY)
+    def restore(run: dict, safety: dict, **context) -> dict:
+        """A dry run extracts and validates the snapshot in a temporary folder."""
+        return config.restore(PLAN, run)
 
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.files.config_restore import take_safety_snapshot
-        from tracktion_dr.files.snapshots import location_dir
+    @steps.step("check", skip_in_dry_run=True, **NO_RETRY)
+    def validate_live(run: dict, **context) -> str:
+        return config.validate_live(PLAN, run)
 
-        started = now_iso()
-        if incident["dry_run"]:
-            return {"event": step_event("safety_snapshot", started, "skipped", "dry run")}
-        environment = PLAN.environment(incident["environment"])
-        path = take_safety_snapshot(
-            environment, location_dir(environment.backups.configuration), incident["incident_id"]
-        )
-        log.info("safety snapshot of the live configuration: %s", path)
-        return {
-            "event": step_event("safety_snapshot", started, detail=Path(path).name),
-            "path": str(path),
-        }
+    @steps.step("destructive", **NO_RETRY)
+    def restart_services(run: dict, **context) -> dict:
+        return config.restart_services(PLAN, run, ACCESS)
 
-    @task(retries=0)
-    def restore(incident: dict, safety: dict) -> dict:
-        import tempfile
-        from pathlib import Path
+    @steps.step("destructive", after_all=True, trigger_rule="one_failed", **NO_RETRY)
+    def rollback(run: dict, **context) -> dict:
+        """Runs when any step after the safety snapshot failed (or the gate breached)."""
+        pulled = context["ti"].xcom_pull
+        safety, restored = pulled(task_ids="safety_snapshot"), pulled(task_ids="restore")
+        return config.roll_back(PLAN, run, safety, restored, ACCESS)
 
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.files import config_restore
-
-        started = now_iso()
-        environment = PLAN.environment(incident["environment"])
-        archive = Path(incident["snapshot"]["path"])
-        tag = incident["incident_id"]
-        try:
-            if incident["dry_run"]:
-                with tempfile.TemporaryDirectory(prefix="dr-config-dry-run-") as scratch:
-                    config_restore.stage(environment, archive, tag, work_parent=Path(scratch))
-                detail = f"dry run: {archive.name} extracts and validates; nothing swapped"
-                return {"event": step_event("restore", started, "skipped", detail)}
-            result = config_restore.restore(environment, archive, tag)
-        except config_restore.ConfigInvalid as exc:
-            for problem in exc.problems:
-                log.error("refused: %s", problem)
-            raise RuntimeError(
-                f"{archive.name} refused before anything live was touched: {exc}"
-            ) from None
-        detail = f"{archive.name} swapped in; previous moved aside: {result.swapped}"
-        return {"event": step_event("restore", started, detail=detail), "result": result.as_dict()}
-
-    @task(retries=0)
-    def validate_live(incident: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.files.config_restore import validate_live as check
-
-        started = now_iso()
-        if incident["dry_run"]:
-            return {"event": step_event("validate_live", started, "skipped", "dry run")}
-        problems = check(PLAN.environment(incident["environment"]))
-        if problems:
-            raise RuntimeError("live configuration invalid: " + "; ".join(problems))
-        return {
-            "event": step_event(
-                "validate_live", started, detail="every JSON/YAML parses; modes as planned"
-            )
-        }
-
-    @task(retries=0)
-    def restart_services(incident: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-
-        started = now_iso()
-        if incident["dry_run"] or not incident["restart"]:
-            why = "dry run" if incident["dry_run"] else "restart_services is off"
-            return {"event": step_event("restart_services", started, "skipped", why)}
-        restarted = restart_all(PLAN.environment(incident["environment"]))
-        return {"event": step_event("restart_services", started, detail=", ".join(restarted))}
-
-    incident = guard()
+    run = guard()
+    restored = restore(run, safety_snapshot(run))
+    validated = validate_live(run)
+    restarted = restart_services(run)
     gate = RtoGate(
         task_id="gate_services",
-        check=all_services_healthy,
-        incident=incident,
+        check=config.gate_check(PLAN),
+        incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
         poke_interval=2,
     )
-
-    @task(trigger_rule="one_failed", retries=0)
-    def rollback(incident: dict, **context) -> dict:
-        import time
-        from pathlib import Path
-
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.files import config_restore
-
-        started = now_iso()
-        ti = context["ti"]
-        restored = ti.xcom_pull(task_ids="restore") or {}
-        safety = ti.xcom_pull(task_ids="safety_snapshot") or {}
-        environment = PLAN.environment(incident["environment"])
-        untouched = "nothing was swapped: the live configuration was never touched"
-        if not safety.get("path"):  # no safety snapshot: restore never ran
-            log.info(untouched)
-            return {"event": step_event("rollback", started, "skipped", untouched)}
-        # The actual state decides, not what the restore task managed to report: it may
-        # have swapped and then failed (or been killed) before returning.
-        changed = config_restore.differences_from_safety(environment, Path(safety["path"]))
-        if changed == [] or (changed is None and not restored.get("result")):
-            detail = (
-                untouched
-                if not restored.get("result")
-                else "the live configuration is identical to the safety snapshot's record"
-            )
-            log.info(detail)
-            return {"event": step_event("rollback", started, "skipped", detail)}
-        log.warning(
-            "rolling back to the safety snapshot %s: %d path(s) differ from it",
-            safety["path"],
-            len(changed or []),
-        )
-        result = config_restore.roll_back(
-            environment, Path(safety["path"]), f"{incident['incident_id']}-rollback"
-        )
-        if incident["restart"]:
-            restart_all(environment)
-        deadline = time.monotonic() + ROLLBACK_HEALTH_WAIT_SECONDS
-        healthy, detail = all_services_healthy(incident)
-        while not healthy and time.monotonic() < deadline:
-            time.sleep(2)
-            healthy, detail = all_services_healthy(incident)
-        log.warning("rolled back to %s; services: %s", result.snapshot, detail)
-        return {
-            "event": step_event(
-                "rollback", started, detail=f"rolled back to {result.snapshot}; {detail}"
-            ),
-            "result": result.as_dict(),
-        }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(incident: dict, **context) -> dict:
-        from tracktion_dr.airflow.dag_kit import record_timeline
-
-        rolled = context["ti"].xcom_pull(task_ids="rollback") or {}
-        return record_timeline(
-            context,
-            incident=incident,
-            rto_target_seconds=RTO_SECONDS,
-            backup_used=incident["snapshot"]["name"],
-            details={"rolled_back": bool(rolled.get("result"))},
-        )
-
-    safety = safety_snapshot(incident)
-    restored = restore(incident, safety)
-    validated = validate_live(incident)
-    restarted = restart_services(incident)
     restored >> validated >> restarted >> gate
-    undo = rollback(incident)
+    undo = rollback()
     [restored, validated, restarted, gate] >> undo
-    recorded = record(incident)
-    [gate, undo] >> recorded
-    finish_run(PLAN, incident, recorded)
+    scenario_tail(PLAN, run, [gate, undo], record_fields=record_fields)
 
 
 dr_config_recovery()

@@ -40,7 +40,7 @@ PLAN = load_plan()
 def dr_rpo_watch():
     @task(retries=0, execution_timeout=timedelta(minutes=10))
     def check_rpo(**context) -> list[dict]:
-        from tracktion_dr.backups import jobs
+        from tracktion_dr.airflow import backup_jobs as jobs
 
         params = context["params"]
         return jobs.rpo_watch(PLAN, params["environment"], notify=params["notify"])

@@ -21,55 +21,48 @@ on scratch resources, that backups restore and components recover within their R
    scratch directory, starts any monthly service left stopped.
 6. **measure_rpo** - data at risk now: time since the newest commit the WAL archive holds,
    against the transactional RPO.
-7. **record** to the ledger, **publish_report** (Markdown / HTML / JSON at the plan's
-   report location, sent to the report channels when `notify`), **verdict**.
+7. **record** to the ledger, **notify_outcome** (the plan's notification policy, when
+   `notify`), **publish** (Markdown / HTML / JSON report at the plan's report location, sent
+   to the report channels when `notify`), **verdict**.
+
+A dry run prints the guard's plan of actions and runs no test (nothing is created, stopped
+or removed); `measure_rpo` still reads the WAL archive.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from tracktion_dr.airflow.dag_kit import (
-    now_iso,
-    open_incident,
-    publish_task,
-    raise_for_outcome,
-    record_timeline,
-    refusing_bad_input,
-)
-from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.access import ACCESS
+from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params, endpoint
 from tracktion_dr.core.plan import load_plan
+from tracktion_dr.scenarios import drills
 
 PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["monthly"].cron if "monthly" in PLAN.test_schedule else None
+PART_TESTS = ("test_databases", "test_services", "test_storage")
+# A drill's test is measured once: retrying it would hide the failure it exists to find.
+# Its event is a gate's: the RTO clock reads when the last test proved its parts back.
+DRILL_TEST = {"retries": 0, "skip_in_dry_run": True, "event_kind": "gate"}
 
 
-def _guard_result(context: dict) -> dict:
-    from airflow.sdk.exceptions import AirflowSkipException
+def record_fields(run: dict, context) -> dict:
+    pulled = context["ti"].xcom_pull
+    parts = [p for t in PART_TESTS for p in pulled(task_ids=t, key=drills.PARTS_KEY) or []]
+    teardown_lines = (pulled(task_ids="teardown") or {}).get("lines")
+    return drills.monthly_record_fields(
+        PLAN, run, parts, pulled(task_ids="measure_rpo"), teardown_lines
+    )
 
-    run = context["ti"].xcom_pull(task_ids="guard")
-    if not run:
-        raise AirflowSkipException("the guard refused: nothing to test")
-    return run
 
-
-def _outcome(name: str, started: str, steps: list[dict], context: dict) -> dict:
-    """The task's result: a gate event when every part recovered (the RTO clock reads the
-    last one), the per-part steps for the report; a failed part fails the task."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from tracktion_dr.core.timeline import Event
-
-    failed = [s for s in steps if s["status"] != "succeeded"]
-    detail = "; ".join(f"{s['name']}: {s['detail']}" for s in (failed or steps))[:1500]
-    event = Event(name, "gate", started, now_iso(), "failed" if failed else "succeeded", detail)
-    value = {"event": event.__dict__, "steps": steps}
-    if failed:
-        context["ti"].xcom_push(key="return_value", value=value)
-        raise AirflowFailException(f"{name} failed: {detail}")
-    return value
+def judged(name: str, parts: list[dict], context) -> str:
+    """Every part goes to the record (also when one failed); a failed part fails the step."""
+    context["ti"].xcom_push(key=drills.PARTS_KEY, value=parts)
+    return drills.judge_parts(name, parts)
 
 
 @dag(
@@ -96,170 +89,44 @@ def _outcome(name: str, started: str, steps: list[dict], context: dict) -> dict:
     doc_md=__doc__,
 )
 def dr_test_monthly():
-    @task(retries=0)
+    @steps.guard(retries=0)
     def guard(**context) -> dict:
         from tracktion_dr.postgres.restore import incident_tag
-        from tracktion_dr.scenarios.drills import guard_monthly
 
         incident = open_incident(context, PLAN)
-        with refusing_bad_input():
-            drill = guard_monthly(PLAN, incident, incident_tag(incident["incident_id"]).lower())
-        return {**incident, **drill}
+        tag = incident_tag(incident["incident_id"]).lower()
+        run = {**incident, **drills.guard_monthly(PLAN, incident, tag)}
+        steps.print_plan_of_actions(run, drills.monthly_plan_of_actions(run))
+        return run
 
-    @task(retries=0)
-    def test_databases(**context) -> dict:
-        from tracktion_dr.airflow.support import endpoint
-        from tracktion_dr.scenarios.drills import restore_test
+    @steps.step("check", **DRILL_TEST)
+    def test_databases(run: dict, **context) -> str:
+        return judged("test_databases", drills.test_databases(PLAN, run, endpoint), context)
 
-        run, started = _guard_result(context), now_iso()
-        environment = PLAN.environment(run["environment"])
-        steps = []
-        for name in run["databases"]:
-            spec = environment.databases[name]
-            result = restore_test(
-                environment,
-                name,
-                run["scratch_databases"][name],
-                endpoint(environment.clusters[spec.cluster].conn_id),
-                PLAN.tiers[spec.tier].rto.total_seconds(),
-            )
-            steps.append(result.as_dict())
-        return _outcome("test_databases", started, steps, context)
+    @steps.step("check", after_all=True, **DRILL_TEST)
+    def test_services(run: dict, **context) -> str:
+        timeout = float(context["params"]["service_timeout_seconds"])
+        parts = drills.test_services(PLAN, run, ACCESS.controller, timeout)
+        return judged("test_services", parts, context)
 
-    @task(retries=0, trigger_rule="all_done")
-    def test_services(**context) -> dict:
-        from tracktion_dr.airflow.support import controller
-        from tracktion_dr.scenarios.drills import service_cycle_test
+    @steps.step("check", after_all=True, **DRILL_TEST)
+    def test_storage(run: dict, **context) -> str:
+        return judged("test_storage", drills.test_storage(PLAN, run), context)
 
-        run, started = _guard_result(context), now_iso()
-        environment = PLAN.environment(run["environment"])
-        steps = []
-        for name in run["services"]:
-            spec = environment.services[name]
-            rto = PLAN.tiers[spec.tier].rto.total_seconds()
-            timeout = min(rto, float(context["params"]["service_timeout_seconds"]))
-            result = service_cycle_test(
-                environment, name, controller(environment.controllers[spec.controller]), timeout
-            )
-            result.target_seconds = rto
-            steps.append(result.as_dict())
-        return _outcome("test_services", started, steps, context)
+    @steps.step("bookkeeping", after_all=True, skip_in_dry_run=True)
+    def teardown(run: dict, **context) -> dict:
+        """Runs whatever happened: nothing a drill created outlives it."""
+        return drills.teardown(PLAN, run, endpoint, ACCESS.controller)
 
-    @task(retries=0, trigger_rule="all_done")
-    def test_storage(**context) -> dict:
-        from pathlib import Path
+    @steps.step("check", after_all=True, retries=0)
+    def measure_rpo(run: dict, **context) -> dict:
+        return drills.measure_rpo(PLAN, run)
 
-        from tracktion_dr.scenarios.drills import storage_test
-
-        run, started = _guard_result(context), now_iso()
-        environment = PLAN.environment(run["environment"])
-        steps = []
-        for area in run["storage_areas"]:
-            dependents = environment.dependents_of(area)
-            tiers = [PLAN.tiers[environment.services[s].tier].rto for s in dependents]
-            target = min(tiers or [max(t.rto for t in PLAN.tiers.values())])
-            result = storage_test(
-                area,
-                Path(environment.storage[area].path),
-                Path(run["scratch_dir"]) / "storage",
-                run["incident_id"],
-                target.total_seconds(),
-            )
-            steps.append(result.as_dict())
-        return _outcome("test_storage", started, steps, context)
-
-    @task(retries=0, trigger_rule="all_done")
-    def teardown(**context) -> list[str]:
-        from tracktion_dr.airflow.support import controller, endpoint
-        from tracktion_dr.scenarios.drills import teardown_monthly
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if not run:
-            return ["the guard refused: nothing was created"]
-        done = teardown_monthly(PLAN.environment(run["environment"]), run, endpoint, controller)
-        for line in done:
-            print(line)
-        return done
-
-    @task(retries=0, trigger_rule="all_done")
-    def measure_rpo(**context) -> dict:
-        from tracktion_dr.scenarios.database import catalog_for
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if not run:
-            return {}
-        environment = PLAN.environment(run["environment"])
-        name = run["databases"][0]
-        spec = environment.databases[name]
-        catalog = catalog_for(environment, environment.clusters[spec.cluster])
-        newest = catalog.newest_restorable_point()
-        rpo = PLAN.data_categories[spec.data_category].rpo.total_seconds()
-        if newest is None:
-            return {
-                "rpo_target_seconds": rpo,
-                "data_loss_seconds": None,
-                "note": "no restorable point in the WAL archive: RPO not measured",
-            }
-        exposure = (datetime.now(UTC) - newest).total_seconds()
-        return {
-            "rpo_target_seconds": rpo,
-            "data_loss_seconds": exposure,
-            "note": f"{name}: newest commit in the WAL archive {newest.isoformat()}, "
-            f"{exposure:.0f}s ago: the data a loss now would cost",
-        }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(**context) -> dict:
-        ti = context["ti"]
-        run = ti.xcom_pull(task_ids="guard")
-        if not run:
-            from tracktion_dr.core.incident import resolve_incident
-
-            run = resolve_incident(
-                {**context["params"], "environment": "drill"},
-                run_started_at=context["dag_run"].start_date or datetime.now(UTC),
-                known_environments=sorted(PLAN.environments),
-                plan_name=PLAN.name,
-            ).as_dict()
-        steps = []
-        for task_id in ("test_databases", "test_services", "test_storage"):
-            value = ti.xcom_pull(task_ids=task_id)
-            if isinstance(value, dict):
-                steps += value.get("steps", [])
-        rpo = ti.xcom_pull(task_ids="measure_rpo") or {}
-        environment = PLAN.environment(run["environment"])
-        targets = [PLAN.tiers[environment.databases[d].tier].rto for d in run.get("databases", [])]
-        targets += [PLAN.tiers[environment.services[s].tier].rto for s in run.get("services", [])]
-        rto = min(targets or [max(t.rto for t in PLAN.tiers.values())])
-        return record_timeline(
-            context,
-            incident=run,
-            rto_target_seconds=rto.total_seconds(),
-            rpo_target_seconds=rpo.get("rpo_target_seconds"),
-            data_loss_seconds=rpo.get("data_loss_seconds"),
-            backup_used=next(
-                (s["evidence"]["dump"] for s in steps if (s.get("evidence") or {}).get("dump")),
-                None,
-            ),
-            details={
-                "steps": steps,
-                "notes": [n for n in [rpo.get("note")] if n]
-                + [f"teardown: {line}" for line in ti.xcom_pull(task_ids="teardown") or []],
-            },
-        )
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        raise_for_outcome(timeline)
-
-    guarded = guard()
-    databases, services, storage = test_databases(), test_services(), test_storage()
+    run = guard()
+    databases, services, storage = test_databases(run), test_services(), test_storage()
     cleaned, rpo = teardown(), measure_rpo()
-    guarded >> databases >> services >> storage >> cleaned >> rpo
-    recorded = record()
-    rpo >> recorded
-    published = publish_task(PLAN, recorded)
-    published >> verdict(recorded)
+    databases >> services >> storage >> cleaned >> rpo
+    scenario_tail(PLAN, run, [rpo], record_fields=record_fields)
 
 
 dr_test_monthly()

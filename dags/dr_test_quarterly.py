@@ -19,34 +19,47 @@ environment, with the RTO clock running from the simulated loss:
    environment down.
 5. **record**: simulated loss and each step's time, RTO achieved (last step done - loss)
    vs the tier's target, data lost (measured from the canary by the PITR step) vs RPO;
-   **publish_report**; **verdict**.
+   **notify_outcome** (the plan's notification policy, when `notify`); **publish** (the
+   report); **verdict**.
+
+A dry run prints the guard's plan of actions and touches nothing.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from tracktion_dr.airflow.dag_kit import (
-    now_iso,
-    open_incident,
-    publish_task,
-    raise_for_outcome,
-    record_timeline,
-    refusing_bad_input,
-    step_event,
-)
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.dag_kit import now_iso, open_incident, scenario_tail
+from tracktion_dr.airflow.drill_steps import run_step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.errors import ValidationFailed
 from tracktion_dr.core.plan import load_plan
+from tracktion_dr.scenarios import drills
 
 PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["quarterly"].cron if "quarterly" in PLAN.test_schedule else None
 STEPS = list(PLAN.drills.quarterly.steps) if PLAN.drills else []
+CHAIN = [(drills.chain_task_id(i, step.dag_id), step) for i, step in enumerate(STEPS)]
+# The drill is measured once: a retry would restart the clock's story, not the recovery.
+ONCE = {"retries": 0}
 
 
-def step_task_id(index: int, dag_id: str) -> str:
-    return f"step_{index + 1}_{dag_id}"
+def chain_outcome(pulled, task_id: str) -> dict | None:
+    """What a chain step kept for the record (also when it failed), else its skip event."""
+    return pulled(task_ids=task_id, key=drills.CHAIN_KEY) or (pulled(task_ids=task_id) or {}).get(
+        "event"
+    )
+
+
+def record_fields(run: dict, context) -> dict:
+    pulled = context["ti"].xcom_pull
+    chain = [(task_id, step.label, chain_outcome(pulled, task_id)) for task_id, step in CHAIN]
+    net = (pulled(task_ids="safety_net") or {}).get("event") or {}
+    loss = pulled(task_ids="simulate_loss")
+    return drills.quarterly_record_fields(PLAN, run, loss, chain, net.get("detail"))
 
 
 @dag(
@@ -61,211 +74,49 @@ def step_task_id(index: int, dag_id: str) -> str:
     doc_md=__doc__,
 )
 def dr_test_quarterly():
-    @task(retries=0)
+    @steps.guard(**ONCE)
     def guard(**context) -> dict:
-        from tracktion_dr.scenarios.drills import guard_quarterly
-
         incident = open_incident(context, PLAN)
-        with refusing_bad_input():
-            return {**incident, **guard_quarterly(PLAN, incident)}
+        run = {**incident, **drills.guard_quarterly(PLAN, incident)}
+        steps.print_plan_of_actions(run, drills.quarterly_plan_of_actions(PLAN, run))
+        return run
 
-    @task(retries=0)
-    def simulate_loss(run: dict) -> dict:
-        from tracktion_dr.scenarios.drills import simulate_cluster_loss
+    @steps.step("destructive", **ONCE)
+    def simulate_loss(run: dict, **context) -> dict:
+        return drills.lose_cluster(PLAN, run)
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {**run, "event": step_event("simulate_loss", started, "skipped", "dry run")}
-        loss = simulate_cluster_loss(
-            PLAN.environment(run["environment"]), run["cluster"], run["tag"]
-        )
-        detail = (
-            f"cluster {run['cluster']} lost at {loss['lost_at']}: stopped (immediate), data "
-            f"directory moved aside to {loss['moved_aside']}"
-        )
-        print(detail)
-        return {
-            **run,
-            **loss,
-            "started_at": loss["lost_at"],
-            "event": step_event("simulate_loss", started, detail=detail),
-        }
-
-    @task(retries=0)
-    def run_chain_step(run: dict, index: int, **context) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from tracktion_dr.airflow.drill_steps import run_step
-        from tracktion_dr.core.timeline import Event
-
-        step = STEPS[index]
-        name = step_task_id(index, step.dag_id)
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event(name, started, "skipped", "dry run")}
-        conf = {
-            **step.conf,
-            "incident_id": run["incident_id"],
-            "incident_started_at": run["lost_at"],
-        }
-        result = run_step(step.dag_id, conf, PLAN.drills.quarterly.step_timeout.total_seconds())
-        record = result.get("record") or {}
-        ok = result["state"] == "success"
-        detail = (
-            f"{step.label or step.dag_id}: {step.dag_id} run {result.get('run_id')} {result['state']}"
-            + (
-                f"; RTO achieved {record.get('rto_achieved_seconds')}s"
-                if record.get("rto_achieved_seconds")
-                else ""
+    def chain_step(task_id: str, step):
+        @steps.step("destructive", task_id=task_id, event_kind="gate", **ONCE)
+        def run_chain_step(run: dict, loss: dict, **context) -> str:
+            """Runs the step's own DAG for real and waits for it; its record is the result."""
+            started = now_iso()
+            conf = drills.chain_step_conf(step, run, loss)
+            timeout = PLAN.drills.quarterly.step_timeout.total_seconds()
+            ran = drills.judge_chain_step(
+                step, run_step(step.dag_id, conf, timeout), started, now_iso()
             )
-            + (
-                f"; data lost {record['data_loss_seconds']:.1f}s"
-                if record.get("data_loss_seconds") is not None
-                else ""
-            )
-            + (
-                f"; failed tasks {sorted(k for k, v in result.get('task_states', {}).items() if v == 'failed')}"
-                if not ok
-                else ""
-            )
-            + (f"; {result['error'][-300:]}" if result.get("error") else "")
-        )
-        print(detail)
-        event = Event(name, "gate", started, now_iso(), "succeeded" if ok else "failed", detail)
-        value = {
-            "event": event.__dict__,
-            "child": {k: v for k, v in result.items() if k != "record"},
-            "record": {
-                k: record.get(k)
-                for k in (
-                    "rto_achieved_seconds",
-                    "data_loss_seconds",
-                    "rpo_target_seconds",
-                    "outcome",
-                )
-            }
-            if record
-            else None,
-            "label": step.label or step.dag_id,
-        }
-        if not ok:
-            context["ti"].xcom_push(key="return_value", value=value)
-            raise AirflowFailException(detail)
-        return value
+            context["ti"].xcom_push(key=drills.CHAIN_KEY, value=ran)  # for the record, even failed
+            if ran["status"] != "succeeded":
+                raise ValidationFailed(ran["detail"])
+            return ran["detail"]
 
-    @task(retries=0, trigger_rule="all_done")
-    def safety_net(**context) -> str:
-        from tracktion_dr.scenarios.drills import put_back_if_down
+        return run_chain_step
 
-        run = context["ti"].xcom_pull(task_ids="simulate_loss")
-        if not run or run.get("dry_run") or not run.get("moved_aside"):
-            return "nothing was lost: nothing to put back"
-        detail = put_back_if_down(PLAN.environment(run["environment"]), run["cluster"], run)
-        print(detail)
-        return detail
+    @steps.step("destructive", after_all=True, **ONCE)
+    def safety_net(run: dict, **context) -> str:
+        """Runs whatever happened: the drill never leaves the environment down."""
+        return drills.safety_net(PLAN, run, context["ti"].xcom_pull(task_ids="simulate_loss"))
 
-    @task(trigger_rule="all_done", retries=0)
-    def record(**context) -> dict:
-        ti = context["ti"]
-        run = ti.xcom_pull(task_ids="simulate_loss") or ti.xcom_pull(task_ids="guard")
-        if not run:
-            from tracktion_dr.core.incident import resolve_incident
-
-            run = resolve_incident(
-                {**context["params"], "environment": "drill"},
-                run_started_at=context["dag_run"].start_date or datetime.now(UTC),
-                known_environments=sorted(PLAN.environments),
-                plan_name=PLAN.name,
-            ).as_dict()
-        steps, loss, rpo_target = [], None, None
-        loss_event = (ti.xcom_pull(task_ids="simulate_loss") or {}).get("event")
-        if loss_event:
-            steps.append(
-                {
-                    "name": "simulate_loss",
-                    "status": loss_event["status"],
-                    "seconds": 0.0,
-                    "target_seconds": None,
-                    "detail": loss_event["detail"],
-                }
-            )
-        for index, step in enumerate(STEPS):
-            value = ti.xcom_pull(task_ids=step_task_id(index, step.dag_id)) or {}
-            event = value.get("event")
-            if not event:
-                steps.append(
-                    {
-                        "name": step_task_id(index, step.dag_id),
-                        "status": "not run",
-                        "seconds": None,
-                        "target_seconds": None,
-                        "detail": step.label,
-                    }
-                )
-                continue
-            # Time since the loss when the step finished: what the RTO clock reads.
-            at = (
-                datetime.fromisoformat(event["finished_at"])
-                - datetime.fromisoformat(run["started_at"])
-            ).total_seconds()
-            steps.append(
-                {
-                    "name": f"{event['name']} ({value.get('label')})",
-                    "status": event["status"],
-                    "seconds": at,
-                    "target_seconds": None,
-                    "detail": event["detail"],
-                    "took_seconds": (
-                        datetime.fromisoformat(event["finished_at"])
-                        - datetime.fromisoformat(event["started_at"])
-                    ).total_seconds(),
-                }
-            )
-            child = value.get("record") or {}
-            if child.get("data_loss_seconds") is not None and loss is None:
-                loss, rpo_target = child["data_loss_seconds"], child.get("rpo_target_seconds")
-        environment = PLAN.environment(run["environment"])
-        tiers = [
-            PLAN.tiers[d.tier]
-            for d in environment.databases.values()
-            if d.cluster == run.get("cluster", PLAN.drills.quarterly.cluster)
-        ]
-        rto = min(t.rto for t in tiers).total_seconds() if tiers else 4 * 3600.0
-        for step in steps:
-            if step["seconds"] is not None and step["name"] != "simulate_loss":
-                step["target_seconds"] = rto
-        return record_timeline(
-            context,
-            incident=run,
-            rto_target_seconds=rto,
-            rpo_target_seconds=rpo_target
-            or (min(t.rpo for t in tiers).total_seconds() if tiers else None),
-            data_loss_seconds=loss,
-            details={
-                "steps": steps,
-                "notes": [
-                    "step times are the RTO clock (time since the simulated loss) when each step finished",
-                    f"safety net: {ti.xcom_pull(task_ids='safety_net')}",
-                ],
-            },
-        )
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        raise_for_outcome(timeline)
-
-    lost = simulate_loss(guard())
+    run = guard()
+    lost = simulate_loss(run)
     previous = lost
-    for index, step in enumerate(STEPS):
-        current = run_chain_step.override(task_id=step_task_id(index, step.dag_id))(lost, index)
+    for task_id, step in CHAIN:
+        current = chain_step(task_id, step)(run, lost)
         previous >> current
         previous = current
     net = safety_net()
     previous >> net
-    recorded = record()
-    net >> recorded
-    published = publish_task(PLAN, recorded)
-    published >> verdict(recorded)
+    scenario_tail(PLAN, run, [net], record_fields=record_fields)
 
 
 dr_test_quarterly()

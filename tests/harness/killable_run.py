@@ -65,6 +65,7 @@ class KillableRun:
             start_new_session=True,  # its own session and process group: killpg takes all
         )
         self.pgid = os.getpgid(self.process.pid)
+        self.dag_id: str | None = None
 
     @classmethod
     def dag_test(
@@ -78,11 +79,13 @@ class KillableRun:
         """``dag.test()`` of ``dag_id`` with ``conf`` (via ``tracktion_dr.airflow.dag_runs``) in a
         child process that inherits this process's environment (Airflow home, sandbox
         connections, ``PYTHONPATH``) unless ``env`` is given."""
-        return cls(
+        run = cls(
             [sys.executable, "-c", DAG_TEST_PROGRAM, dag_id, json.dumps(conf)],
             log_path=log_path,
             env=env,
         )
+        run.dag_id = dag_id
+        return run
 
     @property
     def running(self) -> bool:
@@ -130,6 +133,8 @@ class KillableRun:
                 raise TimeoutError(f"process group {self.pgid} still has members")
             time.sleep(0.05)
         self._log.close()
+        if code < 0 and self.dag_id:
+            fail_runs_left_running(self.dag_id)
         return code
 
     def _group_alive(self) -> bool:
@@ -169,6 +174,35 @@ def _is_live_member(pid: int, pgid: int) -> bool:
     # Fields after the parenthesised command: state is the 1st, pgrp the 3rd.
     fields = stat[stat.rindex(")") + 2 :].split()
     return fields[0] != "Z" and int(fields[2]) == pgid
+
+
+def fail_runs_left_running(dag_id: str) -> int:
+    """Mark the runs of ``dag_id`` that a killed ``dag.test()`` left "running" (and their
+    unfinished task instances) failed: what a real scheduler does once the dead worker's
+    heartbeat times out. ``dag.test()`` has no scheduler to do it, and a run that stays
+    "running" forever would block later runs' exclusivity checks."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    unfinished = [
+        TaskInstanceState.RUNNING,
+        TaskInstanceState.QUEUED,
+        TaskInstanceState.SCHEDULED,
+        TaskInstanceState.UP_FOR_RETRY,
+    ]
+    with create_session() as session:
+        runs = session.query(DagRun).filter_by(dag_id=dag_id, state=DagRunState.RUNNING).all()
+        for run in runs:
+            for ti in session.query(TaskInstance).filter(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run.run_id,
+                TaskInstance.state.in_(unfinished),
+            ):
+                ti.state = TaskInstanceState.FAILED
+            run.state = DagRunState.FAILED
+        return len(runs)
 
 
 def incident_task_states(dag_id: str, incident_id: str) -> dict[str, str]:

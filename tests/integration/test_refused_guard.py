@@ -19,10 +19,13 @@ NOT_FAILED = {"skipped", "upstream_failed", "success"}
 # One input per DAG that passes the trigger form's schema but that the guard refuses.
 BAD_INPUTS = {
     "dr_application_recovery": {"services": ["ghost-service"]},
+    "dr_config_recovery": {"snapshot": "1999-01-01"},
     "dr_service_dependencies_recovery": {"incident_started_at": "2020-01-01T00:00:00Z"},
     "dr_storage_recovery": {"snapshot": "1999-01-01"},
     "dr_infrastructure_recovery": {"incident_started_at": "2026-11-26T03:12:00"},  # no zone
     "dr_failover": {"target": "service", "service": "ghost-service"},
+    "dr_test_monthly": {"environment": "production"},  # a drill never runs there
+    "dr_test_quarterly": {"environment": "production"},
 }
 
 

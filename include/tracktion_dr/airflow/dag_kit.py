@@ -189,8 +189,11 @@ def record_timeline(
     data_loss_seconds: float | None = None,
     backup_used: str | None = None,
     details: dict[str, Any] | None = None,
+    clock_started_at: str | None = None,
 ) -> dict[str, Any]:
-    """Build the run's timeline, write it to the ledger, log it; return it (for XCom)."""
+    """Build the run's timeline, write it to the ledger, log it; return it (for XCom).
+    ``clock_started_at``: when the RTO clock started, if not the incident's start (a drill's
+    simulated loss happens during the run)."""
     from tracktion_dr.airflow.support import conninfo
     from tracktion_dr.evidence import ledger
 
@@ -200,7 +203,7 @@ def record_timeline(
         dag_id=context["ti"].dag_id,
         run_id=context["ti"].run_id,
         environment=incident["environment"],
-        clock_started_at=incident["started_at"],
+        clock_started_at=clock_started_at or incident["started_at"],
         rto_target_seconds=rto_target_seconds,
         rpo_target_seconds=rpo_target_seconds,
         events=events,
@@ -436,8 +439,8 @@ def scenario_tail(
 
     ``record_fields(run, context)`` returns the scenario's figures for the record:
     ``rto_target_seconds`` (required), and any of ``rpo_target_seconds``,
-    ``data_loss_seconds``, ``backup_used``, ``details``. A refused guard records nothing
-    (nothing was touched) and its failure is the run's only one."""
+    ``data_loss_seconds``, ``backup_used``, ``details``, ``clock_started_at``. A refused
+    guard records nothing (nothing was touched) and its failure is the run's only one."""
 
     @task(task_id="record", trigger_rule="all_done", retries=0)
     def record(**context: Any) -> dict[str, Any]:

@@ -67,10 +67,12 @@ def event(
     status: str = "succeeded",
     detail: str = "",
     milestone: str = "",
+    kind: str = "step",
 ) -> dict[str, Any]:
     """The event a step returns under ``event`` (``milestone="redundancy"`` on the step
-    that brings a standby back)."""
-    return Event(name, "step", started_at, now_iso(), status, detail, milestone).__dict__.copy()  # type: ignore[arg-type]
+    that brings a standby back; ``kind="gate"`` for a step whose success is a moment the
+    RTO clock reads, see :func:`step`)."""
+    return Event(name, kind, started_at, now_iso(), status, detail, milestone).__dict__.copy()  # type: ignore[arg-type]
 
 
 def guard_result(context: Any) -> dict[str, Any] | None:
@@ -118,6 +120,7 @@ def step(
     milestone: str = "",
     after_all: bool = False,
     skip_in_dry_run: bool | None = None,
+    event_kind: Literal["step", "gate"] = "step",
     **task_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Make ``fn(run, *upstream, **context)`` a scenario step (see the module doc).
@@ -125,7 +128,11 @@ def step(
     ``after_all``: the step runs whatever happened upstream (trigger rule *all done*, e.g.
     starting services again after a failed restore); it is wired without a ``run``
     argument in the graph (``restart()``), reads the guard's result itself and passes it to
-    ``fn`` like every step.
+    ``fn`` like every step. Its trigger rule is *all done* unless ``trigger_rule`` says
+    otherwise (e.g. ``one_failed`` for a rollback).
+
+    ``event_kind="gate"``: the step's event is a gate's (a step that itself proves
+    components recovered, as a drill's tests do: the RTO clock reads when it succeeded).
     """
 
     dry_run_skips = kind in ACTING_KINDS if skip_in_dry_run is None else skip_in_dry_run
@@ -134,7 +141,10 @@ def step(
         name = task_id or fn.__name__
         kwargs = {**STEP_POLICIES[kind], **task_kwargs}
         if after_all:
-            kwargs["trigger_rule"] = "all_done"
+            kwargs.setdefault("trigger_rule", "all_done")
+
+        def finished(started: str, status: str, detail: str) -> dict[str, Any]:
+            return event(name, started, status, detail, milestone, event_kind)
 
         def body(
             run: dict[str, Any] | None, args: tuple[Any, ...], context: dict[str, Any]
@@ -143,10 +153,10 @@ def step(
             if run is None:
                 detail = "the guard refused: nothing was touched"
                 log.info("%s: skipped (%s)", name, detail)
-                return {"event": event(name, started, "skipped", detail, milestone)}
+                return {"event": finished(started, "skipped", detail)}
             if run.get("dry_run") and dry_run_skips:
                 log.info("DRY RUN: %s would run now (see the guard's plan of actions)", name)
-                return {"event": event(name, started, "skipped", "dry run", milestone)}
+                return {"event": finished(started, "skipped", "dry run")}
             if kind in ACTING_KINDS:
                 _renew_lease(context, run)
             try:
@@ -164,7 +174,7 @@ def step(
                 status = str(result.pop("status", "succeeded"))
             else:
                 detail, status, result = str(result or ""), "succeeded", {}
-            return {"event": event(name, started, status, detail, milestone), **result}
+            return {"event": finished(started, status, detail), **result}
 
         if after_all:
 

@@ -486,3 +486,323 @@ def put_back_if_down(environment: Environment, cluster_name: str, loss: dict[str
     os.rename(aside, data)
     start_server(paths, recovery_log_file(cluster, f"putback_{loss.get('tag', 'drill')}"))
     return f"{cluster_name} was down after the drill: put {aside} back and started it"
+
+
+# --- the monthly drill's steps, as dr_test_monthly runs them --------------------------------
+
+# A drill proves recovery with the time measured: each part's result goes to the record,
+# also when the part failed (under this XCom key of its step).
+PARTS_KEY = "steps"
+
+
+def monthly_plan_of_actions(run: dict[str, Any]) -> list[str]:
+    scratch = ", ".join(run["scratch_databases"].values()) or "no database"
+    return [
+        f"test_databases: newest dump (checksum first) into {scratch}, validated in full",
+        f"test_services: stop, start, gate on health: {', '.join(run['services']) or 'none'}",
+        f"test_storage: write, back up, delete, restore, compare: "
+        f"{', '.join(run['storage_areas']) or 'none'} (scratch {run['scratch_dir']})",
+        "teardown: drop the scratch databases and directory, start any service left stopped",
+        "measure_rpo: time since the newest commit the WAL archive holds",
+    ]
+
+
+def test_databases(plan: Plan, run: dict[str, Any], admin_for: Any) -> list[dict[str, Any]]:
+    """Each database's newest dump restored into its scratch database and validated
+    (``admin_for(conn_id)``: the cluster's admin endpoint)."""
+    environment = plan.environment(run["environment"])
+    parts = []
+    for name in run["databases"]:
+        spec = environment.databases[name]
+        result = restore_test(
+            environment,
+            name,
+            run["scratch_databases"][name],
+            admin_for(environment.clusters[spec.cluster].conn_id),
+            plan.tiers[spec.tier].rto.total_seconds(),
+        )
+        parts.append(result.as_dict())
+    return parts
+
+
+def test_services(
+    plan: Plan, run: dict[str, Any], controller_for: Any, timeout_seconds: float
+) -> list[dict[str, Any]]:
+    """Each monthly service stopped, started and gated on health, one after the other,
+    within its tier's RTO (or ``timeout_seconds`` when shorter)."""
+    environment = plan.environment(run["environment"])
+    parts = []
+    for name in run["services"]:
+        spec = environment.services[name]
+        rto = plan.tiers[spec.tier].rto.total_seconds()
+        controller = controller_for(environment.controllers[spec.controller])
+        result = service_cycle_test(environment, name, controller, min(rto, timeout_seconds))
+        result.target_seconds = rto
+        parts.append(result.as_dict())
+    return parts
+
+
+def storage_target_seconds(plan: Plan, environment: Environment, area: str) -> float:
+    """The strictest RTO of the services that need ``area`` (the loosest tier if none)."""
+    tiers = [plan.tiers[environment.services[s].tier].rto for s in environment.dependents_of(area)]
+    return min(tiers or [max(t.rto for t in plan.tiers.values())]).total_seconds()
+
+
+def test_storage(plan: Plan, run: dict[str, Any]) -> list[dict[str, Any]]:
+    environment = plan.environment(run["environment"])
+    return [
+        storage_test(
+            area,
+            Path(environment.storage[area].path),
+            Path(run["scratch_dir"]) / "storage",
+            run["incident_id"],
+            storage_target_seconds(plan, environment, area),
+        ).as_dict()
+        for area in run["storage_areas"]
+    ]
+
+
+def judge_parts(name: str, parts: list[dict[str, Any]]) -> str:
+    """The step's sentence when every part recovered; a failed part fails the step
+    (:class:`ValidationFailed`), naming the parts that failed."""
+    from tracktion_dr.core.errors import ValidationFailed
+
+    failed = [p for p in parts if p["status"] != "succeeded"]
+    detail = "; ".join(f"{p['name']}: {p['detail']}" for p in (failed or parts))[:1500]
+    if failed:
+        raise ValidationFailed(f"{name} failed: {detail}")
+    return detail or "nothing to test"
+
+
+def teardown(
+    plan: Plan, run: dict[str, Any], admin_for: Any, controller_for: Any
+) -> dict[str, Any]:
+    done = teardown_monthly(plan.environment(run["environment"]), run, admin_for, controller_for)
+    for line in done:
+        log.info("teardown: %s", line)
+    return {"detail": "; ".join(done) or "nothing to remove", "lines": done}
+
+
+def measure_rpo(plan: Plan, run: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """Data at risk now: time since the newest commit the WAL archive holds (first database
+    of the drill), against the transactional RPO."""
+    from tracktion_dr.scenarios.database import catalog_for
+
+    environment = plan.environment(run["environment"])
+    name = run["databases"][0]
+    spec = environment.databases[name]
+    newest = catalog_for(environment, environment.clusters[spec.cluster]).newest_restorable_point()
+    return rpo_exposure(
+        name,
+        newest,
+        plan.data_categories[spec.data_category].rpo.total_seconds(),
+        now or datetime.now(UTC),
+    )
+
+
+def rpo_exposure(
+    database: str, newest: datetime | None, rpo_seconds: float, now: datetime
+) -> dict[str, Any]:
+    if newest is None:
+        note = "no restorable point in the WAL archive: RPO not measured"
+        return {"detail": note, "note": note, "rpo_target_seconds": rpo_seconds}
+    exposure = (now - newest).total_seconds()
+    note = (
+        f"{database}: newest commit in the WAL archive {newest.isoformat()}, "
+        f"{exposure:.0f}s ago: the data a loss now would cost"
+    )
+    return {
+        "detail": note,
+        "note": note,
+        "rpo_target_seconds": rpo_seconds,
+        "data_loss_seconds": exposure,
+    }
+
+
+def monthly_rto_seconds(plan: Plan, run: dict[str, Any]) -> float:
+    """The strictest tier among the drill's databases and services (the loosest tier when
+    the drill has neither)."""
+    environment = plan.environment(run["environment"])
+    targets = [plan.tiers[environment.databases[d].tier].rto for d in run.get("databases", [])]
+    targets += [plan.tiers[environment.services[s].tier].rto for s in run.get("services", [])]
+    return min(targets or [max(t.rto for t in plan.tiers.values())]).total_seconds()
+
+
+def monthly_record_fields(
+    plan: Plan,
+    run: dict[str, Any],
+    parts: list[dict[str, Any]],
+    rpo: dict[str, Any] | None,
+    teardown_lines: list[str] | None,
+) -> dict[str, Any]:
+    rpo = rpo or {}
+    return {
+        "rto_target_seconds": monthly_rto_seconds(plan, run),
+        "rpo_target_seconds": rpo.get("rpo_target_seconds"),
+        "data_loss_seconds": rpo.get("data_loss_seconds"),
+        "backup_used": next(
+            (p["evidence"]["dump"] for p in parts if (p.get("evidence") or {}).get("dump")),
+            None,
+        ),
+        "details": {
+            "steps": parts,
+            "notes": [n for n in [rpo.get("note")] if n]
+            + [f"teardown: {line}" for line in teardown_lines or []],
+        },
+    }
+
+
+# --- the quarterly drill's steps, as dr_test_quarterly runs them ------------------------------
+
+# Each chain step's outcome (the child run and its record), also when it failed.
+CHAIN_KEY = "chain"
+
+
+def chain_task_id(index: int, dag_id: str) -> str:
+    return f"step_{index + 1}_{dag_id}"
+
+
+def quarterly_plan_of_actions(plan: Plan, run: dict[str, Any]) -> list[str]:
+    steps = plan.drills.quarterly.steps if plan.drills else []
+    return [
+        f"simulate_loss: stop {run['cluster']} (immediate) and move its data directory aside "
+        f"(.lost_{run['tag']}, kept); the RTO clock starts here",
+        *(
+            f"{chain_task_id(i, s.dag_id)}: run {s.dag_id} {s.conf or ''} ({s.label or s.dag_id})"
+            for i, s in enumerate(steps)
+        ),
+        f"safety_net: if {run['cluster']} does not answer, put the lost directory back",
+    ]
+
+
+def lose_cluster(plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
+    loss = simulate_cluster_loss(plan.environment(run["environment"]), run["cluster"], run["tag"])
+    detail = (
+        f"cluster {run['cluster']} lost at {loss['lost_at']}: stopped (immediate), data "
+        f"directory moved aside to {loss['moved_aside']}"
+    )
+    log.info("%s", detail)
+    return {"detail": detail, **loss, "tag": run["tag"]}
+
+
+def chain_step_conf(step: Any, run: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
+    """The step DAG's conf: the plan's, plus this drill's incident and clock start."""
+    return {**step.conf, "incident_id": run["incident_id"], "incident_started_at": loss["lost_at"]}
+
+
+def judge_chain_step(
+    step: Any, result: dict[str, Any], started_at: str, finished_at: str
+) -> dict[str, Any]:
+    """What the record keeps of one chain step's run: its status and sentence, when it ran,
+    the child run and the figures of its record."""
+    record = result.get("record") or {}
+    ok = result["state"] == "success"
+    failed_tasks = sorted(k for k, v in (result.get("task_states") or {}).items() if v == "failed")
+    detail = (
+        f"{step.label or step.dag_id}: {step.dag_id} run {result.get('run_id')} {result['state']}"
+    )
+    if record.get("rto_achieved_seconds"):
+        detail += f"; RTO achieved {record['rto_achieved_seconds']}s"
+    if record.get("data_loss_seconds") is not None:
+        detail += f"; data lost {record['data_loss_seconds']:.1f}s"
+    if not ok:
+        detail += f"; failed tasks {failed_tasks}"
+    if result.get("error"):
+        detail += f"; {result['error'][-300:]}"
+    return {
+        "status": "succeeded" if ok else "failed",
+        "detail": detail,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "child": {k: v for k, v in result.items() if k != "record"},
+        "record": {
+            k: record.get(k)
+            for k in ("rto_achieved_seconds", "data_loss_seconds", "rpo_target_seconds", "outcome")
+        }
+        if record
+        else None,
+        "label": step.label or step.dag_id,
+    }
+
+
+def safety_net(plan: Plan, run: dict[str, Any], loss: dict[str, Any] | None) -> str:
+    if not loss or not loss.get("moved_aside"):
+        return "nothing was lost: nothing to put back"
+    detail = put_back_if_down(plan.environment(run["environment"]), run["cluster"], loss)
+    log.info("%s", detail)
+    return detail
+
+
+def _seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def quarterly_record_fields(
+    plan: Plan,
+    run: dict[str, Any],
+    loss: dict[str, Any] | None,
+    chain: list[tuple[str, str, dict[str, Any] | None]],
+    safety_net_detail: str | None,
+) -> dict[str, Any]:
+    """The drill's record: the simulated loss and each chain step's time on the RTO clock
+    (since the loss) when it finished, the tier's RTO and RPO, the data lost as the first
+    step that measured it says. ``chain``: (task id, label, what the step kept - see
+    :func:`judge_chain_step` - or its event when it was skipped; None when it never ran)."""
+    clock = (loss or {}).get("lost_at") or run["started_at"]
+    steps: list[dict[str, Any]] = []
+    if loss and loss.get("event"):
+        event = loss["event"]
+        steps.append(
+            {
+                "name": "simulate_loss",
+                "status": event["status"],
+                "seconds": 0.0,
+                "target_seconds": None,
+                "detail": event["detail"],
+            }
+        )
+    environment = plan.environment(run["environment"])
+    cluster = run.get("cluster") or (plan.drills.quarterly.cluster if plan.drills else None)
+    tiers = [plan.tiers[d.tier] for d in environment.databases.values() if d.cluster == cluster]
+    rto = min(t.rto for t in tiers).total_seconds() if tiers else 4 * 3600.0
+    data_lost, rpo_target = None, None
+    for task_id, label, ran in chain:
+        if not ran:
+            steps.append(
+                {
+                    "name": task_id,
+                    "status": "not run",
+                    "seconds": None,
+                    "target_seconds": None,
+                    "detail": label,
+                }
+            )
+            continue
+        steps.append(
+            {
+                "name": f"{task_id} ({label})",
+                "status": ran["status"],
+                "seconds": _seconds_between(clock, ran["finished_at"]),
+                "target_seconds": rto,
+                "detail": ran["detail"],
+                "took_seconds": _seconds_between(ran["started_at"], ran["finished_at"]),
+            }
+        )
+        child = ran.get("record") or {}
+        if child.get("data_loss_seconds") is not None and data_lost is None:
+            data_lost, rpo_target = child["data_loss_seconds"], child.get("rpo_target_seconds")
+    return {
+        "rto_target_seconds": rto,
+        "rpo_target_seconds": rpo_target
+        or (min(t.rpo for t in tiers).total_seconds() if tiers else None),
+        "data_loss_seconds": data_lost,
+        "clock_started_at": clock,
+        "details": {
+            "steps": steps,
+            "notes": [
+                "step times are the RTO clock (time since the simulated loss) when each step "
+                "finished",
+                f"safety net: {safety_net_detail}",
+            ],
+        },
+    }
