@@ -53,18 +53,15 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
+from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import (
     RtoGate,
-    now_iso,
+    functional_checks_pass,
     open_incident,
-    publish_task,
-    raise_for_outcome,
-    record_timeline,
-    refusing_bad_input,
-    release_exclusivity,
-    step_event,
+    scenario_tail,
+    services_healthy,
     take_exclusivity,
 )
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
@@ -79,6 +76,41 @@ CLUSTERS = sorted({name for env in PLAN.environments.values() for name in env.cl
 
 def _cluster(run: dict):
     return PLAN.environment(run["environment"]).clusters[run["cluster"]]
+
+
+def _admin(run: dict):
+    from tracktion_dr.airflow.support import endpoint
+
+    return endpoint(_cluster(run).conn_id)
+
+
+def recovery_target_reached(run: dict) -> tuple[bool, str]:
+    from tracktion_dr.scenarios.database import recovery_target_reached as reached
+
+    return reached(_cluster(run), run, _admin(run).conninfo("postgres"))
+
+
+def _record_fields(run: dict, context) -> dict:
+    from tracktion_dr.scenarios.database import kept_copies
+
+    measured = context["ti"].xcom_pull(task_ids="measure_data_loss") or {}
+    loss = measured.get("data_loss") or {}
+    return {
+        "rto_target_seconds": run["rto_seconds"],
+        "rpo_target_seconds": run["rpo_seconds"],
+        "data_loss_seconds": loss.get("seconds"),
+        "backup_used": run["base_backup"]["id"],
+        "details": {
+            "cluster": run["cluster"],
+            "target": run["target"],
+            "window": run["window"],
+            "data_loss": loss,
+            "last_replayed_commit": measured.get("last_replayed_commit"),
+            "kept_copies": kept_copies(run),
+            "salvage_dir": run["salvage_dir"],
+            "resumed": run["resuming"] is not None,
+        },
+    }
 
 
 @dag(
@@ -125,184 +157,114 @@ def _cluster(run: dict):
     doc_md=__doc__,
 )
 def dr_database_pitr():
-    @task
+    @steps.guard()
     def guard(**context) -> dict:
-        from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.scenarios.database import guard_pitr, salvage_current_wal
 
         incident = open_incident(context, PLAN)
-        with refusing_bad_input():
-            pitr_plan = guard_pitr(PLAN, incident, context["params"])
-        log.info(
-            "recoverable window: %s; plan of actions%s:\n%s",
-            pitr_plan["window_text"] or "(resuming: the target was checked when it was laid down)",
-            " (DRY RUN)" if incident["dry_run"] else "",
-            "\n".join(f"  {i}. {a}" for i, a in enumerate(pitr_plan["actions"], 1)),
+        pitr_plan = guard_pitr(PLAN, incident, context["params"])
+        steps.print_plan_of_actions(
+            incident,
+            pitr_plan["actions"],
+            "recoverable window: "
+            + (pitr_plan["window_text"] or "(resuming: checked when the target was laid down)"),
         )
-        exclusivity: dict = {}
-        if not incident["dry_run"]:
-            with refusing_bad_input():
-                exclusivity = take_exclusivity(
-                    context,
-                    incident,
-                    [
-                        f"cluster:{pitr_plan['cluster']}",
-                        *(f"database:{d}" for d in pitr_plan["databases"]),
-                    ],
-                )
-            # Every refusal is behind us: the one side effect of the guard comes last.
-            if pitr_plan["resuming"] is None:
-                log.info(salvage_current_wal(endpoint(_cluster(pitr_plan | incident).conn_id)))
+        if incident["dry_run"]:
+            return {**incident, **pitr_plan}
+        resources = [f"cluster:{pitr_plan['cluster']}"]
+        resources += [f"database:{d}" for d in pitr_plan["databases"]]
+        exclusivity = take_exclusivity(context, incident, resources)
+        # Every refusal is behind us: the one side effect of the guard comes last.
+        if pitr_plan["resuming"] is None:
+            log.info(salvage_current_wal(_admin({**incident, **pitr_plan})))
         return {**incident, **pitr_plan, **exclusivity}
 
-    @task
-    def stop_services(run: dict) -> dict:
+    @steps.step("destructive")
+    def stop_services(run: dict, **context) -> dict | str:
         from tracktion_dr.airflow.support import controller
         from tracktion_dr.scenarios.database import recovered_primary
         from tracktion_dr.scenarios.database import stop_services as stop
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("stop_services", started, "skipped", "dry run")}
         if recovered_primary(_cluster(run), run):
             return {
-                "event": step_event(
-                    "stop_services",
-                    started,
-                    "skipped",
-                    "the cluster is already this incident's recovered primary: services stay up",
-                )
+                "status": "skipped",
+                "detail": "the cluster is already this incident's recovered primary: services stay up",
             }
-        detail = stop(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("stop_services", started, detail=detail)}
+        return stop(PLAN.environment(run["environment"]), run["services"], controller)
 
-    @task
-    def prepare_data_directory(run: dict) -> dict:
+    @steps.step("destructive")
+    def prepare_data_directory(run: dict, **context) -> str:
         from tracktion_dr.scenarios.database import prepare_data_directory as prepare
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("prepare_data_directory", started, "skipped", "dry run")}
-        return {
-            "event": step_event(
-                "prepare_data_directory", started, detail=prepare(_cluster(run), run)
-            )
-        }
+        return prepare(_cluster(run), run)
 
-    @task
-    def start_postgres(run: dict) -> dict:
+    @steps.step("destructive")
+    def start_postgres(run: dict, **context) -> str:
         from tracktion_dr.scenarios.database import start_recovery_server
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("start_postgres", started, "skipped", "dry run")}
-        detail = start_recovery_server(_cluster(run), run)
-        return {"event": step_event("start_postgres", started, detail=detail)}
+        return start_recovery_server(_cluster(run), run)
 
-    def recovery_target_reached(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.airflow.support import endpoint
-        from tracktion_dr.scenarios.database import recovery_target_reached as reached
-
-        cluster = _cluster(run)
-        return reached(cluster, run, endpoint(cluster.conn_id).conninfo("postgres"))
-
-    @task
-    def validate_recovered(run: dict) -> dict:
-        from tracktion_dr.airflow.support import endpoint
+    @steps.step("check", skip_in_dry_run=True)
+    def validate_recovered(run: dict, **context) -> dict:
         from tracktion_dr.core.errors import ValidationFailed
         from tracktion_dr.scenarios.database import validate_recovered as validate
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("validate_recovered", started, "skipped", "dry run")}
-        cluster = _cluster(run)
-        reports = validate(endpoint(cluster.conn_id), run["databases"], Path(cluster.bin_dir))
+        reports = validate(_admin(run), run["databases"], Path(_cluster(run).bin_dir))
         problems = [p for report in reports for p in report["problems"]]
         if problems:
             raise ValidationFailed(
                 "the recovered cluster failed validation (it stays paused, not promoted): "
                 + "; ".join(problems[:8])
             )
-        return {
-            "event": step_event(
-                "validate_recovered",
-                started,
-                detail="; ".join(
-                    f"{r['database']}: {r['checks'].get('pg_amcheck')}" for r in reports
-                )
-                or "no databases",
-            ),
-            "reports": reports,
-        }
+        checks = "; ".join(f"{r['database']}: {r['checks'].get('pg_amcheck')}" for r in reports)
+        return {"detail": checks or "no databases", "reports": reports}
 
-    @task
-    def promote(run: dict) -> dict:
-        from tracktion_dr.airflow.support import endpoint
+    @steps.step("destructive")
+    def promote(run: dict, **context) -> str:
         from tracktion_dr.scenarios.database import promote_recovered
 
-        started = now_iso()
-        if run["dry_run"]:
-            return {"event": step_event("promote", started, "skipped", "dry run")}
-        cluster = _cluster(run)
-        detail = promote_recovered(cluster, run, endpoint(cluster.conn_id))
-        return {"event": step_event("promote", started, detail=detail)}
+        return promote_recovered(_cluster(run), run, _admin(run))
 
-    @task(trigger_rule="all_done")
-    def start_services(**context) -> dict:
+    @steps.step("destructive", after_all=True)
+    def start_services(run: dict, **context) -> dict | str:
         """Runs whatever happened after stop_services: services must not stay down because
         a later step failed (their health gates then tell the truth)."""
         from tracktion_dr.airflow.support import controller
         from tracktion_dr.scenarios.database import start_services as start
 
-        started = now_iso()
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None or context["ti"].xcom_pull(task_ids="stop_services") is None:
-            return {
-                "event": step_event("start_services", started, "skipped", "nothing was stopped")
-            }
-        if run["dry_run"]:
-            return {"event": step_event("start_services", started, "skipped", "dry run")}
-        detail = start(PLAN.environment(run["environment"]), run["services"], controller)
-        return {"event": step_event("start_services", started, detail=detail)}
+        if context["ti"].xcom_pull(task_ids="stop_services") is None:
+            return {"status": "skipped", "detail": "nothing was stopped"}
+        return start(PLAN.environment(run["environment"]), run["services"], controller)
 
-    def services_healthy(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.services.checks import service_health
-
-        return service_health(PLAN.environment(run["environment"]), run["services"])
-
-    def functional(run: dict) -> tuple[bool, str]:
-        from tracktion_dr.services.checks import functional_checks
-
-        return functional_checks(PLAN.environment(run["environment"]), run["services"])
-
-    @task
-    def reseed_replica(run: dict) -> dict:
+    @steps.step("destructive", milestone="redundancy", after_all=True)
+    def reseed_replica(run: dict, **context) -> dict | str:
+        """After the service gates, whatever they found: a standby brings redundancy back,
+        not service (recorded as "redundancy restored", outside the RTO)."""
         from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.postgres.pitr import ClusterPaths
         from tracktion_dr.postgres.replica import reseed_replica as reseed
 
-        started = now_iso()
+        if context["ti"].xcom_pull(task_ids="promote") is None:
+            return {
+                "status": "skipped",
+                "detail": "the primary was not recovered: nothing to follow",
+            }
         cluster = _cluster(run)
-        if run["dry_run"]:
-            return {"event": step_event("reseed_replica", started, "skipped", "dry run")}
         if not (
             cluster.replica_data_directory
             and cluster.replica_conn_id
             and cluster.replication_conn_id
         ):
             return {
-                "event": step_event(
-                    "reseed_replica",
-                    started,
-                    "skipped",
-                    "the plan names no replica: if one exists it follows the old timeline and MUST be re-seeded by hand",
-                )
+                "status": "skipped",
+                "detail": "the plan names no replica: if one exists it follows the old timeline "
+                "and MUST be re-seeded by hand",
             }
         replica_dir = Path(cluster.replica_data_directory)
         replica_admin = endpoint(cluster.replica_conn_id)
-        detail = reseed(
+        return reseed(
             endpoint(cluster.replication_conn_id),
-            endpoint(cluster.conn_id),
+            _admin(run),
             ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
             replica_admin.port,
             replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
@@ -313,28 +275,27 @@ def dr_database_pitr():
             replica_admin=replica_admin,
             bindir=Path(cluster.bin_dir),
         )
-        return {"event": step_event("reseed_replica", started, detail=detail)}
 
-    @task
-    def measure_data_loss(run: dict) -> dict:
-        from tracktion_dr.airflow.support import endpoint
+    @steps.step("check", skip_in_dry_run=True, after_all=True)
+    def measure_data_loss(run: dict, **context) -> dict:
+        """Once the primary is recovered, whatever the gates found."""
         from tracktion_dr.postgres.measure import canary_data_loss
         from tracktion_dr.postgres.pitr import last_replayed_commit
         from tracktion_dr.scenarios.database import recovery_log_file
 
-        started = now_iso()
-        if run["dry_run"]:
+        if context["ti"].xcom_pull(task_ids="promote") is None:
             return {
-                "event": step_event("measure_data_loss", started, "skipped", "dry run"),
+                "status": "skipped",
+                "detail": "the primary was not recovered",
                 "data_loss": None,
             }
-        cluster = _cluster(run)
-        log_file = recovery_log_file(cluster, run["tag"])
+
+        log_file = recovery_log_file(_cluster(run), run["tag"])
         replayed = last_replayed_commit(log_file.read_text()) if log_file.exists() else None
         fallback = datetime.fromisoformat(replayed.replace(" UTC", "+00:00")) if replayed else None
         losses = [
             canary_data_loss(
-                endpoint(cluster.conn_id).conninfo(name),
+                _admin(run).conninfo(name),
                 datetime.fromisoformat(run["started_at"]),
                 fallback=fallback,
                 fallback_method="last replayed transaction",
@@ -343,52 +304,10 @@ def dr_database_pitr():
         ]
         worst = max(losses, key=lambda loss: loss.seconds or 0) if losses else None
         return {
-            "event": step_event(
-                "measure_data_loss", started, detail=worst.describe() if worst else "no databases"
-            ),
+            "detail": worst.describe() if worst else "no databases",
             "data_loss": worst.as_dict() if worst else None,
             "last_replayed_commit": replayed,
         }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(**context) -> dict:
-        from tracktion_dr.scenarios.database import kept_copies
-
-        run = context["ti"].xcom_pull(task_ids="guard")
-        if run is None:  # the guard refused: nothing was touched, nothing to record
-            return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
-        measured = context["ti"].xcom_pull(task_ids="measure_data_loss") or {}
-        loss = measured.get("data_loss") or {}
-        timeline = record_timeline(
-            context,
-            incident=run,
-            rto_target_seconds=run["rto_seconds"],
-            rpo_target_seconds=run["rpo_seconds"],
-            data_loss_seconds=loss.get("seconds"),
-            backup_used=run["base_backup"]["id"],
-            details={
-                "cluster": run["cluster"],
-                "target": run["target"],
-                "window": run["window"],
-                "data_loss": loss,
-                "last_replayed_commit": measured.get("last_replayed_commit"),
-                "kept_copies": kept_copies(run),
-                "salvage_dir": run["salvage_dir"],
-                "resumed": run["resuming"] is not None,
-            },
-        )
-        release_exclusivity(context)
-        return timeline
-
-    @task(retries=0)
-    def notify_outcome(timeline: dict, **context) -> dict:
-        from tracktion_dr.notify.runs import notify_outcome as send
-
-        return send(PLAN, context["ti"].xcom_pull(task_ids="guard"), timeline)
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        raise_for_outcome(timeline)
 
     run = guard()
     stopped = stop_services(run)
@@ -406,20 +325,20 @@ def dr_database_pitr():
     services_started = start_services()
     started_pg >> gate_target >> validated >> promoted >> services_started
     gate_services = RtoGate(
-        task_id="gate_services_healthy", check=services_healthy, incident=run, plan=PLAN
+        task_id="gate_services_healthy", check=services_healthy(PLAN), incident=run, plan=PLAN
     )
     gate_functional = RtoGate(
-        task_id="gate_functional_checks", check=functional, incident=run, plan=PLAN
+        task_id="gate_functional_checks",
+        check=functional_checks_pass(PLAN),
+        incident=run,
+        plan=PLAN,
     )
     [promoted, services_started] >> gate_services >> gate_functional
-    reseeded = reseed_replica(run)
-    promoted >> reseeded
-    loss = measure_data_loss(run)
-    gate_functional >> loss
-    timeline = record()
-    [loss, reseeded] >> timeline
-    notify_outcome(timeline)
-    publish_task(PLAN, timeline) >> verdict(timeline)
+    # Service first: the standby and the bookkeeping come after the service gates.
+    loss = measure_data_loss()
+    reseeded = reseed_replica()
+    gate_functional >> loss >> reseeded
+    scenario_tail(PLAN, run, [reseeded], record_fields=_record_fields, exclusive=True)
 
 
 dr_database_pitr()
