@@ -113,6 +113,168 @@ def _record_fields(run: dict, context) -> dict:
     }
 
 
+# The steps, each written once through the kit; the DAG below only wires them.
+
+
+@steps.guard()
+def guard(**context) -> dict:
+    from tracktion_dr.scenarios.database import guard_pitr, salvage_current_wal
+
+    incident = open_incident(context, PLAN)
+    pitr_plan = guard_pitr(PLAN, incident, context["params"])
+    steps.print_plan_of_actions(
+        incident,
+        pitr_plan["actions"],
+        "recoverable window: "
+        + (pitr_plan["window_text"] or "(resuming: checked when the target was laid down)"),
+    )
+    if incident["dry_run"]:
+        return {**incident, **pitr_plan}
+    resources = [f"cluster:{pitr_plan['cluster']}"]
+    resources += [f"database:{d}" for d in pitr_plan["databases"]]
+    exclusivity = take_exclusivity(context, incident, resources)
+    # Every refusal is behind us: the one side effect of the guard comes last.
+    if pitr_plan["resuming"] is None:
+        log.info(salvage_current_wal(_admin({**incident, **pitr_plan})))
+    return {**incident, **pitr_plan, **exclusivity}
+
+
+@steps.step("destructive")
+def stop_services(run: dict, **context) -> dict | str:
+    from tracktion_dr.airflow.support import controller
+    from tracktion_dr.scenarios.database import recovered_primary
+    from tracktion_dr.scenarios.database import stop_services as stop
+
+    if recovered_primary(_cluster(run), run):
+        return {
+            "status": "skipped",
+            "detail": "the cluster is already this incident's recovered primary: services stay up",
+        }
+    return stop(PLAN.environment(run["environment"]), run["services"], controller)
+
+
+@steps.step("destructive")
+def prepare_data_directory(run: dict, **context) -> str:
+    from tracktion_dr.scenarios.database import prepare_data_directory as prepare
+
+    return prepare(_cluster(run), run)
+
+
+@steps.step("destructive")
+def start_postgres(run: dict, **context) -> str:
+    from tracktion_dr.scenarios.database import start_recovery_server
+
+    return start_recovery_server(_cluster(run), run)
+
+
+@steps.step("check", skip_in_dry_run=True)
+def validate_recovered(run: dict, **context) -> dict:
+    from tracktion_dr.core.errors import ValidationFailed
+    from tracktion_dr.scenarios.database import validate_recovered as validate
+
+    reports = validate(_admin(run), run["databases"], Path(_cluster(run).bin_dir))
+    problems = [p for report in reports for p in report["problems"]]
+    if problems:
+        raise ValidationFailed(
+            "the recovered cluster failed validation (it stays paused, not promoted): "
+            + "; ".join(problems[:8])
+        )
+    checks = "; ".join(f"{r['database']}: {r['checks'].get('pg_amcheck')}" for r in reports)
+    return {"detail": checks or "no databases", "reports": reports}
+
+
+@steps.step("destructive")
+def promote(run: dict, **context) -> str:
+    from tracktion_dr.scenarios.database import promote_recovered
+
+    return promote_recovered(_cluster(run), run, _admin(run))
+
+
+@steps.step("destructive", after_all=True)
+def start_services(run: dict, **context) -> dict | str:
+    """Runs whatever happened after stop_services: services must not stay down because
+    a later step failed (their health gates then tell the truth)."""
+    from tracktion_dr.airflow.support import controller
+    from tracktion_dr.scenarios.database import start_services as start
+
+    if context["ti"].xcom_pull(task_ids="stop_services") is None:
+        return {"status": "skipped", "detail": "nothing was stopped"}
+    return start(PLAN.environment(run["environment"]), run["services"], controller)
+
+
+@steps.step("destructive", milestone="redundancy", after_all=True)
+def reseed_replica(run: dict, **context) -> dict | str:
+    """After the service gates, whatever they found: a standby brings redundancy back,
+    not service (recorded as "redundancy restored", outside the RTO)."""
+    from tracktion_dr.airflow.support import endpoint
+    from tracktion_dr.postgres.pitr import ClusterPaths
+    from tracktion_dr.postgres.replica import reseed_replica as reseed
+
+    if context["ti"].xcom_pull(task_ids="promote") is None:
+        return {
+            "status": "skipped",
+            "detail": "the primary was not recovered: nothing to follow",
+        }
+    cluster = _cluster(run)
+    if not (
+        cluster.replica_data_directory and cluster.replica_conn_id and cluster.replication_conn_id
+    ):
+        return {
+            "status": "skipped",
+            "detail": "the plan names no replica: if one exists it follows the old timeline "
+            "and MUST be re-seeded by hand",
+        }
+    replica_dir = Path(cluster.replica_data_directory)
+    replica_admin = endpoint(cluster.replica_conn_id)
+    return reseed(
+        endpoint(cluster.replication_conn_id),
+        _admin(run),
+        ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
+        replica_admin.port,
+        replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
+        tag=run["tag"],
+        incident_id=run["incident_id"],
+        cluster_name=run["cluster"],
+        wal_archive=Path(run["wal_archive"]),
+        replica_admin=replica_admin,
+        bindir=Path(cluster.bin_dir),
+    )
+
+
+@steps.step("check", skip_in_dry_run=True, after_all=True)
+def measure_data_loss(run: dict, **context) -> dict:
+    """Once the primary is recovered, whatever the gates found."""
+    from tracktion_dr.postgres.measure import canary_data_loss
+    from tracktion_dr.postgres.pitr import last_replayed_commit
+    from tracktion_dr.scenarios.database import recovery_log_file
+
+    if context["ti"].xcom_pull(task_ids="promote") is None:
+        return {
+            "status": "skipped",
+            "detail": "the primary was not recovered",
+            "data_loss": None,
+        }
+
+    log_file = recovery_log_file(_cluster(run), run["tag"])
+    replayed = last_replayed_commit(log_file.read_text()) if log_file.exists() else None
+    fallback = datetime.fromisoformat(replayed.replace(" UTC", "+00:00")) if replayed else None
+    losses = [
+        canary_data_loss(
+            _admin(run).conninfo(name),
+            datetime.fromisoformat(run["started_at"]),
+            fallback=fallback,
+            fallback_method="last replayed transaction",
+        )
+        for name in run["databases"]
+    ]
+    worst = max(losses, key=lambda loss: loss.seconds or 0) if losses else None
+    return {
+        "detail": worst.describe() if worst else "no databases",
+        "data_loss": worst.as_dict() if worst else None,
+        "last_replayed_commit": replayed,
+    }
+
+
 @dag(
     dag_id="dr_database_pitr",
     schedule=None,
@@ -157,158 +319,6 @@ def _record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_database_pitr():
-    @steps.guard()
-    def guard(**context) -> dict:
-        from tracktion_dr.scenarios.database import guard_pitr, salvage_current_wal
-
-        incident = open_incident(context, PLAN)
-        pitr_plan = guard_pitr(PLAN, incident, context["params"])
-        steps.print_plan_of_actions(
-            incident,
-            pitr_plan["actions"],
-            "recoverable window: "
-            + (pitr_plan["window_text"] or "(resuming: checked when the target was laid down)"),
-        )
-        if incident["dry_run"]:
-            return {**incident, **pitr_plan}
-        resources = [f"cluster:{pitr_plan['cluster']}"]
-        resources += [f"database:{d}" for d in pitr_plan["databases"]]
-        exclusivity = take_exclusivity(context, incident, resources)
-        # Every refusal is behind us: the one side effect of the guard comes last.
-        if pitr_plan["resuming"] is None:
-            log.info(salvage_current_wal(_admin({**incident, **pitr_plan})))
-        return {**incident, **pitr_plan, **exclusivity}
-
-    @steps.step("destructive")
-    def stop_services(run: dict, **context) -> dict | str:
-        from tracktion_dr.airflow.support import controller
-        from tracktion_dr.scenarios.database import recovered_primary
-        from tracktion_dr.scenarios.database import stop_services as stop
-
-        if recovered_primary(_cluster(run), run):
-            return {
-                "status": "skipped",
-                "detail": "the cluster is already this incident's recovered primary: services stay up",
-            }
-        return stop(PLAN.environment(run["environment"]), run["services"], controller)
-
-    @steps.step("destructive")
-    def prepare_data_directory(run: dict, **context) -> str:
-        from tracktion_dr.scenarios.database import prepare_data_directory as prepare
-
-        return prepare(_cluster(run), run)
-
-    @steps.step("destructive")
-    def start_postgres(run: dict, **context) -> str:
-        from tracktion_dr.scenarios.database import start_recovery_server
-
-        return start_recovery_server(_cluster(run), run)
-
-    @steps.step("check", skip_in_dry_run=True)
-    def validate_recovered(run: dict, **context) -> dict:
-        from tracktion_dr.core.errors import ValidationFailed
-        from tracktion_dr.scenarios.database import validate_recovered as validate
-
-        reports = validate(_admin(run), run["databases"], Path(_cluster(run).bin_dir))
-        problems = [p for report in reports for p in report["problems"]]
-        if problems:
-            raise ValidationFailed(
-                "the recovered cluster failed validation (it stays paused, not promoted): "
-                + "; ".join(problems[:8])
-            )
-        checks = "; ".join(f"{r['database']}: {r['checks'].get('pg_amcheck')}" for r in reports)
-        return {"detail": checks or "no databases", "reports": reports}
-
-    @steps.step("destructive")
-    def promote(run: dict, **context) -> str:
-        from tracktion_dr.scenarios.database import promote_recovered
-
-        return promote_recovered(_cluster(run), run, _admin(run))
-
-    @steps.step("destructive", after_all=True)
-    def start_services(run: dict, **context) -> dict | str:
-        """Runs whatever happened after stop_services: services must not stay down because
-        a later step failed (their health gates then tell the truth)."""
-        from tracktion_dr.airflow.support import controller
-        from tracktion_dr.scenarios.database import start_services as start
-
-        if context["ti"].xcom_pull(task_ids="stop_services") is None:
-            return {"status": "skipped", "detail": "nothing was stopped"}
-        return start(PLAN.environment(run["environment"]), run["services"], controller)
-
-    @steps.step("destructive", milestone="redundancy", after_all=True)
-    def reseed_replica(run: dict, **context) -> dict | str:
-        """After the service gates, whatever they found: a standby brings redundancy back,
-        not service (recorded as "redundancy restored", outside the RTO)."""
-        from tracktion_dr.airflow.support import endpoint
-        from tracktion_dr.postgres.pitr import ClusterPaths
-        from tracktion_dr.postgres.replica import reseed_replica as reseed
-
-        if context["ti"].xcom_pull(task_ids="promote") is None:
-            return {
-                "status": "skipped",
-                "detail": "the primary was not recovered: nothing to follow",
-            }
-        cluster = _cluster(run)
-        if not (
-            cluster.replica_data_directory
-            and cluster.replica_conn_id
-            and cluster.replication_conn_id
-        ):
-            return {
-                "status": "skipped",
-                "detail": "the plan names no replica: if one exists it follows the old timeline "
-                "and MUST be re-seeded by hand",
-            }
-        replica_dir = Path(cluster.replica_data_directory)
-        replica_admin = endpoint(cluster.replica_conn_id)
-        return reseed(
-            endpoint(cluster.replication_conn_id),
-            _admin(run),
-            ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
-            replica_admin.port,
-            replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
-            tag=run["tag"],
-            incident_id=run["incident_id"],
-            cluster_name=run["cluster"],
-            wal_archive=Path(run["wal_archive"]),
-            replica_admin=replica_admin,
-            bindir=Path(cluster.bin_dir),
-        )
-
-    @steps.step("check", skip_in_dry_run=True, after_all=True)
-    def measure_data_loss(run: dict, **context) -> dict:
-        """Once the primary is recovered, whatever the gates found."""
-        from tracktion_dr.postgres.measure import canary_data_loss
-        from tracktion_dr.postgres.pitr import last_replayed_commit
-        from tracktion_dr.scenarios.database import recovery_log_file
-
-        if context["ti"].xcom_pull(task_ids="promote") is None:
-            return {
-                "status": "skipped",
-                "detail": "the primary was not recovered",
-                "data_loss": None,
-            }
-
-        log_file = recovery_log_file(_cluster(run), run["tag"])
-        replayed = last_replayed_commit(log_file.read_text()) if log_file.exists() else None
-        fallback = datetime.fromisoformat(replayed.replace(" UTC", "+00:00")) if replayed else None
-        losses = [
-            canary_data_loss(
-                _admin(run).conninfo(name),
-                datetime.fromisoformat(run["started_at"]),
-                fallback=fallback,
-                fallback_method="last replayed transaction",
-            )
-            for name in run["databases"]
-        ]
-        worst = max(losses, key=lambda loss: loss.seconds or 0) if losses else None
-        return {
-            "detail": worst.describe() if worst else "no databases",
-            "data_loss": worst.as_dict() if worst else None,
-            "last_replayed_commit": replayed,
-        }
-
     run = guard()
     stopped = stop_services(run)
     prepared = prepare_data_directory(run)
@@ -325,7 +335,10 @@ def dr_database_pitr():
     services_started = start_services()
     started_pg >> gate_target >> validated >> promoted >> services_started
     gate_services = RtoGate(
-        task_id="gate_services_healthy", check=services_healthy(PLAN), incident=run, plan=PLAN
+        task_id="gate_services_healthy",
+        check=services_healthy(PLAN),
+        incident=run,
+        plan=PLAN,
     )
     gate_functional = RtoGate(
         task_id="gate_functional_checks",

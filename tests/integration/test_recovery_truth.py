@@ -1,8 +1,9 @@
 """Evidence that is true, checked by an observer outside the DAG.
 
 An observer thread polls the primary (a write, so a read-only or paused server does not
-count as back) and a service's /health every 200 ms, from before the incident until after
-the run. The primary is killed and its data directory lost; dr_database_pitr recovers to
+count as back) and the /health of the services that depend on it every 200 ms, from before
+the incident until after the run (service is restored when all of them answer: one service
+started first is not the service back). The primary is killed and its data directory lost; dr_database_pitr recovers to
 latest. Then:
 
 * the RTO the run reports is within 2 s of the outage the observer saw (kill -> the first
@@ -34,9 +35,9 @@ POLL_SECONDS = 0.2
 
 
 class Observer(threading.Thread):
-    def __init__(self, conninfo: str, table: sql.Identifier, health_url: str):
+    def __init__(self, conninfo: str, table: sql.Identifier, health_urls: list[str]):
         super().__init__(daemon=True)
-        self.conninfo, self.table, self.health_url = conninfo, table, health_url
+        self.conninfo, self.table, self.health_urls = conninfo, table, health_urls
         self.samples: list[tuple[datetime, bool]] = []
         self.committed: dict[int, datetime] = {}
         self.stop = threading.Event()
@@ -57,7 +58,7 @@ class Observer(threading.Thread):
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(self.health_url, timeout=1).status_code == 200
+            return all(httpx.get(url, timeout=1).status_code == 200 for url in self.health_urls)
         except httpx.HTTPError:
             return False
 
@@ -87,8 +88,13 @@ def test_reported_rto_and_data_loss_match_what_an_observer_saw(sandbox):
                 "CREATE TABLE {} (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL)"
             ).format(table)
         )
-    service = load_plan().environment("drill").services["tracklist-service"]
-    observer = Observer(primary.conninfo("tracktion"), table, service.health_url)
+    environment = load_plan().environment("drill")
+    dependents = environment.dependents_of("tracktion")
+    observer = Observer(
+        primary.conninfo("tracktion"),
+        table,
+        [environment.services[name].health_url for name in dependents],
+    )
     observer.start()
     time.sleep(3)  # a steady state first: rows written, service healthy
 
