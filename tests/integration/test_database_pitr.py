@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from pitr_support import kill_primary, primary, switch_wal
 from psycopg import sql
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
@@ -27,28 +28,10 @@ from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups.catalog import Catalog, local_path
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.basebackups import take_base_backup
-from tracktion_dr.postgres.commands import as_os_user, run
 from tracktion_dr.postgres.salvage import salvage_dir_for
 from tracktion_dr.postgres.wal import Segment, list_segments, segment_header_matches
-from tracktion_dr.scenarios.database import segment_archived
 
 pytestmark = pytest.mark.sandbox
-
-
-def primary(dbname: str = "tracktion"):
-    return psycopg.connect(
-        endpoint("tracktion_pg_primary").conninfo(dbname), connect_timeout=5, autocommit=True
-    )
-
-
-def switch_wal() -> None:
-    with primary("postgres") as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        for _ in range(100):
-            if segment_archived(conn, segment):
-                return
-            time.sleep(0.3)
-    raise AssertionError(f"{segment} not archived")
 
 
 def replica(dbname: str = "tracktion"):
@@ -146,20 +129,7 @@ def test_primary_killed_and_data_directory_lost(sandbox):
         conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
         conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (10)").format(probe))
     switch_wal()
-    run(
-        as_os_user(
-            [
-                "/usr/lib/postgresql/15/bin/pg_ctl",
-                "-D",
-                str(layout.primary_data),
-                "stop",
-                "-m",
-                "immediate",
-            ],
-            "postgres",
-        ),
-        what="kill the primary",
-    )
+    kill_primary(layout.primary_data)
     lost = layout.primary_data.with_name("primary.lost-in-test")
     layout.primary_data.rename(lost)  # the disk is gone (kept here only to free the name)
     incident = datetime.now(UTC)
@@ -313,20 +283,7 @@ def test_rows_only_the_standby_held_come_back(sandbox):
                 break
             assert time.monotonic() < deadline, f"the standby has {on_standby} of 120 rows"
             time.sleep(0.5)
-        run(
-            as_os_user(
-                [
-                    "/usr/lib/postgresql/15/bin/pg_ctl",
-                    "-D",
-                    str(layout.primary_data),
-                    "stop",
-                    "-m",
-                    "immediate",
-                ],
-                "postgres",
-            ),
-            what="kill the primary",
-        )
+        kill_primary(layout.primary_data)
         layout.primary_data.rename(lost)  # the disk is gone, with the unarchived WAL
         dag_run = pitr(
             {"target_type": "latest", "incident_started_at": datetime.now(UTC).isoformat()}

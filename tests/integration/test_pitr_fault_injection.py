@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from harness.killable_run import KillableRun, incident_task_states
+from pitr_support import primary, switch_wal
 from psycopg import sql
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_states
@@ -40,29 +41,12 @@ from tracktion_dr.postgres.recovery_marker import (
 from tracktion_dr.postgres.replica import reseed_staging_path
 from tracktion_dr.postgres.restore import incident_tag
 from tracktion_dr.postgres.wal import Segment
-from tracktion_dr.scenarios.database import segment_archived
 from tracktion_dr.services.checks import service_health
 
 pytestmark = pytest.mark.sandbox
 
 ROWS_BEFORE = 40
 ROWS_AFTER = 10
-
-
-def primary(dbname: str = "tracktion"):
-    return psycopg.connect(
-        endpoint("tracktion_pg_primary").conninfo(dbname), connect_timeout=5, autocommit=True
-    )
-
-
-def switch_wal() -> None:
-    with primary("postgres") as conn:
-        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        for _ in range(100):
-            if segment_archived(conn, segment):
-                return
-            time.sleep(0.3)
-    raise AssertionError(f"{segment} not archived")
 
 
 class Incident:

@@ -23,12 +23,12 @@ from datetime import UTC, datetime
 import httpx
 import psycopg
 import pytest
+from pitr_support import kill_primary
 from psycopg import sql
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.core.plan import load_plan
-from tracktion_dr.postgres.commands import as_os_user, run
 
 pytestmark = pytest.mark.sandbox
 POLL_SECONDS = 0.2
@@ -98,20 +98,7 @@ def test_reported_rto_and_data_loss_match_what_an_observer_saw(sandbox):
     observer.start()
     time.sleep(3)  # a steady state first: rows written, service healthy
 
-    run(
-        as_os_user(
-            [
-                "/usr/lib/postgresql/15/bin/pg_ctl",
-                "-D",
-                str(layout.primary_data),
-                "stop",
-                "-m",
-                "immediate",
-            ],
-            "postgres",
-        ),
-        what="kill the primary",
-    )
+    kill_primary(layout.primary_data)
     incident = datetime.now(UTC)
     lost = layout.primary_data.with_name(f"primary.lost-in-truth-test-{uuid.uuid4().hex[:6]}")
     layout.primary_data.rename(lost)  # the disk is gone (kept aside, never deleted)
