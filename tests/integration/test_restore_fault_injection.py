@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from harness.killable_run import KillableRun
+from harness.killable_run import KillableRun, incident_task_states
 from psycopg import sql
 from restore_support import (
     DATABASE,
@@ -52,29 +52,7 @@ DAG_ID = "dr_database_restore"
 
 def child_task_states(incident_id: str) -> dict[str, str]:
     """Task instance states of the (child's) run of this incident, from the metadata DB."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        runs = session.execute(
-            select(DagRun.run_id, DagRun.conf)
-            .where(DagRun.dag_id == DAG_ID)
-            .order_by(DagRun.id.desc())
-            .limit(20)
-        ).all()
-        run_ids = [
-            run_id for run_id, conf in runs if (conf or {}).get("incident_id") == incident_id
-        ]
-        if not run_ids:
-            return {}
-        rows = session.execute(
-            select(TaskInstance.task_id, TaskInstance.state).where(
-                TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_ids[0]
-            )
-        ).all()
-    return {task_id: str(state) for task_id, state in rows}
+    return incident_task_states(DAG_ID, incident_id)
 
 
 def backends(database: str | None = None, application: str | None = None) -> list[dict]:
