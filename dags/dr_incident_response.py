@@ -1,48 +1,48 @@
 """
 ### DR incident response
 
-The first thirty minutes of an incident, then the watch until the recovery ends - the
-seed's *Immediate Response*, *Recovery Team Activation*, *War Room*, *Status Update*,
-*Customer Communication*, *Escalation* and *Post-Incident Review*, as one run.
+From an alert (or an operator) to a **verified** recovery: the seed's *Immediate
+Response*, *Recovery Team Activation*, *War Room*, *Status Update*, *Customer
+Communication*, *Escalation* and *Post-Incident Review*, as one run.
 
 | step | what |
 |---|---|
-| `open_incident` | checks every input before anything is sent |
-| `assess` | the `dr_initial_assessment` probes (same library), table in the log |
-| `alert_stakeholders` | the seed's alert on every channel (Slack, PagerDuty *trigger*, e-mail, status page) and the initial customer notice on the status page |
-| `activate_team` | pages each activation role of the plan by e-mail; contacts come from Airflow variables, never from the repo |
-| `war_room` | Slack channel `dr-<incident>` (bot-token connection) and the incident document under the plan's `incident_response.document_dir` |
-| `approve_recovery` | only when `auto_recover` is off: a human approves in the UI (*Required actions*) |
-| `start_recovery` | triggers the chosen scenario DAG with this incident's id and clock |
-| `watch_recovery` | while that run is active: status updates on the plan's cadence, and escalation levels paged as their thresholds pass |
-| `close_incident` | restoration notice (PagerDuty *resolve*, status page *resolved*) or escalation of a failed recovery |
-| `record`, `post_incident_review` | the ledger, then the seed's review template filled from the ledger's timeline |
+| `guard` | checks every input before anything is sent: severity, scenario, the affected components, the scenario's params; refuses an unattended destructive recovery where the environment demands a human |
+| `assess` | the `dr_initial_assessment` probes; an alert about components that are healthy is a **false positive** |
+| `triage` | false positive: `stand_down` (chat note, nobody paged, nothing started); otherwise the response below |
+| `alert_stakeholders`, `activate_team`, `war_room` | the alert on every channel, the customers' first notice (status page), each activation role paged (PagerDuty, e-mail), the Slack war room and the incident document |
+| `choose_recovery` | `approve_recovery` when the recovery is destructive in an environment that demands a human (or `auto_recover` is off), else straight on |
+| `approve_recovery` | human-in-the-loop: the question, plan of actions and answer link go to chat and PagerDuty; the commander picks the scenario (or none); no answer in `approval_timeout` escalates |
+| `recovery_request`, `start_recovery` | the conf the recovery DAG needs, derived from the affected components; one run per incident and scenario |
+| `watch_recovery` | status updates on the plan's cadence, escalation levels paged as their thresholds pass |
+| `verify_recovery` | independent of the recovery's own verdict: the assessment again and the post-recovery validation checks for the affected components |
+| `close_incident` | **restored** (team notice + PagerDuty *resolve*, customers' notice + status page *resolved*) only when verified; otherwise the next escalation level is paged with what is still down |
+| `record`, `post_incident_review`, `verdict` | the ledger, the review from the ledger's timeline, the run's state |
 
-Every delivery is retried per channel and recorded; a dead channel never stops the run.
-
-**Params**: `severity` (the plan's business-impact tiers; ETA = the tier's RTO),
-`description`, `scenario` (one of the plan's `incident_response.scenarios`, empty = none),
-`auto_recover`, plus the common ones. Started by hand, or by the alert webhook
-(`POST /dr/alerts/{source}`).
+**Params**: `severity`, `description`, `scenario` (one of the plan's
+`incident_response.scenarios`), `affected` (component names as the assessment prints
+them), `scenario_conf` (the scenario's own params), `auto_recover`, plus the common ones.
+Started by hand, or by the alert webhook (`POST /dr/alerts/{source}`, routes in the plan).
 """
 
 from __future__ import annotations
 
-import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
+from tracktion_dr.airflow import incident_steps as incident
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.approval import DECISION_KEY, ApprovalRequestNotifier, RecoveryApproval
+from tracktion_dr.airflow.dag_kit import raise_for_outcome, record_timeline
 from tracktion_dr.airflow.incident_watch import RecoveryWatch
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 
-log = logging.getLogger(__name__)
-
 PLAN = load_plan()
+RESPONSE = ["alert_stakeholders", "activate_team", "war_room"]
 
 PARAMS = {
     **common_params(PLAN, environment_default=PLAN.default_environment),
@@ -60,6 +60,15 @@ PARAMS = {
         description="What is happening, as the stakeholders should read it.",
         section="Incident",
     ),
+    "affected": Param(
+        [],
+        type="array",
+        items={"type": "string"},
+        title="Affected components",
+        description="As the assessment names them: a service, database:<name>, "
+        "replica:<cluster>, storage:<area>, external:<name>, backups. Empty: the whole platform.",
+        section="Incident",
+    ),
     "scenario": Param(
         "",
         type="string",
@@ -68,35 +77,124 @@ PARAMS = {
         description="Which recovery DAG to start (empty: none, the team recovers by hand).",
         section="Recovery",
     ),
+    "scenario_conf": Param(
+        {},
+        type="object",
+        title="Scenario params",
+        description='The scenario\'s own params, e.g. {"target_type": "time", ...}; the '
+        "rest is derived from the affected components.",
+        section="Recovery",
+    ),
     "auto_recover": Param(
         False,
         type="boolean",
         title="Start the recovery without approval",
-        description="Off: a human approves the recovery in the UI before it starts.",
+        description="Off: the commander decides in the UI. Refused for a destructive "
+        "recovery where the environment demands confirmation.",
         section="Recovery",
     ),
+    # An incident response exists to notify: on unless switched off.
+    "notify": Param(
+        True,
+        type="boolean",
+        title="Notify",
+        description="Send the alert, activation, approval, status and restoration messages "
+        "(best effort).",
+        section="Run",
+    ),
 }
-# An incident response exists to notify: on unless switched off.
-PARAMS["notify"] = Param(
-    True,
-    type="boolean",
-    title="Notify",
-    description="Send the alert, activation, status and restoration messages (best effort).",
-    section="Run",
-)
 
 
-def _channels() -> list[str]:
-    return PLAN.incident_response.channels or list(PLAN.notifications)
+@steps.guard()
+def guard(**context) -> dict:
+    return incident.open_incident(PLAN, context)
 
 
-def _deliver(incident: dict, message, channels: list[str]) -> dict:
-    from tracktion_dr.notify.delivery import deliver
+@steps.step("check")
+def assess(run: dict, **context) -> dict:
+    return incident.assess(PLAN, run)
 
-    if not incident["notify"]:
-        log.info("notify is off; not sent:\n%s", message.plain_text())
-        return {"sent": [], "failed": {}, "skipped": "notify is off"}
-    return deliver(PLAN, message, channels=channels).as_dict()
+
+@task.branch(retries=0)
+def triage(assessment: dict) -> list[str]:
+    return ["stand_down"] if assessment["false_positive"] else RESPONSE
+
+
+@steps.step("notify")
+def stand_down(run: dict, assessment: dict, **context) -> dict:
+    return incident.stand_down(PLAN, run, assessment)
+
+
+@steps.step("notify")
+def alert_stakeholders(run: dict, assessment: dict, **context) -> dict:
+    return incident.alert_stakeholders(PLAN, run, assessment)
+
+
+@steps.step("notify")
+def activate_team(run: dict, **context) -> dict:
+    return incident.activate_team(PLAN, run)
+
+
+@steps.step("notify")
+def war_room(run: dict, assessment: dict, **context) -> dict:
+    return incident.war_room(PLAN, run, assessment)
+
+
+@task.branch(retries=0, trigger_rule="none_failed_min_one_success")
+def choose_recovery(run: dict, assessment: dict) -> str | None:
+    if assessment["false_positive"]:
+        return None  # stood down: nothing to choose
+    if not run["scenario"]:
+        return "no_recovery"
+    return "recovery_request" if run["auto_recover"] else "approve_recovery"
+
+
+@steps.step("bookkeeping", trigger_rule="none_failed_min_one_success")
+def recovery_request(run: dict, **context) -> dict:
+    decision = context["ti"].xcom_pull(task_ids="approve_recovery", key=DECISION_KEY)
+    return incident.recovery_request(PLAN, run, decision)
+
+
+@steps.step("check", after_all=True)
+def verify_recovery(run: dict, **context) -> dict:
+    ti = context["ti"]
+    return incident.verify_recovery(
+        PLAN,
+        run,
+        ti.xcom_pull(task_ids="watch_recovery"),
+        ti.xcom_pull(task_ids="recovery_request"),
+    )
+
+
+@steps.step("notify", after_all=True)
+def close_incident(run: dict, **context) -> dict:
+    ti = context["ti"]
+    return incident.close_incident(
+        PLAN,
+        run,
+        triage=ti.xcom_pull(task_ids="assess"),
+        decision=ti.xcom_pull(task_ids="approve_recovery", key=DECISION_KEY),
+        recovery=ti.xcom_pull(task_ids="watch_recovery"),
+        verification=ti.xcom_pull(task_ids="verify_recovery"),
+    )
+
+
+@task(trigger_rule="all_done", retries=0)
+def record(**context) -> dict:
+    run = steps.guard_result(context) or {"incident_id": "", "environment": "", "started_at": ""}
+    return record_timeline(context, incident=run, rto_target_seconds=run.get("rto_seconds", 0))
+
+
+@steps.step("bookkeeping", after_all=True)
+def post_incident_review(run: dict, **context) -> dict:
+    return incident.post_incident_review(
+        PLAN, run, context["ti"].xcom_pull(task_ids="close_incident")
+    )
+
+
+@task(retries=0)
+def verdict(timeline: dict) -> None:
+    raise_for_outcome(timeline)
 
 
 @dag(
@@ -111,339 +209,45 @@ def _deliver(incident: dict, message, channels: list[str]) -> dict:
     doc_md=__doc__,
 )
 def dr_incident_response():
-    @task(retries=0)
-    def open_incident(**context) -> dict:
-        from tracktion_dr.airflow.dag_kit import open_incident as guard
-        from tracktion_dr.notify.delivery import slack_channel_name
-        from tracktion_dr.scenarios.incident_response import resolve_request
+    run = guard()
+    assessment = assess(run)
+    response = [alert_stakeholders(run, assessment), activate_team(run), war_room(run, assessment)]
+    stood_down = stand_down(run, assessment)
+    triage(assessment) >> [stood_down, *response]
 
-        incident = guard(context, PLAN)
-        request = resolve_request(PLAN, context["params"])
-        return {
-            **incident,
-            "severity": request.severity,
-            "description": request.description,
-            "scenario": request.scenario,
-            "auto_recover": request.auto_recover,
-            "war_room": slack_channel_name(incident["incident_id"]),
-            "rto_seconds": PLAN.tiers[request.severity].rto.total_seconds(),
-            "detected_at": (context["dag_run"].start_date or datetime.now(UTC)).isoformat(),
-        }
-
-    @task(retries=0)
-    def assess(incident: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.airflow.support import conninfo
-        from tracktion_dr.scenarios.assessment import assess as run_assessment
-
-        started = now_iso()
-        assessment = run_assessment(PLAN.environment(incident["environment"]), conninfo)
-        report = assessment.report(incident["incident_id"], incident["environment"])
-        log.info("\n%s", report)
-        return {
-            "event": step_event("assess", started, detail=assessment.status),
-            "status": assessment.status,
-            "down": assessment.down,
-            "degraded": assessment.degraded,
-            "report": report,
-        }
-
-    @task(retries=0)
-    def alert_stakeholders(incident: dict, assessment: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.scenarios.incident_response import (
-            alert_message,
-            customer_initial_message,
-            resolve_request,
-        )
-
-        started = now_iso()
-        request = resolve_request(PLAN, incident)
-        alert = _deliver(incident, alert_message(incident, request), _channels())
-        impact = ", ".join(assessment["down"] + assessment["degraded"]) or "under assessment"
-        public = [n for n in _channels() if PLAN.notifications[n].kind == "status_page"]
-        customer = _deliver(
-            incident, customer_initial_message(PLAN, incident, request, impact), public
-        )
-        detail = f"sent {alert['sent']}, failed {sorted(alert['failed'])}"
-        return {
-            "event": step_event("alert_stakeholders", started, detail=detail),
-            "alert": alert,
-            "customer_notice": customer,
-        }
-
-    @task(retries=0)
-    def activate_team(incident: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.notify.delivery import resolve_contact, send_email_to
-        from tracktion_dr.scenarios.incident_response import activation_message, resolve_request
-
-        started = now_iso()
-        request = resolve_request(PLAN, incident)
-        mail = [n for n in _channels() if PLAN.notifications[n].kind == "email"]
-        paged: dict[str, str] = {}
-        for role in PLAN.incident_response.activation_roles:
-            message = activation_message(incident, request, role, incident["war_room"])
-            contact = resolve_contact(PLAN, role)
-            if not contact or not contact.get("email"):
-                paged[role] = "no contact (set the role's Airflow variable)"
-            elif not incident["notify"]:
-                paged[role] = "not sent (notify is off)"
-            elif not mail:
-                paged[role] = "no e-mail channel in the plan"
-            else:
-                try:  # the address is personal data: used, never logged or returned
-                    send_email_to(
-                        PLAN.notifications[mail[0]].conn_id,
-                        [contact["email"]],
-                        message.title,
-                        message.text,
-                    )
-                    paged[role] = "paged"
-                except Exception as exc:
-                    paged[role] = f"failed: {type(exc).__name__}"
-        log.info("activation: %s", paged)
-        chat = [n for n in _channels() if PLAN.notifications[n].kind == "slack"]
-        summary = activation_message(incident, request, "recovery team", incident["war_room"])
-        _deliver(incident, summary, chat)
-        detail = ", ".join(f"{role}: {state}" for role, state in paged.items())
-        return {"event": step_event("activate_team", started, detail=detail), "paged": paged}
-
-    @task(retries=0)
-    def war_room(incident: dict, assessment: dict) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.notify.delivery import create_slack_channel, resolve_contact
-        from tracktion_dr.scenarios.incident_response import (
-            incident_dir,
-            incident_document,
-            resolve_request,
-            write_document,
-        )
-
-        started = now_iso()
-        request = resolve_request(PLAN, incident)
-        conn_id = PLAN.incident_response.war_room_slack_conn_id
-        channel: dict = {"name": incident["war_room"], "created": False}
-        if not conn_id:
-            channel["detail"] = "no Slack bot-token connection in the plan"
-        elif not incident["notify"]:
-            channel["detail"] = "not created (notify is off)"
-        else:
-            try:
-                channel = create_slack_channel(
-                    conn_id,
-                    incident["war_room"],
-                    f"Disaster recovery coordination for {incident['incident_id']}",
-                )
-            except Exception as exc:  # the war room document still gets written
-                channel["detail"] = f"failed: {type(exc).__name__}: {exc}"[:300]
-
-        def name_of(role: str) -> str:
-            contact = resolve_contact(PLAN, role) or {}
-            return str(contact.get("name") or "TBD")
-
-        text = incident_document(
-            incident,
-            request,
-            assessment=f"```\n{assessment['report']}\n```",
-            war_room=incident["war_room"],
-            commander=name_of("incident_commander"),
-            technical_lead=name_of("technical_lead"),
-        )
-        path = write_document(incident_dir(PLAN, incident["incident_id"]) / "response.md", text)
-        detail = f"#{channel['name']} ({channel.get('detail', '')}); document {path}"
-        return {
-            "event": step_event("war_room", started, detail=detail),
-            "channel": channel,
-            "document": str(path),
-        }
-
-    @task(multiple_outputs=True, retries=0)
-    def recovery_request(incident: dict) -> dict:
-        scenario = incident["scenario"]
-        return {
-            "dag_id": scenario or "none",
-            # One recovery run per incident: a re-trigger cannot start a second restore.
-            "run_id": f"incident__{incident['incident_id']}",
-            "conf": {
-                "incident_id": incident["incident_id"],
-                "incident_started_at": incident["started_at"],
-                "environment": incident["environment"],
-                "dry_run": incident["dry_run"],
-                "notify": incident["notify"],
-            },
-        }
-
-    @task.branch(retries=0)
-    def choose_recovery(incident: dict) -> str:
-        if not incident["scenario"]:
-            return "no_recovery"
-        return "start_recovery" if incident["auto_recover"] else "approve_recovery"
-
-    incident = open_incident()
-    assessment = assess(incident)
-    request = recovery_request(incident)
-    prepared = [
-        alert_stakeholders(incident, assessment),
-        activate_team(incident),
-        war_room(incident, assessment),
-    ]
-    branch = choose_recovery(incident)
-    assessment >> prepared
-    prepared >> branch
-    request >> branch
-
-    approve_recovery = ApprovalOperator(
+    chosen = choose_recovery(run, assessment)
+    response >> chosen
+    approve = RecoveryApproval(
         task_id="approve_recovery",
-        subject="Start the recovery for {{ ti.xcom_pull(task_ids='open_incident')['incident_id'] }}?",
-        body=(
-            "Scenario **{{ ti.xcom_pull(task_ids='open_incident')['scenario'] }}** for "
-            "incident {{ ti.xcom_pull(task_ids='open_incident')['incident_id'] }} "
-            "({{ ti.xcom_pull(task_ids='open_incident')['severity'] }}).\n\n"
-            "{{ ti.xcom_pull(task_ids='open_incident')['description'] }}\n\n"
-            "Assessment: {{ ti.xcom_pull(task_ids='assess')['status'] }}"
-        ),
-        response_timeout=timedelta(hours=4),
-        retries=0,
+        plan=PLAN,
+        start_task_id="recovery_request",
+        no_recovery_task_id="no_recovery",
+        notifiers=[ApprovalRequestNotifier(PLAN)],
     )
+    request = recovery_request(run)
+    no_recovery = EmptyOperator(task_id="no_recovery")
+    chosen >> [approve, request, no_recovery]
+    approve >> [request, no_recovery]
     start_recovery = TriggerDagRunOperator(
         task_id="start_recovery",
         # Jinja, not XComArgs: the DAG serializer reads trigger_dag_id for its dependency graph.
-        trigger_dag_id="{{ ti.xcom_pull(task_ids='recovery_request', key='dag_id') }}",
-        trigger_run_id="{{ ti.xcom_pull(task_ids='recovery_request', key='run_id') }}",
+        trigger_dag_id="{{ ti.xcom_pull(task_ids='recovery_request')['dag_id'] }}",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='recovery_request')['run_id'] }}",
         conf=request["conf"],
         wait_for_completion=False,
-        # Approved, or approval not needed (the approval task is then skipped).
-        trigger_rule="none_failed_min_one_success",
         retries=0,
     )
-    no_recovery = EmptyOperator(task_id="no_recovery")
-    watch_recovery = RecoveryWatch(
-        task_id="watch_recovery",
-        plan=PLAN,
-        incident=incident,
-        recovery=request,
-        poke_interval=5,
+    watch = RecoveryWatch(
+        task_id="watch_recovery", plan=PLAN, incident=run, recovery=request, poke_interval=5
     )
-    branch >> [approve_recovery, start_recovery, no_recovery]
-    approve_recovery >> start_recovery >> watch_recovery
-
-    @task(trigger_rule="all_done", retries=0)
-    def close_incident(incident: dict, **context) -> dict:
-        from tracktion_dr.airflow.dag_kit import now_iso, step_event
-        from tracktion_dr.airflow.incident_watch import page_level
-        from tracktion_dr.core.plan import format_duration
-        from tracktion_dr.core.timeline import parse_time
-        from tracktion_dr.scenarios.incident_response import (
-            resolve_request,
-            restoration_message,
-            status_update_message,
-        )
-
-        started = now_iso()
-        request = resolve_request(PLAN, incident)
-        outcome = context["ti"].xcom_pull(task_ids="watch_recovery")
-        clock = parse_time(incident["started_at"])
-        if outcome and outcome.get("state") == "success":
-            resolved_at = outcome["ended_at"]
-            message = restoration_message(
-                incident,
-                request,
-                duration=format_duration(parse_time(resolved_at) - clock),
-                recovery=outcome["dag_id"],
-                recovery_outcome="succeeded",
-                data_impact="see the recovery run's measured data loss in the review",
-            )
-            delivery = _deliver(incident, message, _channels())
-            return {
-                "event": step_event("close_incident", started, detail="restored"),
-                "resolved_at": resolved_at,
-                "delivery": delivery,
-            }
-        if outcome:  # the recovery run failed: escalate past what was already paged
-            paged = set(outcome.get("levels_paged") or [])
-            remaining = sorted({level.level for level in PLAN.escalation} - paged)
-            level = remaining[0] if remaining else 4
-            result = page_level(
-                PLAN,
-                incident,
-                level,
-                reason=f"recovery {outcome['dag_id']} ended {outcome['state']}",
-                elapsed=datetime.now(UTC) - clock,
-            )
-            return {
-                "event": step_event(
-                    "close_incident", started, status="failed", detail=f"escalated to {level}"
-                ),
-                "resolved_at": None,
-                "escalation": result,
-            }
-        message = status_update_message(
-            PLAN,
-            incident,
-            request,
-            status="No automated recovery running (none chosen, or not approved)",
-            activities="- The recovery team works the incident by hand in the war room",
-            next_update=f"within {format_duration(PLAN.incident_response.status_update_interval)}",
-            war_room=incident["war_room"],
-            impact="see the initial assessment",
-        )
-        chat = [n for n in _channels() if PLAN.notifications[n].kind in ("slack", "email")]
-        return {
-            "event": step_event("close_incident", started, detail="left open for manual recovery"),
-            "resolved_at": None,
-            "delivery": _deliver(incident, message, chat),
-        }
-
-    @task(trigger_rule="all_done", retries=0)
-    def record(incident: dict, **context) -> dict:
-        from tracktion_dr.airflow.dag_kit import record_timeline
-
-        return record_timeline(
-            context, incident=incident, rto_target_seconds=incident["rto_seconds"]
-        )
-
-    @task(trigger_rule="all_done", retries=0)
-    def post_incident_review(incident: dict, closed: dict, timeline: dict) -> dict:
-        from tracktion_dr.airflow.support import conninfo
-        from tracktion_dr.evidence import ledger
-        from tracktion_dr.scenarios.incident_response import (
-            incident_dir,
-            write_document,
-        )
-        from tracktion_dr.scenarios.incident_response import (
-            post_incident_review as review,
-        )
-
-        runs, events = ledger.incident_runs(
-            conninfo(ledger.LEDGER_CONN_ID), incident["incident_id"]
-        )
-        text = review(
-            incident["incident_id"],
-            runs,
-            events,
-            description=incident["description"],
-            detected_at=incident["detected_at"],
-            resolved_at=(closed or {}).get("resolved_at"),
-        )
-        path = write_document(
-            incident_dir(PLAN, incident["incident_id"]) / "post_incident_review.md", text
-        )
-        log.info("post-incident review: %s (%d runs from the ledger)", path, len(runs))
-        return {"document": str(path), "runs": [r["dag_id"] for r in runs]}
-
-    @task(retries=0)
-    def verdict(timeline: dict) -> None:
-        from tracktion_dr.airflow.dag_kit import raise_for_outcome
-
-        raise_for_outcome(timeline)
-
-    closed = close_incident(incident)
-    [watch_recovery, no_recovery, approve_recovery, start_recovery] >> closed
-    timeline = record(incident)
-    closed >> timeline
-    pir = post_incident_review(incident, closed, timeline)
-    pir >> verdict(timeline)
+    request >> start_recovery >> watch
+    verified = verify_recovery()
+    closed = close_incident()
+    watch >> verified >> closed
+    [no_recovery, approve, chosen, stood_down, *response] >> closed
+    timeline = record()
+    review = post_incident_review()
+    closed >> timeline >> review >> verdict(timeline)
 
 
 dr_incident_response()

@@ -57,34 +57,9 @@ def run_check(name: str, incident: dict, context: dict) -> dict:
     from tracktion_dr.scenarios import validation
 
     started = now_iso()
-    environment = PLAN.environment(incident["environment"])
-    if name == "system_health":
-        result = validation.system_health(
-            environment,
-            {
-                db: conninfo(environment.clusters[spec.cluster].conn_id, spec.name)
-                for db, spec in environment.databases.items()
-            },
-        )
-    elif name == "data_integrity":
-        cluster = next(iter(environment.clusters.values()))
-        from pathlib import Path
-
-        result = validation.data_integrity(
-            endpoint(cluster.conn_id),
-            {db: spec.name for db, spec in environment.databases.items()},
-            Path(cluster.bin_dir),
-        )
-    elif name == "application_functionality":
-        result = validation.application_functionality(environment)
-    elif name == "performance_baseline":
-        result = validation.performance_baseline(environment)
-    elif name == "security_posture":
-        result = validation.security_posture(environment)
-    elif name == "monitoring_systems":
-        result = validation.monitoring_systems(environment)
-    else:
-        result = validation.backup_systems(environment)
+    result = validation.run_named_check(
+        name, PLAN.environment(incident["environment"]), conninfo, endpoint
+    )
     status = {"passed": "succeeded", "failed": "failed", "skipped": "skipped"}[result.status]
     value = {
         "event": step_event(name, started, status, f"{result.status.upper()}: {result.detail}"),

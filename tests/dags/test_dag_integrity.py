@@ -107,3 +107,67 @@ def test_every_recovery_and_drill_run_publishes_a_linked_report(dagbag):
         (encoded,) = [t["__var"] for t in serialized if t["__var"]["task_id"] == "publish"]
         links = encoded["_operator_extra_links"]
         assert links == {"DR report": "_link_DrReportLink"}, (dag.dag_id, links)
+
+
+@pytest.mark.parametrize("plan_file", ["sandbox.yaml", "tracktion.yaml"])
+def test_every_alert_route_reaches_a_recovery_that_accepts_its_conf(dagbag, plan_file):
+    """Each route of both plans, with its labels filled, makes an incident the guard
+    accepts, and the recovery conf derived from it carries only params the recovery DAG
+    declares (and every param it requires): no alert can reach a recovery that refuses the
+    incident's conf."""
+    import re
+
+    from tracktion_dr.core.plan import load_plan
+    from tracktion_dr.scenarios import recovery_routes as routes
+    from tracktion_dr.scenarios.alerts import fill_labels
+    from tracktion_dr.scenarios.incident_response import resolve_request
+
+    plan = load_plan(ROOT / "include" / "config" / plan_file)
+    for scenario in plan.incident_response.scenarios:
+        assert scenario in dagbag.dags, f"{plan_file}: scenario {scenario} is not a DAG"
+        assert scenario in routes.RECOVERIES, f"{scenario}: the incident response cannot start it"
+    for route in plan.alert_routes:
+        if route.dag_id != "dr_incident_response":
+            continue
+        environment = plan.environment(route.conf["environment"])
+        # A label value that names a real component, for each label the route uses.
+        components = routes.component_names(environment)
+        labels = {}
+        for name in set(re.findall(r"\{(\w+)\}", str(route.conf))):
+            labels[name] = next(
+                c.partition(":")[2] or c
+                for c in components
+                if (name == "service" and ":" not in c and c != "backups")
+                or c.startswith(
+                    {"database": "database:", "cluster": "replica:", "area": "storage:"}.get(
+                        name, "?"
+                    )
+                )
+            )
+        conf = fill_labels(route.conf, labels, route.name)
+        request = resolve_request(plan, {**conf, "description": "x"})
+        incident = {
+            "incident_id": "DR-20261126-010000",
+            "started_at": "2026-11-26T01:00:00+00:00",
+            "environment": conf["environment"],
+            "dry_run": False,
+            "notify": True,
+        }
+        if not request.scenario:
+            continue
+        recovery = routes.recovery_conf(
+            environment,
+            request.scenario,
+            affected=request.affected,
+            scenario_conf=request.scenario_conf,
+            incident=incident,
+            approved_by=None if request.auto_recover else "commander",
+        )
+        params = dagbag.dags[request.scenario].params
+        unknown = set(recovery) - set(params)
+        assert not unknown, f"{route.name}: {request.scenario} has no params {unknown}"
+        for name in params:
+            schema = params.get_param(name).schema
+            enum = schema.get("enum")
+            if name in recovery and enum:
+                assert recovery[name] in enum, f"{route.name}: {name}={recovery[name]!r}"

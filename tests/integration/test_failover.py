@@ -11,17 +11,17 @@ the replica streams again on 55433 and every service is healthy.
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from failover_support import SERVICE, backend, secondary_registered, set_server
+from failover_support import SERVICE, backend, secondary_registered
+from harness.topology import kill_primary_at_once, restore_standard_topology
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
-from tracktion_sandbox import cli, pg
 from tracktion_sandbox import layout as L
+from tracktion_sandbox import pg
 
 __all__ = ["secondary_registered"]  # a fixture, used by name
 
@@ -70,42 +70,11 @@ def test_a_healthy_primary_is_not_failed_over(sandbox):
 # --- database ----------------------------------------------------------------------------
 
 
-def _pg_ctl(layout, data_dir, *args, check=True):
-    argv = [str(pg.find_bindir() / "pg_ctl"), *args, "-D", str(data_dir)]
-    return pg.run(pg.as_postgres(argv), what=f"pg_ctl {args[0]}", cwd=layout.pg_root, check=check)
-
-
-def _timeline(name: str) -> str:
-    return name[:8]
-
-
-def restore_standard_topology(layout, archive_before: set[str]) -> None:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if pg.port_open(L.REPLICA_PORT):
-        _pg_ctl(layout, layout.replica_data, "stop", "-m", "fast", "-w")
-    if layout.replica_data.exists():
-        layout.replica_data.rename(layout.replica_data.with_name(f"replica.failover-{stamp}"))
-    for name in ("standby.signal", "DR_FENCED"):
-        (layout.primary_data / name).unlink(missing_ok=True)
-    # the promoted server's timeline must not be followed by the next replica or restore
-    old_timelines = {_timeline(n) for n in archive_before if n[:8].isalnum() and len(n) >= 24}
-    aside = layout.backups / f"wal_archive.failover-{stamp}"
-    for path in layout.wal_archive.iterdir():
-        if path.name not in archive_before and (
-            _timeline(path.name) not in old_timelines or path.name.endswith(".partial")
-        ):
-            aside.mkdir(exist_ok=True)
-            shutil.move(path, aside / path.name)
-    set_server("database", "primary", weight=100, status="enabled")
-    set_server("database", "replica", weight=0, status="disabled")
-    cli.up(layout, size="30MB")
-
-
 def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
     layout = sandbox.layout
     archive_before = {p.name for p in layout.wal_archive.iterdir()}
     try:
-        _pg_ctl(layout, layout.primary_data, "stop", "-m", "immediate", "-w")  # a crash
+        kill_primary_at_once(layout)
         killed_at = datetime.now(UTC)
         dag_run = run_dag(
             "dr_failover",

@@ -21,7 +21,7 @@ from tracktion_dr.notify.delivery import create_slack_channel, deliver, slack_ch
 from tracktion_dr.scenarios.incident_response import (
     IncidentRequest,
     alert_message,
-    restoration_message,
+    restored_message,
     status_update_message,
 )
 
@@ -105,12 +105,13 @@ def test_pagerduty_dedup_key_is_stable_from_trigger_to_resolve(sandbox):
             war_room=incident["war_room"],
             impact="db",
         ),
-        restoration_message(
+        restored_message(
             incident,
             REQUEST,
             duration="12m",
             recovery="dr_initial_assessment",
-            recovery_outcome="succeeded",
+            recovery_outcome="success",
+            verification="verified",
             data_impact="none",
         ),
     ):

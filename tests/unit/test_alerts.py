@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios.alerts import (
     MalformedPayload,
+    UnroutableAlert,
     clock_start,
+    fill_labels,
     find_route,
     parse_alerts,
     run_conf,
@@ -147,8 +150,26 @@ def test_routing_follows_the_plan():
     conf = run_conf(route, firing, "DR-20261126-010000", NOW)
     assert conf["incident_id"] == "DR-20261126-010000"
     assert conf["incident_started_at"] == "2026-11-26T00:30:00.123456+00:00"
-    assert conf["scenario"] == "dr_initial_assessment" and conf["auto_recover"] is True
+    assert conf["scenario"] == "dr_application_recovery" and conf["auto_recover"] is True
+    # The route's "{service}" is the alert's label: the recovery is about that service.
+    assert conf["affected"] == [firing.labels["service"]]
     assert conf["description"] == '[alertmanager] a "quoted"\nline'
+
+
+def test_a_route_label_the_alert_lacks_is_refused_naming_it():
+    plan = load_plan()
+    firing, _ = parse_alerts("alertmanager", ALERTMANAGER)
+    route = find_route(plan, firing)
+    unlabelled = replace(firing, labels={k: v for k, v in firing.labels.items() if k != "service"})
+    with pytest.raises(UnroutableAlert, match="label 'service'"):
+        run_conf(route, unlabelled, "DR-20261126-010000", NOW)
+
+
+def test_labels_fill_nested_conf_as_text_only():
+    labels = {"service": "web", "evil": "{service}"}
+    filled = fill_labels({"a": ["{service}", {"b": "x-{evil}"}], "n": 3}, labels, "conf")
+    # A label's value is inserted as text, never expanded again.
+    assert filled == {"a": ["web", {"b": "x-{service}"}], "n": 3}
 
 
 def test_clock_start_refuses_unusable_times():

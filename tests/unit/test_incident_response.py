@@ -17,7 +17,7 @@ from tracktion_dr.scenarios.incident_response import (
     pagerduty_dedup_key,
     post_incident_review,
     resolve_request,
-    restoration_message,
+    restored_message,
     status_update_message,
 )
 
@@ -71,8 +71,14 @@ def test_pagerduty_dedup_key_is_stable_across_trigger_and_resolve():
         war_room="w",
         impact="i",
     )
-    resolve = restoration_message(
-        INCIDENT, REQUEST, duration="5m", recovery="r", recovery_outcome="ok", data_impact="none"
+    resolve = restored_message(
+        INCIDENT,
+        REQUEST,
+        duration="5m",
+        recovery="r",
+        recovery_outcome="ok",
+        verification="v",
+        data_impact="none",
     )
     assert [m.pagerduty_action for m in (trigger, update, resolve)] == [
         "trigger",

@@ -230,6 +230,9 @@ class IncidentResponse(_Model):
     # Delivery attempts per channel before it is recorded as failed.
     delivery_attempts: int = Field(default=3, ge=1, le=10)
     delivery_retry_delay: Duration = timedelta(seconds=2)
+    # How long an approval waits for the commander before the incident escalates to the
+    # next level (the approval is then recorded as timed out; nothing destructive starts).
+    approval_timeout: Duration = timedelta(minutes=30)
 
 
 AlertSource = Literal["alertmanager", "grafana", "pagerduty"]
@@ -237,7 +240,11 @@ AlertSource = Literal["alertmanager", "grafana", "pagerduty"]
 
 class AlertRoute(_Model):
     """A routing rule of the alert webhook: the first route whose ``match`` labels all
-    equal the alert's labels (and whose ``sources`` include the sender) decides the DAG."""
+    equal the alert's labels (and whose ``sources`` include the sender) decides the DAG.
+
+    String values in ``conf`` (also inside lists and objects) may name alert labels as
+    ``{label}``: ``services: ["{service}"]`` recovers the service the alert is about. An
+    alert without a label its route names is refused with the label's name."""
 
     name: str
     sources: list[AlertSource] = ["alertmanager", "grafana", "pagerduty"]

@@ -184,8 +184,38 @@ def clock_start(starts_at: str | None, now: datetime) -> str | None:
     return moment.isoformat()
 
 
+class UnroutableAlert(DrError, ValueError):
+    """The route that matched names an alert label the alert does not carry."""
+
+
+_LABEL = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_labels(value: Any, labels: dict[str, str], where: str) -> Any:
+    """``{label}`` in the route's conf strings -> the alert's label value (recursively)."""
+    if isinstance(value, str):
+
+        def label(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in labels:
+                raise UnroutableAlert(
+                    f"{where}: the route needs the alert label {name!r}, which the alert lacks"
+                )
+            return labels[name]
+
+        return _LABEL.sub(label, value)
+    if isinstance(value, list):
+        return [fill_labels(v, labels, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: fill_labels(v, labels, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
 def run_conf(route: AlertRoute, alert: Alert, incident_id: str, now: datetime) -> dict[str, Any]:
-    conf: dict[str, Any] = {**route.conf, "incident_id": incident_id}
+    conf: dict[str, Any] = {
+        **fill_labels(route.conf, alert.labels, f"alert_routes[{route.name}].conf"),
+        "incident_id": incident_id,
+    }
     started = clock_start(alert.starts_at, now)
     if started:
         conf["incident_started_at"] = started

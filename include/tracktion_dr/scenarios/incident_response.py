@@ -9,7 +9,7 @@ tested on its own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,26 @@ class IncidentRequest:
     description: str
     scenario: str  # "" = no recovery DAG
     auto_recover: bool
+    affected: list[str] = field(default_factory=list)  # the assessment's component names
+    scenario_conf: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "description": self.description,
+            "scenario": self.scenario,
+            "auto_recover": self.auto_recover,
+            "affected": self.affected,
+            "scenario_conf": self.scenario_conf,
+        }
 
 
 def resolve_request(plan: Plan, params: dict[str, Any]) -> IncidentRequest:
-    """Check the incident params (beyond the common ones) before anything is sent."""
+    """Check the incident params (beyond the common ones) before anything is sent: a
+    scenario the plan lists, the components it is about, the scenario's own params, and no
+    unattended destructive recovery where the environment demands a human decision."""
+    from tracktion_dr.scenarios import recovery_routes as routes
+
     severity = str(params.get("severity") or "")
     if severity not in plan.tiers:
         raise InvalidInput("severity", f"{severity!r} is not one of {list(plan.tiers)}")
@@ -56,11 +72,21 @@ def resolve_request(plan: Plan, params: dict[str, Any]) -> IncidentRequest:
     description = str(params.get("description") or "").strip()
     if not description:
         raise InvalidInput("description", "describe the incident (one line is enough)")
+    environment = plan.environment(str(params.get("environment") or plan.default_environment))
+    auto_recover = bool(params.get("auto_recover", False))
+    if auto_recover and routes.needs_approval(environment, scenario):
+        raise InvalidInput(
+            "auto_recover",
+            f"{scenario} is destructive and this environment demands a human decision",
+            hint="leave auto_recover off: the commander approves in the Airflow UI",
+        )
     return IncidentRequest(
         severity=severity,
         description=description,
         scenario=scenario,
-        auto_recover=bool(params.get("auto_recover", False)),
+        auto_recover=auto_recover,
+        affected=routes.check_affected(environment, params.get("affected")),
+        scenario_conf=routes.check_scenario_conf(scenario, params.get("scenario_conf")),
     )
 
 
@@ -166,27 +192,84 @@ def customer_initial_message(
     )
 
 
-def restoration_message(
+def customer_impact(names: list[str]) -> str:
+    """Component names as customers read them: no hosts, clusters or internal ids
+    (``tracklist-service`` -> "Tracklist", ``database:tracktion`` -> "stored data")."""
+    words: list[str] = []
+    for name in names:
+        kind, _, rest = name.partition(":")
+        if not rest:
+            word = name.removesuffix("-service").replace("-", " ").replace("_", " ").title()
+        elif kind == "database":
+            word = "stored data"
+        elif kind == "storage":
+            word = "audio file storage"
+        elif kind == "external":
+            word = "a third-party service we rely on"
+        else:  # replicas and backups serve no customer directly
+            continue
+        if word not in words:
+            words.append(word)
+    return ", ".join(words) or "parts of the platform"
+
+
+def customer_restored_message(
+    incident: dict[str, Any], request: IncidentRequest, *, duration: str
+) -> DrMessage:
+    """The customer's notice, for the status page: only sent once the restoration is
+    verified, and free of internal identifiers."""
+    impact = customer_impact(request.affected) if request.affected else "the platform"
+    return _message(
+        "customer_restored",
+        incident["incident_id"],
+        "info",
+        duration=duration,
+        services_restored=f"{impact}: operating normally again, checked independently",
+        data_impact="none known; our review will confirm it",
+        description=f"A disruption affected {impact}.",
+        pagerduty_action="resolve",
+        status_page_status="resolved",
+    )
+
+
+def restored_message(
     incident: dict[str, Any],
     request: IncidentRequest,
     *,
     duration: str,
     recovery: str,
     recovery_outcome: str,
+    verification: str,
     data_impact: str,
 ) -> DrMessage:
+    """The team's notice (chat, e-mail, PagerDuty *resolve*): what ran and what proved it."""
     return _message(
-        "customer_restored",
+        "restored",
         incident["incident_id"],
         "info",
+        severity=request.severity,
         duration=duration,
-        services_restored="All services are operational again (verified by the recovery run)",
-        data_impact=data_impact,
-        description=request.description,
         recovery=recovery,
         recovery_outcome=recovery_outcome,
+        verification=verification,
+        data_impact=data_impact,
+        description=request.description,
         pagerduty_action="resolve",
         status_page_status="resolved",
+    )
+
+
+def stand_down_message(
+    incident: dict[str, Any], request: IncidentRequest, *, finding: str
+) -> DrMessage:
+    """A false positive: the alert's components were healthy when checked."""
+    return _message(
+        "stand_down",
+        incident["incident_id"],
+        "info",
+        description=request.description,
+        affected=", ".join(request.affected),
+        finding=finding,
     )
 
 
@@ -300,6 +383,8 @@ def post_incident_review(
     detected_at: str | None = None,
     resolved_at: str | None = None,
     review_date: str | None = None,
+    outcome: str | None = None,
+    still_down: list[str] | None = None,
 ) -> str:
     """The seed's review template, pre-filled from the ledger: every run recorded for the
     incident and every step/gate event of those runs, in time order."""
@@ -325,7 +410,7 @@ def post_incident_review(
                 )
             )
     if resolved_at:
-        rows.append((parse_time(resolved_at), "Resolution", "Services restored", "-"))
+        rows.append((parse_time(resolved_at), "Resolution", "Services restored and verified", "-"))
     rows.sort(key=lambda row: row[0])
     table = [
         "| Time | Event | Action Taken | Person Responsible |",
@@ -339,6 +424,17 @@ def post_incident_review(
     duration = format_duration(end - start) if (start and end) else "unknown"
     if not resolved_at:
         duration += " (not resolved when this review was generated)"
+    if still_down:
+        duration += f"; STILL DOWN: {', '.join(still_down)}"
+    ending = {
+        "restored": "restored, verified by an independent re-check",
+        "not_restored": "NOT restored: "
+        + (", ".join(still_down or []) or "unverified")
+        + " still down; escalated",
+        "false_positive": "false positive: the alerted components were healthy when checked",
+        "approval_timed_out": "nobody decided on the recovery in time; escalated",
+        "manual": "no automated recovery; worked by hand",
+    }.get(outcome or "", outcome or "unknown")
     metrics = []
     for run in runs:
         achieved = run.get("rto_achieved_seconds")
@@ -356,7 +452,7 @@ def post_incident_review(
         incident_id=incident_id,
         review_date=review_date or datetime.now(UTC).strftime("%Y-%m-%d"),
         duration=duration,
-        summary=f"{description}\n\nRuns recorded for this incident: "
+        summary=f"{description}\n\nOutcome: {ending}\n\nRuns recorded for this incident: "
         + (", ".join(f"{r['dag_id']} ({r['outcome']})" for r in runs) or "none"),
         timeline_table="\n".join(table),
         data_impact=f"measured data loss {max(losses):.1f}s"
@@ -373,3 +469,113 @@ def post_incident_review(
         incident_logs="Airflow task logs of the runs listed under Recovery Metrics"
         + (f"; failed: {', '.join(failed)}" if failed else ""),
     ).body
+
+
+# --- the commander's decision -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    subject: str
+    body: str
+
+
+def approval_question(plan: Plan, run: dict[str, Any], assessment: dict[str, Any]) -> Question:
+    """What the commander reads before choosing: what is down, what the routed recovery
+    would do (its conf as it would be started), and what the other choices are."""
+    from tracktion_dr.scenarios import recovery_routes as routes
+
+    scenario = run.get("scenario") or ""
+    environment = plan.environment(run["environment"])
+    lines = [
+        f"**{run.get('incident_id')}** ({run.get('severity')}, {run['environment']}): "
+        f"{run.get('description', '')}",
+        "",
+        f"Assessment: {assessment.get('status', 'unknown')}; down: "
+        f"{', '.join(assessment.get('down') or []) or 'none'}; degraded: "
+        f"{', '.join(assessment.get('degraded') or []) or 'none'}",
+        "",
+    ]
+    if scenario:
+        conf = routes.recovery_conf(
+            environment,
+            scenario,
+            affected=run.get("affected") or [],
+            scenario_conf=run.get("scenario_conf") or {},
+            incident=run,
+            approved_by="(your approval)",
+        )
+        shown = {k: v for k, v in conf.items() if k not in ("incident_started_at", "notify")}
+        destructive = routes.recovery_of(scenario).destructive
+        lines += [
+            f"Proposed recovery: **{scenario}**"
+            + (" (destructive: data or services are moved aside)" if destructive else ""),
+            "Plan of actions: start it with " + ", ".join(f"{k}={v}" for k, v in shown.items()),
+            "then watch it, re-check the affected components independently, and only then "
+            "announce the restoration.",
+        ]
+    else:
+        lines.append("No recovery was routed for this alert: choose one, or recover by hand.")
+    lines += [
+        "",
+        f"Choose a scenario to start it, or '{routes.NO_RECOVERY}'. Without a decision in "
+        f"{format_duration(plan.incident_response.approval_timeout)} the incident escalates.",
+    ]
+    subject = f"Approve the recovery for {run.get('incident_id')}: {scenario or 'choose one'}?"
+    return Question(subject=subject, body="\n".join(lines))
+
+
+def approval_request_message(run: dict[str, Any], subject: str, body: str, link: str) -> DrMessage:
+    return DrMessage(
+        title=f"DR DECISION NEEDED - {subject}",
+        text=f"{body}\n\nAnswer here: {link}",
+        severity="critical",
+        incident_id=run.get("incident_id"),
+        fields={"answer": link},
+        dedup_key=pagerduty_dedup_key(str(run.get("incident_id"))),
+        pagerduty_action="trigger",
+    )
+
+
+# --- closing the incident -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Closing:
+    """How the incident ends, decided from what happened (never from a run's state alone)."""
+
+    outcome: str  # restored | not_restored | false_positive | manual | approval_timed_out
+    detail: str
+    still_down: list[str] = field(default_factory=list)
+
+    @property
+    def restored(self) -> bool:
+        return self.outcome == "restored"
+
+    @property
+    def escalates(self) -> bool:
+        return self.outcome in ("not_restored", "approval_timed_out")
+
+
+def closing(
+    *,
+    triage: dict[str, Any] | None,
+    decision: dict[str, Any] | None,
+    recovery: dict[str, Any] | None,
+    verification: dict[str, Any] | None,
+) -> Closing:
+    if triage and triage.get("false_positive"):
+        return Closing("false_positive", triage.get("finding") or "healthy when checked")
+    if decision and decision.get("timed_out"):
+        return Closing("approval_timed_out", "nobody decided on the recovery in time")
+    if recovery is None:
+        if decision and decision.get("chosen"):
+            return Closing("not_restored", "the chosen recovery did not start", ["recovery"])
+        return Closing("manual", "no automated recovery (none routed, or none chosen)")
+    if verification and verification.get("restored"):
+        return Closing("restored", verification.get("detail") or "verified")
+    still_down = list((verification or {}).get("still_down") or [])
+    detail = (verification or {}).get("detail") or "not verified"
+    if recovery.get("state") != "success":
+        detail = f"recovery {recovery.get('dag_id')} ended {recovery.get('state')}; {detail}"
+    return Closing("not_restored", detail, still_down or ["unverified"])

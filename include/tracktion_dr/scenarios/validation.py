@@ -392,3 +392,39 @@ def overall(results: list[dict[str, Any]]) -> str:
     """failed if any check failed; skipped checks never count as passed."""
     statuses = [r["status"] for r in results]
     return "failed" if "failed" in statuses else "passed"
+
+
+def run_named_check(
+    name: str,
+    environment: Environment,
+    conninfo_for: Any,
+    endpoint_for: Any,
+) -> CheckResult:
+    """One of :data:`CHECKS` by name. ``conninfo_for(conn_id, dbname)`` and
+    ``endpoint_for(conn_id)`` come from the Airflow layer (secrets never pass through here
+    as values of the plan)."""
+    if name == "system_health":
+        return system_health(
+            environment,
+            {
+                db: conninfo_for(environment.clusters[spec.cluster].conn_id, spec.name)
+                for db, spec in environment.databases.items()
+            },
+        )
+    if name == "data_integrity":
+        cluster = next(iter(environment.clusters.values()))
+        return data_integrity(
+            endpoint_for(cluster.conn_id),
+            {db: spec.name for db, spec in environment.databases.items()},
+            Path(cluster.bin_dir),
+        )
+    checks = {
+        "application_functionality": application_functionality,
+        "performance_baseline": performance_baseline,
+        "security_posture": security_posture,
+        "monitoring_systems": monitoring_systems,
+        "backup_systems": backup_systems,
+    }
+    if name not in checks:
+        raise ValueError(f"no validation check {name!r} (known: {list(CHECKS)})")
+    return checks[name](environment)
