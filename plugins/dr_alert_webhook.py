@@ -72,7 +72,7 @@ def parse_body_limit(raw: str | None) -> tuple[int, str | None]:
         return DEFAULT_MAX_BODY_BYTES, None
     shown = repr(raw[:40])
     try:
-        value = int(raw.strip().replace("_", ""))
+        value = int(raw.strip())  # whole numbers, "2_097_152" too
     except ValueError:
         value = None
     if value is None:
