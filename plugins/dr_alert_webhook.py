@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -388,9 +389,45 @@ async def alerts_endpoint(source: str, request: Request) -> JSONResponse:
     return await run_in_threadpool(_handle, source, alerts)
 
 
-def _handle(source: str, alerts: list[Any]) -> JSONResponse:
+# Incident ids are per second (DR-YYYYMMDD-HHMMSS): two different alerts in the same second
+# must not share one. Allocation is serialized in this process and skips ids that recent
+# alert runs already carry (another api-server worker can still race within one second;
+# the recovery run ids then still differ by scenario).
+_INCIDENT_IDS = threading.Lock()
+
+
+def _recent_incident_ids(now: datetime) -> set[str]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun).where(
+                DagRun.run_id.startswith("alert__"), DagRun.run_after >= now - timedelta(minutes=5)
+            )
+        )
+        return {str((run.conf or {}).get("incident_id")) for run in runs}
+
+
+def _free_incident_id(now: datetime, taken: set[str]) -> str:
     from tracktion_dr.core.incident import new_incident_id
+
+    moment = now
+    while (incident_id := new_incident_id(moment)) in taken:
+        moment += timedelta(seconds=1)
+    taken.add(incident_id)
+    return incident_id
+
+
+def _handle(source: str, alerts: list[Any]) -> JSONResponse:
+    with _INCIDENT_IDS:
+        return _handle_serialized(source, alerts)
+
+
+def _handle_serialized(source: str, alerts: list[Any]) -> JSONResponse:
     from tracktion_dr.core.plan import PlanError, load_plan
+    from tracktion_dr.scenarios.alerts import UnroutableAlert
 
     try:
         plan = load_plan()
@@ -399,12 +436,14 @@ def _handle(source: str, alerts: list[Any]) -> JSONResponse:
     conninfo = _ledger_conninfo()
     now = datetime.now(UTC)
     results = []
-    for position, alert in enumerate(alerts):
+    taken = _recent_incident_ids(now) if any(a.status == "firing" for a in alerts) else set()
+    for alert in alerts:
         if alert.status == "firing":
-            # One second apart within a batch keeps incident ids (DR-YYYYMMDD-HHMMSS) unique.
-            incident_id = new_incident_id(now + timedelta(seconds=position))
+            incident_id = _free_incident_id(now, taken)
             try:
                 result = _start(alert, plan, incident_id, now)
+            except UnroutableAlert as exc:  # the route needs a label this alert lacks
+                result = {"action": "unroutable", "detail": str(exc)}
             except Exception as exc:
                 # First line only: SQLAlchemy appends the statement and its parameters
                 # (the run's conf, from the body), which neither the log nor the answer gets.
