@@ -84,11 +84,11 @@ def test_hitl_link_is_airflows_own_for_a_real_hitl_operator(monkeypatch):
     from airflow.providers.standard.operators.hitl import HITLOperator
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080")
-    task = HITLOperator(
+    approve = HITLOperator(
         task_id="approve", subject="Swap the restored database in?", options=["Swap", "Abort"]
     )
     ti = SimpleNamespace(dag_id="dr_database_restore", task_id="approve", run_id="r1", map_index=-1)
-    message = hitl_message({"ti": ti, "task": task}, title=None, text=None)
+    message = hitl_message({"ti": ti, "task": approve}, title=None, text=None)
     assert message.title == "Swap the restored database in?"
     assert message.fields["answer here"] == (
         "http://airflow.example:8080/dags/dr_database_restore/runs/r1/tasks/approve"
