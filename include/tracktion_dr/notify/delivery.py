@@ -5,9 +5,14 @@ plan's ``incident_response.delivery_attempts``), each failure is logged and retu
 report (which the run records), and nothing here raises on delivery. E-mail recipients are
 contact *roles*, resolved from Airflow variables at send time.
 
+Channels go through their providers: Slack (``SlackWebhookHook``), PagerDuty Events v2
+(``PagerdutyEventsAsyncHook``; trigger/acknowledge/resolve on one dedup key per DR
+incident), SMTP (``SmtpHook``), the status page (Statuspage v1 over ``HttpHook``, in
+``status_page.py``: one status-page incident per DR incident).
+
 Also here: the war room's Slack channel (``create_slack_channel``, through the Slack
-provider's ``SlackHook`` on a bot-token connection) and e-mail to single contacts
-(``send_email_to``) for paging each role at activation.
+provider's ``SlackHook`` on a bot-token connection), and ``page_role`` - the activation's
+page of one contact role through PagerDuty, plus an e-mail to the role.
 """
 
 from __future__ import annotations
