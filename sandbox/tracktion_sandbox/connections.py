@@ -82,17 +82,19 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
             "password": "xoxb-sandbox-bot-token",
             "extra": {"base_url": f"{SINK}/slack-api/", "timeout": 10},
         },
+        # Events API v2 base URL (the provider's async hook posts to {base}/v2/enqueue).
         "dr_pagerduty": {
             "conn_type": "pagerduty_events",
             "password": "sandbox-routing-key",
-            "extra": {"events_api_url": f"{SINK}/pagerduty/v2/enqueue"},
+            "extra": {"events_api_url": f"{SINK}/pagerduty"},
         },
+        # Atlassian Statuspage v1 (production: host https://api.statuspage.io): the API key
+        # is the password (sent as "Authorization: OAuth <key>"), the page id an extra.
         "dr_status_page": {
             "conn_type": "http",
-            "host": L.HOST,
-            "port": L.SINK_HTTP_PORT,
-            "schema": "http",
-            "extra": {"path_prefix": "/statuspage"},
+            "host": f"{SINK}/statuspage",
+            "password": "sandbox-statuspage-api-key",
+            "extra": {"page_id": "sandboxpage01", "timeout": 10},
         },
         "dr_smtp": {
             "conn_type": "smtp",

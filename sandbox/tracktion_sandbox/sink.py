@@ -8,7 +8,8 @@ payload, SMTP dialogue — and leaves evidence a test can read: one JSON object 
 
 One asyncio process serves both: aiohttp for HTTP on SINK_HTTP_PORT and aiosmtpd's SMTP
 protocol on SINK_SMTP_PORT. Answers mimic the real services where callers check them:
-Slack webhooks answer ``ok``, PagerDuty Events API v2 answers 202 with a ``dedup_key``.
+Slack webhooks answer ``ok``, PagerDuty Events API v2 answers 202 with a ``dedup_key``, and
+``/statuspage`` is Atlassian Statuspage v1's incident API for real (``StatusPage``).
 Credentials are never recorded: only that an Authorization header or SMTP login was present.
 The SMTP side offers AUTH without TLS and accepts any login, so an Airflow SMTP connection
 with a user works; it does not offer STARTTLS (set the connection's ``disable_tls``).
@@ -80,30 +81,149 @@ def _redacted_headers(headers: Any) -> dict[str, str]:
 # --------------------------------------------------------------------------- HTTP
 
 
+def _record_request(layout: SandboxLayout, request: web.Request, raw: bytes) -> tuple[dict, Any]:
+    """Record one request (headers redacted) to the webhooks JSONL; returns it and its JSON."""
+    record: dict[str, Any] = {
+        "received_at": _now(),
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string,
+        "headers": _redacted_headers(request.headers),
+    }
+    parsed: Any = None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parsed = None
+    if parsed is not None:
+        record["json"] = parsed
+    elif raw:
+        record["body"] = text
+        if request.content_type == "application/x-www-form-urlencoded":
+            record["form"] = dict(parse_qsl(text))
+    append_record(layout.sink_webhooks, record)
+    log.info("recorded %s %s (%d bytes)", request.method, request.path, len(raw))
+    return record, parsed
+
+
+STATUSPAGE_STATUSES = ("investigating", "identified", "monitoring", "resolved")
+
+
+class StatusPage:
+    """Atlassian Statuspage v1's incident endpoints, for real: create (201 with an ``id``),
+    update by id (200; 404 for an unknown id), the unresolved list, and 401 without an
+    ``Authorization: OAuth <key>`` header. Incidents are kept in a JSON file beside the
+    records, so a restarted sink still knows them (like the real page would)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.incidents: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.incidents = {}
+
+    def _save(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.incidents, indent=1))
+        os.replace(temporary, self.path)
+
+    async def handle(self, request: web.Request, layout: SandboxLayout) -> web.Response:
+        raw = await request.read()
+        _record, parsed = _record_request(layout, request, raw)
+        authorization = request.headers.get("Authorization", "")
+        if not authorization.startswith("OAuth ") or not authorization[6:].strip():
+            return web.json_response({"error": "Could not authenticate"}, status=401)
+        page_id = request.match_info["page_id"]
+        incident_id = request.match_info.get("incident_id")
+        if request.method == "GET" and incident_id == "unresolved":
+            return web.json_response(self.unresolved(page_id))
+        if request.method == "POST" and incident_id is None:
+            return self.create(page_id, parsed)
+        if request.method == "PATCH" and incident_id:
+            return self.update(page_id, incident_id, parsed)
+        if request.method == "GET" and incident_id:
+            incident = self.incidents.get(incident_id)
+            if incident is None or incident["page_id"] != page_id:
+                return web.json_response({"error": "Incident not found"}, status=404)
+            return web.json_response(incident)
+        return web.json_response({"error": "Method not allowed"}, status=405)
+
+    def unresolved(self, page_id: str) -> list[dict[str, Any]]:
+        found = [
+            incident
+            for incident in self.incidents.values()
+            if incident["page_id"] == page_id and incident["status"] != "resolved"
+        ]
+        return sorted(found, key=lambda incident: incident["created_at"], reverse=True)
+
+    @staticmethod
+    def _fields(parsed: Any) -> dict[str, Any] | None:
+        if isinstance(parsed, dict) and isinstance(parsed.get("incident"), dict):
+            return parsed["incident"]
+        return None
+
+    def create(self, page_id: str, parsed: Any) -> web.Response:
+        fields = self._fields(parsed)
+        if fields is None or not fields.get("name"):
+            return web.json_response({"error": ["name can't be blank"]}, status=422)
+        status = fields.get("status", "investigating")
+        if status not in STATUSPAGE_STATUSES:
+            return web.json_response({"error": [f"status {status} is invalid"]}, status=422)
+        now = _now()
+        incident_id = uuid.uuid4().hex[:12]
+        incident = {
+            "id": incident_id,
+            "page_id": page_id,
+            "name": str(fields["name"]),
+            "status": status,
+            "created_at": now,
+            "updated_at": now,
+            "resolved_at": now if status == "resolved" else None,
+            "shortlink": f"https://stspg.io/{incident_id[:6]}",
+            "metadata": fields.get("metadata") or {},
+            "incident_updates": [self._update(status, fields.get("body", ""), now)],
+        }
+        self.incidents[incident_id] = incident
+        self._save()
+        return web.json_response(incident, status=201)
+
+    def update(self, page_id: str, incident_id: str, parsed: Any) -> web.Response:
+        incident = self.incidents.get(incident_id)
+        if incident is None or incident["page_id"] != page_id:
+            return web.json_response({"error": "Incident not found"}, status=404)
+        fields = self._fields(parsed)
+        if fields is None:
+            return web.json_response({"error": ["incident is missing"]}, status=422)
+        status = fields.get("status", incident["status"])
+        if status not in STATUSPAGE_STATUSES:
+            return web.json_response({"error": [f"status {status} is invalid"]}, status=422)
+        now = _now()
+        for key in ("name", "metadata"):
+            if key in fields:
+                incident[key] = fields[key]
+        incident["status"] = status
+        incident["updated_at"] = now
+        if status == "resolved":
+            incident["resolved_at"] = now
+        incident["incident_updates"].insert(0, self._update(status, fields.get("body", ""), now))
+        self._save()
+        return web.json_response(incident)
+
+    @staticmethod
+    def _update(status: str, body: Any, now: str) -> dict[str, Any]:
+        return {"id": uuid.uuid4().hex[:12], "status": status, "body": str(body), "created_at": now}
+
+
 def make_http_app(layout: SandboxLayout) -> web.Application:
+    status_page = StatusPage(layout.sink_dir / "statuspage.json")
+
+    async def statuspage(request: web.Request) -> web.Response:
+        return await status_page.handle(request, layout)
+
     async def record_post(request: web.Request) -> web.Response:
         raw = await request.read()
-        record: dict[str, Any] = {
-            "received_at": _now(),
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": _redacted_headers(request.headers),
-        }
-        parsed: Any = None
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            parsed = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parsed = None
-        if parsed is not None:
-            record["json"] = parsed
-        else:
-            record["body"] = text
-            if request.content_type == "application/x-www-form-urlencoded":
-                record["form"] = dict(parse_qsl(text))
-        append_record(layout.sink_webhooks, record)
-        log.info("recorded %s %s (%d bytes)", request.method, request.path, len(raw))
+        record, parsed = _record_request(layout, request, raw)
 
         if request.path.startswith("/pagerduty"):
             if not isinstance(parsed, dict):
@@ -136,6 +256,11 @@ def make_http_app(layout: SandboxLayout) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/", health)
     app.router.add_get("/health", health)
+    for pattern in (
+        "/statuspage/v1/pages/{page_id}/incidents",
+        "/statuspage/v1/pages/{page_id}/incidents/{incident_id}",
+    ):
+        app.router.add_route("*", pattern, statuspage)
     app.router.add_route("POST", "/{tail:.*}", record_post)
     app.router.add_route("PUT", "/{tail:.*}", record_post)
     return app

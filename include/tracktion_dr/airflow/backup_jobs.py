@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.airflow.notifier import mark_notified
 from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups import offsite, retention, snapshots, watch
 from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
@@ -52,7 +53,15 @@ def alert(plan: Plan, title: str, text: str, *, fields: dict[str, str], notify: 
 def fail(plan: Plan, title: str, problems: list[str], *, env_name: str, notify: bool) -> None:
     text = "\n".join(problems)
     report = alert(plan, title, text, fields={"environment": env_name}, notify=notify)
-    raise BackupJobFailed(f"{title}: {'; '.join(problems)} (notified: {report['sent'] or 'no'})")
+    failure = BackupJobFailed(
+        f"{title}: {'; '.join(problems)} (notified: {report['sent'] or 'no'})"
+    )
+    if report["sent"]:
+        # Reported (with its problems) on at least one channel: the task failure callback
+        # must not post it a second time. Not sent (notify off, every channel down): the
+        # callback is the one report left, so a backup never fails silently.
+        mark_notified(failure)
+    raise failure
 
 
 # --------------------------------------------------------------------------- database

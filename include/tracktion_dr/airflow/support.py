@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Connection, Param
 
+from tracktion_dr.airflow.notifier import task_failure_notifier
 from tracktion_dr.core.incident import INCIDENT_ID_PATTERN
 from tracktion_dr.core.plan import Controller, Plan
 from tracktion_dr.services.base import ServiceController
@@ -24,6 +25,9 @@ DEFAULT_ARGS: dict[str, Any] = {
     "owner": OWNER,
     "retries": 1,
     "retry_delay": timedelta(seconds=15),
+    # No silent task failure: a task that crashes or times out is posted to the plan's
+    # Slack channels once, on its final failure, with the link to it (airflow/notifier.py).
+    "on_failure_callback": task_failure_notifier,
 }
 
 

@@ -5,9 +5,14 @@ plan's ``incident_response.delivery_attempts``), each failure is logged and retu
 report (which the run records), and nothing here raises on delivery. E-mail recipients are
 contact *roles*, resolved from Airflow variables at send time.
 
+Channels go through their providers: Slack (``SlackWebhookHook``), PagerDuty Events v2
+(``PagerdutyEventsAsyncHook``; trigger/acknowledge/resolve on one dedup key per DR
+incident), SMTP (``SmtpHook``), the status page (Statuspage v1 over ``HttpHook``, in
+``status_page.py``: one status-page incident per DR incident).
+
 Also here: the war room's Slack channel (``create_slack_channel``, through the Slack
-provider's ``SlackHook`` on a bot-token connection) and e-mail to single contacts
-(``send_email_to``) for paging each role at activation.
+provider's ``SlackHook`` on a bot-token connection), and ``page_role`` - the activation's
+page of one contact role through PagerDuty, plus an e-mail to the role.
 """
 
 from __future__ import annotations
@@ -91,32 +96,82 @@ def _send_slack(plan: Plan, channel: NotificationChannel, message: DrMessage) ->
     SlackWebhookHook(slack_webhook_conn_id=channel.conn_id).send(text=message.slack_text())
 
 
-PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com"
+PAGERDUTY_SOURCE = "tracktion-dr"
 
 
 def _send_pagerduty(plan: Plan, channel: NotificationChannel, message: DrMessage) -> None:
-    """PagerDuty Events API v2. The event is built by the provider's own helper; it is
-    posted to the connection's ``events_api_url`` extra (default: PagerDuty's endpoint),
-    because the pagerduty client refuses any non-https URL and so cannot reach the
-    sandbox's sink - one code path, exercised by the tests, serves both."""
-    import httpx
-    from airflow.providers.pagerduty.hooks.pagerduty_events import prepare_event_data
+    """PagerDuty Events API v2 through the provider's ``PagerdutyEventsAsyncHook``: trigger,
+    acknowledge and resolve on the message's one dedup key per DR incident."""
     from airflow.sdk import Connection
 
     connection = Connection.get(channel.conn_id)
-    url = (connection.extra_dejson or {}).get("events_api_url", PAGERDUTY_EVENTS_URL)
-    event = prepare_event_data(
-        summary=message.title[:1024],
-        severity=message.severity,
-        source="tracktion-dr",
+    send_pagerduty_event(
+        routing_key=connection.password or "",
+        events_api_url=pagerduty_events_api_url(connection.extra_dejson),
         action=message.pagerduty_action,
+        summary=message.title,
+        severity=message.severity,
         dedup_key=message.dedup_key or message.incident_id,
         custom_details={"text": message.text, **message.fields},
     )
-    event["event_action"] = event.pop("action")
-    event["routing_key"] = connection.password
-    response = httpx.post(url, json=event, timeout=10)
-    response.raise_for_status()
+
+
+def pagerduty_events_api_url(extra: dict[str, Any] | None) -> str:
+    """The Events API base URL: the connection's ``events_api_url`` extra, else PagerDuty's.
+
+    The provider's sync hook goes through the ``pagerduty`` client, which refuses any
+    non-https URL; the async hook posts to ``{base_url}/v2/enqueue`` with aiohttp, so one
+    code path reaches both PagerDuty and the sandbox's plain-http sink. A value written the
+    older way, with the ``/v2/enqueue`` path, is accepted too."""
+    url = str((extra or {}).get("events_api_url") or PAGERDUTY_EVENTS_URL).rstrip("/")
+    return url.removesuffix("/v2/enqueue")
+
+
+def send_pagerduty_event(
+    *,
+    routing_key: str,
+    events_api_url: str,
+    action: str,
+    summary: str,
+    severity: str,
+    dedup_key: str | None,
+    custom_details: dict[str, Any],
+) -> str:
+    """One Events v2 event through the provider's async hook, run to completion from this
+    synchronous caller; returns the dedup key PagerDuty answered with."""
+    from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsAsyncHook
+
+    if not routing_key:
+        raise ValueError("the PagerDuty connection has no routing (integration) key")
+    hook = PagerdutyEventsAsyncHook(integration_key=routing_key)
+    hook.base_url = events_api_url
+    hook.retry_limit = 1  # deliver() owns the retries (and counts them)
+    return _run_coroutine(
+        hook.send_event(
+            summary=summary[:1024],
+            severity=severity,
+            source=PAGERDUTY_SOURCE,
+            action=action,
+            dedup_key=dedup_key,
+            custom_details=custom_details,
+        )
+    )
+
+
+def _run_coroutine(coroutine: Any) -> Any:
+    """``asyncio.run`` - in a helper thread when this thread already runs an event loop
+    (a caller inside async code must not be broken by a best-effort notification)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _send_email(plan: Plan, channel: NotificationChannel, message: DrMessage) -> None:
@@ -133,25 +188,9 @@ def _send_email(plan: Plan, channel: NotificationChannel, message: DrMessage) ->
 
 
 def _send_status_page(plan: Plan, channel: NotificationChannel, message: DrMessage) -> None:
-    from airflow.providers.http.hooks.http import HttpHook
-    from airflow.sdk import Connection
+    from tracktion_dr.notify.status_page import publish
 
-    prefix = (Connection.get(channel.conn_id).extra_dejson or {}).get("path_prefix", "")
-    hook = HttpHook(method="POST", http_conn_id=channel.conn_id)
-    response = hook.run(
-        endpoint=f"{prefix}/api/v1/incidents",
-        json={
-            "incident": {
-                "name": message.title,
-                "status": message.status_page_status
-                or ("investigating" if message.severity != "info" else "monitoring"),
-                "body": message.text,
-                "incident_id": message.incident_id,
-            }
-        },
-        extra_options={"timeout": 10},
-    )
-    response.raise_for_status()
+    publish(channel.conn_id, message)
 
 
 def _send_webhook(plan: Plan, channel: NotificationChannel, message: DrMessage) -> None:
@@ -223,6 +262,79 @@ def resolve_contact(plan: Plan, role: str) -> dict[str, Any] | None:
         if raw:
             return json.loads(raw) if isinstance(raw, str) else dict(raw)
     return None
+
+
+def page_role(plan: Plan, role: str, message: DrMessage) -> str:
+    """Page one contact role (the plan's "SMS" at team activation) through PagerDuty, and
+    e-mail the role when it has an address. Best effort: returns a short state for the
+    run's record ("paged", "paged, e-mailed", "no contact ...", "failed: ..."), never raises.
+
+    One PagerDuty alert per role and DR incident (dedup key ``<incident key>/<role>``), so a
+    re-run of the activation does not page twice. The routing key is the role's own
+    (``pagerduty_routing_key`` in its contact variable) or the plan's pagerduty channel's.
+    Contact details and keys never reach the log or the returned state."""
+    try:
+        contact = resolve_contact(plan, role)
+    except Exception as exc:  # a malformed variable must not stop the activation
+        return f"failed: contact variable unreadable ({type(exc).__name__})"
+    if contact is None:
+        return f"no contact for role {role} (its Airflow variable is not set)"
+    secrets = [str(v) for v in contact.values() if v]
+    states = [_page_contact(plan, role, message, contact)]
+    if contact.get("email"):
+        states.append(_email_contact(plan, role, message, str(contact["email"])))
+    state = ", ".join(s for s in states if s)
+    if not any(s in ("paged", "e-mailed") for s in states):
+        state = f"failed: {state}"
+    return _redact(state, secrets)
+
+
+def _page_contact(plan: Plan, role: str, message: DrMessage, contact: dict[str, Any]) -> str:
+    from airflow.sdk import Connection
+
+    channel = next((c for c in plan.notifications.values() if c.kind == "pagerduty"), None)
+    try:
+        connection = Connection.get(channel.conn_id) if channel else None
+        routing_key = contact.get("pagerduty_routing_key") or (
+            connection.password if connection else None
+        )
+        if not routing_key:
+            return "not paged (no routing key for the role and no pagerduty channel)"
+        incident_key = message.dedup_key or message.incident_id or message.title
+        send_pagerduty_event(
+            routing_key=str(routing_key),
+            events_api_url=pagerduty_events_api_url(connection.extra_dejson if connection else {}),
+            action="trigger",
+            summary=message.title,
+            severity=message.severity,
+            dedup_key=f"{incident_key}/{role}",
+            custom_details={"role": role, "text": message.text, **message.fields},
+        )
+    except Exception as exc:  # best effort: recorded, never raised into the activation
+        log.warning("paging role %s failed: %s", role, type(exc).__name__)
+        return f"page failed ({type(exc).__name__})"
+    log.info("paged role %s", role)
+    return "paged"
+
+
+def _email_contact(plan: Plan, role: str, message: DrMessage, address: str) -> str:
+    channel = next((c for c in plan.notifications.values() if c.kind == "email"), None)
+    if channel is None:
+        return "not e-mailed (no email channel in the plan)"
+    try:
+        send_email_to(channel.conn_id, [address], message.title, message.plain_text())
+    except Exception as exc:  # the exception text may name the address: keep the class only
+        log.warning("e-mail to role %s failed: %s", role, type(exc).__name__)
+        return f"e-mail failed ({type(exc).__name__})"
+    log.info("e-mailed role %s", role)
+    return "e-mailed"
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    return text
 
 
 def send_email_to(conn_id: str, recipients: list[str], subject: str, body: str) -> None:
