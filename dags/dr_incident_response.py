@@ -35,14 +35,17 @@ from airflow.sdk import Param, dag, task
 
 from tracktion_dr.airflow import incident_steps as incident
 from tracktion_dr.airflow import steps
-from tracktion_dr.airflow.approval import DECISION_KEY, ApprovalRequestNotifier, RecoveryApproval
+from tracktion_dr.airflow.approval import DECISION_KEY, RecoveryApproval
 from tracktion_dr.airflow.dag_kit import raise_for_outcome, record_timeline
 from tracktion_dr.airflow.incident_watch import RecoveryWatch
+from tracktion_dr.airflow.notifier import DrNotifier
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 RESPONSE = ["alert_stakeholders", "activate_team", "war_room"]
+# Where a waiting decision is announced: the on-call's chat and pager.
+ON_CALL = [n for n, c in PLAN.notifications.items() if c.kind in ("slack", "pagerduty")]
 
 PARAMS = {
     **common_params(PLAN, environment_default=PLAN.default_environment),
@@ -222,7 +225,7 @@ def dr_incident_response():
         plan=PLAN,
         start_task_id="recovery_request",
         no_recovery_task_id="no_recovery",
-        notifiers=[ApprovalRequestNotifier(PLAN)],
+        notifiers=[DrNotifier(kind="hitl", channels=ON_CALL, severity="critical")],
     )
     request = recovery_request(run)
     no_recovery = EmptyOperator(task_id="no_recovery")

@@ -258,7 +258,7 @@ def test_primary_killed_alert_waits_for_approval_then_fails_over_and_verifies(
         asked = [
             r
             for r in hooks(sandbox, incident_id)
-            if r["path"].startswith("/slack") and "DR DECISION NEEDED" in json.dumps(r)
+            if r["path"].startswith("/slack") and "Approve the recovery for" in json.dumps(r)
         ]
         assert asked, "no approval request on Slack"
         link = f"/dags/dr_incident_response/runs/{run_id}/tasks/approve_recovery/required_actions"

@@ -3,8 +3,8 @@
 ``RecoveryApproval`` is Airflow 3's human-in-the-loop branch: the options are the plan's
 recovery scenarios (the routed one first) and "No automated recovery"; the chosen one is
 what ``recovery_request`` starts. Before it waits, it writes the question - what is down,
-the plan of actions, the conf the recovery would get - and its notifiers post the question
-with the link that answers it to the on-call channels (chat and PagerDuty). It records who
+the plan of actions, the conf the recovery would get - and its notifiers (``DrNotifier``)
+post the question with the link that answers it to the on-call channels. It records who
 decided and when (XCom ``decision``), also when nobody did: a timeout is recorded, then
 fails the task, and the close-out escalates to the next level.
 
@@ -17,8 +17,7 @@ import logging
 from typing import Any
 
 from airflow.providers.standard.exceptions import HITLTimeoutError
-from airflow.providers.standard.operators.hitl import HITLBranchOperator, HITLOperator
-from airflow.sdk import BaseNotifier
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
 
 from tracktion_dr.core.plan import Plan, format_duration
 from tracktion_dr.scenarios.recovery_routes import NO_RECOVERY
@@ -88,32 +87,3 @@ class RecoveryApproval(HITLBranchOperator):
                 format_duration(self.plan.incident_response.approval_timeout),
             )
             raise
-
-
-class ApprovalRequestNotifier(BaseNotifier):
-    """Posts the approval's question, its plan of actions and the link that answers it to
-    the plan's chat and PagerDuty channels (best effort, like every notification)."""
-
-    def __init__(self, plan: Plan):
-        super().__init__()
-        self.plan = plan
-
-    def notify(self, context: Any) -> None:
-        from tracktion_dr.airflow.steps import guard_result
-        from tracktion_dr.notify.delivery import deliver
-        from tracktion_dr.scenarios.incident_response import approval_request_message
-
-        run = guard_result(context) or {}
-        link = HITLOperator.generate_link_to_ui_from_context(context=context)
-        task = context["task"]
-        message = approval_request_message(run, task.subject, task.body or "", link)
-        if not run.get("notify", True):
-            log.info("notify is off; approval request not sent:\n%s", message.plain_text())
-            return
-        channels = [
-            name
-            for name in (self.plan.incident_response.channels or list(self.plan.notifications))
-            if self.plan.notifications[name].kind in ("slack", "pagerduty")
-        ]
-        report = deliver(self.plan, message, channels=channels)
-        log.info("approval request sent to %s (failed: %s)", report.sent, report.failed)

@@ -525,18 +525,6 @@ def approval_question(plan: Plan, run: dict[str, Any], assessment: dict[str, Any
     return Question(subject=subject, body="\n".join(lines))
 
 
-def approval_request_message(run: dict[str, Any], subject: str, body: str, link: str) -> DrMessage:
-    return DrMessage(
-        title=f"DR DECISION NEEDED - {subject}",
-        text=f"{body}\n\nAnswer here: {link}",
-        severity="critical",
-        incident_id=run.get("incident_id"),
-        fields={"answer": link},
-        dedup_key=pagerduty_dedup_key(str(run.get("incident_id"))),
-        pagerduty_action="trigger",
-    )
-
-
 # --- closing the incident -----------------------------------------------------------------
 
 
