@@ -228,7 +228,7 @@ def dr_incident_response():
         notifiers=[DrNotifier(kind="hitl", channels=ON_CALL, severity="critical")],
     )
     request = recovery_request(run)
-    no_recovery = EmptyOperator(task_id="no_recovery")
+    no_recovery = EmptyOperator(task_id="no_recovery", trigger_rule="none_failed_min_one_success")
     chosen >> [approve, request, no_recovery]
     approve >> [request, no_recovery]
     start_recovery = TriggerDagRunOperator(

@@ -34,7 +34,8 @@ def test_incident_without_recovery_dag(sandbox):
     assert states["start_recovery"] == "skipped" and states["approve_recovery"] == "skipped"
 
     activation = task_result(run, "activate_team")
-    assert set(activation["paged"].values()) == {"paged"}
+    # Each role paged through PagerDuty (its own dedup key) and e-mailed.
+    assert set(activation["paged"].values()) == {"paged, e-mailed"}
     war_room = task_result(run, "war_room")
     assert war_room["channel"]["name"] == "dr-20261126-000102"
     response_doc = sandbox.layout.home / "incidents" / incident_id / "response.md"
@@ -46,6 +47,12 @@ def test_incident_without_recovery_dag(sandbox):
     ]
     texts = [json.dumps(h) for h in hooks if incident_id in json.dumps(h)]
     assert any("DISASTER RECOVERY ACTIVATED" in t for t in texts)
+    role_pages = {
+        h["json"]["dedup_key"]
+        for h in hooks
+        if h["path"].startswith("/pagerduty") and incident_id in h["json"].get("dedup_key", "")
+    }
+    assert {f"tracktion-dr/{incident_id}/incident_commander"} <= role_pages
     # The customer notice reached the status page's one incident of this DR incident
     # (found by its metadata marker; what customers read carries no incident id).
     page = json.loads((sandbox.layout.sink_dir / "statuspage.json").read_text())
