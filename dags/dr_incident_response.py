@@ -184,8 +184,10 @@ def close_incident(run: dict, **context) -> dict:
 
 @task(trigger_rule="all_done", retries=0)
 def record(**context) -> dict:
-    run = steps.guard_result(context) or {"incident_id": "", "environment": "", "started_at": ""}
-    return record_timeline(context, incident=run, rto_target_seconds=run.get("rto_seconds", 0))
+    run = steps.guard_result(context)
+    if run is None:  # refused: nothing was sent or started, nothing to record
+        return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
+    return record_timeline(context, incident=run, rto_target_seconds=run["rto_seconds"])
 
 
 @steps.step("bookkeeping", after_all=True)
@@ -247,10 +249,14 @@ def dr_incident_response():
     verified = verify_recovery()
     closed = close_incident()
     watch >> verified >> closed
-    [no_recovery, approve, chosen, stood_down, *response] >> closed
+    # Not wired to choose_recovery: a branch that chooses nothing skips its direct downstream.
+    [no_recovery, approve, stood_down, *response] >> closed
     timeline = record()
     review = post_incident_review()
-    closed >> timeline >> review >> verdict(timeline)
+    judged = verdict(timeline)
+    # The verdict also waits on the guard: a refused guard is the run's one failed task.
+    closed >> timeline >> review >> judged
+    run >> judged
 
 
 dr_incident_response()

@@ -171,3 +171,16 @@ def test_every_alert_route_reaches_a_recovery_that_accepts_its_conf(dagbag, plan
             enum = schema.get("enum")
             if name in recovery and enum:
                 assert recovery[name] in enum, f"{route.name}: {name}={recovery[name]!r}"
+
+
+def test_every_task_reports_its_failure_through_the_dr_notifier(dagbag):
+    """No silent failure: a crashed, timed-out or killed task of any DAG is posted once."""
+    from tracktion_dr.airflow.notifier import DrNotifier
+
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert any(isinstance(c, DrNotifier) for c in callbacks), (
+                f"{dag.dag_id}.{task.task_id} has no DrNotifier failure callback"
+            )

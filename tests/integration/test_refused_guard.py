@@ -26,6 +26,7 @@ BAD_INPUTS = {
     "dr_failover": {"target": "service", "service": "ghost-service"},
     "dr_test_monthly": {"environment": "production"},  # a drill never runs there
     "dr_test_quarterly": {"environment": "production"},
+    "dr_incident_response": {"severity": "critical", "description": "x", "affected": ["ghost"]},
 }
 
 

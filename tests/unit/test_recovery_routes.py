@@ -178,3 +178,14 @@ def test_the_approval_question_shows_the_plan_of_actions():
     assert "dr_failover" in question.subject
     assert "target=database" in question.body and "database=tracktion" in question.body
     assert "destructive" in question.body and routes.NO_RECOVERY in question.body
+
+
+def test_reseed_inputs_name_the_cluster_field():
+    from tracktion_dr.scenarios import replica_reseed
+
+    incident = {**INCIDENT, "environment": "drill"}
+    run = replica_reseed.check_inputs(PLAN, incident, {"cluster": "main"})
+    assert run["tag"] == "20261126_010000" and run["wal_archive"]
+    with pytest.raises(InvalidInput) as refused:
+        replica_reseed.check_inputs(PLAN, incident, {"cluster": "nope"})
+    assert refused.value.field == "cluster"

@@ -32,16 +32,9 @@ def send(plan: Plan, run: dict[str, Any], message: Any, names: list[str]) -> dic
 
 
 def request_of(run: dict[str, Any]) -> Any:
-    from tracktion_dr.scenarios.incident_response import IncidentRequest
+    from tracktion_dr.airflow.incident_watch import incident_request
 
-    return IncidentRequest(
-        severity=run["severity"],
-        description=run["description"],
-        scenario=run["scenario"],
-        auto_recover=run["auto_recover"],
-        affected=list(run.get("affected") or []),
-        scenario_conf=dict(run.get("scenario_conf") or {}),
-    )
+    return incident_request(run)
 
 
 # --- opening ---------------------------------------------------------------------------

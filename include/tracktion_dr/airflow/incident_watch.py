@@ -103,7 +103,7 @@ class RecoveryWatch(BaseSensorOperator):
         message = status_update_message(
             self.plan,
             incident,
-            _request(incident),
+            incident_request(incident),
             status=f"Recovery in progress: {self.recovery['dag_id']} is {state}",
             activities=f"- {self.recovery['dag_id']} run {self.recovery['run_id']} ({state})",
             next_update=(now + interval).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -135,7 +135,7 @@ class RecoveryWatch(BaseSensorOperator):
             self._paged.add(level.level)
 
 
-def _request(incident: dict[str, Any]) -> Any:
+def incident_request(incident: dict[str, Any]) -> Any:
     from tracktion_dr.scenarios.incident_response import IncidentRequest
 
     return IncidentRequest(
@@ -143,6 +143,8 @@ def _request(incident: dict[str, Any]) -> Any:
         description=incident["description"],
         scenario=incident["scenario"],
         auto_recover=incident["auto_recover"],
+        affected=list(incident.get("affected") or []),
+        scenario_conf=dict(incident.get("scenario_conf") or {}),
     )
 
 
@@ -167,7 +169,7 @@ def page_level(
     level = next(level for level in plan.escalation if level.level == level_number)
     message = escalation_message(
         incident,
-        _request(incident),
+        incident_request(incident),
         level,
         reason=reason,
         elapsed=elapsed,
