@@ -240,10 +240,17 @@ def dr_incident_response():
         trigger_run_id="{{ ti.xcom_pull(task_ids='recovery_request')['run_id'] }}",
         conf=request["conf"],
         wait_for_completion=False,
+        # A re-run of the incident finds its recovery run already there: watch that one.
+        skip_when_already_exists=True,
         retries=0,
     )
     watch = RecoveryWatch(
-        task_id="watch_recovery", plan=PLAN, incident=run, recovery=request, poke_interval=5
+        task_id="watch_recovery",
+        plan=PLAN,
+        incident=run,
+        recovery=request,
+        poke_interval=5,
+        trigger_rule="none_failed_min_one_success",
     )
     request >> start_recovery >> watch
     verified = verify_recovery()

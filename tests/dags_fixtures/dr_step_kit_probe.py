@@ -31,6 +31,7 @@ PLAN = load_plan()
         **common_params(PLAN, environment_default="drill"),
         "refuse": Param(False, type="boolean", description="the guard refuses"),
         "fail_act": Param(False, type="boolean", description="the act step fails"),
+        "look_finds_failure": Param(False, type="boolean", description="look finds a failure"),
     },
     doc_md=__doc__,
 )
@@ -50,6 +51,8 @@ def dr_step_kit_probe():
 
     @step("check")
     def look(run: dict, **context) -> dict:
+        if context["params"]["look_finds_failure"]:
+            return {"status": "failed", "detail": "found it down", "seen": 0}
         return {"detail": "looked", "seen": 42}
 
     @step("destructive", after_all=True)

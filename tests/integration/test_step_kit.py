@@ -51,3 +51,13 @@ def test_a_clean_run_records_every_step(sandbox):
     assert str(dag_run.state) == "success", states
     names = [e["name"] for e in task_result(dag_run, "record")["events"]]
     assert names == ["act", "gate_back", "look", "restart_anyway"]
+
+
+def test_a_step_that_finds_a_failure_fails_its_task_and_keeps_what_it_measured(sandbox):
+    dag_run, states = run({"look_finds_failure": True})
+    assert str(dag_run.state) == "failed"
+    assert states["look"] == "failed" and states["restart_anyway"] == "success", states
+    looked = task_result(dag_run, "look")  # kept for the steps after it
+    assert looked["seen"] == 0 and looked["event"]["status"] == "failed"
+    assert looked["event"]["detail"] == "found it down"
+    assert "look" in task_result(dag_run, "record")["details"]["failed_tasks"]

@@ -310,11 +310,9 @@ def close_incident(
         )
         result["escalation"] = page_level(plan, run, level, reason=reason, elapsed=now - clock)
         result["still_down"] = ending.still_down
-        return {
-            "status": "failed",
-            "detail": f"not restored, escalated to {level}: {reason}",
-            **result,
-        }
+        # Not a failure of this step (it escalated): the failed verification, approval or
+        # recovery task is what fails the run.
+        return {"detail": f"not restored, escalated to {level}: {reason}", **result}
     if ending.outcome == "false_positive":
         return {"detail": f"false positive: {ending.detail}", **result}
     message = rules.status_update_message(

@@ -56,6 +56,10 @@ class RecoveryWatch(BaseSensorOperator):
     def poke(self, context: Any) -> bool | PokeReturnValue:
         from tracktion_dr.core.timeline import Event
 
+        if not self.recovery:  # nothing was chosen or started: nothing to watch
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no recovery run was requested")
         now = datetime.now(UTC)
         self._waiting_since = self._waiting_since or now.isoformat()
         dag_id, run_id = self.recovery["dag_id"], self.recovery["run_id"]

@@ -14,6 +14,9 @@ owns everything around it, the same for every DAG:
 * **refusal means no retry**: a :class:`~tracktion_dr.core.errors.Refused` ends the task at
   once with its message and HINT (so does ``ValidationFailed``: the same copy fails the
   same checks again);
+* **a finding of failure fails the task**: a step that returns ``status="failed"`` (a check
+  that measured something down) fails its task without a retry, its result kept in XCom
+  for the steps that run after it;
 * **the retry policy per kind of step** (:data:`STEP_POLICIES`): destructive steps are
   resumable (they look at the actual state first), so they are retried; checks once;
   bookkeeping and notification never (their failure must not hide the recovery's outcome);
@@ -174,7 +177,14 @@ def step(
                 status = str(result.pop("status", "succeeded"))
             else:
                 detail, status, result = str(result or ""), "succeeded", {}
-            return {"event": finished(started, status, detail), **result}
+            value = {"event": finished(started, status, detail), **result}
+            if status == "failed":
+                # A step that found a failure fails its task (red in the grid, the run
+                # fails), keeping what it measured as its result for the steps after it.
+                context["ti"].xcom_push(key="return_value", value=value)
+                log.error("%s: %s", name, detail)
+                raise AirflowFailException(f"{name}: {detail}")
+            return value
 
         if after_all:
 
