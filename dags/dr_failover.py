@@ -44,6 +44,7 @@ from airflow.sdk import Param, dag, task
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail, take_exclusivity
+from tracktion_dr.airflow.notifier import DrNotifier
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -54,6 +55,7 @@ PLAN = load_plan()
 DAG_ID = "dr_failover"
 SERVICES = failover.service_names(PLAN)
 APPROVAL_TIMEOUT = failover.approval_timeout(PLAN)
+ON_CALL = [n for n, c in PLAN.notifications.items() if c.kind in ("slack", "pagerduty")]
 
 
 def record_fields(run: dict, context) -> dict:
@@ -162,6 +164,8 @@ def dr_failover():
         ),
         defaults="Reject",
         response_timeout=APPROVAL_TIMEOUT,
+        # The question and the link that answers it go to the on-call's chat and pager.
+        notifiers=[DrNotifier(kind="hitl", channels=ON_CALL, severity="critical")],
         retries=0,
     )
 

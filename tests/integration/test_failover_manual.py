@@ -176,7 +176,9 @@ def answer(client: httpx.Client, run_id: str, option: str) -> None:
     ).raise_for_status()
 
 
-def test_manual_failover_waits_for_approval_then_switches(airflow_api, secondary_registered):
+def test_manual_failover_waits_for_approval_then_switches(
+    sandbox, airflow_api, secondary_registered
+):
     before = backend(SERVICE)["servers"]
     run_id = run_until_awaiting_approval(airflow_api)
     detail = airflow_api.get(
@@ -184,6 +186,14 @@ def test_manual_failover_waits_for_approval_then_switches(airflow_api, secondary
     ).json()
     assert detail["options"] == ["Approve", "Reject"]
     assert "enable `secondary` at weight 100" in detail["body"], "the prompt says what will happen"
+    # The question reached the on-call chat with the link that answers it.
+    asked = [
+        r
+        for r in map(json.loads, sandbox.layout.sink_webhooks.read_text().splitlines())
+        if r["path"].startswith("/slack")
+        and f"runs/{run_id}/tasks/approve/required_actions" in json.dumps(r)
+    ]
+    assert asked, "no approval request on Slack"
     # nothing happens while the question is open
     assert task_state(airflow_api, run_id, "switch") in (None, "none", "scheduled")
     assert backend(SERVICE)["servers"] == before
