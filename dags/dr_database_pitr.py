@@ -206,9 +206,7 @@ def start_services(run: dict, **context) -> dict | str:
 def reseed_replica(run: dict, **context) -> dict | str:
     """After the service gates, whatever they found: a standby brings redundancy back,
     not service (recorded as "redundancy restored", outside the RTO)."""
-    from tracktion_dr.airflow.support import endpoint
-    from tracktion_dr.postgres.pitr import ClusterPaths
-    from tracktion_dr.postgres.replica import reseed_replica as reseed
+    from tracktion_dr.airflow.support import reseed_standby
 
     if context["ti"].xcom_pull(task_ids="promote") is None:
         return {
@@ -224,21 +222,7 @@ def reseed_replica(run: dict, **context) -> dict | str:
             "detail": "the plan names no replica: if one exists it follows the old timeline "
             "and MUST be re-seeded by hand",
         }
-    replica_dir = Path(cluster.replica_data_directory)
-    replica_admin = endpoint(cluster.replica_conn_id)
-    return reseed(
-        endpoint(cluster.replication_conn_id),
-        _admin(run),
-        ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
-        replica_admin.port,
-        replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
-        tag=run["tag"],
-        incident_id=run["incident_id"],
-        cluster_name=run["cluster"],
-        wal_archive=Path(run["wal_archive"]),
-        replica_admin=replica_admin,
-        bindir=Path(cluster.bin_dir),
-    )
+    return reseed_standby(cluster, run)
 
 
 @steps.step("check", skip_in_dry_run=True, after_all=True)

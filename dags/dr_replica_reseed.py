@@ -21,7 +21,6 @@ incident's copy is only started; the original is moved aside once, never deleted
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from airflow.sdk import Param, dag
 
@@ -69,26 +68,9 @@ def primary_accepts(run: dict, **context) -> str:
 
 @steps.step("destructive", milestone="redundancy")
 def reseed_replica(run: dict, **context) -> str:
-    from tracktion_dr.airflow.support import endpoint
-    from tracktion_dr.postgres.pitr import ClusterPaths
-    from tracktion_dr.postgres.replica import reseed_replica as reseed
+    from tracktion_dr.airflow.support import reseed_standby
 
-    cluster = _cluster(run)
-    replica_dir = Path(cluster.replica_data_directory)
-    replica_admin = endpoint(cluster.replica_conn_id)
-    return reseed(
-        endpoint(cluster.replication_conn_id),
-        endpoint(cluster.conn_id),
-        ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
-        replica_admin.port,
-        replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
-        tag=run["tag"],
-        incident_id=run["incident_id"],
-        cluster_name=run["cluster"],
-        wal_archive=Path(run["wal_archive"]),
-        replica_admin=replica_admin,
-        bindir=Path(cluster.bin_dir),
-    )
+    return reseed_standby(_cluster(run), run)
 
 
 def record_fields(run: dict, context) -> dict:

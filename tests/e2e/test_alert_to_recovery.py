@@ -11,7 +11,6 @@ whole time: the PagerDuty *resolve* must arrive while the service answers.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -19,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from harness.ports import service_cannot_start
 from harness.topology import kill_primary_at_once, restore_standard_topology
 
 from tracktion_dr.core.plan import load_plan
-from tracktion_sandbox import layout as L
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 
@@ -198,17 +197,8 @@ def test_alert_for_a_healthy_service_starts_no_recovery(airflow, sandbox, recove
 
 @pytest.fixture()
 def notification_service_cannot_start(sandbox, supervisor_controller):
-    """Its port is taken by a listener that never answers: a restart cannot bring it back."""
-    supervisor_controller.stop("notification-service")
-    blocker = socket.socket()
-    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind((L.HOST, L.SERVICE_PORTS["notification-service"]))
-    blocker.listen(1)
-    try:
-        yield "notification-service"
-    finally:
-        blocker.close()
-        supervisor_controller.start("notification-service")
+    with service_cannot_start(supervisor_controller, "notification-service") as service:
+        yield service
 
 
 def test_a_recovery_that_does_not_restore_escalates_and_never_says_restored(

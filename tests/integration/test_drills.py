@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from harness.ports import service_cannot_start
 
 from tracktion_dr.airflow.dag_kit import report_path
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
@@ -161,22 +161,8 @@ def test_monthly_drill_fails_naming_a_corrupt_newest_dump(sandbox, corrupt_newes
 
 @pytest.fixture()
 def notification_service_blocked(sandbox, supervisor_controller):
-    """The port of notification-service is taken by a listener that never answers: the
-    service cannot start again once stopped."""
-    supervisor_controller.stop("notification-service")
-    blocker = socket.socket()
-    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind((L.HOST, L.SERVICE_PORTS["notification-service"]))
-    blocker.listen(1)
-    try:
+    with service_cannot_start(supervisor_controller, "notification-service"):
         yield
-    finally:
-        blocker.close()
-        supervisor_controller.start("notification-service")
-        wait_for(
-            "notification-service healthy",
-            lambda: supervisor_controller.status("notification-service").state == "running",
-        )
 
 
 def test_monthly_drill_fails_naming_a_service_that_will_not_start(

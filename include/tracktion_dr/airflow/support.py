@@ -147,3 +147,30 @@ def backup_params(plan: Plan, *, with_dry_run: bool = False) -> dict[str, Param]
             section="Run",
         )
     return params
+
+
+def reseed_standby(cluster: Any, run: dict[str, Any]) -> str:
+    """Re-seed ``cluster``'s standby from its primary with the plan's connections
+    (``postgres.replica.reseed_replica``: resumable, the old standby kept aside).
+    ``run`` carries the incident's ``tag``, ``incident_id``, ``cluster`` (its name) and
+    ``wal_archive``."""
+    from pathlib import Path
+
+    from tracktion_dr.postgres.pitr import ClusterPaths
+    from tracktion_dr.postgres.replica import reseed_replica
+
+    replica_dir = Path(cluster.replica_data_directory)
+    replica_admin = endpoint(cluster.replica_conn_id)
+    return reseed_replica(
+        endpoint(cluster.replication_conn_id),
+        endpoint(cluster.conn_id),
+        ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
+        replica_admin.port,
+        replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
+        tag=run["tag"],
+        incident_id=run["incident_id"],
+        cluster_name=run["cluster"],
+        wal_archive=Path(run["wal_archive"]),
+        replica_admin=replica_admin,
+        bindir=Path(cluster.bin_dir),
+    )
