@@ -322,3 +322,60 @@ def test_record_fields_say_what_was_switched(plan):
         "switched": ["notification-service"],
         "rolled_back": True,
     }
+
+
+# --- the rollback and the incident response's route ---------------------------------------------
+
+
+class RecordingController:
+    def __init__(self):
+        self.restarted: list[str] = []
+
+    def restart(self, service: str) -> None:
+        self.restarted.append(service)
+
+
+def test_a_failed_switch_is_rolled_back_exactly_and_the_dependents_restarted(plan, gateway):
+    from tracktion_dr.scenarios import SystemAccess
+
+    environment = plan.environment("drill")
+    Path(environment.config_paths[0]).mkdir(parents=True)
+    (Path(environment.config_paths[0]) / "app.json").write_text("{}\n")
+    setting = gateway.dependents["notification-service"]
+    Path(setting.file).write_text("TRACKTION_OTHER=1\n")
+    Path(setting.file).chmod(0o640)
+    before = Path(setting.file).read_bytes()
+    run = third_party.check_inputs(plan, INCIDENT, params(), prober(DOWN, UP))
+    safety = third_party.take_safety(plan, run)
+    third_party.switch_configuration(plan, run)
+    assert read_setting(setting) == BACKUP_URL
+    controller = RecordingController()
+    access = SystemAccess(conninfo=None, controller=lambda spec: controller, url=None)
+
+    undone = third_party.roll_back(plan, run, safety, access, wait=lambda env, s: "seen")
+
+    assert Path(setting.file).read_bytes() == before
+    assert stat.S_IMODE(Path(setting.file).stat().st_mode) == 0o640
+    assert controller.restarted == ["notification-service"]
+    assert undone["result"] and "rolled back to" in undone["detail"]
+    # nothing differs any more: a second rollback does nothing
+    again = third_party.roll_back(plan, run, safety, access)
+    assert again["status"] == "skipped"
+    assert third_party.roll_back(plan, run, None, access)["status"] == "skipped"
+
+
+def test_the_incident_response_derives_the_dependency_from_the_affected_component(plan):
+    from tracktion_dr.scenarios import recovery_routes as routes
+
+    environment = plan.environment("drill")
+    recovery = routes.recovery_of("dr_third_party_failover")
+    assert not recovery.destructive and recovery.keys == {"dependency", "direction"}
+    assert recovery.defaults(environment, ["external:delivery-gateway"], {}) == {
+        "dependency": "delivery-gateway",
+        "direction": "auto",
+    }
+    with pytest.raises(InvalidInput, match="no external dependency with fallbacks"):
+        recovery.defaults(environment, ["external:notification-sink"], {})
+    route = next(r for r in plan.alert_routes if r.name == "third-party-down")
+    assert route.match == {"alertname": "TracktionThirdPartyDown"}
+    assert "dr_third_party_failover" in plan.incident_response.scenarios
