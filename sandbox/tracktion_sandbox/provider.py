@@ -15,7 +15,8 @@ layout.py), so a third-party outage and the switch to the backup provider
 
 **Failing**: stop the instance's program (supervisord), or create its fail file
 (``<run>/<name>.fail``): while the file exists every request but ``/v1/stats`` is answered
-503, as a provider in an outage answers.
+503, as a provider in an outage answers. A fail file that says ``messages`` fails only the
+messages while ``/health`` still answers 200: a provider whose health check lies.
 
 Run: ``python -m tracktion_sandbox.provider --name delivery-gateway-primary --port 18611``.
 """
@@ -63,8 +64,13 @@ class ProviderHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _failing(self) -> bool:
-        return self.fail_file.exists()
+    def _failing(self, messages: bool = False) -> bool:
+        """Whether this request is answered 503 (see the module doc)."""
+        try:
+            scope = self.fail_file.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return messages or scope != "messages"
 
     def _outage(self) -> None:
         self._send_json(503, {"status": "unavailable", "provider": self.provider})
@@ -91,7 +97,7 @@ class ProviderHandler(BaseHTTPRequestHandler):
             self._send_json(413, {"status": "error", "reason": "message too large"})
             return
         body = self.rfile.read(length)
-        if self._failing():
+        if self._failing(messages=True):
             self._outage()
             return
         if path != "/v1/messages":

@@ -12,12 +12,16 @@ passes and the backup's request log shows the service's messages;
 When the primary is back and the DAG runs (restore), Then the service talks to the primary
 again; a third run finds nothing to do.
 When both gateways are down, Then a switch to the fallback is refused and nothing is touched.
+When the backup's health check answers but it refuses messages, Then the switch is made,
+the gate breaches and the configuration is rolled back exactly, the run failed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,7 +94,16 @@ def gateways(sandbox, supervisor_controller):
         provider.fail_file(sandbox.layout, gateway).unlink(missing_ok=True)
         supervisor_controller.start(gateway)
     wait_for_check(True)
+    config = sandbox.layout.app_config
+    patterns = (f"{env_file.name}.before-*", f"{config.name}.before-*")
+    asides = {p for pattern in patterns for p in env_file.parent.glob(pattern)}
     yield supervisor_controller
+    # what the test's rollback moved aside (the switched file, the configuration folder)
+    for aside in {p for pattern in patterns for p in env_file.parent.glob(pattern)} - asides:
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
     for gateway in (PRIMARY, BACKUP):
         provider.fail_file(sandbox.layout, gateway).unlink(missing_ok=True)
         supervisor_controller.start(gateway)
@@ -184,3 +197,26 @@ def test_a_switch_to_a_fallback_that_is_down_is_refused_before_anything_is_touch
     assert (env_file.read_bytes() if env_file.exists() else None) == before
     assert pid_of(controller, SERVICE) == pid
     assert (sorted(safety.glob("*")) if safety.exists() else []) == snapshots_before
+
+
+def test_a_switch_that_does_not_work_is_rolled_back_exactly(sandbox, gateways):
+    controller = gateways
+    env_file = sandbox.layout.app_env_file
+    before = env_file.read_bytes() if env_file.exists() else None
+    controller.stop(PRIMARY)
+    # The backup's health check answers, but it accepts no message: the guard and the
+    # probe let the switch happen, the functional check behind the gate cannot pass.
+    provider.fail_file(sandbox.layout, BACKUP).write_text("messages\n")
+    wait_for_check(False)
+    # The RTO budget is spent (the incident started 5h ago, the tier's RTO is 4h): the gate
+    # waits its minimum and breaches.
+    started = (datetime.now(UTC) - timedelta(hours=5)).isoformat()
+
+    dag_run = run_dag(DAG_ID, conf("auto", incident_started_at=started))
+
+    states = task_states(dag_run)
+    assert states["switch_configuration"] == "success", states
+    assert states["gate_services"] == "failed" and states["rollback"] == "success", states
+    assert states["verdict"] == "failed"
+    assert (env_file.read_bytes() if env_file.exists() else None) == before
+    assert task_result(dag_run, "record")["details"]["rolled_back"] is True
