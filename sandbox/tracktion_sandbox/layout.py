@@ -27,6 +27,15 @@ SERVICE_PORTS: dict[str, int] = {
     "tracklist-service": 18003,
     "notification-service": 18004,
 }
+# The stand-in third party (provider.py): a message-delivery gateway notification-service
+# sends through, as a primary and a backup provider (dr_third_party_failover switches).
+PROVIDER_PORTS: dict[str, int] = {
+    "delivery-gateway-primary": 18611,
+    "delivery-gateway-backup": 18612,
+}
+# The setting notification-service reads the gateway from (environment or the plan's
+# config_env_file); without it, the primary.
+DELIVERY_GATEWAY_ENV = "TRACKTION_DELIVERY_GATEWAY_URL"
 LOAD_BALANCER_PORT = 18080
 SINK_HTTP_PORT = 18090
 SINK_SMTP_PORT = 18025
@@ -185,3 +194,7 @@ class SandboxLayout:
 
     def service_url(self, service: str) -> str:
         return f"http://{HOST}:{SERVICE_PORTS[service]}"
+
+
+def provider_url(provider: str) -> str:
+    return f"http://{HOST}:{PROVIDER_PORTS[provider]}"

@@ -6,6 +6,13 @@ real dependencies on every probe: the database (a fresh connection with a 2 s co
 timeout and ``SELECT 1``) and the storage directory (create and delete a file in it). It
 answers 200 only when all of them pass, else 503 naming the failed check.
 
+``notification-service`` implements ``POST /notify/test``: it sends a test message through
+its delivery gateway (a third party: ``provider.py``), whose base URL it reads at start from
+``TRACKTION_DELIVERY_GATEWAY_URL`` (environment, or the environment file below, which
+``dr_third_party_failover`` switches), and answers 200 ``{"status": "success", "gateway",
+"provider"}`` only when the gateway accepted it (else 502 naming the gateway and why). Its
+``/health`` does not depend on the gateway: the process is fine, its provider is not.
+
 ``analysis-service`` also implements ``POST /analyze`` (multipart field ``file`` or a raw
 ``audio/*`` body), parsing the upload with mutagen, so the post-recovery functional check
 exercises a real code path instead of a canned answer.
@@ -74,6 +81,8 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 AUDIO_FORMATS = {"WAVE": "wav", "FLAC": "flac", "MP3": "mp3"}
 
 CONFIG_DIR_ENV = "TRACKTION_CONFIG_DIR"
+DELIVERY_GATEWAY_ENV = "TRACKTION_DELIVERY_GATEWAY_URL"
+GATEWAY_TIMEOUT_SECONDS = 3.0
 ENV_FILE_ENV = "TRACKTION_ENV_FILE"
 APP_CONFIG_FILE = "app.json"
 SERVICES_CONFIG_FILE = "services.yaml"
@@ -88,6 +97,7 @@ class ServiceConfig:
     storage_path: Path | None
     formats: frozenset[str] = frozenset(AUDIO_FORMATS.values())
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    delivery_gateway_url: str | None = None
 
 
 class ConfigurationError(Exception):
@@ -137,11 +147,14 @@ def load_config(
     module doc); also returns what was read from where, for the start-up log line."""
     env = dict(os.environ if environ is None else environ)
     sources: dict[str, str] = {}
+    gateway_source = "environment"
     env_file = Path(env[ENV_FILE_ENV]) if env.get(ENV_FILE_ENV) else None
     if env_file is not None:
         if env_file.is_file():
             from_file = read_environment_file(env_file)
             env.update(from_file)
+            if DELIVERY_GATEWAY_ENV in from_file:
+                gateway_source = "environment file"
             sources["environment file"] = f"{env_file} ({len(from_file)} variables)"
         else:
             sources["environment file"] = f"{env_file} (absent)"
@@ -167,6 +180,9 @@ def load_config(
         if name == "analysis-service":
             formats, max_upload = _analysis_settings(app, app_file)
         sources["configuration"] = str(config_dir)
+    gateway = env.get(DELIVERY_GATEWAY_ENV) or None
+    if gateway:
+        sources["delivery gateway"] = f"{DELIVERY_GATEWAY_ENV} ({gateway_source})"
     config = ServiceConfig(
         name=name,
         port=port,
@@ -174,6 +190,7 @@ def load_config(
         storage_path=Path(storage) if storage else None,
         formats=formats,
         max_upload_bytes=max_upload,
+        delivery_gateway_url=gateway,
     )
     return config, sources
 
@@ -318,6 +335,40 @@ def extract_upload(content_type: str, body: bytes) -> bytes:
     raise RequestError(HTTPStatus.BAD_REQUEST, "multipart body has no field named 'file'")
 
 
+def send_test_message(config: ServiceConfig) -> dict[str, Any]:
+    """Send one test message through the delivery gateway; raise RequestError(502) naming
+    the gateway when it does not accept it."""
+    import urllib.error
+    import urllib.request
+
+    gateway = config.delivery_gateway_url
+    if not gateway:
+        raise RequestError(HTTPStatus.BAD_GATEWAY, f"{DELIVERY_GATEWAY_ENV} is not set")
+    request = urllib.request.Request(  # noqa: S310 (an http:// URL from our own configuration)
+        f"{gateway.rstrip('/')}/v1/messages",
+        data=json.dumps({"client": config.name, "text": "delivery test"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=GATEWAY_TIMEOUT_SECONDS) as answer:  # noqa: S310
+            accepted = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise RequestError(
+            HTTPStatus.BAD_GATEWAY, f"delivery gateway {gateway} answered HTTP {exc.code}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise RequestError(
+            HTTPStatus.BAD_GATEWAY, f"delivery gateway {gateway} unreachable: {exc}"
+        ) from None
+    return {
+        "status": "success",
+        "gateway": gateway,
+        "provider": accepted.get("provider"),
+        "id": accepted.get("id"),
+    }
+
+
 def analyze_audio(data: bytes) -> dict[str, Any]:
     """Parse audio with mutagen; raise RequestError(422) when it is not readable audio."""
     import mutagen
@@ -383,6 +434,13 @@ class ServiceHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
+        if path == "/notify/test" and self.config.name == "notification-service":
+            self._drain()
+            try:
+                self._send_json(200, send_test_message(self.config))
+            except RequestError as exc:
+                self._send_json(exc.status, {"status": "error", "reason": exc.reason})
+            return
         if path != "/analyze" or self.config.name != "analysis-service":
             self._drain()
             self._send_json(404, {"status": "error", "reason": f"no route POST {path}"})

@@ -216,7 +216,8 @@ def _base_environment(layout: SandboxLayout) -> dict[str, str]:
 
 
 def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Program]:
-    """The sandbox's processes: four services, the load balancer, the sink, the canary."""
+    """The sandbox's processes: four services, the stand-in third party (two delivery
+    gateways), the load balancer, the sink, S3, the canary."""
     python = sys.executable
     dsn = app_dsn(secrets)
     base = _base_environment(layout)
@@ -244,9 +245,30 @@ def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Pro
                 "TRACKTION_CONFIG_DIR": str(layout.app_config),
                 "TRACKTION_ENV_FILE": str(layout.app_env_file),
                 "TRACKTION_SERVICE_NAME": service,
+                # notification-service's delivery provider; the environment file
+                # overrides it (dr_third_party_failover switches it there)
+                layout_mod.DELIVERY_GATEWAY_ENV: layout_mod.provider_url(
+                    "delivery-gateway-primary"
+                ),
             },
         )
         for service, port in layout_mod.SERVICE_PORTS.items()
+    ]
+    programs += [
+        Program(
+            name=provider,
+            command=[
+                python,
+                "-m",
+                "tracktion_sandbox.provider",
+                "--name",
+                provider,
+                "--port",
+                str(port),
+            ],
+            environment=base,
+        )
+        for provider, port in layout_mod.PROVIDER_PORTS.items()
     ]
     programs += [
         Program(
@@ -284,6 +306,7 @@ def default_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[Pro
 def program_ports() -> dict[str, int]:
     """The TCP ports the default programs listen on (the canary listens on none)."""
     ports = dict(layout_mod.SERVICE_PORTS)
+    ports.update(layout_mod.PROVIDER_PORTS)
     ports["load-balancer"] = layout_mod.LOAD_BALANCER_PORT
     ports["notification-sink"] = layout_mod.SINK_HTTP_PORT
     ports["notification-sink (smtp)"] = layout_mod.SINK_SMTP_PORT

@@ -132,12 +132,18 @@ def test_every_alert_route_reaches_a_recovery_that_accepts_its_conf(dagbag, plan
         environment = plan.environment(route.conf["environment"])
         # A label value that names a real component, for each label the route uses.
         components = routes.component_names(environment)
+        switchable = [
+            f"external:{name}"
+            for name, dependency in environment.external_dependencies.items()
+            if dependency.fallbacks
+        ]
         labels = {}
         for name in set(re.findall(r"\{(\w+)\}", str(route.conf))):
             labels[name] = next(
                 c.partition(":")[2] or c
                 for c in components
                 if (name == "service" and ":" not in c and c != "backups")
+                or (name == "dependency" and c in switchable)
                 or c.startswith(
                     {"database": "database:", "cluster": "replica:", "area": "storage:"}.get(
                         name, "?"

@@ -384,11 +384,75 @@ def _nested(a: str, b: str) -> bool:
     return first.startswith(second) or second.startswith(first)
 
 
+class ServiceSetting(_Model):
+    """Where a service reads a third party's endpoint or mode: a ``NAME=value`` line of an
+    environment file (``format: env``) or a dotted key of a JSON file (``format: json``).
+    The file must be the environment's ``config_env_file`` or lie under one of its
+    ``config_paths``, so the configuration safety snapshot covers it (checked at load)."""
+
+    file: str
+    format: Literal["env", "json"] = "env"
+    key: str
+
+    @model_validator(mode="after")
+    def _key_fits_format(self) -> ServiceSetting:
+        if not Path(self.file).is_absolute():
+            raise ValueError(f"file must be an absolute path: {self.file!r}")
+        if self.format == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.key):
+            raise ValueError(f"not an environment variable name: {self.key!r}")
+        if self.format == "json" and not all(self.key.split(".")):
+            raise ValueError(f"not a dotted JSON key: {self.key!r} (e.g. delivery.gateway_url)")
+        return self
+
+
+class Fallback(_Model):
+    """What a service can use while its third party is down. ``value`` is what the
+    dependents' setting is switched to (a backup provider's endpoint, or the mode name the
+    service understands); a ``backup_provider`` is probed at ``url`` (its health check)
+    before anything is switched to it."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+    kind: Literal["backup_provider", "degraded_mode", "queue_and_replay"]
+    value: str = Field(min_length=1)
+    url: HttpUrl | None = None
+    timeout: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _backup_is_probed(self) -> Fallback:
+        if self.kind == "backup_provider" and not self.url:
+            raise ValueError("a backup_provider fallback needs url (its health check)")
+        if "\n" in self.value or "\r" in self.value:
+            raise ValueError("value must be a single line")
+        return self
+
+
 class ExternalDependency(_Model):
-    url: HttpUrl
+    url: HttpUrl  # the provider's health check
     timeout: Duration = timedelta(seconds=5)
     # An external outage degrades the platform but is not ours to recover.
     severity_when_down: Literal["degraded", "down"] = "degraded"
+    # dr_third_party_failover: the value the dependents' setting holds on the primary
+    # provider, the services that read it (service -> where), and the fallbacks in order
+    # of preference.
+    endpoint: str | None = None
+    dependents: dict[str, ServiceSetting] = {}
+    fallbacks: list[Fallback] = []
+
+    @model_validator(mode="after")
+    def _switchable(self) -> ExternalDependency:
+        if (self.fallbacks or self.dependents) and not self.endpoint:
+            raise ValueError("a dependency with fallbacks or dependents needs endpoint")
+        if self.fallbacks and not self.dependents:
+            raise ValueError("fallbacks need dependents (the services that are switched)")
+        names = [fallback.name for fallback in self.fallbacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"fallback names must be unique: {names}")
+        if self.endpoint in {fallback.value for fallback in self.fallbacks}:
+            raise ValueError("a fallback's value must differ from the primary endpoint")
+        return self
+
+    def fallback(self, name: str) -> Fallback | None:
+        return next((f for f in self.fallbacks if f.name == name), None)
 
 
 class LoadBalancer(_Model):
@@ -735,6 +799,7 @@ class Plan(_Model):
                             dependency_targets,
                             "service, database or storage area",
                         )
+            problems += _dependency_problems(base, env)
             cycle = _find_cycle({n: s.depends_on for n, s in env.services.items()})
             if cycle:
                 problems.append((f"{base}.services", f"dependency cycle: {' -> '.join(cycle)}"))
@@ -763,6 +828,33 @@ class Plan(_Model):
 
     def tier_of_service(self, environment: str, service: str) -> Tier:
         return self.tiers[self.environment(environment).services[service].tier]
+
+
+def _dependency_problems(base: str, env: Environment) -> list[tuple[str, str]]:
+    """External dependencies' dependents: plan services, read from a file the
+    configuration safety snapshot covers (so a failed switch can be rolled back)."""
+    problems: list[tuple[str, str]] = []
+    covered = [Path(p) for p in env.config_paths]
+    for name, dependency in env.external_dependencies.items():
+        for service, setting in dependency.dependents.items():
+            path = f"{base}.external_dependencies.{name}.dependents.{service}"
+            if service not in env.services:
+                problems.append(
+                    (path, f"unknown service {service!r} (known: {sorted(env.services)})")
+                )
+            file = Path(setting.file)
+            if not (
+                (env.config_env_file and file == Path(env.config_env_file))
+                or any(root in file.parents for root in covered)
+            ):
+                problems.append(
+                    (
+                        f"{path}.file",
+                        f"{setting.file} is neither the config_env_file nor under the "
+                        "config_paths: the configuration safety snapshot would not cover it",
+                    )
+                )
+    return problems
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

@@ -79,6 +79,25 @@ def _storage(environment: Environment, affected: list[str], conf: dict[str, Any]
     return {"areas": [a for a in areas if a in environment.storage] or ["all"]}
 
 
+def _third_party(environment: Environment, affected: list[str], conf: dict[str, Any]) -> dict:
+    if conf.get("dependency"):
+        return {"direction": "auto"}
+    switchable = [
+        name
+        for name, dependency in environment.external_dependencies.items()
+        if dependency.fallbacks
+    ]
+    named = [a.removeprefix("external:") for a in affected if a.startswith("external:")]
+    for name in named:
+        if name in switchable:
+            return {"dependency": name, "direction": "auto"}
+    raise InvalidInput(
+        "affected",
+        f"names no external dependency with fallbacks ({named or 'none named'})",
+        hint=f"name one as external:<name>, one of {switchable}",
+    )
+
+
 def _nothing(environment: Environment, affected: list[str], conf: dict[str, Any]) -> dict:
     return {}
 
@@ -125,6 +144,10 @@ RECOVERIES: dict[str, Recovery] = {
         confirms=lambda conf: "RESTORE configuration",
     ),
     "dr_infrastructure_recovery": Recovery(True, frozenset({"areas", "prune_docker"})),
+    # Switches configuration and restarts the dependents, nothing is lost: no approval.
+    "dr_third_party_failover": Recovery(
+        False, frozenset({"dependency", "direction"}), _third_party
+    ),
     "dr_backup_logical_dump": Recovery(False, frozenset(), incident_params=False),
     "dr_backup_base": Recovery(False, frozenset(), incident_params=False),
 }
