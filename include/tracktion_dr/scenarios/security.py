@@ -115,6 +115,8 @@ def check_roles(
         role = role.strip()
         if role in protected:
             raise InvalidInput("roles", f"{role!r} is {protected[role]}: it is never blocked")
+        if role.startswith("pg_"):
+            raise InvalidInput("roles", f"{role!r} is a PostgreSQL built-in role")
         if role not in facts:
             raise InvalidInput("roles", f"{role!r} does not exist in the cluster")
         if facts[role]["superuser"]:
@@ -202,12 +204,6 @@ def check_inputs(
     if environment.load_balancer is None:
         raise InvalidInput("environment", "defines no load_balancer: services cannot be isolated")
     services = check_services(environment, params.get("services"), target.name)
-    protected = protected_roles(plan, admin.user, replication_login)
-    requested = params.get("roles")
-    names = (
-        [r.strip() for r in requested if isinstance(r, str)] if isinstance(requested, list) else []
-    )
-    roles = check_roles(requested, role_facts(admin, names), protected)
     location = forensics.S3Location.parse(security.evidence_location)
     if not forensics.bucket_is_locked(s3_client(), location.bucket):
         raise Refused(
@@ -222,6 +218,12 @@ def check_inputs(
     backup = clean_point(
         database_steps.catalog_for(environment, target.cluster), name, compromised_at, state
     )
+    protected = protected_roles(plan, admin.user, replication_login)
+    requested = params.get("roles")
+    names = (
+        [r.strip() for r in requested if isinstance(r, str)] if isinstance(requested, list) else []
+    )
+    roles = check_roles(requested, role_facts(admin, names), protected)
     app_roles = app_roles_of(plan, target.name)
     tier = plan.tiers[target.spec.tier]
     run = {
@@ -291,6 +293,10 @@ def isolate(
         # put back after the rotation (a re-run must not read its own changes as the truth).
         forensics.write_json_atomic(note, {s: b["servers"] for s, b in backends.items()})
     done: list[str] = []
+    if rotation_finished(plan, run):
+        # An earlier attempt already rotated and put the services back: taking them out
+        # again would be a second outage for nothing.
+        backends = {}
     for service, backend in backends.items():
         for server, spec in backend["servers"].items():
             if spec["status"] != "disabled" or spec["weight"] != 0:
@@ -306,6 +312,16 @@ def isolate(
         "services_isolated": run["services"],
         "dr_access": "working",
     }
+
+
+def rotation_finished(plan: Plan, run: Mapping[str, Any]) -> bool:
+    """True when rotate_credentials of this incident completed (its note names every app
+    role and the services went back into the balancer)."""
+    note = work_dir(plan, run) / ROTATION_NOTE
+    if not note.exists():
+        return False
+    done = json.loads(note.read_text())
+    return done.get("_services_back") is True and set(run["app_roles"]) <= set(done)
 
 
 def block_roles(admin: Endpoint, roles: list[str]) -> list[str]:
@@ -548,10 +564,19 @@ def rotate_credentials(
     for role in run["app_roles"]:
         spec = security.app_roles[role]
         database = environment.databases[spec.database].name
-        before = read_env_file(safety) if safety.exists() else read_env_file(env_file)
-        old = before.get(spec.env_var) or (
-            access.conninfo(spec.conn_id, database) if spec.conn_id else None
-        )
+        # Where the old credential was read the first time (a re-run must not take the new
+        # one, now in the env file, for the old): the env file's safety copy, or the
+        # Airflow connection when the env file did not hold it.
+        if role in note:
+            old_from = note[role]["old_from"]
+            before = read_env_file(safety)
+        else:
+            before = read_env_file(env_file)
+            old_from = "env_file" if spec.env_var in before else "connection"
+        if old_from == "env_file":
+            old = before.get(spec.env_var)
+        else:
+            old = access.conninfo(spec.conn_id, database) if spec.conn_id else None
         if role not in note:
             if old is None:
                 raise StepFailed(
@@ -567,7 +592,10 @@ def rotate_credentials(
                 env_file, spec.env_var, dsn_with_password(old, role, password, database)
             )
             del password
-            note[role] = {"rotated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            note[role] = {
+                "rotated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "old_from": old_from,
+            }
             forensics.write_json_atomic(note_path, note)
             done.append(f"{role}: new password set and written to {env_file} ({spec.env_var})")
         new = read_env_file(env_file).get(spec.env_var)
@@ -578,15 +606,21 @@ def rotate_credentials(
         if not old_refused:
             raise StepFailed(f"{role}: the OLD password is still accepted")
         proofs[role] = {"old_password": f"refused ({why_old})", "new_password": "accepted"}
-    for name in run["services"]:
-        spec = environment.services[name]
-        access.controller(environment.controllers[spec.controller]).restart(spec.unit or name)
-    health = wait_healthy(environment, run["services"])
-    done.append(f"restarted {', '.join(run['services'])}: {health}")
+    healthy, health = service_health(environment, run["services"])
+    if done or not healthy:
+        # A service reads its credential at start: restarted after a rotation (or when an
+        # earlier attempt left one down), not on a re-run that finds them healthy.
+        for name in run["services"]:
+            spec = environment.services[name]
+            access.controller(environment.controllers[spec.controller]).restart(spec.unit or name)
+        health = wait_healthy(environment, run["services"])
+        done.append(f"restarted {', '.join(run['services'])}: {health}")
     done += back_in_balancer(plan, run, access)
+    note["_services_back"] = True
+    forensics.write_json_atomic(note_path, note)
     return {
         "detail": "; ".join(done),
-        "credentials_rotated": sorted(note),
+        "credentials_rotated": sorted(r for r in note if not r.startswith("_")),
         "proofs": proofs,
         "config_env_file": str(env_file),
         "safety_copy": str(safety) if safety.exists() else None,
