@@ -165,3 +165,24 @@ def test_the_plan_of_actions_preserves_evidence_before_any_repair():
     first = [a.split()[0] for a in actions]
     assert first[:3] == ["isolate:", "preserve", "recover"]
     assert actions[3].startswith("approval by a human")
+
+
+def test_the_dag_asks_a_human_before_the_swap_and_preserves_evidence_first():
+    """Production's path: approve_swap (HITL, the question sent through DrNotifier) sits
+    between the validated copy and the swap; evidence is preserved before the recovery."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from tracktion_dr.airflow.dag_runs import load_dag
+    from tracktion_dr.airflow.notifier import DrNotifier
+
+    dag = load_dag("dr_security_incident")
+    approve = dag.get_task("approve_swap")
+    assert isinstance(approve, ApprovalOperator)
+    assert any(isinstance(n, DrNotifier) for n in approve.notifiers)
+    assert approve.downstream_task_ids == {"swap"}
+    assert dag.get_task("approval_path").downstream_task_ids == {
+        "approve_swap",
+        "approval_not_required",
+    }
+    assert "preserve_evidence" in dag.get_task("recover_clean_point").upstream_task_ids
+    assert "isolate" in dag.get_task("preserve_evidence").upstream_task_ids
