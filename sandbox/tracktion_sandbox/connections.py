@@ -43,6 +43,16 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
     return {
         "tracktion_pg_primary": postgres(L.PRIMARY_PORT, L.APP_DATABASE),
         "tracktion_pg_replica": postgres(L.REPLICA_PORT, L.APP_DATABASE),
+        # The application role the services log in as (dr_security_incident reads the
+        # old password here to prove it refused after a rotation).
+        "tracktion_app_db": {
+            "conn_type": "postgres",
+            "host": L.HOST,
+            "port": L.PRIMARY_PORT,
+            "login": L.APP_USER,
+            "password": secrets.app_password,
+            "schema": L.APP_DATABASE,
+        },
         # The replication role, for pg_basebackup (REPLICATION, not superuser).
         "tracktion_pg_replication": {
             "conn_type": "postgres",

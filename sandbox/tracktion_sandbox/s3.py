@@ -14,6 +14,10 @@ from typing import Any
 
 from tracktion_sandbox import layout as L
 
+# dr_security_incident's evidence: created with S3 Object Lock (moto implements it), so an
+# object version under retention cannot be deleted or overwritten, even by its uploader.
+EVIDENCE_BUCKET = "tracktion-dr-sandbox-evidence"
+
 log = logging.getLogger(__name__)
 
 ENDPOINT_URL = f"http://{L.HOST}:{L.S3_PORT}"
@@ -57,4 +61,21 @@ def ensure_buckets() -> list[str]:
         s3.create_bucket(**kwargs)
         created.append(bucket)
         log.info("created S3 bucket %s in %s", bucket, region)
+    if ensure_evidence_bucket():
+        created.append(EVIDENCE_BUCKET)
     return created
+
+
+def ensure_evidence_bucket() -> bool:
+    """Create the object-locked evidence bucket when missing (Object Lock can only be
+    switched on when a bucket is created: an existing unlocked bucket is an error)."""
+    s3 = client(L.S3_REGION)
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if EVIDENCE_BUCKET in existing:
+        lock = s3.get_object_lock_configuration(Bucket=EVIDENCE_BUCKET)
+        if lock["ObjectLockConfiguration"].get("ObjectLockEnabled") != "Enabled":
+            raise SystemExit(f"S3 bucket {EVIDENCE_BUCKET} exists without Object Lock")
+        return False
+    s3.create_bucket(Bucket=EVIDENCE_BUCKET, ObjectLockEnabledForBucket=True)
+    log.info("created S3 bucket %s (Object Lock enabled)", EVIDENCE_BUCKET)
+    return True

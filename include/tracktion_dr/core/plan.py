@@ -667,6 +667,43 @@ class Reports(_Model):
     channels: list[str] = ["email", "slack"]  # notification channels the report is sent to
 
 
+class AppRole(_Model):
+    """A database role the services log in as: dr_security_incident rotates its password
+    and writes the new credential where the services read it."""
+
+    database: str  # the plan's database the services reach with it
+    # The variable of the environment's config_env_file that holds the services' DSN
+    # (postgresql://role:password@host:port/db); rewritten with the new password.
+    env_var: str = Field(default="TRACKTION_DATABASE_URL", pattern=r"^[A-Z][A-Z0-9_]*$")
+    # The Airflow connection holding the credential before the first rotation (read for
+    # the old password, to prove it refused afterwards). None: the env file only.
+    conn_id: ConnId | None = None
+
+
+class Security(_Model):
+    """dr_security_incident: where forensic evidence goes (an S3 bucket created with
+    Object Lock, so a compromised host cannot delete or rewrite it), how long it is
+    retained, and the application roles whose credentials are rotated."""
+
+    evidence_location: Location  # s3://bucket/prefix (the bucket must have Object Lock)
+    evidence_conn_id: ConnId = "aws_default"
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    retention: Duration = timedelta(days=365)
+    # Local working directory for the evidence bundle and the run's state notes.
+    work_dir: str = "/var/lib/tracktion-dr/security"
+    # PostgreSQL server log files (their tail goes into the evidence), per environment.
+    postgres_logs: list[str] = []
+    log_tail_lines: int = Field(default=5000, ge=100, le=1_000_000)
+    app_roles: dict[str, AppRole] = {}
+
+    @field_validator("evidence_location")
+    @classmethod
+    def _s3_only(cls, value: str) -> str:
+        if not value.startswith("s3://"):
+            raise ValueError("evidence must go to an object-locked S3 bucket (s3://bucket/prefix)")
+        return value
+
+
 class Plan(_Model):
     name: str
     version: Literal[1] = 1
@@ -683,6 +720,7 @@ class Plan(_Model):
     alert_routes: list[AlertRoute] = []
     drills: Drills | None = None
     reports: Reports | None = None
+    security: Security | None = None
 
     @field_validator("environments")
     @classmethod
@@ -737,6 +775,15 @@ class Plan(_Model):
         if self.reports:
             for i, channel in enumerate(self.reports.channels):
                 check(f"reports.channels[{i}]", channel, self.notifications, "channel")
+        if self.security:
+            for role, spec in self.security.app_roles.items():
+                for env_name, env in self.environments.items():
+                    check(
+                        f"security.app_roles.{role}.database",
+                        spec.database,
+                        env.databases,
+                        f"database (environments.{env_name})",
+                    )
         if self.drills:
             monthly, quarterly = self.drills.monthly, self.drills.quarterly
             env = self.environments.get(monthly.environment)
