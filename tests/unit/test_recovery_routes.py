@@ -189,3 +189,20 @@ def test_reseed_inputs_name_the_cluster_field():
     with pytest.raises(InvalidInput) as refused:
         replica_reseed.check_inputs(PLAN, incident, {"cluster": "nope"})
     assert refused.value.field == "cluster"
+
+
+def test_a_third_party_still_down_is_restored_only_when_the_services_work_around_it():
+    affected = ["external:delivery-gateway"]
+    assert routes.checks_for(affected) == ["application_functionality"]
+    assessment = {"down": [], "degraded": ["external:delivery-gateway"]}
+    around = routes.restoration_verdict(
+        affected, assessment, [{"name": "application_functionality", "status": "passed"}]
+    )
+    assert around.restored and "worked around" in around.detail
+    broken = routes.restoration_verdict(
+        affected, assessment, [{"name": "application_functionality", "status": "failed"}]
+    )
+    assert not broken.restored
+    assert broken.still_down == ["external:delivery-gateway", "check application_functionality"]
+    # Without the functional check having run, nothing is assumed.
+    assert not routes.restoration_verdict(affected, assessment, []).restored

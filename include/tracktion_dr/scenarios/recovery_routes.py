@@ -277,11 +277,14 @@ def moved_connections(
 
 def checks_for(affected: Iterable[str]) -> list[str]:
     """Which post-recovery validation checks prove the affected components back: a service
-    must answer its functional check, a database must pass the integrity checks, backups
-    must be fresh again. Health of every component is the re-run assessment's job."""
+    must answer its functional check (so must the services of an external dependency's
+    dependents), a database must pass the integrity checks, backups must be fresh again.
+    Health of every component is the re-run assessment's job."""
     checks = []
     items = list(affected)
-    if not items or any(":" not in a and a != "backups" for a in items):
+    if not items or any(
+        (":" not in a and a != "backups") or a.startswith("external:") for a in items
+    ):
         checks.append("application_functionality")
     if not items or any(a.startswith(("database:", "replica:")) for a in items):
         checks.append("data_integrity")
@@ -307,16 +310,32 @@ def restoration_verdict(
 ) -> Verdict:
     """Restored only when the re-run assessment finds every affected component up (every
     component, when none was named) and every validation check for them passed. A check
-    that did not run counts as failed: evidence is measured, never assumed."""
+    that did not run counts as failed: evidence is measured, never assumed.
+
+    A third party (``external:``) is not Tracktion's to bring back: while it is still down,
+    the incident is restored when the services work around it - the application's
+    functional checks ran and passed (on a fallback provider, or a degraded mode)."""
     down = set(assessment.get("down") or []) | set(assessment.get("degraded") or [])
     still_down = sorted(down & set(affected)) if affected else sorted(down)
+    functional = [c for c in checks if c["name"] == "application_functionality"]
+    worked_around = [
+        name
+        for name in still_down
+        if name.startswith("external:") and functional and functional[0].get("status") == "passed"
+    ]
+    still_down = [name for name in still_down if name not in worked_around]
     failed = [c["name"] for c in checks if c.get("status") == "failed"]
     still_down += [f"check {name}" for name in failed]
     if still_down:
         return Verdict(False, still_down, "still down after the recovery: " + ", ".join(still_down))
     scope = ", ".join(affected) if affected else "every component"
     ran = ", ".join(c["name"] for c in checks) or "no validation check"
-    return Verdict(True, [], f"verified: {scope} up on re-assessment; {ran} passed")
+    around = (
+        f"; {', '.join(worked_around)} still down, worked around (functional checks pass)"
+        if worked_around
+        else ""
+    )
+    return Verdict(True, [], f"verified: {scope} up on re-assessment; {ran} passed{around}")
 
 
 def false_positive(affected: list[str], assessment: dict[str, Any]) -> bool:
