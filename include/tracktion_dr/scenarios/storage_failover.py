@@ -347,11 +347,10 @@ def bring_up_to_date(plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
 def repoint(run: dict[str, Any]) -> dict[str, Any]:
     path = Path(run["setting_file"])
     changed = write_setting(path, run["setting_key"], run["target"])
-    verb = "set" if changed else "already"
-    return {
-        "detail": f"{path.name} {run['setting_key']} {verb} {run['target']}",
-        "changed": changed,
-    }
+    verb = "set to" if changed else "already"
+    answer = {"detail": f"{path.name} {run['setting_key']} {verb} {run['target']}"}
+    # ``result`` tells the rollback a change was made (scenarios.config.rollback_needed).
+    return {**answer, "result": {"changed": str(path)}} if changed else answer
 
 
 def health_paths(url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> set[str] | None:
