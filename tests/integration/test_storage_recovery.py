@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.backups.snapshots import newest_storage_point
 from tracktion_dr.files.storage_integrity import audio_problem
 
 pytestmark = pytest.mark.sandbox
@@ -109,6 +110,11 @@ def test_files_written_after_the_snapshot_come_back_from_the_sync_mirror(
     originals = {p: p.read_bytes() for p in (late_take, late_note)}
     try:
         synced = _sync_now()
+        # The RPO watch counts what a recovery can restore from: the intact mirror
+        assert newest_storage_point(sandbox.layout.storage_backups, "audio_files") == (
+            datetime.fromisoformat(synced["audio_files"]["started_at"]),
+            "sync mirror",
+        )
         for path in originals:
             shutil.move(path, tmp_path / path.name)  # the loss
         dag_run = run_dag("dr_storage_recovery", {"environment": "drill"})
@@ -144,6 +150,8 @@ def test_a_damaged_mirror_copy_is_skipped_for_the_snapshot_copy(
     original = victim.read_bytes()
     _sync_now()
     (sync_mirror_kept / "user_uploads/user_1002/notes.txt").write_text("bit rot\n")
+    point, copy = newest_storage_point(sandbox.layout.storage_backups, "user_uploads")
+    assert copy.startswith("user_uploads_"), "a damaged mirror is not counted by the RPO watch"
     shutil.move(victim, tmp_path / "notes.txt")
     try:
         dag_run = run_dag(
