@@ -5,8 +5,10 @@ Schedule: the plan's `backup_schedule.rpo_watch` (default every 5 minutes).
 
 For each data category of the plan: the age of its **newest restorable point** against its
 RPO target. Transactional data: the newest commit replayable from the WAL archive
-(`pg_waldump`), or the newest good dump if later. Audio files, user uploads, logs: the start
-of the newest storage sync or snapshot of each area (the oldest area counts).
+(`pg_waldump`), or the newest good dump if later. Audio files, user uploads, logs: the
+newest copy `dr_storage_recovery` can restore each area from - the start of the last sync
+pass when the mirror is intact (every copy the sync recorded present at its recorded size),
+else the newest snapshot; the figure names the copy (the oldest area counts).
 Configuration: the newest configuration snapshot. A category with no data in the
 environment is reported and skipped.
 

@@ -11,24 +11,36 @@ the file system is sound again. Replaces the seed's `verify_file_integrity.sh`, 
   format with a duration, whatever its extension says;
 - **counts that are counted** (in this process, not in a subshell), and a report listing
   missing and corrupted files per area;
-- **repair**: missing and corrupted files are restored from the snapshot (corrupt copies are
-  moved to `.dr-quarantine/<incident>/`, never deleted), each restored file checked against
-  the snapshot's sha256; then the check runs again as the RTO gate.
+- **repair**: missing and corrupted files are restored from the freshest good copy (corrupt
+  files are moved to `.dr-quarantine/<incident>/`, never deleted), each restored file
+  checked against its copy's sha256; then the check runs again as the RTO gate.
 
-**Flow**: `guard` (snapshot picked: `latest`, a day `YYYY-MM-DD`, or a name; nothing
-touched; a snapshot that does not exist is refused here) → `inspect_before` (lists what
-will be restored) → `restore_from_backup` (looks again first: a retry restores only what
-is still wrong) → `gate_integrity` → `report` (fails the run if anything is still missing
-or corrupt, listing it) → `record` → `notify_outcome` + `publish` (report) → `verdict`.
+**Flow**: `guard` (copies picked: the snapshot - `latest`, a day `YYYY-MM-DD`, or a name -
+and the areas' sync mirrors; nothing touched; a snapshot that does not exist is refused
+here) → `inspect_before` (lists what will be restored) → `restore_from_backup` (looks
+again first: a retry restores only what is still wrong) → `gate_integrity` → `report`
+(fails the run if anything is still missing or corrupt, listing it) → `record` →
+`notify_outcome` + `publish` (report) → `verdict`.
 
-**Params**: `snapshot`, `areas` (`all` or the plan's storage area names), and the common
-params (`dry_run` inspects and lists what would be restored, touches nothing).
+**Params**: `source`, `snapshot`, `areas` (`all` or the plan's storage area names), and the
+common params (`dry_run` inspects and lists what would be restored, touches nothing).
 
-Restore points are the snapshots `dr_backup_storage_full` / `_incremental` take
+**Copies** (`source`):
+- `auto` (default): each file from the **freshest copy verified good now** - the sync
+  mirror (`sync/<area>/`, every 10 minutes, complete up to its last pass's start) when it
+  is newer than the snapshot and its copy still matches the sha256 the sync recorded (and,
+  for audio, parses); otherwise the snapshot's. A damaged mirror copy is never restored:
+  the result names it and the snapshot's copy is used instead.
+- `mirror`: the sync mirror only; `snapshot`: the snapshots only (the earlier behaviour).
+
+Snapshots are those `dr_backup_storage_full` / `_incremental` take
 (`<area>/<area>_<level>_<stamp>.tar.gz` with a sha256 manifest in `backups.storage`): for
 each area, the newest full at or before the picked snapshot and the incrementals after it,
-a file's newest copy winning. The sync mirror (`sync/<area>/`) is not read here: it is a
-plain copy an operator can use directly.
+a file's newest copy winning.
+
+**RPO achieved**: `restore_from_backup` says, per file, which copy it came from and that
+copy's age at the loss (the incident's start): the writes after the copy was made are
+lost. The record's data loss is the oldest such age (`details.copies` has each file's).
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ def record_fields(run: dict, context) -> dict:
         restored=ti.xcom_pull(task_ids="restore_from_backup"),
         after=ti.xcom_pull(task_ids="report", key="summary"),
         rto_target_seconds=RTO_SECONDS,
+        rpo_target_seconds=storage.rpo_target_seconds(PLAN, run),
     )
 
 
@@ -70,6 +83,16 @@ def record_fields(run: dict, context) -> dict:
     default_args=DEFAULT_ARGS,
     params={
         **common_params(PLAN, environment_default=None),
+        "source": Param(
+            "auto",
+            type="string",
+            enum=["auto", "mirror", "snapshot"],
+            title="Restore from",
+            description="auto: each file from the freshest copy verified good (the sync "
+            "mirror when newer and intact, else the snapshot); mirror: the sync mirror only; "
+            "snapshot: the snapshots only.",
+            section="Recovery",
+        ),
         "snapshot": Param(
             "latest",
             type="string",

@@ -27,7 +27,10 @@ configuration really breaks a service and ``dr_config_recovery``'s rollback is e
   (a service the configuration does not declare refuses to start);
 * ``<TRACKTION_CONFIG_DIR>/app.json``: ``storage.root`` is the storage path of the
   services that use storage (``TRACKTION_STORAGE_PATH`` from the environment overrides
-  it); analysis-service needs ``analysis.formats`` (the audio formats ``/analyze``
+  it); ``storage.<area>`` (optional) is the path of a storage area a service works on
+  (``AREAS``: analysis-service and file-watcher use ``audio_files``), checked by
+  ``/health`` like the root - ``dr_storage_failover`` repoints it to the area's backup
+  location; analysis-service needs ``analysis.formats`` (the audio formats ``/analyze``
   accepts: the functional check's mp3 is refused when it is not listed) and
   ``analysis.max_upload_mb``.
 
@@ -54,7 +57,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
 from http import HTTPStatus
@@ -78,6 +81,12 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "notification-service": (),
 }
 
+# The storage areas each service works on (``storage.<area>`` in app.json, when present).
+AREAS: dict[str, tuple[str, ...]] = {
+    "analysis-service": ("audio_files",),
+    "file-watcher": ("audio_files",),
+}
+
 AUDIO_FORMATS = {"WAVE": "wav", "FLAC": "flac", "MP3": "mp3"}
 
 CONFIG_DIR_ENV = "TRACKTION_CONFIG_DIR"
@@ -98,6 +107,7 @@ class ServiceConfig:
     formats: frozenset[str] = frozenset(AUDIO_FORMATS.values())
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     delivery_gateway_url: str | None = None
+    area_paths: dict[str, Path] = field(default_factory=dict)
 
 
 class ConfigurationError(Exception):
@@ -163,6 +173,7 @@ def load_config(
         sources["storage"] = "TRACKTION_STORAGE_PATH"
     formats = frozenset(AUDIO_FORMATS.values())
     max_upload = MAX_UPLOAD_BYTES
+    area_paths: dict[str, Path] = {}
     config_dir = Path(env[CONFIG_DIR_ENV]) if env.get(CONFIG_DIR_ENV) else None
     if config_dir is not None:
         services_file = config_dir / SERVICES_CONFIG_FILE
@@ -179,6 +190,9 @@ def load_config(
             sources["storage"] = f"{app_file} storage.root"
         if name == "analysis-service":
             formats, max_upload = _analysis_settings(app, app_file)
+        area_paths = _area_paths(name, app, app_file)
+        if area_paths:
+            sources["areas"] = f"{app_file} " + ", ".join(f"storage.{a}" for a in area_paths)
         sources["configuration"] = str(config_dir)
     gateway = env.get(DELIVERY_GATEWAY_ENV) or None
     if gateway:
@@ -191,8 +205,23 @@ def load_config(
         formats=formats,
         max_upload_bytes=max_upload,
         delivery_gateway_url=gateway,
+        area_paths=area_paths,
     )
     return config, sources
+
+
+def _area_paths(name: str, app: Any, app_file: Path) -> dict[str, Path]:
+    """``storage.<area>`` for each area the service works on, where app.json names one."""
+    storage = app.get("storage") if isinstance(app, dict) else None
+    paths = {}
+    for area in AREAS.get(name, ()):
+        value = storage.get(area) if isinstance(storage, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{app_file}: storage.{area} must be a path")
+        paths[area] = Path(value)
+    return paths
 
 
 def _analysis_settings(app: Any, app_file: Path) -> tuple[frozenset[str], int]:
@@ -305,6 +334,8 @@ def run_checks(config: ServiceConfig) -> tuple[bool, dict[str, dict[str, Any]]]:
     }
     for name in DEPENDENCIES.get(config.name, ("database", "storage")):
         checks[name] = runners[name]()
+    for area, path in config.area_paths.items():
+        checks[area] = check_storage(path)
     return all(check["ok"] for check in checks.values()), checks
 
 

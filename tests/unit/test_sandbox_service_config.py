@@ -135,3 +135,21 @@ def test_the_plan_names_the_paths_the_services_read():
     drill = load_plan(ROOT / "include" / "config" / "sandbox.yaml").environment("drill")
     assert [Path(p) for p in drill.config_paths] == [layout.app_config]
     assert Path(drill.config_env_file) == layout.app_env_file
+
+
+def test_services_that_work_on_an_area_check_the_path_app_json_names(layout, tmp_path):
+    watcher, sources = service.load_config("file-watcher", 1, environ(layout))
+    assert watcher.area_paths == {"audio_files": layout.audio_files}
+    assert "storage.audio_files" in sources["areas"]
+    tracklist, _ = service.load_config("tracklist-service", 1, environ(layout))
+    assert tracklist.area_paths == {}
+    elsewhere = tmp_path / "secondary"
+    edit_app_json(layout, lambda d: d["storage"].update(audio_files=str(elsewhere)))
+    analysis, _ = service.load_config("analysis-service", 1, environ(layout))
+    assert analysis.area_paths == {"audio_files": elsewhere}
+    assert service.check_storage(analysis.area_paths["audio_files"])["ok"] is False
+    elsewhere.mkdir()
+    assert service.check_storage(elsewhere)["ok"] is True
+    edit_app_json(layout, lambda d: d["storage"].update(audio_files=5))
+    with pytest.raises(service.ConfigurationError, match="storage.audio_files must be a path"):
+        service.load_config("file-watcher", 1, environ(layout))

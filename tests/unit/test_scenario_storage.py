@@ -122,3 +122,65 @@ def test_left_to_restore_ignores_what_the_backup_cannot_give_back():
     assert storage.judge_integrity({"dry_run": True}, [unrecoverable]).endswith(
         "1 area(s) not sound"
     )
+
+
+def _synced(environment, name="user_uploads"):
+    from tracktion_dr.backups.snapshots import sync_area
+
+    root = Path(environment.backups.storage.removeprefix("file://"))
+    return sync_area(name, Path(environment.storage[name].path), root), root / "sync" / name
+
+
+def test_auto_restores_files_newer_than_the_snapshot_from_the_sync_mirror(home):
+    plan, environment = home
+    uploads = Path(environment.storage["user_uploads"].path)
+    (uploads / "late.txt").write_text("written after the snapshot\n")
+    synced, _ = _synced(environment)
+    run = storage.check_inputs(
+        plan, dict(INCIDENT, started_at="2099-01-01T00:00:00+00:00"), inputs()
+    )
+    assert run["source"] == "auto" and set(run["mirrors"]) == {"user_uploads"}
+    (uploads / "late.txt").unlink()
+    (uploads / "one.txt").unlink()
+    before = storage.inspect_before(plan, run)
+    assert before["to_restore"] == {"user_uploads": ["late.txt", "one.txt"]}
+    restored = storage.restore(plan, run, before)
+    copies = restored["copies"]["user_uploads"]
+    assert {c["source"] for c in copies.values()} == {"mirror"}, "the freshest copy"
+    assert (uploads / "late.txt").read_text() == "written after the snapshot\n"
+    age = (
+        storage.datetime.fromisoformat("2099-01-01T00:00:00+00:00") - synced.started_at
+    ).total_seconds()
+    assert restored["data_loss_seconds"] == age == copies["late.txt"]["age_seconds"]
+    fields = storage.record_fields(run, before, restored, None, rto_target_seconds=1)
+    assert fields["data_loss_seconds"] == age and "sync mirror" in fields["backup_used"]
+
+
+def test_a_damaged_mirror_copy_is_never_restored_the_snapshot_copy_is(home):
+    plan, environment = home
+    uploads = Path(environment.storage["user_uploads"].path)
+    _, mirror = _synced(environment)
+    (mirror / "one.txt").write_text("bit rot in the mirror\n")
+    run = storage.check_inputs(plan, dict(INCIDENT), inputs())
+    (uploads / "one.txt").unlink()
+    restored = storage.restore(plan, run, storage.inspect_before(plan, run))
+    used = restored["copies"]["user_uploads"]["one.txt"]
+    assert used["source"] == "snapshot"
+    assert "checksum the sync recorded" in next(iter(used["skipped"].values()))
+    assert (uploads / "one.txt").read_text() == "upload one\n"
+
+
+def test_source_snapshot_ignores_the_mirror_and_mirror_ignores_the_snapshot(home):
+    plan, environment = home
+    uploads = Path(environment.storage["user_uploads"].path)
+    (uploads / "late.txt").write_text("late\n")
+    _synced(environment)
+    (uploads / "late.txt").unlink()
+    only_snapshot = storage.check_inputs(plan, dict(INCIDENT), inputs(source="snapshot"))
+    assert only_snapshot["mirrors"] == {}
+    assert storage.inspect_before(plan, only_snapshot)["to_restore"] == {}
+    only_mirror = storage.check_inputs(plan, dict(INCIDENT), inputs(source="mirror"))
+    assert only_mirror["snapshot"] is None and only_mirror["areas"] == ["user_uploads"]
+    assert storage.inspect_before(plan, only_mirror)["to_restore"] == {"user_uploads": ["late.txt"]}
+    with pytest.raises(InvalidInput, match="source: 'newest' is not one of"):
+        storage.check_inputs(plan, dict(INCIDENT), inputs(source="newest"))

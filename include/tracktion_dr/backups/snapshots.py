@@ -59,6 +59,9 @@ RESERVED_MEMBERS = frozenset({ENVIRONMENT_MEMBER, SAFETY_STATE_MEMBER, ENVIRONME
 SAFETY_FOLDER = "safety"  # dr_config_recovery's safety snapshots, beside the daily ones
 SYNC_FOLDER = "sync"
 SYNC_STATE_SUFFIX = ".sync.json"
+# Per mirrored file: size, mtime and the sha256 of the copy the sync made - how a restore
+# (and the RPO watch) knows a mirror copy is still the one the sync wrote.
+SYNC_FILES_SUFFIX = ".files.json"
 Level = Literal["full", "incremental"]
 
 
@@ -283,14 +286,36 @@ def sync_state_file(storage_root: Path, area: str) -> Path:
     return storage_root / SYNC_FOLDER / f"{area}{SYNC_STATE_SUFFIX}"
 
 
+def sync_files_file(storage_root: Path, area: str) -> Path:
+    return storage_root / SYNC_FOLDER / f"{area}{SYNC_FILES_SUFFIX}"
+
+
+def read_sync_files(storage_root: Path, area: str) -> dict[str, dict[str, Any]]:
+    """relative path -> {size, mtime, sha256} of each copy the sync made ({} before the
+    first sync that kept this record)."""
+    try:
+        recorded = json.loads(sync_files_file(storage_root, area).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _record_copy(target: Path) -> dict[str, Any]:
+    info = target.stat()
+    return {"size": info.st_size, "mtime": int(info.st_mtime), "sha256": sha256_file(target)}
+
+
 def sync_area(area: str, source: Path, storage_root: Path) -> SyncResult:
     """Mirror ``source`` into ``<storage>/sync/<area>/``: new or changed files (by size
-    and mtime) are copied under a temp name and renamed; nothing is ever deleted."""
+    and mtime) are copied under a temp name and renamed; nothing is ever deleted. The
+    sha256 of every copy is recorded (``<area>.files.json``; a copy made before that
+    record existed is hashed once), so a restore can tell a damaged copy from a good one."""
     if not source.is_dir():
         raise SnapshotError(f"{source}: storage area {area!r} is not a directory")
     started = datetime.now(UTC)
     mirror = sync_mirror_dir(storage_root, area)
     mirror.mkdir(parents=True, exist_ok=True)
+    recorded = read_sync_files(storage_root, area)
     files = copied = copied_bytes = 0
     seen: set[Path] = set()
     for path in sorted(source.rglob("*")):
@@ -304,11 +329,16 @@ def sync_area(area: str, source: Path, storage_root: Path) -> SyncResult:
         if target.exists():
             current = target.stat()
             if current.st_size == stat.st_size and int(current.st_mtime) == int(stat.st_mtime):
+                known = recorded.get(str(relative))
+                if not known or known.get("size") != current.st_size:
+                    recorded[str(relative)] = _record_copy(target)
                 continue
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
         shutil.copy2(path, partial)
+        record = _record_copy(partial)
         os.replace(partial, target)
+        recorded[str(relative)] = record
         copied += 1
         copied_bytes += stat.st_size
     kept_deleted = sum(
@@ -317,8 +347,9 @@ def sync_area(area: str, source: Path, storage_root: Path) -> SyncResult:
         if p.is_file() and not p.name.endswith(".partial") and p.relative_to(mirror) not in seen
     )
     result = SyncResult(area, files, copied, copied_bytes, kept_deleted, started, datetime.now(UTC))
+    write_json_atomic(sync_files_file(storage_root, area), recorded)
     # The state says up to when the mirror is complete: its start (later writes may be
-    # missed). The RPO watch reads it.
+    # missed). The RPO watch reads it; written last, after the per-file record.
     write_json_atomic(
         sync_state_file(storage_root, area), {**result.as_dict(), "source": str(source)}
     )
@@ -340,17 +371,43 @@ def read_sync_state(storage_root: Path, area: str) -> dict[str, Any] | None:
         return None
 
 
-def newest_storage_point(storage_root: Path, area: str) -> datetime | None:
-    """Newest moment the area can be restored to: the start of the last completed sync
-    or of the newest snapshot of the area (full or incremental), whichever is later."""
-    points = []
+def mirror_problems(storage_root: Path, area: str) -> list[str]:
+    """Why the area's sync mirror cannot be counted on as a whole ([] when it can): no
+    completed pass, no per-file record, or a recorded copy gone or changed in size. (A
+    cheap look, for the RPO watch; a restore checks each copy's sha256 before using it.)"""
+    if read_sync_state(storage_root, area) is None:
+        return ["no completed sync pass"]
+    recorded = read_sync_files(storage_root, area)
+    if not recorded:
+        return ["the sync recorded no checksums (older sync format): run the sync again"]
+    mirror = sync_mirror_dir(storage_root, area)
+    problems = []
+    for relative, entry in sorted(recorded.items()):
+        path = mirror / relative
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{relative}: gone from the mirror")
+            continue
+        if size != entry.get("size"):
+            problems.append(f"{relative}: {size} bytes, the sync copied {entry.get('size')}")
+    return problems
+
+
+def newest_storage_point(storage_root: Path, area: str) -> tuple[datetime | None, str]:
+    """(newest moment dr_storage_recovery can restore the area to, which copy that is):
+    the start of the last completed sync pass when its mirror is intact (see
+    :func:`mirror_problems`), else the newest snapshot of the area (full or incremental)."""
+    candidates: list[tuple[datetime, str]] = []
     state = read_sync_state(storage_root, area)
-    if state:
-        points.append(datetime.fromisoformat(state["started_at"]))
+    if state and not mirror_problems(storage_root, area):
+        candidates.append((datetime.fromisoformat(state["started_at"]), "sync mirror"))
     newest = newest_snapshot(storage_root / area, area)
     if newest:
-        points.append(datetime.fromisoformat(newest[1]["started_at"]))
-    return max(points) if points else None
+        candidates.append((datetime.fromisoformat(newest[1]["started_at"]), newest[0].name))
+    if not candidates:
+        return None, "no sync and no snapshot"
+    return max(candidates)
 
 
 def newest_config_point(config_root: Path) -> datetime | None:

@@ -144,8 +144,10 @@ def rpo_statuses(
     """For each data category of the plan: age of its newest restorable point vs its RPO.
 
     Transactional data: the newest commit replayable from the WAL archive (or the newest
-    good dump's start, if later). File storage: the start of the newest sync or snapshot
-    of each area - the *oldest* of the areas counts. Configuration: the newest snapshot.
+    good dump's start, if later). File storage: the newest copy dr_storage_recovery can
+    restore each area from - the start of the last sync pass when the mirror is intact,
+    else the newest snapshot - named in ``source``; the *oldest* of the areas counts.
+    Configuration: the newest snapshot.
     """
     now = now or datetime.now(UTC)
     storage_root = local_path(environment.backups.storage)
@@ -166,8 +168,9 @@ def rpo_statuses(
         for area_name, area in environment.storage.items():
             if area.data_category == name:
                 present = True
-                points.append(snapshots.newest_storage_point(storage_root, area_name))
-                sources.append(f"storage {area_name}")
+                point, copy = snapshots.newest_storage_point(storage_root, area_name)
+                points.append(point)
+                sources.append(f"storage {area_name}: {copy}")
         if name == "configuration" and environment.config_paths:
             present = True
             points.append(snapshots.newest_config_point(config_root))

@@ -335,6 +335,29 @@ class StorageArea(_Model):
     owner: str | None = None  # "user:group"
     mode: str | None = None  # octal, e.g. "0755"
     audio: bool = False  # dr_storage_recovery checks every file here by content
+    # dr_storage_failover: where the area's services can work when its primary storage is
+    # lost (a file:// path on other storage), and the setting in the services'
+    # configuration that holds the area's path ("<file under a config path>:<dotted.key>",
+    # e.g. "app.json:storage.audio_files"); both or neither.
+    backup_location: Location | None = None
+    path_setting: str | None = None
+
+    @model_validator(mode="after")
+    def _failover_consistent(self) -> StorageArea:
+        if bool(self.backup_location) != bool(self.path_setting):
+            raise ValueError(
+                "backup_location and path_setting go together (a failover points the "
+                "services' path_setting at the backup_location)"
+            )
+        if self.backup_location and not self.backup_location.startswith("file://"):
+            raise ValueError("backup_location must be a file:// path the services can use")
+        if self.path_setting:
+            file, sep, key = self.path_setting.partition(":")
+            if not sep or not key or not file.endswith((".json", ".yaml", ".yml")):
+                raise ValueError(
+                    f"path_setting {self.path_setting!r}: use <file>.json|.yaml:<dotted.key>"
+                )
+        return self
 
 
 class BackupLocations(_Model):

@@ -143,9 +143,10 @@ def repair_area(
     backed_up: dict[str, dict[str, Any]],
     incident_id: str,
 ) -> dict[str, str]:
-    """Restore every missing or corrupt file of ``report`` from the snapshot archives named
-    in ``backed_up`` (``files.snapshots.storage_inventory``); return relative path -> what
-    was done."""
+    """Restore every missing or corrupt file of ``report`` from the copy ``backed_up``
+    names for it: a snapshot archive member (``files.snapshots.storage_inventory``) or a
+    mirror file (``path``, picked by ``files.storage_copies.choose``); return relative
+    path -> what was done."""
     root = Path(area.path)
     _ensure_directory(area)
     quarantine = root.parent / QUARANTINE / incident_id / report.name
@@ -159,14 +160,17 @@ def repair_area(
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".dr-restore-{target.name}")
         try:
-            extract_member(Path(entry["archive"]), entry["member"], temporary)
-        except SnapshotError as exc:
+            if entry.get("path"):
+                shutil.copyfile(entry["path"], temporary)
+            else:
+                extract_member(Path(entry["archive"]), entry["member"], temporary)
+        except (SnapshotError, OSError) as exc:
             temporary.unlink(missing_ok=True)
             done[relative] = f"not restored: {exc}"
             continue
         if sha256_file(temporary) != entry["sha256"]:
             temporary.unlink()
-            done[relative] = "the backup's copy does not match its manifest: not restored"
+            done[relative] = "the backup's copy does not match its checksum: not restored"
             continue
         # Only now, with a verified copy in hand, is the damaged file moved aside.
         if target.exists():
