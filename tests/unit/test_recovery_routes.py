@@ -206,3 +206,17 @@ def test_a_third_party_still_down_is_restored_only_when_the_services_work_around
     assert broken.still_down == ["external:delivery-gateway", "check application_functionality"]
     # Without the functional check having run, nothing is assumed.
     assert not routes.restoration_verdict(affected, assessment, []).restored
+
+
+def test_storage_failover_from_an_incident_switches_the_named_area_with_its_confirmation():
+    area = next(n for n, a in DRILL.storage.items() if a.backup_location)
+    derived = conf("dr_storage_failover", [f"storage:{area}"])
+    assert derived["area"] == area and derived["direction"] == "failover"
+    assert "confirm" not in derived  # the drill demands none
+    production = PRODUCTION.model_copy(
+        update={"storage": {area: DRILL.storage[area]}, "destructive_requires_confirmation": True}
+    )
+    approved = conf(
+        "dr_storage_failover", [f"storage:{area}"], plan_env=production, approved_by="a"
+    )
+    assert approved["confirm"] == f"RESTORE storage {area}"

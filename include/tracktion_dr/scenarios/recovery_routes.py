@@ -79,6 +79,13 @@ def _storage(environment: Environment, affected: list[str], conf: dict[str, Any]
     return {"areas": [a for a in areas if a in environment.storage] or ["all"]}
 
 
+def _storage_failover(environment: Environment, affected: list[str], conf: dict[str, Any]) -> dict:
+    areas = [a.removeprefix("storage:") for a in affected if a.startswith("storage:")]
+    switchable = [name for name, area in environment.storage.items() if area.backup_location]
+    named = [a for a in areas if a in switchable]
+    return {"area": (named or switchable or [""])[0], "direction": "failover"}
+
+
 def _third_party(environment: Environment, affected: list[str], conf: dict[str, Any]) -> dict:
     if conf.get("dependency"):
         return {"direction": "auto"}
@@ -147,6 +154,12 @@ RECOVERIES: dict[str, Recovery] = {
     # Switches configuration and restarts the dependents, nothing is lost: no approval.
     "dr_third_party_failover": Recovery(
         False, frozenset({"dependency", "direction"}), _third_party
+    ),
+    "dr_storage_failover": Recovery(
+        True,
+        frozenset({"area", "direction"}),
+        _storage_failover,
+        confirms=lambda conf: f"RESTORE storage {conf['area']}",
     ),
     "dr_backup_logical_dump": Recovery(False, frozenset(), incident_params=False),
     "dr_backup_base": Recovery(False, frozenset(), incident_params=False),
