@@ -46,8 +46,22 @@ def _wait_for_port(timeout: float = 30) -> None:
     raise SystemExit(f"moto S3 server not listening on {L.HOST}:{L.S3_PORT} after {timeout:.0f}s")
 
 
+# The offsite copies are write once: Object Lock in COMPLIANCE mode with a default
+# retention, so nobody - a compromised host included - deletes or rewrites a backup
+# version before it expires (a day here; the production buckets' retention is the plan's).
+# The cross-region bucket has Object Lock on but no default retention here: moto refuses a
+# server-side CopyObject into a bucket with a default retention unless the request carries
+# x-amz-sdk-checksum-algorithm, which botocore sends on uploads but not on CopyObject (real
+# S3 has no such rule for copies). Production sets the retention on both buckets.
+OFFSITE_LOCK = {
+    "ObjectLockEnabled": "Enabled",
+    "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}},
+}
+
+
 def ensure_buckets() -> list[str]:
-    """Create the sandbox's offsite buckets (each in its own region) when missing."""
+    """Create the sandbox's offsite buckets (each in its own region, Object Lock on) when
+    missing."""
     _wait_for_port()
     created = []
     for bucket, region in L.S3_BUCKETS.items():
@@ -55,10 +69,12 @@ def ensure_buckets() -> list[str]:
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         if bucket in existing:
             continue
-        kwargs: dict[str, Any] = {"Bucket": bucket}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "ObjectLockEnabledForBucket": True}
         if region != "us-east-1":  # S3 refuses a LocationConstraint of us-east-1
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**kwargs)
+        if region == L.S3_REGION:
+            s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration=OFFSITE_LOCK)
         created.append(bucket)
         log.info("created S3 bucket %s in %s", bucket, region)
     if ensure_evidence_bucket():

@@ -60,9 +60,39 @@ def test_a_corrupted_offsite_object_is_detected_by_read_back(sandbox, tmp_path):
     offsite.upload_verified(client, path, location, key)
     # Someone overwrites it with different bytes but keeps the old checksum metadata.
     sha = client.head_object(Bucket=location.bucket, Key=key)["Metadata"]["sha256"]
-    client.put_object(Bucket=location.bucket, Key=key, Body=b"tampered", Metadata={"sha256": sha})
+    client.put_object(
+        Bucket=location.bucket,
+        Key=key,
+        Body=b"tampered",
+        Metadata={"sha256": sha},
+        ChecksumAlgorithm="SHA256",
+    )
     remote, _ = offsite.remote_sha256(client, location.bucket, key)
     assert remote != sha
+
+
+def test_offsite_backups_are_write_once(sandbox, tmp_path):
+    """Object Lock (COMPLIANCE) on the offsite buckets: a backup version cannot be deleted,
+    also not by the credentials that wrote it (a compromised host holds those)."""
+    from botocore.exceptions import ClientError
+
+    plan = load_plan()
+    backups = plan.environment("drill").backups
+    client = s3_hook(backups.offsite_conn_id, plan).get_conn()
+    location = offsite.S3Location.parse(backups.offsite)
+    lock = client.get_object_lock_configuration(Bucket=location.bucket)["ObjectLockConfiguration"]
+    assert lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+    path = tmp_path / "locked.bin"
+    path.write_bytes(b"a backup")
+    key = location.key("test", "locked.bin")
+    offsite.upload_verified(client, path, location, key)
+    version = client.head_object(Bucket=location.bucket, Key=key)["VersionId"]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=location.bucket, Key=key, VersionId=version)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert client.get_object(Bucket=location.bucket, Key=key, VersionId=version)["Body"].read() == (
+        b"a backup"
+    )
 
 
 def test_offsite_dag_copies_newest_backups_and_wal_and_the_catalog_lists_them(sandbox):

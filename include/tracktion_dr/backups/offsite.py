@@ -36,6 +36,10 @@ from tracktion_dr.postgres.dumps import sha256_file
 log = logging.getLogger(__name__)
 
 SHA256_METADATA = "sha256"
+# Every write carries an S3 integrity checksum: S3 verifies the bytes it stores, and a
+# bucket with Object Lock (write once: a compromised host cannot delete or rewrite a backup)
+# accepts writes only with one.
+INTEGRITY_CHECKSUM = {"ChecksumAlgorithm": "SHA256"}
 
 
 class OffsiteError(StepFailed):
@@ -124,7 +128,9 @@ def upload_verified(
         and existing.get("Metadata", {}).get(SHA256_METADATA) == digest
     ):
         return Uploaded(key, location.url(key), size, digest, "-" in existing["ETag"], True)
-    kwargs: dict[str, Any] = {"ExtraArgs": {"Metadata": {SHA256_METADATA: digest}}}
+    kwargs: dict[str, Any] = {
+        "ExtraArgs": {"Metadata": {SHA256_METADATA: digest}, **INTEGRITY_CHECKSUM}
+    }
     if transfer_config is not None:
         kwargs["Config"] = transfer_config
     client.upload_file(str(path), location.bucket, key, **kwargs)
@@ -175,7 +181,7 @@ def copy_verified(
     ):
         return Uploaded(target_key, target.url(target_key), size, digest, False, True)
     kwargs: dict[str, Any] = {
-        "ExtraArgs": {"MetadataDirective": "COPY"},
+        "ExtraArgs": {"MetadataDirective": "COPY", **INTEGRITY_CHECKSUM},
         "SourceClient": source_client,
     }
     if transfer_config is not None:
@@ -190,6 +196,7 @@ def copy_verified(
             CopySource={"Bucket": target.bucket, "Key": target_key},
             Metadata={SHA256_METADATA: digest},
             MetadataDirective="REPLACE",
+            **INTEGRITY_CHECKSUM,
         )
     remote, remote_size = remote_sha256(target_client, target.bucket, target_key)
     if remote != digest or remote_size != size:
