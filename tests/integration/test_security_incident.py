@@ -247,6 +247,14 @@ def test_a_compromise_is_contained_preserved_recovered_and_rotated(sandbox, comp
     assert rotated["credentials_rotated"] == ["tracktion"]
     assert sandbox.secrets.app_password not in json.dumps(rotated)
     assert new_dsn.split("@")[0].split(":")[-1] not in json.dumps(rotated)
+    # Airflow's connection follows: its secrets-backend entry holds the new credential.
+    from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+
+    spec = load_plan().security.app_roles["tracktion"]
+    secrets = SecretsManagerHook(aws_conn_id=spec.secrets_conn_id).get_conn()
+    stored = secrets.get_secret_value(SecretId=spec.connection_secret)["SecretString"]
+    assert stored == new_dsn and _login_error(stored) is None
+    assert rotated["proofs"]["tracktion"]["airflow_connection"].startswith(spec.connection_secret)
 
     # The clean point from before the compromise is live; the compromised one kept aside.
     rogue_rows = "SELECT count(*) FROM audio_files WHERE file_path LIKE %s"

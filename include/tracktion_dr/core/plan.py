@@ -701,6 +701,12 @@ class AppRole(_Model):
     # The Airflow connection holding the credential before the first rotation (read for
     # the old password, to prove it refused afterwards). None: the env file only.
     conn_id: ConnId | None = None
+    # Where Airflow reads that connection after a rotation: its entry in the secrets backend
+    # (AWS Secrets Manager, e.g. "airflow/connections/tracktion_app_db" for Airflow's
+    # SecretsManagerBackend), written through the AWS connection named here. None: the
+    # connection is not rewritten (then update it by hand after a rotation).
+    connection_secret: str | None = None
+    secrets_conn_id: ConnId = "aws_default"
 
 
 class Security(_Model):

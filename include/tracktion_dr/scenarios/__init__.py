@@ -37,6 +37,10 @@ class SystemAccess:
     controller: Callable[[Controller], ServiceController]
     # conn id -> base URL (scheme://host:port) of an HTTP endpoint, e.g. the load balancer
     url: Callable[[str], str]
+    # (AWS conn id, secret id, connection URI) -> "created" | "updated": an Airflow
+    # connection written to the secrets backend (AWS Secrets Manager). The URI holds a
+    # password: never log it.
+    store_connection_secret: Callable[[str, str, str], str] | None = None
 
 
 def environment_of(plan: Plan, run: dict[str, Any]) -> Environment:

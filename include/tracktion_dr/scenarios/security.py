@@ -606,6 +606,13 @@ def rotate_credentials(
         if not old_refused:
             raise StepFailed(f"{role}: the OLD password is still accepted")
         proofs[role] = {"old_password": f"refused ({why_old})", "new_password": "accepted"}
+        if spec.connection_secret and access.store_connection_secret:
+            # Every run, not only the rotating one: a run killed between the env file and
+            # the secrets backend leaves Airflow's connection on the old password.
+            stored = access.store_connection_secret(
+                spec.secrets_conn_id, spec.connection_secret, new
+            )
+            proofs[role]["airflow_connection"] = f"{spec.connection_secret} {stored}"
     healthy, health = service_health(environment, run["services"])
     if done or not healthy:
         # A service reads its credential at start: restarted after a rotation (or when an
