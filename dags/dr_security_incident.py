@@ -178,8 +178,8 @@ def dr_security_incident():
         "swap in the clean copy?",
         body=(
             "**Compromised at** {{ ti.xcom_pull(task_ids='guard')['compromised_at'] }}\n\n"
-            "**Evidence**: {{ ti.xcom_pull(task_ids='preserve_evidence')['detail'] }}\n\n"
-            "**Recovered**: {{ ti.xcom_pull(task_ids='recover_clean_point')['detail'] }}\n\n"
+            "**Evidence**: {{ ti.xcom_pull(task_ids='preserve_evidence')['event']['detail'] }}\n\n"
+            "**Recovered**: {{ ti.xcom_pull(task_ids='recover_clean_point')['event']['detail'] }}\n\n"
             "On Approve: `{{ ti.xcom_pull(task_ids='guard')['database_name'] }}` is renamed "
             "to `{{ ti.xcom_pull(task_ids='guard')['kept_as'] }}` (kept) and the validated "
             "copy takes its name. Reject (or no answer) swaps nothing."

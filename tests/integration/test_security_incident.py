@@ -11,7 +11,8 @@ guard with nothing touched. Everything the test creates is removed, and the app'
 original password put back, so the suite stays repeatable.
 
 (dag.test() cannot answer a human approval: the drill environment swaps without one;
-production's approval is shown in the graph test, tests/unit/test_scenario_security.py.)
+production's approval is answered over the REST API of a real Airflow in
+tests/e2e/test_security_approval.py.)
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def _put_app_password_back(sandbox) -> None:
 
 
 def _drop_rogue() -> None:
+    """The rogue role and its rows (a run that stopped before the swap leaves them live)."""
+    with connect(autocommit=True) as conn:
+        conn.execute("DELETE FROM audio_files WHERE file_path LIKE %s", (ROGUE_PREFIX + "%",))
     with connect("postgres", autocommit=True) as conn:
         conn.execute(
             "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
