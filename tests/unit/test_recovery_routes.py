@@ -13,6 +13,7 @@ from tracktion_dr.scenarios.incident_response import (
     closing,
     customer_impact,
     customer_restored_message,
+    data_impact,
     resolve_request,
 )
 
@@ -158,7 +159,7 @@ def test_customer_texts_carry_no_internal_identifiers():
         True,
         [SERVICE, "database:tracktion"],
     )
-    message = customer_restored_message(INCIDENT, request, duration="5m")
+    message = customer_restored_message(INCIDENT, request, duration="5m", impact="none")
     text = message.title + message.text
     for internal in (INCIDENT["incident_id"], "dr_", "database:", SERVICE, "alertmanager"):
         assert internal not in text, internal
@@ -220,3 +221,11 @@ def test_storage_failover_from_an_incident_switches_the_named_area_with_its_conf
         "dr_storage_failover", [f"storage:{area}"], plan_env=production, approved_by="a"
     )
     assert approved["confirm"] == f"RESTORE storage {area}"
+
+
+def test_data_impact_says_only_what_was_measured():
+    team, customer = data_impact([{"data_loss_seconds": None}])
+    assert "not measured" in team and "none" not in team
+    assert data_impact([{"data_loss_seconds": 0.0}])[1] == "none: no data was lost"
+    team, customer = data_impact([{"data_loss_seconds": 3.0}, {"data_loss_seconds": 42.0}])
+    assert "42s" in team and "42s" in customer  # the worst measured loss

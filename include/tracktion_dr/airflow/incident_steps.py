@@ -287,6 +287,7 @@ def close_incident(
     request = request_of(run)
     if ending.restored:
         duration = format_duration(now - clock)
+        team_impact, customer_impact = rules.data_impact(measured_runs(run["incident_id"]))
         team = rules.restored_message(
             run,
             request,
@@ -294,10 +295,12 @@ def close_incident(
             recovery=recovery["dag_id"],
             recovery_outcome=recovery["state"],
             verification=ending.detail,
-            data_impact="measured by the recovery run (see the post-incident review)",
+            data_impact=team_impact,
         )
         result["delivery"] = send(plan, run, team, channels(plan, "slack", "email", "pagerduty"))
-        customers = rules.customer_restored_message(run, request, duration=duration)
+        customers = rules.customer_restored_message(
+            run, request, duration=duration, impact=customer_impact
+        )
         result["customer_notice"] = send(plan, run, customers, channels(plan, "status_page"))
         result["resolved_at"] = now.isoformat()
         return {"detail": f"restored: {ending.detail}", **result}
@@ -327,6 +330,20 @@ def close_incident(
     )
     result["delivery"] = send(plan, run, message, channels(plan, "slack", "email"))
     return {"detail": "left open for manual recovery", **result}
+
+
+def measured_runs(incident_id: str) -> list[dict[str, Any]]:
+    """The incident's runs as the ledger recorded them (their measured data loss); none
+    when the ledger does not answer (the notice then says nothing was measured)."""
+    from tracktion_dr.airflow.support import conninfo
+    from tracktion_dr.evidence import ledger
+
+    try:
+        runs, _ = ledger.incident_runs(conninfo(ledger.LEDGER_CONN_ID), incident_id)
+    except ledger.UNREACHABLE:
+        log.warning("the ledger does not answer: data loss not read for the notices")
+        return []
+    return runs
 
 
 def post_incident_review(plan: Plan, run: dict[str, Any], closed: dict | None) -> dict:

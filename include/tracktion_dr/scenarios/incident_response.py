@@ -213,8 +213,27 @@ def customer_impact(names: list[str]) -> str:
     return ", ".join(words) or "parts of the platform"
 
 
+def data_impact(runs: list[dict[str, Any]]) -> tuple[str, str]:
+    """(team text, customer text) from the data loss the incident's runs *measured* (the
+    ledger); nothing measured is said as such, never as "none"."""
+    losses = [r["data_loss_seconds"] for r in runs if r.get("data_loss_seconds") is not None]
+    if not losses:
+        return (
+            "not measured by the recovery (no data was restored)",
+            "none expected from this recovery; our review will confirm it",
+        )
+    worst = max(losses)
+    if worst <= 0:
+        return "measured: no data lost", "none: no data was lost"
+    return (
+        f"measured: the last {worst:.0f}s of changes before the incident were lost",
+        f"changes made in the last {format_duration(timedelta(seconds=worst))} "
+        "before the disruption may need to be repeated",
+    )
+
+
 def customer_restored_message(
-    incident: dict[str, Any], request: IncidentRequest, *, duration: str
+    incident: dict[str, Any], request: IncidentRequest, *, duration: str, impact: str
 ) -> DrMessage:
     """The customer's notice, for the status page: only sent once the restoration is
     verified, and free of internal identifiers."""
@@ -225,7 +244,7 @@ def customer_restored_message(
         "info",
         duration=duration,
         services_restored=f"{impact}: operating normally again, checked independently",
-        data_impact="none known; our review will confirm it",
+        data_impact=impact,
         description=f"A disruption affected {impact}.",
         pagerduty_action="resolve",
         status_page_status="resolved",
