@@ -120,7 +120,6 @@ def dr_application_recovery():
             incident=run,
             plan=PLAN,
             rto_seconds=rto_seconds,
-            poke_interval=2,
         )
         recovers[service] >> gates[service]
     for service, dependencies in SERVICE_DEPENDENCIES.items():

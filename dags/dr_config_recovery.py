@@ -137,7 +137,6 @@ def dr_config_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
-        poke_interval=2,
     )
     restored >> validated >> restarted >> gate
     undo = rollback()

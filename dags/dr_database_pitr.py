@@ -14,18 +14,21 @@ waits at the target, is validated read-only, and this DAG promotes it.
    restore point is looked up in the WAL (`pg_waldump`) and must exist; none may lie before
    the consistent point of every usable base backup - the refusal names the **recoverable
    window** (in LSNs for LSN and restore-point targets). The base backup is chosen by the
-   target's LSN (its stop LSN at or before it), passes `pg_verifybackup`, and WAL is held
-   without a gap (a missing segment is named). A new incident asking for what an earlier
+   target's LSN (its stop LSN at or before it), not marked failed by a verification, and
+   WAL is held without a gap (a missing segment is named). A new incident asking for what an earlier
    one already recovered is refused (`AlreadyRecovered`); the same incident's re-run
    resumes. Only then the locks are taken and, if the primary still answers, its current
    WAL segment is switched out and archived.
 2. **stop_services** that depend on the cluster (not once the cluster is this incident's
    recovered primary).
+   At the same time **stage_recovery** builds the replacement beside the data directory,
+   touching nothing live: the base backup copied into `.<dir>.restoring_<incident>`,
+   `pg_verifybackup` on that copy (a failure marks the backup failed; the next attempt's
+   guard takes another), the recovery settings and the recovery marker written last.
 3. **prepare_data_directory** - stop PostgreSQL (fast, then immediate), **move the data
    directory aside** (`<dir>.pre_<incident>`, never deleted), **salvage** the WAL the archive
    lacks from it and from the standby into `<archive>.salvage` (which `restore_command`
-   reads after the archive), copy the base backup in through a staging directory, write the
-   recovery settings and the recovery marker, rename it into place.
+   reads after the archive), rename the staged directory into place.
 4. **start_postgres**; **gate_recovery_target_reached** opens when the server is paused at
    the target (`recovery_target_action = pause`) or, for `latest` (standby mode), has
    replayed everything the archive and the salvage folder hold. A server that dies fails
@@ -151,6 +154,13 @@ def stop_services(run: dict, **context) -> dict | str:
             "detail": "the cluster is already this incident's recovered primary: services stay up",
         }
     return stop(PLAN.environment(run["environment"]), run["services"], controller)
+
+
+@steps.step("destructive")
+def stage_recovery(run: dict, **context) -> str:
+    from tracktion_dr.scenarios.database import stage_recovery as stage
+
+    return stage(_cluster(run), run)
 
 
 @steps.step("destructive")
@@ -304,10 +314,12 @@ def measure_data_loss(run: dict, **context) -> dict:
 )
 def dr_database_pitr():
     run = guard()
+    # The copy and its verification are built beside the live cluster while services stop.
+    staged = stage_recovery(run)
     stopped = stop_services(run)
     prepared = prepare_data_directory(run)
     started_pg = start_postgres(run)
-    stopped >> prepared >> started_pg
+    [staged, stopped] >> prepared >> started_pg
     gate_target = RtoGate(
         task_id="gate_recovery_target_reached",
         check=recovery_target_reached,

@@ -12,8 +12,9 @@ written after the dump (the run reports how many, per table).
    refuses a **new** incident on a database that already is the restore of the same dump
    (`AlreadyRecovered`: that would be a second outage). A dry run stops here after printing
    every action.
-2. **stop_services** — the services that depend on the database (from the plan).
-3. **restore_beside** — `pg_restore -j N` into `<db>_restore_<incident>`.
+2. **stop_services** — the services that depend on the database (from the plan), while
+3. **restore_beside** — `pg_restore -j N` into `<db>_restore_<incident>` — runs at the same
+   time: it touches nothing live (in `in_place` mode it stops the services itself first).
 4. **validate_restored** — table set vs the dump's table of contents, row counts vs the
    manifest, foreign-key orphans (anti-join), duplicate primary keys, the seed's business
    rules, `pg_amcheck`. Any failure stops here: nothing swapped.
@@ -176,10 +177,17 @@ def dr_database_restore():
 
     @steps.step("destructive")
     def restore_beside(run: dict, **context) -> dict:
-        from tracktion_dr.scenarios.database import restore_step
+        from tracktion_dr.airflow.support import controller
+        from tracktion_dr.scenarios.database import restore_step, stop_services_for_restore
 
         admin, bindir = _admin(run)
-        return restore_step(admin, run, bindir)
+        environment = PLAN.environment(run["environment"])
+        return restore_step(
+            admin,
+            run,
+            bindir,
+            stop_dependents=lambda: stop_services_for_restore(admin, run, environment, controller),
+        )
 
     @steps.step("check", skip_in_dry_run=True)
     def validate_restored(run: dict, **context) -> dict:
@@ -220,7 +228,10 @@ def dr_database_restore():
     validated = validate_restored(run)
     swapped = swap(run)
     started = start_services()
-    stopped >> restored >> validated >> swapped >> started
+    # Side by side, the restore touches nothing live: it runs while the services stop.
+    [stopped, validated] >> swapped
+    restored >> validated
+    swapped >> started
     gate_database = RtoGate(
         task_id="gate_database_accepts",
         check=database_accepts(lambda r: (_target(r).cluster.conn_id, r["database_name"])),

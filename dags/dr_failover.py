@@ -194,7 +194,6 @@ def dr_failover():
         check=failover.gate_check(PLAN, ACCESS),
         incident=run,
         plan=PLAN,
-        poke_interval=2,
     )
     decided = approval_outcome()
     switched >> gate >> measure_data_loss(run) >> decided

@@ -118,7 +118,6 @@ def dr_infrastructure_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
-        poke_interval=2,
     )
     reported = report()
     repaired >> gate >> reported

@@ -79,7 +79,6 @@ def dr_service_dependencies_recovery():
             incident=run,
             plan=PLAN,
             rto_seconds=RTO_SECONDS,
-            poke_interval=2,
         )
         recovered >> previous
     scenario_tail(

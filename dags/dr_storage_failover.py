@@ -142,7 +142,6 @@ def dr_storage_failover():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
-        poke_interval=2,
     )
     filled >> pointed >> restarted >> gate
     undo = rollback()

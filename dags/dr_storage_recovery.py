@@ -143,7 +143,6 @@ def dr_storage_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
-        poke_interval=2,
     )
     reported = report()
     restored >> gate >> reported

@@ -143,7 +143,6 @@ def dr_third_party_failover():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
-        poke_interval=2,
     )
     restarted >> gate
     undo = rollback()

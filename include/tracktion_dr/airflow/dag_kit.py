@@ -21,6 +21,7 @@ Airflow-facing on purpose (this module and ``dag_support`` are the only ones tha
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ BOOKKEEPING_TASKS = frozenset({"record", "notify_outcome", "verdict"})
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
 
 # A gate check returns (opened?, what it saw) - the second part is logged while waiting.
+PROGRESS_LOG_SECONDS = 10.0
 GateCheck = Callable[[dict[str, Any]], tuple[bool, str]]
 
 
@@ -92,6 +94,8 @@ class RtoGate(BaseSensorOperator):
         self.minimum_wait_seconds = minimum_wait_seconds
         self.milestone = milestone
         self._waiting_since = ""
+        self._last_seen = ""
+        self._last_logged = 0.0
 
     def execute(self, context: Any) -> Any:
         budget = float(self.incident.get("rto_seconds") or self.rto_seconds or 0)
@@ -124,7 +128,14 @@ class RtoGate(BaseSensorOperator):
     def poke(self, context: Any) -> bool | PokeReturnValue:
         opened, detail = self.check(self.incident)
         if not opened:
-            log.info("gate %s: not yet (%s)", self.task_id, detail)
+            # Poked every half second (it opens within that of its condition); logged
+            # when what it sees changes (at most every 2 s) and every
+            # PROGRESS_LOG_SECONDS otherwise.
+            now = time.monotonic()
+            quiet_for = now - self._last_logged
+            if (detail != self._last_seen and quiet_for >= 2) or quiet_for >= PROGRESS_LOG_SECONDS:
+                log.info("gate %s: not yet (%s)", self.task_id, detail)
+                self._last_seen, self._last_logged = detail, now
             return False
         log.info("gate %s: open (%s)", self.task_id, detail)
         event = Event(

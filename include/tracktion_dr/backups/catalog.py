@@ -504,9 +504,16 @@ class Catalog:
         return replace(target, lsn=chosen.lsn_text, timeline=chosen.timeline), matching
 
     def base_backup_for_target(
-        self, target: RecoveryTarget, usable: list[BackupEntry], holdings: WalHoldings
+        self,
+        target: RecoveryTarget,
+        usable: list[BackupEntry],
+        holdings: WalHoldings,
+        *,
+        verify_now: bool = True,
     ) -> BackupEntry:
-        """The newest usable base backup for ``target``, verified now (pg_verifybackup).
+        """The newest usable base backup for ``target``, verified now (pg_verifybackup) -
+        or, with ``verify_now=False``, not known to have failed verification: the caller
+        verifies the copy it stages (PITR does, off the critical path).
 
         Chosen by the target's LSN whatever its type: an LSN or restore point needs a base
         backup whose consistent point (stop LSN) is at or before it, and WAL held through
@@ -533,6 +540,8 @@ class Catalog:
             if missing:
                 rejected.append(f"{entry.id}: WAL has a gap, missing {', '.join(missing[:5])}")
                 continue
+            if not verify_now:
+                return entry
             checked = self.verify(entry)
             if checked.status is Status.VERIFIED:
                 return checked

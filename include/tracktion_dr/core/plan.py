@@ -611,6 +611,17 @@ class Environment(_Model):
             wanted = [s for s in wanted if s not in ready]
         return ordered
 
+    def start_levels(self, services: set[str] | list[str]) -> list[list[str]]:
+        """``services`` in dependency levels: each level depends only on earlier ones, so
+        the services of one level can start (and, in reverse, stop) at the same time."""
+        wanted = [s for s in self.services if s in set(services)]
+        levels: list[list[str]] = []
+        while wanted:
+            ready = [s for s in wanted if not (set(self.services[s].depends_on) & set(wanted))]
+            levels.append(ready)
+            wanted = [s for s in wanted if s not in ready]
+        return levels
+
 
 class BackupRetention(_Model):
     """The seed's daily and weekly levels, as a grandfather-father-son policy.

@@ -10,6 +10,8 @@ with ``sql.Identifier``; nothing is formatted into SQL as text.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -207,14 +209,34 @@ def validate_database(
     only where the amcheck extension is already installed (a standby or a restored base
     backup has whatever its primary had), and the report says when it was skipped."""
     report = IntegrityReport(database)
-    with psycopg.connect(endpoint.conninfo(database), connect_timeout=10) as conn:
+    conninfo = endpoint.conninfo(database)
+
+    def on_own_connection(check: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            conn.execute("SET statement_timeout = '10min'")
+            return check(conn)
+
+    with psycopg.connect(conninfo, connect_timeout=10) as conn:
         has_amcheck = install_amcheck or bool(
             conn.execute(
                 "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'amcheck'"
             ).fetchone()
         )
-        conn.execute("SET statement_timeout = '10min'")
-        counts = {t: n for t, n in exact_row_counts(conn).items() if t not in ignore_tables}
+    # The checks are independent reads: each runs on its own connection at the same time
+    # (validation sits on the path to service restored), reported in a fixed order.
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="dr-validate") as pool:
+        counting = pool.submit(on_own_connection, exact_row_counts)
+        orphans = pool.submit(on_own_connection, foreign_key_orphans)
+        duplicates = pool.submit(on_own_connection, duplicate_primary_keys)
+        violations = pool.submit(
+            on_own_connection, lambda conn: business_rule_violations(conn, rules)
+        )
+        amchecked = (
+            pool.submit(amcheck, endpoint, database, bindir, install_missing=install_amcheck)
+            if has_amcheck
+            else None
+        )
+        counts = {t: n for t, n in counting.result().items() if t not in ignore_tables}
         if expected_tables is not None:
             wanted = sorted(t for t in expected_tables if t not in ignore_tables)
             missing = sorted(set(wanted) - set(counts))
@@ -233,22 +255,18 @@ def validate_database(
             report.add(
                 "row counts", differences, f"{sum(counts.values())} rows match the backup manifest"
             )
-        report.add("foreign keys", foreign_key_orphans(conn), "no orphans")
-        report.add("primary keys", duplicate_primary_keys(conn), "no duplicates")
-        report.add("business rules", business_rule_violations(conn, rules), "no violations")
-    if has_amcheck:
-        report.add(
-            "pg_amcheck",
-            amcheck(endpoint, database, bindir, install_missing=install_amcheck),
-            "tables and indexes check clean",
-        )
-    else:
-        report.add(
-            "pg_amcheck",
-            [],
-            "skipped: the amcheck extension is not installed in this database, and a server "
-            "in recovery cannot install it",
-        )
+        report.add("foreign keys", orphans.result(), "no orphans")
+        report.add("primary keys", duplicates.result(), "no duplicates")
+        report.add("business rules", violations.result(), "no violations")
+        if amchecked is not None:
+            report.add("pg_amcheck", amchecked.result(), "tables and indexes check clean")
+        else:
+            report.add(
+                "pg_amcheck",
+                [],
+                "skipped: the amcheck extension is not installed in this database, and a server "
+                "in recovery cannot install it",
+            )
     for check, finding in report.checks.items():
         log.info("integrity %s / %s: %s", database, check, finding)
     return report

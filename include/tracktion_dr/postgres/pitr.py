@@ -290,6 +290,52 @@ def staging_path(data_directory: Path, tag: str) -> Path:
     return data_directory.with_name(f".{data_directory.name}.restoring_{tag}")
 
 
+def stage_base_backup(
+    base_backup: Path,
+    data_directory: Path,
+    os_user: str,
+    tag: str,
+    finish_staging: Callable[[Path], None],
+    *,
+    verify: Callable[[Path], str] | None = None,
+    is_complete: Callable[[Path], bool] | None = None,
+) -> tuple[Path, str]:
+    """Build the replacement BESIDE the data directory, touching nothing live: copy the
+    base backup into this incident's staging directory, ``verify`` the copy (the bytes
+    that will be started, not the backup they came from), hand it to the OS user, then let
+    ``finish_staging`` write the recovery settings and - last - the marker.
+
+    Resumable: a staging directory ``is_complete`` (it carries the marker) is kept as it
+    is; a partial one is provably this incident's own copy and is discarded. Returns the
+    staging path and what was done."""
+    staging = staging_path(data_directory, tag)
+    if staging.exists() and is_complete is not None and is_complete(staging):
+        return staging, f"{staging} already staged by an earlier attempt"
+    if staging.exists():
+        log.info("discarding this incident's own half-copied staging %s", staging)
+        shutil.rmtree(staging)
+    shutil.copytree(base_backup, staging, symlinks=True)
+    staging.chmod(0o700)
+    chown_tree(staging, os_user)
+    verified = verify(staging) if verify is not None else "not verified"
+    finish_staging(staging)
+    return staging, f"{base_backup.name} staged at {staging} ({verified})"
+
+
+def swap_in_staged(staging: Path, data_directory: Path) -> None:
+    """Rename the staged replacement into place (atomic: the path holds either nothing or
+    a complete, marked recovery directory)."""
+    if data_directory.exists():
+        raise StepFailed(
+            f"{data_directory} exists: it must be moved aside before the staged copy goes in"
+        )
+    if not staging.exists():
+        raise StepFailed(
+            f"nothing staged at {staging}: the base backup must be staged (and verified) first"
+        )
+    staging.rename(data_directory)
+
+
 def lay_down_base_backup(
     base_backup: Path,
     data_directory: Path,
@@ -297,22 +343,14 @@ def lay_down_base_backup(
     tag: str,
     finish_staging: Callable[[Path], None],
 ) -> None:
-    """Copy the verified base backup into a staging directory, let ``finish_staging`` write
-    the recovery settings and the marker there, then rename it into place (atomic: the
-    path holds either nothing or a complete, marked recovery directory)."""
+    """Stage the base backup and rename it into place in one go (the data directory must
+    already be moved aside)."""
     if data_directory.exists():
         raise StepFailed(
             f"{data_directory} exists: it must be moved aside before the base backup is laid down"
         )
-    staging = staging_path(data_directory, tag)
-    if staging.exists():
-        log.info("discarding this incident's own half-copied staging %s", staging)
-        shutil.rmtree(staging)
-    shutil.copytree(base_backup, staging, symlinks=True)
-    staging.chmod(0o700)
-    finish_staging(staging)
-    chown_tree(staging, os_user)
-    staging.rename(data_directory)
+    staging, _ = stage_base_backup(base_backup, data_directory, os_user, tag, finish_staging)
+    swap_in_staged(staging, data_directory)
 
 
 def write_recovery_settings(

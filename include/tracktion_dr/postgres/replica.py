@@ -238,7 +238,7 @@ def _drop_stale_slot(primary_admin: Endpoint) -> None:
                     f"replication slot {SLOT} on the primary is in use by another client: "
                     "refusing to take it from a live standby"
                 )
-            time.sleep(1)
+            time.sleep(0.2)
 
 
 def _wait_streaming(
@@ -254,7 +254,7 @@ def _wait_streaming(
         streaming, why = standby_streaming(primary_admin, replica_admin, application_name)
         if streaming:
             return
-        time.sleep(1)
+        time.sleep(0.2)
     fatal = last_fatal_line(log_file)
     raise StepFailed(
         f"the re-seeded standby does not stream after {timeout:.0f}s: {why}"

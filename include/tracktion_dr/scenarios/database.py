@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.backups.catalog import Catalog, local_path
+from tracktion_dr.backups.catalog import Catalog, Status, local_path, record_verification
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
     NoUsableBackup,
@@ -27,8 +28,8 @@ from tracktion_dr.core.errors import (
 from tracktion_dr.core.incident import InvalidInput
 from tracktion_dr.core.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.core.plan import Cluster, Database, Environment, Plan
-from tracktion_dr.postgres import pitr, restore
-from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint
+from tracktion_dr.postgres import basebackups, pitr, restore
+from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, Endpoint
 from tracktion_dr.postgres.dumps import read_manifest
 from tracktion_dr.postgres.integrity import validate_database
 from tracktion_dr.postgres.recovery_marker import (
@@ -341,12 +342,19 @@ def stop_services_for_restore(
 
 
 def restore_step(
-    admin: Endpoint, run: dict[str, Any], bindir: Path = DEFAULT_BINDIR
+    admin: Endpoint,
+    run: dict[str, Any],
+    bindir: Path = DEFAULT_BINDIR,
+    stop_dependents: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Restore the dump into ``<db>_restore_<tag>`` unless a complete copy of this
-    incident is already there (or swapped in). In-place mode moves ``<db>`` aside first. A
-    copy an earlier attempt left incomplete is dropped first - see
-    :func:`restore.drop_incomplete_scratch` for why that, and only that, is safe."""
+    incident is already there (or swapped in). A copy an earlier attempt left incomplete is
+    dropped first - see :func:`restore.drop_incomplete_scratch` for why that, and only
+    that, is safe.
+
+    Side by side, the restore runs while the services stop (it touches nothing live).
+    In-place mode moves ``<db>`` aside first, so it makes sure the dependents are stopped
+    before (``stop_dependents``; stopping a stopped service is a no-op)."""
     state = _state(admin, run)
     database, backup = run["database_name"], run["backup"]
     if state.phase is restore.Phase.SWAPPED:
@@ -362,6 +370,8 @@ def restore_step(
         )
     done = []
     if run["mode"] == "in_place":
+        if stop_dependents is not None:
+            stop_dependents()
         done.append(restore.move_live_aside(admin, state))
     dropped = restore.drop_incomplete_scratch(admin, state)
     done.append(dropped)
@@ -668,7 +678,8 @@ def guard_pitr(
         if target.type == "restore_point":
             target, occurrences = catalog.resolve_restore_point(target, usable, holdings, window)
         pitr.check_in_window(target, window)
-        base_entry = catalog.base_backup_for_target(target, usable, holdings)
+        # Verified as staged, beside the live cluster, while services stop (off the path).
+        base_entry = catalog.base_backup_for_target(target, usable, holdings, verify_now=False)
         if target.type == "restore_point":
             _refuse_ambiguous_restore_point(target, occurrences, base_entry)
         base = base_entry.as_dict()
@@ -771,15 +782,17 @@ def pitr_actions(
         how = f"target {target.describe()}, recovery_target_action = pause, hot_standby = on"
         gate = "the server is paused at the target"
     actions += [
-        f"stop services that depend on cluster {pitr_plan['cluster']}: {services} "
+        f"at the same time, touching nothing live: copy base backup {base['id']} "
+        f"({base.get('start_lsn')}..{base.get('stop_lsn')}) into "
+        f"{pitr.staging_path(data, tag).name} beside the data directory, pg_verifybackup that "
+        "copy, write the recovery settings and the recovery marker there",
+        f"and stop services that depend on cluster {pitr_plan['cluster']}: {services} "
         "(not once the cluster is this incident's recovered primary)",
         f"stop PostgreSQL in {data} (fast, then immediate) - unless it is this incident's recovery",
         f"move {data} aside to {pitr.aside_path(data, tag).name} (kept, never deleted)",
         f"salvage the WAL the archive lacks from the old primary's pg_wal and the standby's "
         f"into {pitr_plan['salvage_dir']}",
-        f"copy verified base backup {base['id']} ({base.get('start_lsn')}..{base.get('stop_lsn')}) "
-        f"into {pitr.staging_path(data, tag).name}, write the recovery settings and the recovery "
-        "marker there, rename it into place",
+        "rename the staged recovery directory into place",
         f"recovery settings: restore_command from {pitr_plan['wal_archive']} then the salvage "
         f"folder, {how}",
         f"start PostgreSQL; gate: {gate} (a server that dies fails the gate at once, quoting its FATAL line)",
@@ -803,40 +816,33 @@ def target_from_plan(pitr_plan: dict[str, Any]) -> pitr.RecoveryTarget:
     return pitr.RecoveryTarget.from_dict(pitr_plan["target"])
 
 
-def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
-    """Stop, move aside, salvage, lay down the base backup with the recovery settings.
+def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
+    """Build the recovery directory beside the live one, touching nothing live (it runs
+    while the services stop): the base backup copied into this incident's staging
+    directory, ``pg_verifybackup`` on that copy, the recovery settings and the marker.
 
-    Resumable: a data directory that is already this incident's recovery is left alone
-    (never stopped: it is our recovery in progress or our recovered primary); a directory
-    already moved aside is not moved again; a half-copied staging directory of this
-    incident is discarded and copied again."""
+    A copy that fails verification marks the backup failed (the next attempt's guard
+    chooses another) and fails the step for good: nothing was stopped by it."""
     paths = paths_from_plan(cluster, pitr_plan)
-    data, aside = paths.data_directory, paths.aside
-    os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
-    ours = own_recovery(data, pitr_plan["incident_id"])
+    ours = own_recovery(paths.data_directory, pitr_plan["incident_id"])
     if ours is not None:
-        return f"{data} is already this incident's recovery (laid down {ours.laid_down_at}): left as it is"
-    notes = []
-    if data.exists():
-        if aside.exists():
-            raise StepFailed(
-                f"{data} is not this incident's recovery, and this incident's kept copy {aside} "
-                f"already exists: something put a new data directory at {data} after it was "
-                "moved aside; compare the two and move one away by hand before re-running"
-            )
-        notes.append(pitr.stop_server(pitr.ClusterPaths(data, bindir, os_user)))
-        data.rename(aside)
-        notes.append(f"old data directory kept at {aside}")
-    elif aside.exists():
-        notes.append(f"old data directory already kept at {aside}")
-    else:
-        notes.append(f"{data} does not exist (lost with its host?): nothing to move aside")
-    held = [("old primary", aside)]
-    if paths.replica_data_directory:
-        held.append(("standby", paths.replica_data_directory))
-    notes.append(salvage_wal(held, paths.wal_archive, os_user=os_user, bindir=bindir).describe())
+        return f"{paths.data_directory} is already this incident's recovery: nothing to stage"
+    os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
     target = target_from_plan(pitr_plan)
     base = pitr_plan["base_backup"]
+
+    def verify(staged: Path) -> str:
+        try:
+            return basebackups.verify_base_backup(staged, bindir=bindir, os_user=os_user)
+        except CommandError as exc:
+            record_verification(
+                Path(base["path"]), Status.FAILED, str(exc), "pg_verifybackup of a staged copy"
+            )
+            raise ValidationFailed(
+                f"base backup {base['id']} failed pg_verifybackup as staged at {staged}: {exc}; "
+                "it is now marked failed, nothing live was touched",
+                hint="re-run: the guard then chooses the next usable base backup",
+            ) from None
 
     def finish_staging(staging: Path) -> None:
         written = pitr.write_recovery_settings(
@@ -856,11 +862,63 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
             os_user,
         )
 
-    pitr.lay_down_base_backup(Path(base["path"]), data, os_user, pitr_plan["tag"], finish_staging)
-    notes.append(
-        f"base backup {base['id']} laid down with "
-        + ("standby-mode settings" if target.standby_mode else f"target {target.describe()}, pause")
+    _, detail = pitr.stage_base_backup(
+        Path(base["path"]),
+        paths.data_directory,
+        os_user,
+        pitr_plan["tag"],
+        finish_staging,
+        verify=verify,
+        is_complete=lambda staged: own_recovery(staged, pitr_plan["incident_id"]) is not None,
     )
+    return detail + (
+        "; standby-mode settings"
+        if target.standby_mode
+        else f"; target {target.describe()}, pause at it"
+    )
+
+
+def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
+    """Stop, move aside, salvage, rename the staged recovery directory into place.
+
+    Resumable: a data directory that is already this incident's recovery is left alone
+    (never stopped: it is our recovery in progress or our recovered primary); a directory
+    already moved aside is not moved again."""
+    paths = paths_from_plan(cluster, pitr_plan)
+    data, aside = paths.data_directory, paths.aside
+    os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
+    ours = own_recovery(data, pitr_plan["incident_id"])
+    if ours is not None:
+        return f"{data} is already this incident's recovery (laid down {ours.laid_down_at}): left as it is"
+    staging = pitr.staging_path(data, pitr_plan["tag"])
+    if own_recovery(staging, pitr_plan["incident_id"]) is None:
+        # Checked before the server is stopped: no outage for a recovery that cannot go on.
+        raise StepFailed(
+            f"{staging} is not a complete staged recovery of incident {pitr_plan['incident_id']}: "
+            "refusing to stop the cluster",
+            hint="re-run the incident: stage_recovery builds it",
+        )
+    notes = []
+    if data.exists():
+        if aside.exists():
+            raise StepFailed(
+                f"{data} is not this incident's recovery, and this incident's kept copy {aside} "
+                f"already exists: something put a new data directory at {data} after it was "
+                "moved aside; compare the two and move one away by hand before re-running"
+            )
+        notes.append(pitr.stop_server(pitr.ClusterPaths(data, bindir, os_user)))
+        data.rename(aside)
+        notes.append(f"old data directory kept at {aside}")
+    elif aside.exists():
+        notes.append(f"old data directory already kept at {aside}")
+    else:
+        notes.append(f"{data} does not exist (lost with its host?): nothing to move aside")
+    held = [("old primary", aside)]
+    if paths.replica_data_directory:
+        held.append(("standby", paths.replica_data_directory))
+    notes.append(salvage_wal(held, paths.wal_archive, os_user=os_user, bindir=bindir).describe())
+    pitr.swap_in_staged(staging, data)
+    notes.append(f"staged recovery of {pitr_plan['base_backup']['id']} renamed into place")
     return "; ".join(notes)
 
 
@@ -975,22 +1033,39 @@ def recovery_log_file(cluster: Cluster, tag: str) -> Path:
 
 
 def stop_services(environment: Environment, services: list[str], controller_for: Any) -> str:
-    """Stop dependents in reverse dependency order (consumers first)."""
-    for name in reversed(services):
-        controller: ServiceController = controller_for(
-            environment.controllers[environment.services[name].controller]
-        )
-        controller.stop(environment.services[name].unit or name)
-    return f"stopped {', '.join(reversed(services)) or 'nothing'}"
+    """Stop dependents in reverse dependency order (consumers first); the services of one
+    level at the same time."""
+    levels = environment.start_levels(services)[::-1]
+    _each_level(environment, levels, controller_for, "stop")
+    return f"stopped {', '.join(s for level in levels for s in level) or 'nothing'}"
 
 
 def start_services(environment: Environment, services: list[str], controller_for: Any) -> str:
-    for name in services:
-        controller: ServiceController = controller_for(
-            environment.controllers[environment.services[name].controller]
-        )
-        controller.start(environment.services[name].unit or name)
-    return f"started {', '.join(services) or 'nothing'}"
+    """Start in dependency order; the services of one level at the same time."""
+    levels = environment.start_levels(services)
+    _each_level(environment, levels, controller_for, "start")
+    return f"started {', '.join(s for level in levels for s in level) or 'nothing'}"
+
+
+def _each_level(
+    environment: Environment, levels: list[list[str]], controller_for: Any, operation: str
+) -> None:
+    # One controller per service, built here (connections are looked up in this thread);
+    # each then talks to its host on its own connection.
+    for level in levels:
+        calls = []
+        for name in level:
+            service = environment.services[name]
+            controller: ServiceController = controller_for(
+                environment.controllers[service.controller]
+            )
+            calls.append((getattr(controller, operation), service.unit or name))
+        if len(calls) == 1:
+            calls[0][0](calls[0][1])
+            continue
+        with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="dr-svc") as pool:
+            for future in [pool.submit(call, unit) for call, unit in calls]:
+                future.result()  # the first failure, as raised
 
 
 def utcnow() -> datetime:
@@ -1031,7 +1106,7 @@ def salvage_current_wal(admin: Endpoint) -> str:
             while time.monotonic() < deadline:
                 if segment_archived(conn, segment):
                     return f"salvaged: WAL up to {segment} is archived"
-                time.sleep(0.3)
+                time.sleep(0.1)
             return f"WAL segment {segment} was not archived within {ARCHIVE_WAIT_SECONDS}s (see pg_stat_archiver)"
     except psycopg.OperationalError:
         return "the primary does not answer: recovering from what the archive already holds"
