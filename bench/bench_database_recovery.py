@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -80,7 +81,10 @@ class Bare:
 
     def controller(self, _spec: Any) -> SupervisordController:
         return SupervisordController(
-            L.HOST, L.SUPERVISOR_PORT, self.secrets.supervisor_user, self.secrets.supervisor_password
+            L.HOST,
+            L.SUPERVISOR_PORT,
+            self.secrets.supervisor_user,
+            self.secrets.supervisor_password,
         )
 
     def stop(self) -> None:
@@ -168,6 +172,19 @@ class Bare:
         elapsed = time.monotonic() - started
         pitr.clear_recovery_settings(layout.primary_data)
         return elapsed
+
+
+def discard_kept_copies(bare: Bare) -> None:
+    """The bench's own sandbox, not a recovery: the copies each run kept (``*.pre_*``
+    data directories, ``tracktion_pre_*`` databases) are removed so a 10 GB run fits the disk."""
+    for kept in bare.layout.pg_root.glob("*.pre_*"):
+        shutil.rmtree(kept)
+    with psycopg.connect(bare.admin.conninfo("postgres"), autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE 'tracktion\\_pre\\_%'"
+        ).fetchall()
+    for (name,) in names:
+        dumps.drop_database(bare.admin, name)
 
 
 def _t(value: str | None) -> float | None:
@@ -259,7 +276,12 @@ def main() -> int:
             (
                 "full restore",
                 "dr_database_restore",
-                {"environment": ENVIRONMENT, "database": "tracktion", "backup": dump.name, "jobs": args.jobs},
+                {
+                    "environment": ENVIRONMENT,
+                    "database": "tracktion",
+                    "backup": dump.name,
+                    "jobs": args.jobs,
+                },
                 lambda validated: bare.restore(dump, args.jobs, validated),
             ),
             (
@@ -274,10 +296,13 @@ def main() -> int:
                 continue
             print(f"bench: {name}: bare steps ...", flush=True)
             bare_s = bare_run(False)
+            discard_kept_copies(bare)
             print(f"bench: {name}: bare steps + validation ...", flush=True)
             bare_validated_s = bare_run(True)
+            discard_kept_copies(bare)
             print(f"bench: {name}: {dag_id} over REST ...", flush=True)
             measured = dag_run(stack, dag_id, conf)
+            discard_kept_copies(bare)
             rows.append(
                 {
                     "scenario": name,

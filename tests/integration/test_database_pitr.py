@@ -374,3 +374,41 @@ def _business_fingerprint() -> tuple:
             conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {table}").fetchone()
             for table in ("audio_files", "analysis_results", "tracklists")
         )
+
+
+def test_a_corrupt_base_backup_is_caught_as_staged_with_nothing_live_touched(sandbox, tmp_path):
+    """The base backup is verified as it is staged beside the live cluster (while the
+    services stop), not in the guard: a copy that fails pg_verifybackup fails the run
+    before PostgreSQL is stopped, marks the backup failed, and the next guard takes another."""
+    layout = sandbox.layout
+    replication = endpoint("tracktion_pg_replication")
+    corrupt = take_base_backup(replication, layout.base_backups, label_prefix="corrupt-in-test")
+    manifest = corrupt / "backup_manifest"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"Size": ', '"Size": 1', 1))  # one file's size is now wrong
+    probe = probe_table()
+    with primary() as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(probe))
+        conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (7)").format(probe))
+    started_before = postmaster_started()
+    try:
+        dag_run = pitr({"target_type": "latest"})
+        states = task_states(dag_run)
+        assert states["stage_recovery"] == "failed", states
+        assert states["prepare_data_directory"] == "upstream_failed", states
+        assert states["start_services"] == "success", states  # what was stopped came back
+        assert postmaster_started() == started_before  # never stopped
+        with primary() as conn:
+            assert conn.execute(sql.SQL("SELECT id FROM {}").format(probe)).fetchall() == [(7,)]
+        plan = load_plan().environment("drill")
+        catalog = Catalog(plan.backups)
+        [entry] = [e for e in catalog.base_backups() if e.path == corrupt]
+        assert entry.status.value == "failed" and "pg_verifybackup" in entry.reason, entry
+        guard = task_result(pitr({"target_type": "latest", "dry_run": True}), "guard")
+        assert guard["base_backup"]["id"] != corrupt.name
+    finally:
+        # The test's own corrupt backup (and its verification record) out of the catalog.
+        for path in layout.base_backups.glob(f"{corrupt.name}*"):
+            shutil.move(str(path), tmp_path / path.name)
+        with primary() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(probe))
