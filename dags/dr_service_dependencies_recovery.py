@@ -8,7 +8,7 @@ be healthy before the next layer is touched, and anything already healthy is ski
 
 | layer | check | action when unhealthy |
 |---|---|---|
-| database | every plan database's cluster accepts a connection and a query | `pg_ctl start -w` on the cluster's data directory (as its OS user) |
+| database | every plan database's cluster accepts a connection and a query | start it the way its host runs it (the plan's `control`: `pg_ctl start -w`, `pg_ctlcluster <version> <name> start` as its OS user, or `systemctl start <unit>`) and wait until it accepts connections |
 | cache, queue | health URL of the plan's services with `layer: cache` / `queue` | restart through their controller |
 | storage | every storage area present (and writable where required) | recreate a **missing** directory with the plan's owner and mode |
 | application | health URL + functional check of every application service | restart through its controller, in dependency order |

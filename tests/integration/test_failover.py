@@ -11,23 +11,49 @@ the replica streams again on 55433 and every service is healthy.
 
 from __future__ import annotations
 
+import copy
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from failover_support import SERVICE, backend, secondary_registered
 from harness.topology import kill_primary_at_once, restore_standard_topology
 
+from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.airflow.support import conninfo
+from tracktion_dr.core.errors import FailoverRefused
+from tracktion_dr.core.plan import Plan, parse_plan
+from tracktion_dr.scenarios import failover
+from tracktion_dr.services.failover import FENCE_NOTE, fence_old_primary
+from tracktion_sandbox import cli, pg
 from tracktion_sandbox import layout as L
-from tracktion_sandbox import pg
 
 __all__ = ["secondary_registered"]  # a fixture, used by name
 
 pytestmark = pytest.mark.sandbox
 
 LB = f"http://{L.HOST}:{L.LOAD_BALANCER_PORT}"
+SANDBOX_PLAN = Path(__file__).resolve().parents[2] / "include" / "config" / "sandbox.yaml"
+
+
+def plan_with_primary_at(data_directory: Path) -> Plan:
+    """The sandbox plan with the drill cluster's (old primary's) data directory somewhere
+    else: what a plan whose primary and replica share a path looks like from the wrong
+    host, or a plain mistake."""
+    data = yaml.safe_load(SANDBOX_PLAN.read_text())
+    drill = copy.deepcopy(data["environments"]["drill"])
+    drill["clusters"]["main"]["data_directory"] = str(data_directory)
+    data["environments"]["drill"] = drill
+    return parse_plan(data, "wrong-primary-plan")
+
+
+def postmaster_started(port: int, password: str):
+    with pg.connect(port, L.SUPERUSER, password, "postgres") as conn:
+        return conn.execute("SELECT pg_postmaster_start_time(), pg_is_in_recovery()").fetchone()
 
 
 def test_service_failover_moves_traffic_to_the_secondary(sandbox, secondary_registered):
@@ -104,6 +130,15 @@ def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
             L.REPLICA_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, L.APP_DATABASE
         ) as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        # A retry that now took the promoted standby's directory for the old primary (on a
+        # host pair both have the same path) is refused: it is the standby itself.
+        with pytest.raises(FailoverRefused, match="is the standby being promoted itself"):
+            fence_old_primary(
+                plan_with_primary_at(layout.replica_data).environment("drill").clusters["main"],
+                "DR-20260101-000002",
+                standby_conninfo=conninfo("tracktion_pg_replica", "tracktion"),
+            )
+        assert pg.port_open(L.REPLICA_PORT), "the new primary still runs"
     finally:
         restore_standard_topology(layout, archive_before)
     # the next test finds the standard sandbox: primary writable, replica streaming
@@ -122,3 +157,49 @@ def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
         L.REPLICA_PORT, L.SUPERUSER, sandbox.secrets.postgres_password, "postgres"
     ) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
+def test_a_failover_pointed_at_the_wrong_cluster_fences_nothing(sandbox):
+    """The old primary is down; the plan names the replica's data directory (or the ops
+    cluster's) as the old primary. The switch checks what is there before it stops or
+    writes anything, and refuses: the replica keeps running as a standby, no fence file
+    is written anywhere, nothing is promoted, the balancer is not touched."""
+    layout, password = sandbox.layout, sandbox.secrets.postgres_password
+    balancer_before = backend("database")
+    replica_before = postmaster_started(L.REPLICA_PORT, password)
+    ops_before = postmaster_started(L.OPS_PORT, password)
+    kill_primary_at_once(layout)
+    try:
+        for wrong, refusal in (
+            (layout.replica_data, "is a standby (in archive recovery), not the old primary"),
+            (layout.ops_data, "is another cluster (system identifier"),
+        ):
+            plan = plan_with_primary_at(wrong)
+            run = failover.check_inputs(
+                plan,
+                {"environment": "drill", "incident_id": "DR-20260101-000001", "dry_run": False},
+                {
+                    "target": "database",
+                    "mode": "automatic",
+                    "database": "tracktion",
+                    "primary_server": "primary",
+                    "secondary_server": "",
+                },
+            )
+            found = failover.preconditions(plan, run, ACCESS)["found"]
+            assert found["system_identifier"].isdigit(), "the guard records the pair's identity"
+            with pytest.raises(FailoverRefused) as refused:
+                failover.switch(plan, run, ACCESS)
+            assert refusal in str(refused.value)
+            assert "HINT: run the switch on the old primary's host" in str(refused.value)
+        assert postmaster_started(L.REPLICA_PORT, password) == replica_before, (
+            "the replica was neither stopped nor promoted"
+        )
+        assert postmaster_started(L.OPS_PORT, password) == ops_before
+        for data in (layout.replica_data, layout.ops_data, layout.primary_data):
+            assert not (data / FENCE_NOTE).exists()
+        assert not (layout.primary_data / "standby.signal").exists()
+        assert not (layout.ops_data / "standby.signal").exists()
+        assert backend("database") == balancer_before
+    finally:
+        cli.up(layout, size="30MB")  # the killed primary back; the replica streams again

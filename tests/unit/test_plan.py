@@ -275,3 +275,101 @@ def test_storage_audio_flag_is_boolean(sandbox_data):
 def test_infrastructure_thresholds_are_percentages(sandbox_data):
     sandbox_data["environments"]["drill"]["infrastructure"] = {"min_free_disk_percent": 150}
     assert "infrastructure.min_free_disk_percent" in problems_of(sandbox_data)
+
+
+# --- how a cluster is started and stopped (control) ------------------------------------------
+
+
+def drill_cluster(data: dict) -> dict:
+    """The drill environment's cluster, its own copy (the YAML anchors share objects)."""
+    drill = copy.deepcopy(data["environments"]["drill"])
+    data["environments"]["drill"] = drill
+    return drill["clusters"]["main"]
+
+
+def test_the_production_plan_runs_its_clusters_the_debian_way():
+    production = load_plan(PRODUCTION_PLAN).environment("production").clusters["main"]
+    assert (production.control.kind, production.control.version, production.control.name) == (
+        "pg_ctlcluster",
+        15,
+        "main",
+    )
+    assert production.control.config_directory_for(production.data_directory) == (
+        "/etc/postgresql/15/main"
+    )
+    assert production.replica_control is not None
+    assert production.replica_control.kind == "pg_ctlcluster"
+    drill = load_plan(PRODUCTION_PLAN).environment("drill").clusters["main"]
+    assert drill.control.debian_cluster() == (15, "drill")
+    # the sandbox keeps pg_ctl, the default
+    sandbox = load_plan(SANDBOX_PLAN).environment("drill").clusters["main"]
+    assert sandbox.control.kind == "pg_ctl" and sandbox.replica_control is None
+
+
+def test_a_systemd_unit_of_a_debian_cluster_is_configured_in_etc(sandbox_data):
+    drill_cluster(sandbox_data)["control"] = {"kind": "systemd", "unit": "postgresql@15-main"}
+    plan = parse_plan(sandbox_data, "plan.yaml")
+    control = plan.environment("drill").clusters["main"].control
+    assert control.config_directory_for("/x") == "/etc/postgresql/15/main"
+    other = control.model_copy(update={"unit": "postgresql-15.service"})
+    assert other.config_directory_for("/var/lib/pgsql/15/data") == "/var/lib/pgsql/15/data"
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        (
+            {"kind": "pg_ctlcluster", "version": 15},
+            "environments.drill.clusters.main.control: kind pg_ctlcluster needs name "
+            "(pg_ctlcluster <version> <name>, e.g. version: 15, name: main)",
+        ),
+        (
+            {"kind": "systemd"},
+            "environments.drill.clusters.main.control: kind systemd needs unit "
+            "(e.g. unit: postgresql@15-main)",
+        ),
+        (
+            {"kind": "pg_ctl", "version": 15, "name": "main"},
+            "environments.drill.clusters.main.control: name and version: not used by kind pg_ctl",
+        ),
+        (
+            {"kind": "pg_ctlcluster", "version": 15, "name": "main", "config_directory": "/etc/pg"},
+            "environments.drill.clusters.main.control: config_directory: pg_ctlcluster 15 main "
+            "reads its configuration from /etc/postgresql/15/main, not /etc/pg",
+        ),
+        (
+            {"kind": "pg_ctlcluster", "version": 14, "name": "main"},
+            "environments.drill.clusters.main: control.version: the cluster is PostgreSQL 14 "
+            "but bin_dir /usr/lib/postgresql/15/bin holds PostgreSQL 15's programs",
+        ),
+        (
+            {"kind": "pg_ctl", "config_directory": "/etc/postgresql/15/main"},
+            "environments.drill.clusters.main: control.config_directory: pg_ctl starts the "
+            "server with the postgresql.conf of its data directory",
+        ),
+        (
+            {"kind": "pg_ctlcluster", "version": 15, "name": "../main"},
+            "environments.drill.clusters.main.control: name: not a Debian cluster name: '../main'",
+        ),
+        (
+            {"kind": "upstart"},
+            "environments.drill.clusters.main.control.kind: Input should be 'pg_ctl', "
+            "'pg_ctlcluster' or 'systemd'",
+        ),
+    ],
+)
+def test_a_control_that_cannot_work_is_refused_naming_the_field(sandbox_data, control, expected):
+    drill_cluster(sandbox_data)["control"] = control
+    message = problems_of(sandbox_data)
+    assert f"plan.yaml: {expected}" in message
+    assert "environments.production" not in message, "only the broken environment"
+
+
+def test_a_replica_control_needs_a_replica(sandbox_data):
+    cluster = drill_cluster(sandbox_data)
+    del cluster["replica_data_directory"]
+    cluster["replica_control"] = {"kind": "pg_ctlcluster", "version": 15, "name": "main"}
+    assert (
+        "environments.drill.clusters.main: replica_control: there is no "
+        "replica_data_directory to control"
+    ) in problems_of(sandbox_data)

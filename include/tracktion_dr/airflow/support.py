@@ -156,7 +156,7 @@ def reseed_standby(cluster: Any, run: dict[str, Any]) -> str:
     ``wal_archive``."""
     from pathlib import Path
 
-    from tracktion_dr.postgres.pitr import ClusterPaths
+    from tracktion_dr.postgres.control import cluster_control
     from tracktion_dr.postgres.replica import reseed_replica
 
     replica_dir = Path(cluster.replica_data_directory)
@@ -164,7 +164,7 @@ def reseed_standby(cluster: Any, run: dict[str, Any]) -> str:
     return reseed_replica(
         endpoint(cluster.replication_conn_id),
         endpoint(cluster.conn_id),
-        ClusterPaths(replica_dir, Path(cluster.bin_dir), cluster.os_user),
+        cluster_control(cluster, replica=True),
         replica_admin.port,
         replica_dir.with_name(f"replica_reseed_{run['tag']}.log"),
         tag=run["tag"],

@@ -261,6 +261,89 @@ class ScheduledTest(_Model):
     participants: list[str] = []
 
 
+_DEBIAN_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")
+# systemd unit names (the Debian template instance is postgresql@<version>-<name>)
+_SYSTEMD_UNIT = re.compile(r"^[A-Za-z0-9:_.@\-]{1,250}$")
+_DEBIAN_UNIT = re.compile(r"^postgresql@(\d+)-([A-Za-z0-9_][A-Za-z0-9_.\-]*?)(\.service)?$")
+_DEBIAN_BIN_DIR = re.compile(r"^/usr/lib/postgresql/(\d+)/bin/?$")
+
+
+class ClusterControlSpec(_Model):
+    """How the cluster's host runs its PostgreSQL: what starts and stops it.
+
+    * ``pg_ctl`` (the default): ``pg_ctl -D <data_directory>``; the configuration
+      (postgresql.conf) is in the data directory, as ``initdb`` lays it out.
+    * ``pg_ctlcluster``: Debian/Ubuntu's postgresql-common, ``pg_ctlcluster <version>
+      <name>``; the configuration is in ``/etc/postgresql/<version>/<name>`` and names the
+      data directory (it must be the cluster's ``data_directory``).
+    * ``systemd``: a unit, e.g. Debian's ``postgresql@15-main``; ``config_directory``
+      defaults to ``/etc/postgresql/<version>/<name>`` for such a unit, else to the data
+      directory.
+    """
+
+    kind: Literal["pg_ctl", "pg_ctlcluster", "systemd"] = "pg_ctl"
+    version: int | None = Field(default=None, ge=10, le=99)  # pg_ctlcluster: major version
+    name: str | None = None  # pg_ctlcluster: the cluster's name (``main``)
+    unit: str | None = None  # systemd: the unit (``postgresql@15-main``)
+    config_directory: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_per_kind(self) -> ClusterControlSpec:
+        problems = []
+        given = {f for f in ("version", "name", "unit") if getattr(self, f) is not None}
+        wanted = {"pg_ctl": set(), "pg_ctlcluster": {"version", "name"}, "systemd": {"unit"}}[
+            self.kind
+        ]
+        if missing := sorted(wanted - given):
+            problems.append(
+                f"kind {self.kind} needs {' and '.join(missing)}"
+                + (
+                    " (pg_ctlcluster <version> <name>, e.g. version: 15, name: main)"
+                    if self.kind == "pg_ctlcluster"
+                    else " (e.g. unit: postgresql@15-main)"
+                )
+            )
+        if extra := sorted(given - wanted):
+            problems.append(f"{' and '.join(extra)}: not used by kind {self.kind}")
+        if self.name is not None and not _DEBIAN_CLUSTER_NAME.match(self.name):
+            problems.append(f"name: not a Debian cluster name: {self.name!r}")
+        if self.unit is not None and not _SYSTEMD_UNIT.match(self.unit):
+            problems.append(f"unit: not a systemd unit name: {self.unit!r}")
+        if self.config_directory is not None and not self.config_directory.startswith("/"):
+            problems.append(f"config_directory: not an absolute path: {self.config_directory!r}")
+        if self.kind == "pg_ctlcluster" and not missing:
+            debian = self.debian_config_directory()
+            if self.config_directory not in (None, debian, debian + "/"):
+                problems.append(
+                    f"config_directory: pg_ctlcluster {self.version} {self.name} reads its "
+                    f"configuration from {debian}, not {self.config_directory}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def debian_cluster(self) -> tuple[int, str] | None:
+        """(version, name) of a Debian cluster: pg_ctlcluster's, or a postgresql@ unit's."""
+        if self.kind == "pg_ctlcluster":
+            assert self.version is not None and self.name is not None
+            return self.version, self.name
+        if self.kind == "systemd" and (match := _DEBIAN_UNIT.match(self.unit or "")):
+            return int(match.group(1)), match.group(2)
+        return None
+
+    def debian_config_directory(self) -> str:
+        version, name = self.debian_cluster() or (0, "")
+        return f"/etc/postgresql/{version}/{name}"
+
+    def config_directory_for(self, data_directory: str) -> str:
+        """Where postgresql.conf lives: given, else the Debian one, else the data directory."""
+        if self.config_directory:
+            return self.config_directory.rstrip("/")
+        if self.debian_cluster():
+            return self.debian_config_directory()
+        return data_directory
+
+
 class Cluster(_Model):
     """A PostgreSQL cluster (one data directory, one postmaster)."""
 
@@ -268,11 +351,59 @@ class Cluster(_Model):
     data_directory: str
     bin_dir: str = "/usr/lib/postgresql/15/bin"
     os_user: str = "postgres"
+    # How its host starts and stops it (pg_ctl, pg_ctlcluster, a systemd unit).
+    control: ClusterControlSpec = ClusterControlSpec()
     replica_conn_id: ConnId | None = None
     replica_data_directory: str | None = None
+    # How the replica's host starts and stops the replica (default pg_ctl).
+    replica_control: ClusterControlSpec | None = None
     # A role with the REPLICATION attribute, for pg_basebackup (the superuser connection
     # above is not used for that: base backups need only replication rights).
     replication_conn_id: ConnId | None = None
+
+    @model_validator(mode="after")
+    def _control_fits_the_cluster(self) -> Cluster:
+        problems = [
+            *_control_problems("control", self.control, self.data_directory, self.bin_dir),
+            *(
+                _control_problems(
+                    "replica_control",
+                    self.replica_control,
+                    self.replica_data_directory or "",
+                    self.bin_dir,
+                )
+                if self.replica_control
+                else []
+            ),
+        ]
+        if self.replica_control and not self.replica_data_directory:
+            problems.append("replica_control: there is no replica_data_directory to control")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _control_problems(
+    field: str, control: ClusterControlSpec, data_directory: str, bin_dir: str
+) -> list[str]:
+    """What does not fit between a control and the cluster it controls."""
+    problems = []
+    config = control.config_directory
+    if control.kind == "pg_ctl" and config and config.rstrip("/") != data_directory.rstrip("/"):
+        problems.append(
+            f"{field}.config_directory: pg_ctl starts the server with the postgresql.conf of "
+            f"its data directory ({data_directory}), not {config}; a cluster configured in "
+            f"{config} is controlled with kind pg_ctlcluster (Debian) or systemd"
+        )
+    debian = control.debian_cluster()
+    binaries = _DEBIAN_BIN_DIR.match(bin_dir)
+    if debian and binaries and int(binaries.group(1)) != debian[0]:
+        which = "version" if control.kind == "pg_ctlcluster" else "unit"
+        problems.append(
+            f"{field}.{which}: the cluster is PostgreSQL {debian[0]} but bin_dir {bin_dir} "
+            f"holds PostgreSQL {binaries.group(1)}'s programs"
+        )
+    return problems
 
 
 class Database(_Model):

@@ -32,7 +32,6 @@ import logging
 import re
 import shlex
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -42,7 +41,8 @@ from typing import Any, Literal
 import psycopg
 
 from tracktion_dr.core.errors import InvalidInput, ServerDied, StepFailed
-from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, as_os_user, chown_tree, run
+from tracktion_dr.postgres.commands import CommandError, chown_tree
+from tracktion_dr.postgres.control import ClusterControl, PgCtlControl
 from tracktion_dr.postgres.recovery_marker import (
     RECOVERY_SIGNALS,
     last_fatal_line,
@@ -242,39 +242,25 @@ def check_in_window(target: RecoveryTarget, window: RecoverableWindow) -> None:
 # --- the cluster's processes and files ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClusterPaths:
-    data_directory: Path
-    bindir: Path = DEFAULT_BINDIR
-    os_user: str = "postgres"
-
-    def pg_ctl(self, *args: str) -> list[str]:
-        return as_os_user(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.data_directory), *args], self.os_user
-        )
+# A cluster controlled with ``pg_ctl -D`` (the sandbox's, and the plan's default); every
+# function here takes any ``ClusterControl`` (pg_ctlcluster, systemd: see control.py).
+ClusterPaths = PgCtlControl
 
 
-def server_running(cluster: ClusterPaths) -> bool:
-    result = run(cluster.pg_ctl("status"), what="pg_ctl status", check=False, timeout=30)
-    return result.returncode == 0
+def server_running(cluster: ClusterControl) -> bool:
+    return cluster.is_running()
 
 
-def stop_server(cluster: ClusterPaths, *, fast_timeout: int = 60) -> str:
+def stop_server(cluster: ClusterControl, *, fast_timeout: int = 60) -> str:
     """Stop the postmaster: fast first (clean checkpoint), immediate if that hangs."""
     if not cluster.data_directory.exists() or not server_running(cluster):
         return "already stopped"
     try:
-        run(
-            cluster.pg_ctl("stop", "-m", "fast", "-w", "-t", str(fast_timeout)),
-            what="pg_ctl stop -m fast",
-        )
+        cluster.stop("fast", timeout=fast_timeout)
         return "stopped (fast)"
     except CommandError as exc:
         log.warning("fast shutdown did not finish (%s): stopping immediately", exc)
-        run(
-            cluster.pg_ctl("stop", "-m", "immediate", "-w", "-t", "30"),
-            what="pg_ctl stop -m immediate",
-        )
+        cluster.stop("immediate", timeout=30)
         return "stopped (immediate)"
 
 
@@ -419,21 +405,30 @@ def _owner_of(path: Path) -> str:
     return pwd.getpwuid(path.stat().st_uid).pw_name
 
 
-def start_server(cluster: ClusterPaths, log_file: Path, *, wait_seconds: float = 20) -> int:
+def start_server(cluster: ClusterControl, log_file: Path, *, wait_seconds: float = 20) -> int:
     """Start without waiting for recovery: wait only until the postmaster is up (its pid
     file names a live process). Everything after - replay, and a server dying during it -
-    is the gate's to watch. Raises ``ServerDied`` quoting the log when no postmaster comes
-    up (a bad setting, a corrupt backup)."""
+    is the gate's to watch, reading ``log_file``. Raises ``ServerDied`` quoting the log when
+    no postmaster comes up (a bad setting, a corrupt backup)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     chown_tree(log_file.parent, cluster.os_user, recursive=False)
-    run(cluster.pg_ctl("start", "-W", "-l", str(log_file)), what="pg_ctl start")
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        pid = postmaster_pid(cluster.data_directory)
-        if pid is not None:
-            return pid
-        time.sleep(0.05)
-    raise server_died(cluster.data_directory, log_file)
+    try:
+        pid = cluster.start(wait=False, log_file=log_file, timeout=wait_seconds)
+    except CommandError as exc:
+        if postmaster_pid(cluster.data_directory) is None:
+            raise server_died(cluster.data_directory, _readable_log(cluster, log_file)) from exc
+        raise
+    _readable_log(cluster, log_file)
+    return pid
+
+
+def _readable_log(cluster: ClusterControl, log_file: Path) -> Path:
+    """``log_file``, made to show the server's log where its control writes elsewhere (a
+    systemd unit logs where its host says): a symlink, so the gate reads the real one."""
+    actual = cluster.server_log(log_file)
+    if actual is not None and actual != log_file and not log_file.exists():
+        log_file.symlink_to(actual)
+    return log_file
 
 
 def server_died(data_directory: Path, log_file: Path) -> ServerDied:

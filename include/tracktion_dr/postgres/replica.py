@@ -26,8 +26,8 @@ import psycopg
 
 from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint, chown_tree, run
+from tracktion_dr.postgres.control import ClusterControl
 from tracktion_dr.postgres.pitr import (
-    ClusterPaths,
     aside_path,
     clear_recovery_settings,
     current_timeline,
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 SLOT = "replica_slot"
 STREAM_WAIT_SECONDS = 120
 SLOT_RELEASE_SECONDS = 30
+# How often a wait asks again: each ask is one query per end (cheap); a second-long sleep
+# would add up to a second to every recovery that waits here.
+POLL_SECONDS = 0.2
 
 
 def reseed_staging_path(data_directory: Path, tag: str) -> Path:
@@ -96,7 +99,7 @@ def standby_streaming(
 def reseed_replica(
     primary_replication: Endpoint,
     primary_admin: Endpoint,
-    replica: ClusterPaths,
+    replica: ClusterControl,
     replica_port: int,
     log_file: Path,
     *,
@@ -158,7 +161,7 @@ def reseed_replica(
 def _clone_primary(
     primary_replication: Endpoint,
     primary_admin: Endpoint,
-    replica: ClusterPaths,
+    replica: ClusterControl,
     replica_port: int,
     *,
     tag: str,
@@ -238,7 +241,7 @@ def _drop_stale_slot(primary_admin: Endpoint) -> None:
                     f"replication slot {SLOT} on the primary is in use by another client: "
                     "refusing to take it from a live standby"
                 )
-            time.sleep(0.2)
+            time.sleep(POLL_SECONDS)
 
 
 def _wait_streaming(
@@ -254,7 +257,7 @@ def _wait_streaming(
         streaming, why = standby_streaming(primary_admin, replica_admin, application_name)
         if streaming:
             return
-        time.sleep(0.2)
+        time.sleep(POLL_SECONDS)
     fatal = last_fatal_line(log_file)
     raise StepFailed(
         f"the re-seeded standby does not stream after {timeout:.0f}s: {why}"

@@ -30,6 +30,7 @@ from tracktion_dr.core.incident import check_confirmation as incident_check_conf
 from tracktion_dr.core.plan import Cluster, Database, Environment, Plan
 from tracktion_dr.postgres import basebackups, pitr, restore
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, Endpoint
+from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.postgres.dumps import read_manifest
 from tracktion_dr.postgres.integrity import validate_database
 from tracktion_dr.postgres.recovery_marker import (
@@ -906,7 +907,7 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
                 f"already exists: something put a new data directory at {data} after it was "
                 "moved aside; compare the two and move one away by hand before re-running"
             )
-        notes.append(pitr.stop_server(pitr.ClusterPaths(data, bindir, os_user)))
+        notes.append(pitr.stop_server(cluster_control(cluster)))
         data.rename(aside)
         notes.append(f"old data directory kept at {aside}")
     elif aside.exists():
@@ -932,10 +933,7 @@ def start_recovery_server(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
             f"{paths.data_directory} is not this incident's recovery (no recovery marker of "
             f"{pitr_plan['incident_id']}): refusing to start it"
         )
-    pid = pitr.start_server(
-        pitr.ClusterPaths(paths.data_directory, Path(cluster.bin_dir), cluster.os_user),
-        paths.log_file,
-    )
+    pid = pitr.start_server(cluster_control(cluster), paths.log_file)
     return f"started (pid {pid}); recovery log {paths.log_file}"
 
 

@@ -4,7 +4,7 @@ after the previous one is healthy, and anything already healthy is left alone.
 
 | layer | healthy when | action when not |
 |---|---|---|
-| database | every plan database's cluster accepts a query | ``pg_ctl start -w`` |
+| database | every plan database's cluster accepts a query | start it as the plan's ``control`` says, wait until it accepts connections |
 | cache, queue, application | health URL (+ functional check) | restart via its controller |
 | storage | every storage area present and writable | recreate a *missing* directory |
 """
@@ -31,8 +31,9 @@ __all__ = ["LAYERS"]
 
 # What each layer's step does to a component that is not healthy.
 LAYER_ACTIONS = {
-    "database": "start its cluster with pg_ctl start -w (a missing data directory is a "
-    "restore, not a restart: the run stops and says so)",
+    "database": "start its cluster the way its host runs it (the plan's control: pg_ctl, "
+    "pg_ctlcluster or its systemd unit) and wait until it accepts connections (a missing "
+    "data directory is a restore, not a restart: the run stops and says so)",
     "cache": "restart it through its controller",
     "queue": "restart it through its controller",
     "storage": "recreate the missing directory with the plan's owner and mode",

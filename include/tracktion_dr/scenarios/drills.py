@@ -404,15 +404,11 @@ def stale_scratch_databases(admin: Any, prefix: str) -> list[str]:
 def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str) -> dict[str, Any]:
     """The drill cluster is lost: PostgreSQL stopped (immediate, like a crash) and its data
     directory moved aside to ``<dir>.lost_<tag>`` (kept, never deleted)."""
-    from tracktion_dr.postgres.pitr import ClusterPaths, server_running
+    from tracktion_dr.postgres.control import cluster_control
 
     cluster = environment.clusters[cluster_name]
     data = Path(cluster.data_directory)
-    paths = ClusterPaths(data, Path(cluster.bin_dir), cluster.os_user)
-    if server_running(paths):
-        from tracktion_dr.postgres.commands import run
-
-        run(paths.pg_ctl("stop", "-m", "immediate", "-w"), what="pg_ctl stop -m immediate")
+    cluster_control(cluster).stop("immediate")
     lost_at = datetime.now(UTC)
     aside = data.with_name(f"{data.name}.lost_{tag}")
     if data.exists():
@@ -470,12 +466,13 @@ def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
 def put_back_if_down(environment: Environment, cluster_name: str, loss: dict[str, Any]) -> str:
     """After the chain: if the cluster answers, nothing to do. If not, move whatever is in
     its data directory aside and put the lost directory back, then start it."""
-    from tracktion_dr.postgres.pitr import ClusterPaths, server_running, start_server
+    from tracktion_dr.postgres.control import cluster_control
+    from tracktion_dr.postgres.pitr import server_running, start_server
     from tracktion_dr.scenarios.database import recovery_log_file
 
     cluster = environment.clusters[cluster_name]
     data = Path(cluster.data_directory)
-    paths = ClusterPaths(data, Path(cluster.bin_dir), cluster.os_user)
+    paths = cluster_control(cluster)
     if server_running(paths):
         return f"{cluster_name} is running after the drill: nothing to put back"
     aside = Path(loss["moved_aside"])

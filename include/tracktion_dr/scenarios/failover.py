@@ -16,6 +16,7 @@ from typing import Any
 from tracktion_dr.core.errors import FailoverRefused, InvalidInput
 from tracktion_dr.core.plan import Environment, Plan
 from tracktion_dr.core.timeline import parse_time
+from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
 from tracktion_dr.services.failover import (
     LoadBalancer,
@@ -112,7 +113,9 @@ def plan_of_actions(plan: Plan, run: dict[str, Any]) -> list[str]:
     environment = environment_of(plan, run)
     cluster = environment.clusters[environment.databases[run["database"]].cluster]
     return [
-        f"fence the old primary ({cluster.data_directory}): stop it if it runs, "
+        f"fence the old primary ({cluster.data_directory}): first prove the directory is the "
+        "old primary (pg_controldata: the standby's system identifier, not in recovery, not "
+        f"the standby itself), then stop it if it runs ({cluster_control(cluster).describe()}), "
         "write standby.signal so it can only come back read-only",
         "promote the streaming replica with pg_promote",
         f"repoint the load balancer's `database` backend to `{secondary}`",
@@ -180,8 +183,8 @@ def switch(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, A
         actions.append(f"load balancer {run['service']}: {secondary} in")
     else:
         cluster = environment.clusters[environment.databases[run["database"]].cluster]
-        actions += fence_old_primary(cluster, run["incident_id"])
         _, replica = database_conninfos(environment, run["database"], access)
+        actions += fence_old_primary(cluster, run["incident_id"], standby_conninfo=replica)
         actions.append(promote(replica))
         balancer.switch("database", primary, secondary)
         actions.append(f"load balancer database backend -> {secondary}")

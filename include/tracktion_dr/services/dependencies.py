@@ -14,18 +14,15 @@ import pwd
 from collections.abc import Callable
 from pathlib import Path
 
-from tracktion_dr.core.errors import ControllerError
+from tracktion_dr.core.errors import CommandError, ControllerError
 from tracktion_dr.core.plan import Cluster, Environment, StorageArea
-from tracktion_dr.services.commands import last_lines, run_command
+from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.services.probes import ProbeTarget, postgres_ready, run_probes, storage_writable
 
 log = logging.getLogger(__name__)
 
 LAYERS = ("database", "cache", "queue", "storage", "application")
 PG_START_TIMEOUT_SECONDS = 120
-# pg_ctl's -l file: without one the server inherits our stdout pipe and the call never
-# returns. Inside the data directory because that is the one place the OS user can write.
-PG_CTL_LOG = "pg_ctl_dr_start.log"
 
 ConninfoResolver = Callable[[str, str], str]
 
@@ -52,42 +49,26 @@ def database_probes(
     }
 
 
-def _as_os_user(cluster: Cluster, argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run the server binaries as the cluster's user."""
-    if os.geteuid() == 0 and cluster.os_user != "root":
-        return ["runuser", "-u", cluster.os_user, "--", *argv]
-    return argv
-
-
 def start_cluster(cluster: Cluster) -> str:
-    """``pg_ctl start -w`` on the cluster's data directory (a running one is left alone)."""
-    pg_ctl = str(Path(cluster.bin_dir) / "pg_ctl")
-    status = run_command(_as_os_user(cluster, [pg_ctl, "status", "-D", cluster.data_directory]), 30)
-    if status.returncode == 0:
+    """Start the cluster the way its host runs it (``pg_ctl start -w``, ``pg_ctlcluster
+    <version> <name> start``, ``systemctl start <unit>``: the plan's ``control``) and wait
+    until it accepts connections. A running one is left alone."""
+    control = cluster_control(cluster)
+    status = control.status()
+    if status == "running":
         return "already running"
-    if status.returncode == 4:
+    if status == "no data directory":
         raise ControllerError(
             f"{cluster.data_directory} holds no usable PostgreSQL data directory: this is a "
             "restore (dr_database_restore), not a restart"
         )
-    argv = [
-        pg_ctl,
-        "start",
-        "-D",
-        cluster.data_directory,
-        "-l",
-        str(Path(cluster.data_directory) / PG_CTL_LOG),
-        "-w",
-        "-t",
-        str(PG_START_TIMEOUT_SECONDS),
-    ]
-    result = run_command(_as_os_user(cluster, argv), PG_START_TIMEOUT_SECONDS + 30)
-    if result.returncode != 0:
+    try:
+        control.start(wait=True, timeout=PG_START_TIMEOUT_SECONDS)
+    except CommandError as exc:
         raise ControllerError(
-            f"pg_ctl could not start {cluster.data_directory} (exit {result.returncode}): "
-            f"{last_lines(result.stderr or result.stdout)}"
-        )
-    return "started with pg_ctl"
+            f"{control.describe()} could not start {cluster.data_directory}: {exc}"
+        ) from None
+    return f"started with {control.kind}"
 
 
 def storage_probes(environment: Environment) -> dict[str, dict[str, object]]:

@@ -7,8 +7,10 @@ is proven by routing a request through the balancer (its ``X-Backend`` answer he
 by trusting the API's 200.
 
 Database: fence the old primary first (so it cannot accept writes if it comes back: a
-running postmaster is stopped, ``standby.signal`` is written into its data directory so a
-restart comes up read-only, and a ``DR_FENCED`` note says why), then ``pg_promote`` the
+running postmaster is stopped the way its host runs it - the plan's ``control`` -,
+``standby.signal`` is written into its data directory so a restart comes up read-only,
+and a ``DR_FENCED`` note says why) - but only once its data directory is proven to hold
+the old primary and not the standby (:func:`check_fence_target`) - then ``pg_promote`` the
 streaming replica, repoint the balancer's ``database`` backend, prove a write commits on
 the new primary, and measure the data lost from the canary heartbeats that survived.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,15 @@ from typing import Any
 import httpx
 import psycopg
 
-from tracktion_dr.core.errors import FailoverRefused
+from tracktion_dr.core.errors import CommandError, FailoverRefused
 from tracktion_dr.core.plan import Cluster
-from tracktion_dr.services.commands import last_lines, run_command
+from tracktion_dr.postgres.control import cluster_control
+from tracktion_dr.postgres.identity import (
+    DirectoryIdentity,
+    ServerIdentity,
+    directory_identity,
+    server_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +150,11 @@ def check_database_preconditions(primary_conninfo: str, replica_conninfo: str) -
         with _connect(replica_conninfo) as conn:
             (in_recovery,) = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()  # type: ignore[misc]
             replay = conn.execute("SELECT pg_catalog.pg_last_xact_replay_timestamp()").fetchone()[0]  # type: ignore[index]
+            # the pair's identity (a standby has its primary's): what the switch checks the
+            # directory it fences against
+            system_identifier = conn.execute(
+                "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
+            ).fetchone()[0]  # type: ignore[index]
     except psycopg.Error as exc:
         raise FailoverRefused(
             f"the replica is not reachable ({str(exc).strip().splitlines()[-1][:160]}): "
@@ -158,32 +170,98 @@ def check_database_preconditions(primary_conninfo: str, replica_conninfo: str) -
         "primary": primary_detail,
         "replica": "standby (in recovery)",
         "replica_last_replay": replay.isoformat() if replay else None,
+        "system_identifier": system_identifier,
     }
 
 
-def _as_os_user(cluster: Cluster, argv: list[str]) -> list[str]:
-    if os.geteuid() == 0 and cluster.os_user != "root":
-        return ["runuser", "-u", cluster.os_user, "--", *argv]
-    return argv
+def check_fence_target(
+    cluster: Cluster, incident_id: str, standby: ServerIdentity
+) -> DirectoryIdentity | None:
+    """Prove the cluster's data directory on this host holds the old primary, before it is
+    stopped or fenced; ``FailoverRefused`` (nothing touched) when it does not.
 
-
-def fence_old_primary(cluster: Cluster, incident_id: str) -> list[str]:
-    """Make sure the old primary cannot accept writes if it comes back."""
-    actions = []
+    The old primary is down, so what it is comes from its data directory (pg_controldata,
+    postmaster.pid) and is compared with the standby being promoted, asked over its
+    connection: the same system identifier (a physical standby shares its primary's), and
+    not that standby - not in recovery (unless this incident fenced it and someone started
+    it read-only since), not the standby's own postmaster (same start time and port), not
+    on the promoted standby's new timeline. Needed because the plan names the old primary
+    by a local path that, on a host pair, the standby's host has too.
+    None when the directory is not here (then there is nothing to stop on this host)."""
     data = Path(cluster.data_directory)
-    pg_ctl = str(Path(cluster.bin_dir) / "pg_ctl")
-    status = run_command(_as_os_user(cluster, [pg_ctl, "status", "-D", str(data)]), 30)
-    if status.returncode == 0:
-        stop = run_command(
-            _as_os_user(cluster, [pg_ctl, "stop", "-D", str(data), "-m", "fast", "-w", "-t", "60"]),
-            90,
-        )
-        if stop.returncode != 0:
-            raise RuntimeError(f"could not stop the old primary: {last_lines(stop.stderr)}")
-        actions.append("stopped the old primary's postmaster")
     if not data.is_dir():
-        actions.append(f"{data} is not reachable from here: fence it on its host")
-        return actions
+        return None
+    found = directory_identity(data, bindir=Path(cluster.bin_dir), os_user=cluster.os_user)
+    hint = (
+        "run the switch on the old primary's host (its worker queue), or correct the "
+        "cluster's data_directory in the plan; nothing was stopped or fenced"
+    )
+    if found is None:
+        raise FailoverRefused(
+            f"{data} holds no PostgreSQL cluster (no global/pg_control): it is not the old primary",
+            hint=hint,
+        )
+    if found.system_identifier != standby.system_identifier:
+        raise FailoverRefused(
+            f"{data} is another cluster (system identifier {found.system_identifier}), not "
+            f"the old primary of the standby being promoted ({standby.system_identifier})",
+            hint=hint,
+        )
+    if found.in_recovery and not fenced_by(data, incident_id):
+        raise FailoverRefused(
+            f"{data} is a standby ({found.state}), not the old primary: {found.describe()}",
+            hint=hint,
+        )
+    if (
+        found.postmaster_started is not None
+        and found.postmaster_started == int(standby.postmaster_started.timestamp())
+        and found.port == standby.port
+    ):
+        raise FailoverRefused(
+            f"{data} is the standby being promoted itself (its postmaster started at "
+            f"{standby.postmaster_started.isoformat()} on port {standby.port})",
+            hint=hint,
+        )
+    if not standby.in_recovery and not found.in_recovery and found.timeline >= standby.timeline:
+        raise FailoverRefused(
+            f"{data} is on timeline {found.timeline}, the promoted standby's: it is the "
+            "promoted standby (or a copy of it), not the old primary",
+            hint=hint,
+        )
+    return found
+
+
+def fenced_by(data_directory: Path, incident_id: str) -> bool:
+    """This incident's fence note is in the data directory."""
+    try:
+        return f"({incident_id})" in (data_directory / FENCE_NOTE).read_text()
+    except OSError:
+        return False
+
+
+def fence_old_primary(cluster: Cluster, incident_id: str, *, standby_conninfo: str) -> list[str]:
+    """Make sure the old primary cannot accept writes if it comes back: after proving the
+    data directory is the old primary (:func:`check_fence_target`, against the standby on
+    ``standby_conninfo``), stop it the way its host runs it and write standby.signal."""
+    try:
+        standby = server_identity(standby_conninfo)
+    except psycopg.Error as exc:
+        raise FailoverRefused(
+            f"the standby to promote does not answer ({str(exc).strip().splitlines()[-1][:160]}): "
+            "nothing fenced, nothing switched"
+        ) from None
+    found = check_fence_target(cluster, incident_id, standby)
+    data = Path(cluster.data_directory)
+    if found is None:
+        return [f"{data} is not reachable from here: fence it on its host"]
+    actions = [f"checked: {found.describe()}; the standby: {standby.describe()}"]
+    control = cluster_control(cluster)
+    if control.is_running():
+        try:
+            control.stop("fast", timeout=60)
+        except CommandError as exc:
+            raise RuntimeError(f"could not stop the old primary: {exc}") from None
+        actions.append(f"stopped the old primary's postmaster ({control.describe()})")
     signal_file = data / "standby.signal"
     if not signal_file.exists():
         signal_file.write_text("")
