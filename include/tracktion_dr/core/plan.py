@@ -608,6 +608,9 @@ class RecoverySite(_Model):
 
     stack_name: str = Field(pattern=_STACK_NAME)
     template: Literal["minimum", "full"]
+    # The template's file when it is not the project's own (an absolute path); default
+    # include/config/cloudformation/recovery-<template>.yaml.
+    template_file: str | None = None
     region: str = Field(pattern=_AWS_REGION)
     aws_conn_id: ConnId = "aws_default"
     parameters: dict[str, ParameterValue] = {}
@@ -622,7 +625,9 @@ class RecoverySite(_Model):
     def _fits_the_template(self) -> RecoverySite:
         from tracktion_dr.core.site_templates import template_outline
 
-        outline = template_outline(self.template)
+        if self.template_file and not Path(self.template_file).is_absolute():
+            raise ValueError(f"template_file must be an absolute path: {self.template_file!r}")
+        outline = template_outline(self.template_path)
         unknown = sorted(set(self.parameters) - set(outline.parameters))
         if unknown:
             raise ValueError(
@@ -646,6 +651,12 @@ class RecoverySite(_Model):
                     f"template (it has {sorted(outline.outputs)})"
                 )
         return self
+
+    @property
+    def template_path(self) -> Path:
+        from tracktion_dr.core.site_templates import template_path
+
+        return Path(self.template_file) if self.template_file else template_path(self.template)
 
 
 _DOMAIN_NAME = re.compile(

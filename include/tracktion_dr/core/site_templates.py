@@ -1,7 +1,9 @@
 """The recovery site's CloudFormation templates, as files of this project.
 
 ``include/config/cloudformation/recovery-<name>.yaml`` for the plan's two recovery
-infrastructures (``minimum`` and ``full``). The plan's ``recovery_site`` names one, its
+infrastructures (``minimum`` and ``full``; a plan may name its own file instead, as the
+seed kept its templates under /opt/tracktion/infrastructure). The plan's ``recovery_site``
+names one, its
 parameters and how its Outputs map to endpoints; the plan loader checks those names
 against the template's own ``Parameters`` and ``Outputs`` (an outline read here, locally:
 no AWS call at load time). CloudFormation itself validates the whole template when
@@ -55,15 +57,16 @@ def template_path(name: str) -> Path:
     return TEMPLATE_DIR / f"recovery-{name}.yaml"
 
 
-def template_body(name: str) -> str:
+def template_body(path: Path | str) -> str:
     """The template's text, as CloudFormation receives it."""
-    return template_path(name).read_text(encoding="utf-8")
+    return Path(path).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=8)
-def template_outline(name: str) -> TemplateOutline:
-    """Parameters and Outputs of the named template (ValueError when it cannot be read)."""
-    path = template_path(name)
+@lru_cache(maxsize=16)
+def template_outline(path: Path | str) -> TemplateOutline:
+    """Parameters and Outputs of the template at ``path`` (ValueError when it cannot be
+    read)."""
+    path = Path(path)
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_CloudFormationLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
