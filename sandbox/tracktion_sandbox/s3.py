@@ -107,6 +107,8 @@ def ensure_hosted_zone() -> str:
     for zone in route53.list_hosted_zones_by_name(DNSName=wanted)["HostedZones"]:
         if zone["Name"] == wanted:
             return str(zone["Id"])
-    zone = route53.create_hosted_zone(Name=wanted, CallerReference=f"tracktion-sandbox-{time.time()}")
+    zone = route53.create_hosted_zone(
+        Name=wanted, CallerReference=f"tracktion-sandbox-{time.time()}"
+    )
     log.info("created Route53 hosted zone %s", L.HOSTED_ZONE)
     return str(zone["HostedZone"]["Id"])

@@ -10,8 +10,8 @@ its own ports), and the stack really holds the network, database, hosts, load ba
 bucket and names the template describes.
 When it runs again, Then the stack is reused: nothing is created or updated.
 When the plan changes a size, Then the same stack is updated, not created again.
-When the template is broken, Then the guard fails with CloudFormation's message and no
-stack exists.
+When the template is broken, Then the guard fails with CloudFormation's message (moto's
+server runs cfn-lint for ValidateTemplate) and no stack exists.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ def test_the_recovery_site_is_created_waited_on_and_its_outputs_mapped(own_stack
     }.items():
         assert types.count(kind) == count, (kind, types)
     rds = s3.client(L.S3_CROSS_REGION, "rds").describe_db_instances()["DBInstances"]
-    (database,) = [d for d in rds if d["Endpoint"]["Address"] == outputs["outputs"]["DatabaseAddress"]]
+    (database,) = [
+        d for d in rds if d["Endpoint"]["Address"] == outputs["outputs"]["DatabaseAddress"]
+    ]
     assert database["Engine"] == "postgres" and database["DBInstanceClass"] == "db.t3.medium"
     assert database["AllocatedStorage"] == 100 and database["Endpoint"]["Port"] == 56432
     groups = s3.client(L.S3_CROSS_REGION, "autoscaling").describe_auto_scaling_groups(
@@ -150,9 +152,7 @@ def test_a_rerun_reuses_the_stack_and_a_changed_size_updates_it(own_stack, tmp_p
     assert task_result(again, "read_outputs")["endpoints"] == EXPECTED_ENDPOINTS
 
     # Three hosts instead of two: the same stack is updated.
-    grown = write_plan(
-        tmp_path, stack_name=name, parameters={**parameters, "InstanceCount": 3}
-    )
+    grown = write_plan(tmp_path, stack_name=name, parameters={**parameters, "InstanceCount": 3})
     monkeypatch.setenv("DR_PLAN", str(grown))
     updated = run_dag(DAG_ID, {"environment": "drill"})
     states = task_states(updated)
@@ -168,7 +168,7 @@ def test_a_rerun_reuses_the_stack_and_a_changed_size_updates_it(own_stack, tmp_p
 
 
 def test_a_broken_template_fails_the_guard_with_cloudformations_message(
-    own_stack, tmp_path, monkeypatch
+    own_stack, tmp_path, monkeypatch, capfd
 ):
     _, name, parameters = own_stack
     broken = tmp_path / "recovery-minimum-broken.yaml"
@@ -182,7 +182,9 @@ def test_a_broken_template_fails_the_guard_with_cloudformations_message(
             "      VpcId: !Ref RecoveryVpcThatDoesNotExist\n      CidrBlock: !Ref PublicSubnetACidr",
         )
     )
-    plan_file = write_plan(tmp_path, stack_name=name, parameters=parameters, template_file=str(broken))
+    plan_file = write_plan(
+        tmp_path, stack_name=name, parameters=parameters, template_file=str(broken)
+    )
     monkeypatch.setenv("DR_PLAN", str(plan_file))
 
     # The guard's check, as the DAG makes it: CloudFormation's own sentence, nothing made.
@@ -197,10 +199,21 @@ def test_a_broken_template_fails_the_guard_with_cloudformations_message(
     assert "RecoveryVpcThatDoesNotExist" in str(refused.value)
     assert str(broken) in str(refused.value)
 
+    capfd.readouterr()
     dag_run = run_dag(DAG_ID, {"environment": "drill"})
     states = task_states(dag_run)
     assert str(dag_run.state) == "failed"
     assert states["guard"] == "failed", states
-    assert {s for t, s in states.items() if t != "guard"} <= {"upstream_failed", "skipped", "success"}
+    # The guard's failure, as the task log shows it: CloudFormation's message. (moto wraps
+    # cfn-lint's sentence as "Stack with id '<sentence>' does not exist"; AWS says
+    # "Template format error: Unresolved resource dependencies [...]".)
+    log = "".join(capfd.readouterr())
+    assert "refused, nothing was touched: recovery_site.template: CloudFormation refused" in log
+    assert "RecoveryVpcThatDoesNotExist" in log
+    assert {s for t, s in states.items() if t != "guard"} <= {
+        "upstream_failed",
+        "skipped",
+        "success",
+    }
     assert task_result(dag_run, "record")["refused"] is True
     assert stacks_named(name) == [], "nothing is created when the template is refused"

@@ -62,10 +62,9 @@ def template_body(path: Path | str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=16)
-def template_outline(path: Path | str) -> TemplateOutline:
-    """Parameters and Outputs of the template at ``path`` (ValueError when it cannot be
-    read)."""
+def template_document(path: Path | str) -> dict[str, Any]:
+    """The template at ``path`` as data, intrinsic functions read as plain values
+    (ValueError when it cannot be read)."""
     path = Path(path)
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_CloudFormationLoader)  # noqa: S506 - a SafeLoader subclass
@@ -75,6 +74,22 @@ def template_outline(path: Path | str) -> TemplateOutline:
         raise ValueError(f"the template {path} is not valid YAML: {exc}") from None
     if not isinstance(document, dict):
         raise ValueError(f"the template {path} is not a YAML mapping")
+    return document
+
+
+def template_outline(path: Path | str) -> TemplateOutline:
+    """Parameters and Outputs of the template at ``path`` (ValueError when it cannot be
+    read). Cached per file version: a long-lived dag-processor sees an edited template."""
+    try:
+        version = Path(path).stat().st_mtime_ns
+    except OSError:
+        version = 0
+    return _outline(str(path), version)
+
+
+@lru_cache(maxsize=16)
+def _outline(path: str, version: int) -> TemplateOutline:
+    document = template_document(path)
     parameters = document.get("Parameters") or {}
     return TemplateOutline(
         description=str(document.get("Description", "")),
