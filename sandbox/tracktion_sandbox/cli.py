@@ -97,6 +97,7 @@ def up(layout: SandboxLayout, size: str) -> None:
     supervisor.up(layout, secrets, supervisor.default_programs(layout, secrets))
     wait_until_healthy(layout)
     s3.ensure_buckets()
+    s3.ensure_hosted_zone()
     log.info("sandbox is up in %s", layout.home)
 
 

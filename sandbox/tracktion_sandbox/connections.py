@@ -65,6 +65,10 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
         # moto's S3 server stands in for AWS: the offsite bucket and its cross-region copy.
         "dr_offsite_s3": s3(L.S3_REGION),
         "dr_offsite_s3_us_west_2": s3(L.S3_CROSS_REGION),
+        # The same moto server for CloudFormation (the recovery site, in the backup region)
+        # and Route53 (global; its API lives in us-east-1).
+        "dr_recovery_aws": s3(L.S3_CROSS_REGION),
+        "dr_route53": s3(L.S3_REGION),
         "dr_ledger": postgres(L.OPS_PORT, L.LEDGER_DATABASE),
         "tracktion_supervisor": {
             "conn_type": "http",

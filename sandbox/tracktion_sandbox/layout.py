@@ -45,6 +45,19 @@ S3_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - moto accepts any key; a fix
 S3_REGION = "us-east-1"
 S3_CROSS_REGION = "us-west-2"
 S3_BUCKETS = {"tracktion-dr-sandbox": S3_REGION, "tracktion-dr-sandbox-us-west-2": S3_CROSS_REGION}
+# moto's server answers every AWS API on S3_PORT: the recovery site's CloudFormation stack
+# (dr_site_provision) and the hosted zone of the sandbox's public names (dr_network_dns).
+HOSTED_ZONE = "tracktion-sandbox.test"
+# A second, empty "recovery site" on 127.0.0.1 (the stack's Outputs map to it, see the
+# plan's recovery_site): nothing listens on these ports until a recovery site is started.
+RECOVERY_SITE_PORTS: dict[str, int] = {
+    "database": 56432,
+    "load-balancer": 28080,
+    "analysis-service": 28001,
+    "file-watcher": 28002,
+    "tracklist-service": 28003,
+    "notification-service": 28004,
+}
 
 APP_DATABASE = "tracktion"
 APP_USER = "tracktion"

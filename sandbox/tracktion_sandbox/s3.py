@@ -3,6 +3,8 @@
 moto keeps everything in memory, so the buckets the sandbox plan names are (re)created
 after every start. This is a real HTTP S3 endpoint: boto3 and the amazon provider's
 S3Hook talk to it exactly as to AWS (signatures, multipart uploads, server-side copies).
+The same server answers the other AWS APIs the sandbox uses (CloudFormation, Route53,
+Secrets Manager); the sandbox's hosted zone is (re)created here too.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ log = logging.getLogger(__name__)
 ENDPOINT_URL = f"http://{L.HOST}:{L.S3_PORT}"
 
 
-def client(region: str = L.S3_REGION) -> Any:
+def client(region: str = L.S3_REGION, service: str = "s3") -> Any:
     import boto3
 
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=ENDPOINT_URL,
         region_name=region,
         aws_access_key_id=L.S3_ACCESS_KEY,
@@ -95,3 +97,18 @@ def ensure_evidence_bucket() -> bool:
     s3.create_bucket(Bucket=EVIDENCE_BUCKET, ObjectLockEnabledForBucket=True)
     log.info("created S3 bucket %s (Object Lock enabled)", EVIDENCE_BUCKET)
     return True
+
+
+def ensure_hosted_zone() -> str:
+    """Create the sandbox's public hosted zone in moto's Route53 when missing (its records
+    are the tests' and the DAGs' business); return its id."""
+    route53 = client(L.S3_REGION, "route53")
+    wanted = L.HOSTED_ZONE + "."
+    for zone in route53.list_hosted_zones_by_name(DNSName=wanted)["HostedZones"]:
+        if zone["Name"] == wanted:
+            return str(zone["Id"])
+    zone = route53.create_hosted_zone(
+        Name=wanted, CallerReference=f"tracktion-sandbox-{time.time()}"
+    )
+    log.info("created Route53 hosted zone %s", L.HOSTED_ZONE)
+    return str(zone["HostedZone"]["Id"])

@@ -692,6 +692,223 @@ class ValidationSettings(_Model):
         return value
 
 
+# --- whole-site recovery: the recovery site's stack, and DNS (plan scenarios 1 and 5) ----
+
+_STACK_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,127}$"
+_AWS_REGION = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$"
+_ENDPOINT_SCHEMES = ("postgresql://", "http://", "https://")
+
+
+def _check_parameter_value(value: Any) -> str:
+    # YAML reads 100 as a number; CloudFormation takes every parameter value as a string.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"a CloudFormation parameter value is a string or a number: {value!r}")
+    return str(value)
+
+
+ParameterValue = Annotated[str, BeforeValidator(_check_parameter_value)]
+
+
+def endpoint_placeholders(template: str) -> list[str]:
+    """The ``{OutputKey}`` names an endpoint template uses (ValueError when malformed)."""
+    import string
+
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r}: {exc} (write outputs as {{OutputKey}})") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", name) or spec or conversion:
+            raise ValueError(f"{template!r}: {{{name}}} is not an output name ({{OutputKey}})")
+        names.append(name)
+    return names
+
+
+class RecoverySite(_Model):
+    """dr_site_provision: the recovery site's CloudFormation stack (the plan's "minimum" or
+    "full" recovery infrastructure, ``include/config/cloudformation/recovery-<template>.yaml``),
+    where and through which AWS connection it is made, its parameters (the sizes), and how
+    its Outputs become the endpoints the recovery uses.
+
+    ``endpoints`` maps a database or service of the environment, or ``load_balancer``, to a
+    URL built from the stack's Outputs: ``postgresql://{DatabaseAddress}:{DatabasePort}/tracktion``.
+    Parameter and Output names are checked against the template when the plan loads."""
+
+    stack_name: str = Field(pattern=_STACK_NAME)
+    template: Literal["minimum", "full"]
+    # The template's file when it is not the project's own (an absolute path); default
+    # include/config/cloudformation/recovery-<template>.yaml.
+    template_file: str | None = None
+    region: str = Field(pattern=_AWS_REGION)
+    aws_conn_id: ConnId = "aws_default"
+    parameters: dict[str, ParameterValue] = {}
+    endpoints: dict[str, str] = Field(min_length=1)
+    # The tier whose RTO the site's provisioning counts against (the plan's scenario 1,
+    # complete data-center failure, estimates 2-4 hours).
+    tier: str = "important"
+    # How long the stack may take to create or update (RDS alone takes 10-20 minutes).
+    create_timeout: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _fits_the_template(self) -> RecoverySite:
+        from tracktion_dr.core.site_templates import template_outline
+
+        if self.template_file and not Path(self.template_file).is_absolute():
+            raise ValueError(f"template_file must be an absolute path: {self.template_file!r}")
+        outline = template_outline(self.template_path)
+        unknown = sorted(set(self.parameters) - set(outline.parameters))
+        if unknown:
+            raise ValueError(
+                f"parameters {unknown} are not parameters of the {self.template} template "
+                f"(it takes {sorted(outline.parameters)})"
+            )
+        missing = [p for p in outline.required_parameters if p not in self.parameters]
+        if missing:
+            raise ValueError(f"the {self.template} template needs parameters {missing}")
+        for name, url in self.endpoints.items():
+            # "{ServiceURL}": an Output that is itself a URL (checked once it is known).
+            if not url.startswith((*_ENDPOINT_SCHEMES, "{")):
+                raise ValueError(
+                    f"endpoints.{name}: {url!r} is not a URL ({', '.join(_ENDPOINT_SCHEMES)}) "
+                    "nor an {Output} that is one"
+                )
+            outputs = [o for o in endpoint_placeholders(url) if o not in outline.outputs]
+            if outputs:
+                raise ValueError(
+                    f"endpoints.{name}: {outputs} are not Outputs of the {self.template} "
+                    f"template (it has {sorted(outline.outputs)})"
+                )
+        return self
+
+    @property
+    def template_path(self) -> Path:
+        from tracktion_dr.core.site_templates import template_path
+
+        return Path(self.template_file) if self.template_file else template_path(self.template)
+
+
+_DOMAIN_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$"
+)
+
+
+def _check_domain_name(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not a domain name: {value!r}")
+    name = value.strip().lower().removesuffix(".")
+    if not _DOMAIN_NAME.match(name):
+        raise ValueError(f"not a domain name: {value!r}")
+    return name
+
+
+DomainName = Annotated[str, BeforeValidator(_check_domain_name)]
+
+
+class DnsTarget(_Model):
+    """What a record holds when it points at one site, and how to know that site answers."""
+
+    values: list[str] = Field(min_length=1)
+    health_url: HttpUrl
+
+
+class DnsRecord(_Model):
+    type: Literal["A", "AAAA", "CNAME"]
+    ttl: int = Field(default=60, ge=1, le=86400)
+    # dr_network_dns may switch the record between primary and secondary only when this
+    # is set; other records are verified, never changed.
+    allow_switch: bool = False
+    primary: DnsTarget
+    secondary: DnsTarget | None = None
+
+    @model_validator(mode="after")
+    def _values_fit_the_type(self) -> DnsRecord:
+        import ipaddress
+
+        for side, target in (("primary", self.primary), ("secondary", self.secondary)):
+            if target is None:
+                continue
+            for value in target.values:
+                if self.type == "CNAME":
+                    _check_domain_name(value)
+                    continue
+                try:
+                    address = ipaddress.ip_address(value)
+                except ValueError:
+                    raise ValueError(f"{side}: {value!r} is not an IP address") from None
+                if address.version != (4 if self.type == "A" else 6):
+                    raise ValueError(f"{side}: {value!r} is not an IPv{address.version} record")
+            if self.type == "CNAME" and len(target.values) != 1:
+                raise ValueError(f"{side}: a CNAME record holds exactly one value")
+        if self.allow_switch and self.secondary is None:
+            raise ValueError("allow_switch needs a secondary (what the record is switched to)")
+        if self.secondary and _normalized(self.secondary.values) == _normalized(
+            self.primary.values
+        ):
+            raise ValueError("the secondary's values must differ from the primary's")
+        return self
+
+
+def _normalized(values: list[str]) -> list[str]:
+    return sorted(v.lower().removesuffix(".") for v in values)
+
+
+class DnsViewpoint(_Model):
+    """Where a record's resolution is checked from: ``route53_api`` reads the hosted zone
+    through the Route53 API (what the authoritative servers serve once a change is
+    INSYNC); ``resolver`` asks a DNS resolver at ``address`` (what clients behind it see)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+    kind: Literal["route53_api", "resolver"]
+    address: str | None = None
+    port: int = Field(default=53, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _resolver_has_an_address(self) -> DnsViewpoint:
+        import ipaddress
+
+        if self.kind == "resolver":
+            try:
+                ipaddress.ip_address(self.address or "")
+            except ValueError:
+                raise ValueError(
+                    f"a resolver viewpoint needs address, an IP address (got {self.address!r})"
+                ) from None
+        elif self.address:
+            raise ValueError("a route53_api viewpoint takes no address")
+        return self
+
+
+class Dns(_Model):
+    """dr_network_dns (the plan's scenario 5): the Route53 hosted zone, its records with
+    their primary and secondary values, and the viewpoints resolution is checked from."""
+
+    hosted_zone: DomainName
+    aws_conn_id: ConnId = "aws_default"
+    tier: str = "critical"
+    viewpoints: list[DnsViewpoint] = Field(min_length=1)
+    records: dict[DomainName, DnsRecord] = Field(min_length=1)
+    probe_timeout: Duration = timedelta(seconds=5)
+    # How long a change may take to be INSYNC (served by every Route53 server).
+    sync_timeout: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _records_in_the_zone(self) -> Dns:
+        outside = [
+            name
+            for name in self.records
+            if name != self.hosted_zone and not name.endswith("." + self.hosted_zone)
+        ]
+        if outside:
+            raise ValueError(f"records {outside} are not in the hosted zone {self.hosted_zone}")
+        names = [viewpoint.name for viewpoint in self.viewpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"viewpoint names must be unique: {names}")
+        return self
+
+
 class Environment(_Model):
     description: str = ""
     destructive_requires_confirmation: bool
@@ -717,6 +934,10 @@ class Environment(_Model):
     # The sandbox's drill and production are the same processes: a drill may stop and
     # start services that production also names only when the plan says so here.
     shares_production_targets: bool = False
+    # dr_site_provision: the recovery site's CloudFormation stack; dr_network_dns: the
+    # hosted zone's records and the viewpoints they are checked from.
+    recovery_site: RecoverySite | None = None
+    dns: Dns | None = None
 
     def dependents_of(self, name: str) -> list[str]:
         """Services that depend on ``name`` (a service, database or storage area), directly
@@ -1018,6 +1239,7 @@ class Plan(_Model):
                             "service, database or storage area",
                         )
             problems += _dependency_problems(base, env)
+            problems += _site_problems(base, env, self.tiers)
             cycle = _find_cycle({n: s.depends_on for n, s in env.services.items()})
             if cycle:
                 problems.append((f"{base}.services", f"dependency cycle: {' -> '.join(cycle)}"))
@@ -1072,6 +1294,29 @@ def _dependency_problems(base: str, env: Environment) -> list[tuple[str, str]]:
                         "config_paths: the configuration safety snapshot would not cover it",
                     )
                 )
+    return problems
+
+
+def _site_problems(base: str, env: Environment, tiers: dict[str, Tier]) -> list[tuple[str, str]]:
+    """The recovery site's endpoints name the environment's databases and services (or
+    the load balancer); the site's and the DNS section's tiers exist."""
+    problems: list[tuple[str, str]] = []
+    if env.recovery_site:
+        path = f"{base}.recovery_site"
+        known = set(env.databases) | set(env.services) | {"load_balancer"}
+        for name in env.recovery_site.endpoints:
+            if name not in known:
+                problems.append(
+                    (
+                        f"{path}.endpoints.{name}",
+                        f"not a database, service or load_balancer of the environment "
+                        f"(known: {sorted(known)})",
+                    )
+                )
+        if env.recovery_site.tier not in tiers:
+            problems.append((f"{path}.tier", f"unknown tier {env.recovery_site.tier!r}"))
+    if env.dns and env.dns.tier not in tiers:
+        problems.append((f"{base}.dns.tier", f"unknown tier {env.dns.tier!r}"))
     return problems
 
 
