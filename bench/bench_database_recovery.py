@@ -221,6 +221,7 @@ def dag_run(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> dict[str,
     path.reverse()
     gaps, runner, work = 0.0, 0.0, 0.0
     previous_end = triggered
+    per_task = []
     for task_id in path:
         ti = instances[task_id]
         start, end = _t(ti["start_date"]), _t(ti["end_date"])
@@ -233,6 +234,14 @@ def dag_run(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> dict[str,
         )
         work += inside
         runner += max(0.0, (end - start) - inside)
+        per_task.append(
+            {
+                "task": task_id,
+                "gap": round(max(0.0, start - previous_end), 2),
+                "task_seconds": round(end - start, 2),
+                "work_seconds": round(inside, 2),
+            }
+        )
         previous_end = end
     return {
         "run_id": run_id,
@@ -242,6 +251,7 @@ def dag_run(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> dict[str,
         "work_on_path_seconds": round(work, 2),
         "scheduling_gaps_seconds": round(gaps, 2),
         "task_runner_seconds": round(runner, 2),
+        "per_task": per_task,
     }
 
 

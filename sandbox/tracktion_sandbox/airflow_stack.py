@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOW_LATENCY = {
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.05",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    # Plugins (plugins/dr_warm_start.py) imported when each process starts: task
+    # processes fork with the DR library already loaded.
+    "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
 }
 
 

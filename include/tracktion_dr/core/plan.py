@@ -1438,7 +1438,8 @@ def load_plan(path: Path | str | None = None) -> Plan:
             source, [("<file>", f"cannot read the plan file: {exc.strerror}")]
         ) from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml when present: every task parses its DAG file, which loads the plan.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
