@@ -43,16 +43,22 @@ FROM os AS venv
 ARG EXTRA_CA_FILE=.build/extra-ca.crt
 COPY ${EXTRA_CA_FILE} /tmp/extra-ca.crt
 COPY requirements.txt constraints.txt /tmp/req/
-COPY deploy/requirements-celery.txt /tmp/req/deploy/
-# pip trusts the system bundle plus the extra CA (if any) for this stage only.
-RUN cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca.crt > /tmp/pip-ca.crt \
+COPY deploy/requirements-celery.txt deploy/constraints-overrides.txt /tmp/req/deploy/
+# The lock with the image's overrides (deploy/constraints-overrides.txt says why) replacing
+# the same packages' pins. pip trusts the system bundle plus the extra CA (if any) for this
+# stage only. pip and setuptools are pinned: Debian's pip 23.0 cannot resolve pinned extras,
+# and its setuptools 66 cannot make the project's editable install (no bdist_wheel).
+RUN awk -F'==' 'FNR == NR { if ($0 !~ /^#/ && NF == 2) over[tolower($1)] = $0; next } \
+                { name = tolower($1) } name in over { print over[name]; next } { print }' \
+      /tmp/req/deploy/constraints-overrides.txt /tmp/req/constraints.txt > /tmp/req/constraints-image.txt \
+ && cat /etc/ssl/certs/ca-certificates.crt /tmp/extra-ca.crt > /tmp/pip-ca.crt \
  && python3.11 -m venv /opt/venv \
  && PIP_CERT=/tmp/pip-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
-      /opt/venv/bin/pip install -q --upgrade pip \
+      /opt/venv/bin/pip install -q pip==26.3 setuptools==80.9.0 \
  && PIP_CERT=/tmp/pip-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
       /opt/venv/bin/pip install -q \
         -r /tmp/req/requirements.txt -r /tmp/req/deploy/requirements-celery.txt \
-        -c /tmp/req/constraints.txt \
+        -c /tmp/req/constraints-image.txt \
  && rm -f /tmp/pip-ca.crt /tmp/extra-ca.crt \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
