@@ -76,6 +76,8 @@ constraints: install
 # ----------------------------------------------------------------- the docker-compose deployment
 # docker-compose (1.29, Debian's) when installed, else Compose v2 ("docker compose").
 # DEPLOY_PROFILES="topology" adds the production-shaped stand-in hosts.
+# One project name whatever the clone's folder is called (containers tracktion-dr_<service>_1).
+export COMPOSE_PROJECT_NAME ?= tracktion-dr
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
 DEPLOY_PROFILES ?=
 DEPLOY_COMPOSE = $(COMPOSE) $(foreach p,$(DEPLOY_PROFILES),--profile $(p))
