@@ -4,6 +4,10 @@
 #   deploy/airflow.env        every Airflow service and worker: metadata DB and broker URLs,
 #                             Fernet key, JWT secret, API secret key, DR_PLAN
 #   deploy/airflow-admin.env  airflow-init only: the UI/API admin password
+#   deploy/secrets/sandbox-secrets.json
+#                             the `topology` profile's stand-in hosts: the sandbox's secrets
+#                             (PostgreSQL, replication, supervisord passwords), mounted
+#                             read-only into the host containers
 #
 # Both are gitignored and 0600. An existing file is never overwritten (its secrets encrypt
 # connections in the metadata DB and sign tokens): delete it by hand to rotate. The layout
@@ -44,4 +48,29 @@ else
     "$(random_hex)" >"$admin_file.tmp"
   mv "$admin_file.tmp" "$admin_file"
   echo "deploy env: wrote $admin_file (mode 0600)"
+fi
+secrets_file=deploy/secrets/sandbox-secrets.json
+if [ -f "$secrets_file" ]; then
+  echo "deploy env: $secrets_file exists; kept"
+else
+  mkdir -p deploy/secrets
+  # The fields of tracktion_sandbox.secrets.SandboxSecrets.
+  python3 - "$secrets_file.tmp" <<'PY'
+import json
+import secrets
+import sys
+
+fields = {
+    "postgres_password": secrets.token_urlsafe(18),
+    "app_password": secrets.token_urlsafe(18),
+    "replication_password": secrets.token_urlsafe(18),
+    "supervisor_user": "dr",
+    "supervisor_password": secrets.token_urlsafe(18),
+    "webhook_token": secrets.token_urlsafe(24),
+}
+with open(sys.argv[1], "w") as handle:
+    json.dump(fields, handle)
+PY
+  mv "$secrets_file.tmp" "$secrets_file"
+  echo "deploy env: wrote $secrets_file (mode 0600)"
 fi
