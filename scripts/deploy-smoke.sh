@@ -10,7 +10,7 @@ compose=(${COMPOSE:-docker-compose --profile topology})
 url="${AIRFLOW_URL:-http://localhost:8080}"
 password="$(sed -n 's/^AIRFLOW_ADMIN_PASSWORD=//p' deploy/airflow-admin.env)"
 
-for service in airflow-dag-processor airflow-worker db-primary; do
+for service in airflow-dag-processor airflow-worker db-primary db-replica; do
   id="$("${compose[@]}" ps -q "$service")"
   [ -n "$id" ] || { echo "smoke: service $service is not running" >&2; exit 1; }
   docker cp tests/deploy/dags/deploy_smoke.py "$id:/opt/tracktion-dr/dags/deploy_smoke.py"
@@ -61,15 +61,20 @@ while call("GET", run_path, token=token)["state"] not in ("success", "failed"):
         sys.exit("smoke: the run did not finish within 5 minutes")
     time.sleep(5)
 state = call("GET", run_path, token=token)["state"]
-expected = {"on_default_worker": "default", "on_db_primary": "host_db_primary"}
+expected = {
+    "on_default_worker": ("default", None),
+    "on_db_primary": ("host_db_primary", "db-primary"),
+    "on_db_replica": ("host_db_replica", "db-replica"),
+}
 failed = state != "success"
 for ti in call("GET", run_path + "/taskInstances", token=token)["task_instances"]:
     print(f"smoke: {ti['task_id']}: {ti['state']} on {ti['hostname']} (queue {ti['queue']})")
-    failed |= ti["state"] != "success" or ti["queue"] != expected[ti["task_id"]]
-    if ti["task_id"] == "on_db_primary":
-        failed |= ti["hostname"] != "db-primary"
-        xcom = call("GET", run_path + "/taskInstances/on_db_primary/xcomEntries/return_value", token=token)
-        print("smoke: on_db_primary returned", xcom["value"])
+    queue, host = expected[ti["task_id"]]
+    failed |= ti["state"] != "success" or ti["queue"] != queue
+    if host is not None:
+        failed |= ti["hostname"] != host
+        xcom = call("GET", run_path + f"/taskInstances/{ti['task_id']}/xcomEntries/return_value", token=token)
+        print(f"smoke: {ti['task_id']} returned", xcom["value"])
 print("smoke:", state)
 sys.exit(1 if failed else 0)
 PY

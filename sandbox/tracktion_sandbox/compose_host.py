@@ -11,10 +11,14 @@ module is the entry point of such a host container; it builds on the sandbox's o
     programs, the PostgreSQL keeper below and ``airflow celery worker --queues
     host_db_primary``, then becomes ``supervisord -n``.
 
-``python -m tracktion_sandbox.compose_host keep-postgres primary``
-    The keeper: creates the cluster when missing (initdb, roles, schema, seed data, first
-    backups, as ``tracktion_sandbox up`` does), starts it with ``pg_ctl`` and then only waits
-    for the container to stop, when it stops the cluster cleanly. PostgreSQL is not a
+``python -m tracktion_sandbox.compose_host db-replica``
+    The same with the streaming standby and ``--queues host_db_replica``.
+
+``python -m tracktion_sandbox.compose_host keep-postgres primary|replica``
+    The keeper: creates the cluster when missing (primary: initdb, roles, schema, seed data,
+    first backups, as ``tracktion_sandbox up`` does; replica: ``pg_basebackup -R`` from the
+    primary host ``$DR_PRIMARY_HOST``), starts it with ``pg_ctl`` and then only waits for
+    the container to stop, when it stops the cluster cleanly. PostgreSQL is not a
     supervisord program of its own on purpose: the DR tasks on this host stop and start it
     with ``pg_ctl`` (the plan's controller), and a supervisor restarting it behind their
     back would fight a recovery.
@@ -35,15 +39,18 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
+
 from tracktion_sandbox import backups, generate, pg, supervisor
-from tracktion_sandbox.layout import SandboxLayout
+from tracktion_sandbox.layout import PRIMARY_PORT, REPLICATION_USER, SandboxLayout
 from tracktion_sandbox.secrets import load_or_create
 
 log = logging.getLogger("tracktion_sandbox.compose_host")
 
 # Each host's Celery queue; the plan's hosts name the same queues.
-HOST_QUEUES = {"db-primary": "host_db_primary"}
-HOST_CLUSTERS = {"db-primary": "primary"}
+HOST_QUEUES = {"db-primary": "host_db_primary", "db-replica": "host_db_replica"}
+HOST_CLUSTERS = {"db-primary": "primary", "db-replica": "replica"}
+PRIMARY_HOST_ENV = "DR_PRIMARY_HOST"  # where the replica host finds the primary
 NETWORK_CONF_FILE = "compose.conf"  # included after the sandbox's own sandbox.conf
 SEED_SIZE_ENV = "DR_SANDBOX_SEED_SIZE"
 HOST_STOP_SECONDS = 60
@@ -108,10 +115,53 @@ def bring_up_primary(layout: SandboxLayout) -> pg.Cluster:
     return cluster
 
 
+def _clone_primary(layout: SandboxLayout, primary_host: str) -> None:
+    """Make the replica with ``pg_basebackup -R`` from the primary host, as the sandbox's
+    ``pg._create_replica`` does from 127.0.0.1: staging folder, slot, then rename."""
+    secrets = load_or_create(layout)
+    bindir = pg.require_server_binaries()
+    cluster = pg.clusters(layout)["replica"]
+    pg._check_empty_target(cluster)
+    staging = pg._discard_staging(cluster)
+    log.info("cloning the primary on %s into %s", primary_host, cluster.data_dir)
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=primary_host,
+        port=str(PRIMARY_PORT),
+        user=REPLICATION_USER,
+        application_name=pg.REPLICA_APPLICATION_NAME,
+    )
+    argv = [
+        str(bindir / "pg_basebackup"),
+        "-D",
+        str(staging),
+        "--write-recovery-conf",
+        "--wal-method=stream",
+        f"--slot={pg.REPLICA_SLOT}",
+        "--checkpoint=fast",
+        "--no-password",
+        f"--dbname={conninfo}",
+    ]
+    env = {**os.environ, "PGPASSWORD": secrets.replication_password}
+    pg.run(pg.as_postgres(argv), what="pg_basebackup of the replica", env=env, cwd=layout.pg_root)
+    pg.write_config(cluster, layout, staging)
+    os.replace(staging, cluster.data_dir)
+
+
+def bring_up_replica(layout: SandboxLayout) -> pg.Cluster:
+    """Clone (first start only) and start the streaming standby of the primary host."""
+    pg.require_server_binaries()
+    pg.prepare_directories(layout)
+    cluster = pg.clusters(layout)["replica"]
+    if not cluster.initialized:
+        _clone_primary(layout, os.environ.get(PRIMARY_HOST_ENV, "db-primary"))
+    _network_settings(cluster)
+    pg.start_cluster(layout, "replica")
+    _network_hba(cluster)
+    return cluster
+
+
 def keep_postgres(layout: SandboxLayout, name: str) -> int:
     """Bring the cluster up, then hold until SIGTERM/SIGINT and stop it cleanly."""
-    if name != "primary":
-        raise SystemExit(f"keep-postgres: no stand-in host runs the {name!r} cluster yet")
     # The worker's Airflow settings (metadata DB URL, keys) are in this container's
     # environment; the server and its archive_command have no use for them.
     for key in [k for k in os.environ if k.startswith("AIRFLOW")]:
@@ -119,7 +169,7 @@ def keep_postgres(layout: SandboxLayout, name: str) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    cluster = bring_up_primary(layout)
+    cluster = bring_up_primary(layout) if name == "primary" else bring_up_replica(layout)
     log.info("the %s cluster is up; waiting for the container to stop", cluster.name)
     stop.wait()
     log.info("stopping the %s cluster", cluster.name)
@@ -185,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tracktion_sandbox.compose_host", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     keep = sub.add_parser("keep-postgres", help="bring a cluster up and hold it")
-    keep.add_argument("cluster", choices=["primary"])
+    keep.add_argument("cluster", choices=sorted(HOST_CLUSTERS.values()))
     for host in HOST_QUEUES:
         sub.add_parser(host, help=f"run the {host} host (supervisord in the foreground)")
     args = parser.parse_args(argv)

@@ -27,7 +27,14 @@ def deploy_smoke():
         version = (data_dir / "PG_VERSION").read_text().strip()
         return {"hostname": socket.gethostname(), "data_dir": str(data_dir), "pg": version}
 
-    on_default_worker() >> on_db_primary()
+    @task(queue="host_db_replica")
+    def on_db_replica() -> dict[str, str]:
+        home = Path(os.environ.get("DR_SANDBOX_HOME", "/srv/tracktion"))
+        data_dir = home / "pg" / "replica"
+        standby = (data_dir / "standby.signal").exists()
+        return {"hostname": socket.gethostname(), "data_dir": str(data_dir), "standby": standby}
+
+    on_default_worker() >> [on_db_primary(), on_db_replica()]
 
 
 deploy_smoke()
