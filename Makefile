@@ -85,6 +85,7 @@ DEPLOY_WAIT_SECONDS ?= 900
 
 # The base image (debootstrap when no registry answers), then the project image.
 deploy-image:
+	@bash scripts/ensure-docker.sh
 	@bash scripts/build-image.sh
 
 # The env files with random secrets (kept when they exist).
