@@ -3,6 +3,7 @@
 #   make test     install, start what the tests need, run the whole suite
 #   make airflow  airflow standalone wired to the sandbox (UI on http://localhost:8080)
 #   make shell    a shell where plain "airflow ..." commands act on the sandbox
+#   make deploy-up    the docker-compose deployment (CeleryExecutor): build, start, wait healthy
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
@@ -12,10 +13,11 @@ ENV := . sandbox/env.sh &&
 PYTEST_ARGS ?=
 
 .PHONY: help install postgres chromium demo-pitr sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
-        demo test lint airflow shell bench constraints
+        demo test lint airflow shell bench constraints \
+        deploy-image deploy-env deploy-up deploy-down deploy-status
 
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# *//'
+	@sed -n '2,7p' Makefile | sed 's/^# *//'
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,3 +72,35 @@ shell: install
 # Regenerate the lock file from the current venv (after changing requirements.txt).
 constraints: install
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^tracktion-dr' > constraints.txt
+
+# ----------------------------------------------------------------- the docker-compose deployment
+# docker-compose (1.29, Debian's) when installed, else Compose v2 ("docker compose").
+# DEPLOY_PROFILES="topology" adds the production-shaped stand-in hosts.
+# One project name whatever the clone's folder is called (containers tracktion-dr_<service>_1).
+export COMPOSE_PROJECT_NAME ?= tracktion-dr
+COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
+DEPLOY_PROFILES ?=
+DEPLOY_COMPOSE = $(COMPOSE) $(foreach p,$(DEPLOY_PROFILES),--profile $(p))
+DEPLOY_WAIT_SECONDS ?= 900
+
+# The base image (debootstrap when no registry answers), then the project image.
+deploy-image:
+	@bash scripts/ensure-docker.sh
+	@bash scripts/build-image.sh
+
+# The env files with random secrets (kept when they exist).
+deploy-env:
+	@bash scripts/deploy-env.sh
+
+deploy-up: deploy-image deploy-env
+	$(DEPLOY_COMPOSE) up -d
+	@COMPOSE="$(DEPLOY_COMPOSE)" bash scripts/deploy-wait.sh $(DEPLOY_WAIT_SECONDS)
+	@echo "Airflow UI and REST API: http://localhost:$${AIRFLOW_PORT:-8080} (user admin;" \
+	  "password: grep AIRFLOW_ADMIN_PASSWORD deploy/airflow-admin.env)"
+
+# Stop and remove the containers; the volumes (metadata DB, logs, hosts' data) are kept.
+deploy-down:
+	$(DEPLOY_COMPOSE) --profile topology down
+
+deploy-status:
+	@$(DEPLOY_COMPOSE) ps
