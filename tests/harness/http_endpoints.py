@@ -10,6 +10,7 @@ Prints the port it listens on (one line, then flushes) and serves until killed:
                          batch probed one endpoint after another shows a peak of 1);
 - ``/drip/...``          sends a 200's headers, then one body byte every 0.2 s, forever:
                          each read is quick, only a bound on the whole request ends it;
+- ``/close/...``         reads the request and closes the connection without a word;
 - ``/status/<code>``     answers ``<code>`` with a small JSON body naming it;
 - anything else          answers 200 ``{"status":"healthy"}``.
 
@@ -65,6 +66,8 @@ async def _answer(path: str, reader: asyncio.StreamReader, writer: asyncio.Strea
     parts = path.split("/")
     if path.startswith("/hang"):
         await _hang(parts[2] if len(parts) > 2 else "", reader)
+    if path.startswith("/close"):
+        raise ConnectionError("closing without an answer")
     if path.startswith("/drip"):
         writer.write(_response(200, b"", content_length=1_000_000))
         while True:

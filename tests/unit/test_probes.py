@@ -1,6 +1,7 @@
 """Probes against a real HTTP server in another process (tests/harness/http_endpoints.py):
 healthy endpoints, failing ones, ones that accept the request and never answer, one that
-trickles its body forever, and a closed port; plus checks that run in threads.
+trickles its body forever, one that hangs up, and a closed port; plus checks that run in
+threads.
 
 No wall-clock asserts (bench/bench_assessment_probes.py measures time): that the batch
 ends at its deadline is shown by results that could not exist otherwise (a blocked check
@@ -92,6 +93,8 @@ def test_a_mixed_batch_gets_one_right_result_per_target_in_order(
         ProbeTarget("hung-2", "service", http_health(f"{endpoints}/hang/{group}/2"), 1),
         ProbeTarget("dripping", "service", http_health(f"{endpoints}/drip/1"), 1),
         ProbeTarget("crashing", "service", crashes, 1),
+        ProbeTarget("closes", "service", http_health(f"{endpoints}/close/1"), 1),
+        ProbeTarget("not-http", "external", http_health("ftp://127.0.0.1/health"), 1),
         ProbeTarget("missing-disk", "storage", storage_writable(tmp_path / "nope"), 1),
         ProbeTarget("healthy-3", "service", http_health(f"{endpoints}/health/3"), 1),
     ]
@@ -110,6 +113,10 @@ def test_a_mixed_batch_gets_one_right_result_per_target_in_order(
         "DOWN",
         "connection refused",
     )
+    assert by_name["closes"].status == "DOWN"
+    assert by_name["closes"].detail == "the server closed the connection without answering"
+    assert by_name["not-http"].status == "DOWN"
+    assert by_name["not-http"].detail == "not an http(s) URL: ftp://127.0.0.1/health"
     assert by_name["crashing"].status == "DOWN"
     assert by_name["crashing"].detail == "probe error: RuntimeError: boom"
     assert by_name["disk"].status == "OPERATIONAL" and "writable" in by_name["disk"].detail
@@ -184,6 +191,18 @@ def test_an_http_check_called_on_its_own(endpoints, closed_port):
         http_health(f"http://127.0.0.1:{closed_port}/")(1)
     with pytest.raises(ProbeFailure, match=r"^HTTP 500: "):
         http_health(f"{endpoints}/status/500")(1)
+
+
+def test_the_proxy_settings_of_the_environment_apply(endpoints, closed_port, monkeypatch):
+    """HTTP_PROXY is honoured (here a proxy that refuses), and NO_PROXY exempts a host."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    through_proxy = ProbeTarget("via-proxy", "service", http_health(f"{endpoints}/health/p"), 1)
+    assert run_probes([through_proxy])[0].detail == "connection refused"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert run_probes([through_proxy])[0].detail == "HTTP 200"
 
 
 def test_probes_called_from_inside_an_event_loop(endpoints):

@@ -6,14 +6,19 @@ probes runs at once and ends at its deadline (the slowest probe's timeout plus a
 grace), not after the sum: a probe that has not answered by then is reported DOWN with
 "no answer within Ns" while the others are already done.
 
-HTTP probes (``http_health``) run together in one event loop with one TLS context, on
-async clients of up to ``PROBES_PER_CLIENT`` connections (one per endpoint), each request
-bounded as a whole by its probe's timeout. The first version ran every probe in its own
-thread with its own client (a TLS context each): 200 threads doing that starved the thread
-that should end the batch, and 200 endpoints took 5-16 s for a 2 s timeout
-(bench/results/assessment_probes_before.md; now bench/results/assessment_probes.md). The
-other checks (PostgreSQL, storage, anything given as a plain function) are few and run in
-threads beside the loop, up to the same deadline.
+HTTP probes (``http_health``) share one client session per batch (aiohttp, Airflow's own
+async HTTP client: the http and slack providers require it), one connection per endpoint,
+in one event loop, each request bounded as a whole by its probe's timeout. The loop has a
+thread of its own and the calling thread keeps the batch deadline, so a loop slowed by a
+starved CPU cannot lengthen the batch. The other checks (PostgreSQL, storage, anything
+given as a plain function) are few and run in threads beside it, up to the same deadline.
+
+Why not a thread and a client per probe (the first version): 200 threads building 200
+clients (a TLS context each) starved the thread that should end the batch, and 200
+endpoints took 5-16 s for a 2 s timeout (bench/results/assessment_probes_before.md). Why
+not httpx's AsyncClient: for 1,000 endpoints it spent about three times the CPU (1.4-2.1 s
+against 0.4-0.6 s here), and on a busy 2-core host that is past a 2 s timeout, so healthy
+endpoints were reported as not answering (bench/results/assessment_probes.md).
 """
 
 from __future__ import annotations
@@ -24,20 +29,26 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import httpx
 import psycopg
 
 from tracktion_dr.core.errors import DrError
+
+if TYPE_CHECKING:  # imported where used: DAG files import this module at parse time
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +59,12 @@ Kind = Literal["service", "database", "storage", "external"]
 DEADLINE_GRACE_SECONDS = 0.5
 # Time given to abandoned HTTP requests to unwind (close their sockets) after the deadline.
 UNWIND_SECONDS = 0.2
-# HTTP probes per client of a batch. httpcore's pool scans all its connections whenever a
-# request starts or ends: one pool of 1,000 connections spent 2.2 s of CPU (24 s with
-# keep-alive) on 1,000 requests, past a 2 s timeout on a busy host; pools of 50 keep that
-# bookkeeping linear in the batch.
-PROBES_PER_CLIENT = 50
+# Requests started before the loop turns to the answers already in: started all at once,
+# 1,000 requests are all connected before the first answer is read (about 0.7 s here), and
+# on a starved CPU none is read before the timeout. In turns, the early ones end early.
+STARTS_PER_LOOP_TURN = 50
 # Threads resolving host names for one batch (the event loop's DNS lookups block a thread).
 MAX_RESOLVER_THREADS = 32
-
-T = TypeVar("T")
 
 
 class ProbeFailure(DrError):
@@ -98,34 +106,45 @@ class HttpHealthCheck:
 
     A check like any other (``check(timeout) -> detail``, raises ``ProbeFailure``), so it
     can be called on its own; ``run_probes`` recognises it and runs all of a batch's HTTP
-    checks in one event loop on shared async clients, not a thread and a client each."""
+    checks in one event loop on one client session, not a thread and a client each."""
 
     url: str
 
     def __call__(self, timeout: float) -> str:
-        return _run_in_new_loop(self._alone(timeout))
+        started = time.monotonic()
+        alone = ProbeTarget(self.url, "service", self, timeout)
+        deadline = started + timeout + DEADLINE_GRACE_SECONDS
+        result = _run_http_probes({0: alone}, started, deadline, "").get(0)
+        if result is None:
+            raise ProbeFailure(_no_answer(timeout))
+        if not result.healthy:
+            raise ProbeFailure(result.detail)
+        return result.detail
 
-    async def _alone(self, timeout: float) -> str:
-        async with httpx.AsyncClient(follow_redirects=False) as client:
-            try:
-                async with asyncio.timeout(timeout):
-                    return await self.fetch(client, timeout)
-            except TimeoutError:
-                raise ProbeFailure(_no_answer(timeout)) from None
+    async def fetch(
+        self, session: aiohttp.ClientSession, timeout: float, proxy: str | None = None
+    ) -> str:
+        """One GET on ``session``, its body read whole (a service that sends its headers
+        and stalls has not answered). The caller bounds the whole request by the probe's
+        deadline; ``total`` here is only a second belt."""
+        import aiohttp
 
-    async def fetch(self, client: httpx.AsyncClient, timeout: float) -> str:
-        """One GET on ``client``. httpx bounds each phase (connect, each read) by
-        ``timeout``; the caller bounds the whole request (a body trickling in byte by byte
-        never trips a per-read timeout)."""
         try:
-            response = await client.get(self.url, timeout=timeout)
-        except httpx.TimeoutException:
+            async with session.get(
+                self.url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                proxy=proxy,
+            ) as response:
+                body = await response.read()
+        except TimeoutError:
             raise ProbeFailure(_no_answer(timeout)) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise ProbeFailure(_describe_http_error(exc)) from None
-        if not response.is_success:
-            raise ProbeFailure(f"HTTP {response.status_code}: {response.text.strip()[:160]}")
-        return f"HTTP {response.status_code}"
+        if not 200 <= response.status < 300:
+            text = body.decode("utf-8", "replace").strip()[:160]
+            raise ProbeFailure(f"HTTP {response.status}: {text}")
+        return f"HTTP {response.status}"
 
 
 def http_health(url: str) -> HttpHealthCheck:
@@ -137,22 +156,31 @@ def _no_answer(timeout: float) -> str:
     return f"no answer within {timeout:g}s"
 
 
-def _describe_http_error(exc: httpx.HTTPError) -> str:
-    """The cause an operator can act on, found anywhere in the exception's chain (the async
-    transport wraps the socket error in "All connection attempts failed")."""
+def _describe_http_error(exc: aiohttp.ClientError) -> str:
+    """The cause an operator can act on, found anywhere in the exception's chain."""
+    import aiohttp
+
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(10):  # a chain is short; never loop on a cyclic one
+        if seen is None:
+            break
         if isinstance(seen, ConnectionRefusedError):
             return "connection refused"
         if isinstance(seen, ConnectionResetError):
             return "connection reset by the server"
         if isinstance(seen, socket.gaierror):
             return f"host name does not resolve: {seen.strerror or seen}"[:160]
+        if isinstance(seen, aiohttp.ClientConnectorError) and seen.os_error is not seen:
+            seen = seen.os_error
+            continue
         seen = seen.__cause__ or seen.__context__
-    text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "[Errno 111]" in text:
-        return "connection refused"
-    return text[:160]
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        return f"not an http(s) URL: {exc}"[:160]
+    if isinstance(exc, aiohttp.InvalidUrlClientError):
+        return f"invalid URL: {exc}"[:160]
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    return (str(exc) or type(exc).__name__)[:160]
 
 
 def postgres_ready(conninfo: str) -> Callable[[float], str]:
@@ -247,7 +275,11 @@ def _run_one(target: ProbeTarget) -> ProbeResult:
 
 
 async def _probe_http(
-    client: httpx.AsyncClient, target: ProbeTarget, started: float, checked_at: str
+    session: aiohttp.ClientSession,
+    target: ProbeTarget,
+    proxy: str | None,
+    started: float,
+    checked_at: str,
 ) -> ProbeResult:
     check = cast(HttpHealthCheck, target.check)  # only HTTP checks are batched here
     # The deadline counts from the batch's start, not from when this coroutine first runs:
@@ -255,7 +287,7 @@ async def _probe_http(
     deadline = asyncio.get_running_loop().time() + started + target.timeout - time.monotonic()
     try:
         async with asyncio.timeout_at(deadline):
-            detail = await check.fetch(client, target.timeout)
+            detail = await check.fetch(session, target.timeout, proxy)
         return _result(target, "OPERATIONAL", detail, started, checked_at)
     except TimeoutError:
         return _result(
@@ -268,67 +300,108 @@ async def _probe_http(
 
 
 async def _probe_http_batch(
-    targets: dict[int, ProbeTarget], started: float, batch_deadline: float, checked_at: str
-) -> dict[int, ProbeResult]:
-    """Every HTTP probe of the batch in one event loop; those unfinished at the batch
-    deadline are left out (the caller reports them as not answering)."""
-    # One TLS context for the batch: building one (loading the CA bundle) is what made a
-    # client per probe expensive.
-    tls = httpx.create_ssl_context()
+    targets: dict[int, ProbeTarget],
+    started: float,
+    checked_at: str,
+    results: dict[int, ProbeResult],
+) -> None:
+    """Every HTTP probe of the batch at once on one client session, each result put in
+    ``results`` (index -> result) as it comes; returns when all have ended, each at its own
+    deadline at the latest (the caller may cancel it earlier)."""
+    import aiohttp
+
     items = list(targets.items())
-    async with contextlib.AsyncExitStack() as clients:
-        tasks: dict[int, asyncio.Task[ProbeResult]] = {}
-        for first in range(0, len(items), PROBES_PER_CLIENT):
-            share = items[first : first + PROBES_PER_CLIENT]
-            client = await clients.enter_async_context(
-                httpx.AsyncClient(
-                    verify=tls,
-                    follow_redirects=False,
-                    # A connection per probe (a hung endpoint never makes another wait for
-                    # the pool), closed after its one answer (no idle ones to sweep).
-                    limits=httpx.Limits(max_connections=len(share), max_keepalive_connections=0),
-                )
-            )
-            for index, target in share:
-                tasks[index] = asyncio.create_task(_probe_http(client, target, started, checked_at))
-        done, pending = await asyncio.wait(
-            tasks.values(), timeout=max(0.0, batch_deadline - time.monotonic())
-        )
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=UNWIND_SECONDS)
-        return {index: task.result() for index, task in tasks.items() if task in done}
+    tasks: list[asyncio.Task[None]] = []
 
+    proxies: dict[tuple[str, str], str | None] = {}
 
-def _run_in_new_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` in an event loop of its own, from synchronous code.
+    async def probe_into_results(index: int, session: aiohttp.ClientSession, target):
+        proxy = _proxy_from_environment(cast(HttpHealthCheck, target.check).url, proxies)
+        results[index] = await _probe_http(session, target, proxy, started, checked_at)
 
-    Not ``asyncio.run``: on the way out it waits for the loop's resolver threads, so one
-    hung DNS lookup would hold the batch for minutes. Here they are abandoned (they end on
-    their own). From a thread that already runs a loop, a helper thread runs it."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dr-probe-loop") as helper:
-            return helper.submit(_run_in_new_loop, coroutine).result()
+        connector = aiohttp.TCPConnector(
+            # A connection per probe, so a hung endpoint never makes another wait for one;
+            # closed after its one answer.
+            limit=len(items),
+            force_close=True,
+            # The trust store of the project's other HTTP calls (httpx: certifi, or
+            # SSL_CERT_FILE / SSL_CERT_DIR), built once for the batch.
+            ssl=httpx.create_ssl_context(),
+        )
+        # Not trust_env: it reads ~/.netrc (credentials a health probe must not send) and
+        # the proxy settings in a thread for every request; the proxy is looked up once
+        # per host instead (_proxy_from_environment).
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            try:
+                for count, (index, target) in enumerate(items, start=1):
+                    tasks.append(asyncio.create_task(probe_into_results(index, session, target)))
+                    if count % STARTS_PER_LOOP_TURN == 0:
+                        await asyncio.sleep(0)
+                await asyncio.wait(tasks)
+            finally:  # cancelled at the batch deadline: let the requests close their sockets
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=UNWIND_SECONDS)
+    except Exception as exc:  # no session could be built (TLS, proxy settings): say why
+        for index, target in items:
+            detail = _failure_detail(exc)
+            failing = _result(target, target.status_when_failing, detail, started, checked_at)
+            results.setdefault(index, failing)
+
+
+def _proxy_from_environment(url: str, seen: dict[tuple[str, str], str | None]) -> str | None:
+    """The proxy ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY`` name for ``url``, as httpx
+    and curl read them; looked up once per scheme and host of a batch (``seen``)."""
+    parts = urllib.parse.urlsplit(url)
+    key = (parts.scheme, parts.hostname or "")
+    if key not in seen:
+        proxies = urllib.request.getproxies_environment()
+        proxy = proxies.get(parts.scheme)
+        if proxy and urllib.request.proxy_bypass_environment(key[1], proxies):
+            proxy = None
+        seen[key] = proxy
+    return seen[key]
+
+
+def _run_http_probes(
+    targets: dict[int, ProbeTarget], started: float, deadline: float, checked_at: str
+) -> dict[int, ProbeResult]:
+    """The results of the HTTP probes that ended by ``deadline`` (index -> result).
+
+    The event loop runs in a thread of its own and this thread keeps the deadline: a loop
+    busy with a thousand requests on a starved CPU notices its own timers late, a waiting
+    thread does not. At the deadline the loop is told to stop and left to unwind alone."""
+    results: dict[int, ProbeResult] = {}
     loop = asyncio.new_event_loop()
+    batch = loop.create_task(_probe_http_batch(targets, started, checked_at, results))
+    runner = threading.Thread(
+        target=_run_until_done, args=(loop, batch), name="dr-probe-loop", daemon=True
+    )
+    runner.start()
+    runner.join(timeout=max(0.0, deadline - time.monotonic()))
+    if runner.is_alive():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to stop
+            loop.call_soon_threadsafe(batch.cancel)
+    return dict(results)  # a copy: a late answer must not change what was reported
+
+
+def _run_until_done(loop: asyncio.AbstractEventLoop, batch: asyncio.Task[None]) -> None:
+    asyncio.set_event_loop(loop)
+    # The loop's DNS lookups block threads of its default executor; more than the
+    # default few, so a slow resolver does not queue the whole batch behind it.
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=MAX_RESOLVER_THREADS, thread_name_prefix="dr-probe-dns")
     )
     try:
-        return loop.run_until_complete(coroutine)
+        loop.run_until_complete(batch)
+    except asyncio.CancelledError:
+        pass  # the batch deadline
     finally:
-        try:
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            if leftovers:
-                loop.run_until_complete(asyncio.wait(leftovers, timeout=UNWIND_SECONDS))
-        finally:
-            loop.close()  # shuts the resolver threads down without waiting for them
+        # Not asyncio.run(): on the way out it waits for resolver threads, so a hung DNS
+        # lookup would hold this thread for minutes. loop.close() does not wait for them.
+        loop.close()
 
 
 def run_probes(targets: Iterable[ProbeTarget]) -> list[ProbeResult]:
@@ -353,7 +426,7 @@ def run_probes(targets: Iterable[ProbeTarget]) -> list[ProbeResult]:
     try:
         results: dict[int, ProbeResult] = {}
         if http:
-            results.update(_run_in_new_loop(_probe_http_batch(http, started, deadline, checked_at)))
+            results.update(_run_http_probes(http, started, deadline, checked_at))
         wait_for(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
         results.update({i: f.result() for i, f in futures.items() if f.done()})
     finally:
