@@ -16,9 +16,10 @@ given as a plain function) are few and run in threads beside it, up to the same 
 Why not a thread and a client per probe (the first version): 200 threads building 200
 clients (a TLS context each) starved the thread that should end the batch, and 200
 endpoints took 5-16 s for a 2 s timeout (bench/results/assessment_probes_before.md). Why
-not httpx's AsyncClient: for 1,000 endpoints it spent about three times the CPU (1.4-2.1 s
-against 0.4-0.6 s here), and on a busy 2-core host that is past a 2 s timeout, so healthy
-endpoints were reported as not answering (bench/results/assessment_probes.md).
+not httpx's AsyncClient: for 1,000 endpoints it spent two to four times the CPU (1.1-2.1 s
+against 0.5-0.6 s here, measured side by side), and on a busy 2-core host that is past a
+2 s timeout: healthy endpoints were reported as not answering. This version's numbers:
+bench/results/assessment_probes.md.
 """
 
 from __future__ import annotations
