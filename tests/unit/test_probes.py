@@ -1,17 +1,30 @@
-"""Probes against real loopback endpoints: a healthy one, a failing one, one that accepts
-connections and never answers, and a closed port."""
+"""Probes against a real HTTP server in another process (tests/harness/http_endpoints.py):
+healthy endpoints, failing ones, ones that accept the request and never answer, one that
+trickles its body forever, one that hangs up, and a closed port; plus checks that run in
+threads.
+
+No wall-clock asserts (bench/bench_assessment_probes.py measures time): that the batch
+ends at its deadline is shown by results that could not exist otherwise (a blocked check
+reported as not answering while it is still blocked; the server's count of requests that
+waited at once)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
+import subprocess
+import sys
 import threading
-import time
+import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tracktion_dr.services.probes import (
+    ProbeFailure,
     ProbeTarget,
     http_health,
     overall_status,
@@ -20,37 +33,19 @@ from tracktion_dr.services.probes import (
     storage_writable,
 )
 
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        code = 200 if self.path == "/health" else 503
-        body = b'{"status":"healthy"}' if code == 200 else b'{"status":"unhealthy","reason":"db"}'
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+SERVER = Path(__file__).resolve().parents[1] / "harness" / "http_endpoints.py"
 
 
 @pytest.fixture(scope="module")
-def http_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-@pytest.fixture()
-def hanging_endpoint() -> Iterator[str]:
-    """Accepts TCP connections (the kernel completes the handshake) and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/health"
-    listener.close()
+def endpoints() -> Iterator[str]:
+    """Base URL of the endpoint server, started in its own process on a free port."""
+    server = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = server.stdout.readline().strip()
+    assert port.isdigit(), f"the endpoint server did not start: {port!r}"
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(10)
 
 
 @pytest.fixture()
@@ -62,59 +57,165 @@ def closed_port() -> int:
     return port
 
 
-def test_statuses_and_details(http_server, hanging_endpoint, closed_port, tmp_path):
-    results = run_probes(
-        [
-            ProbeTarget("healthy", "service", http_health(f"{http_server}/health"), 2),
-            ProbeTarget("failing", "service", http_health(f"{http_server}/broken"), 2),
-            ProbeTarget("hung", "service", http_health(hanging_endpoint), 1),
-            ProbeTarget("refused", "service", http_health(f"http://127.0.0.1:{closed_port}/"), 2),
-            ProbeTarget("external", "external", http_health(hanging_endpoint), 1, "DEGRADED"),
-            ProbeTarget("disk", "storage", storage_writable(tmp_path), 2),
-            ProbeTarget("missing-disk", "storage", storage_writable(tmp_path / "nope"), 2),
-        ]
-    )
+@pytest.fixture()
+def blocked_check() -> Iterator[object]:
+    """A check that blocks its thread until the test ends (at most 60 s), then answers:
+    reported as not answering only if the batch ended without waiting for it."""
+    release = threading.Event()
+
+    def check(timeout: float) -> str:
+        release.wait(60)
+        return "answered after the batch"
+
+    yield check
+    release.set()
+
+
+def hanging_peak(base_url: str, group: str) -> int:
+    return httpx.get(f"{base_url}/stats/{group}", timeout=5).json()["hanging_peak"]
+
+
+def test_a_mixed_batch_gets_one_right_result_per_target_in_order(
+    endpoints, closed_port, blocked_check, tmp_path
+):
+    def crashes(timeout: float) -> str:
+        raise RuntimeError("boom")
+
+    group = uuid.uuid4().hex
+    targets = [
+        ProbeTarget("healthy-1", "service", http_health(f"{endpoints}/health/1"), 1),
+        ProbeTarget("hung-1", "service", http_health(f"{endpoints}/hang/{group}/1"), 1),
+        ProbeTarget("disk", "storage", storage_writable(tmp_path), 1),
+        ProbeTarget("error-500", "service", http_health(f"{endpoints}/status/500"), 1),
+        ProbeTarget("healthy-2", "service", http_health(f"{endpoints}/health/2"), 1),
+        ProbeTarget("blocked-thread", "database", blocked_check, 1),
+        ProbeTarget("refused", "service", http_health(f"http://127.0.0.1:{closed_port}/"), 1),
+        ProbeTarget("hung-2", "service", http_health(f"{endpoints}/hang/{group}/2"), 1),
+        ProbeTarget("dripping", "service", http_health(f"{endpoints}/drip/1"), 1),
+        ProbeTarget("crashing", "service", crashes, 1),
+        ProbeTarget("closes", "service", http_health(f"{endpoints}/close/1"), 1),
+        ProbeTarget("not-http", "external", http_health("ftp://127.0.0.1/health"), 1),
+        ProbeTarget("missing-disk", "storage", storage_writable(tmp_path / "nope"), 1),
+        ProbeTarget("healthy-3", "service", http_health(f"{endpoints}/health/3"), 1),
+    ]
+    results = run_probes(targets)
+    assert [r.name for r in results] == [t.name for t in targets], "one each, in input order"
     by_name = {r.name: r for r in results}
-    assert [r.name for r in results] == list(by_name), "results keep the targets' order"
-    assert by_name["healthy"].status == "OPERATIONAL"
-    assert by_name["failing"].status == "DOWN"
-    assert "HTTP 503" in by_name["failing"].detail and "db" in by_name["failing"].detail
-    assert by_name["hung"].status == "DOWN"
-    assert by_name["hung"].detail == "no answer within 1s"
-    assert by_name["refused"].detail == "connection refused"
-    assert by_name["external"].status == "DEGRADED"
+
+    for name in ("healthy-1", "healthy-2", "healthy-3"):
+        assert (by_name[name].status, by_name[name].detail) == ("OPERATIONAL", "HTTP 200")
+    for name in ("hung-1", "hung-2", "dripping", "blocked-thread"):
+        assert (by_name[name].status, by_name[name].detail) == ("DOWN", "no answer within 1s")
+    assert by_name["error-500"].status == "DOWN"
+    assert by_name["error-500"].detail.startswith("HTTP 500: ")
+    assert json.loads(by_name["error-500"].detail.removeprefix("HTTP 500: "))["code"] == 500
+    assert (by_name["refused"].status, by_name["refused"].detail) == (
+        "DOWN",
+        "connection refused",
+    )
+    assert by_name["closes"].status == "DOWN"
+    assert by_name["closes"].detail == "the server closed the connection without answering"
+    assert by_name["not-http"].status == "DOWN"
+    assert by_name["not-http"].detail == "not an http(s) URL: ftp://127.0.0.1/health"
+    assert by_name["crashing"].status == "DOWN"
+    assert by_name["crashing"].detail == "probe error: RuntimeError: boom"
     assert by_name["disk"].status == "OPERATIONAL" and "writable" in by_name["disk"].detail
     assert by_name["missing-disk"].status == "DOWN"
     assert list(tmp_path.iterdir()) == [], "the writability probe cleans up after itself"
     assert overall_status(results) == "DOWN"
-    table = render_table(results)
-    assert "❌ DOWN" in table and "✅ OPERATIONAL" in table and "⚠️  DEGRADED" in table
 
 
-def test_hung_endpoints_are_probed_concurrently(hanging_endpoint):
-    """Five endpoints that never answer, 2 s timeout each: probed one after the other they
-    would take 10 s. Concurrent probing takes about one timeout. The bound below is loose on
-    purpose (this checks concurrency, not speed; bench/ measures speed)."""
-    timeout, count = 2.0, 5
-    started = time.monotonic()
+def test_every_hung_endpoint_is_waited_on_at_once(endpoints):
+    """Sixty endpoints that never answer: the server saw all sixty requests waiting at the
+    same moment (probed one after another, it would have seen one at a time)."""
+    group = uuid.uuid4().hex
+    count = 60
+    targets = [
+        ProbeTarget(f"hung-{i}", "service", http_health(f"{endpoints}/hang/{group}/{i}"), 1)
+        for i in range(count)
+    ]
+    results = run_probes(targets)
+    assert [(r.name, r.status, r.detail) for r in results] == [
+        (t.name, "DOWN", "no answer within 1s") for t in targets
+    ]
+    assert hanging_peak(endpoints, group) == count
+
+
+def test_a_large_batch_with_a_tenth_hung(endpoints):
+    """Three hundred endpoints (more than one client's share), every tenth hung: every
+    healthy one is UP and every hung one DOWN, each in its place."""
+    group = uuid.uuid4().hex
+    targets = []
+    for i in range(300):
+        path = f"/hang/{group}/{i}" if i % 10 == 9 else f"/health/{i}"
+        targets.append(ProbeTarget(f"endpoint-{i}", "service", http_health(endpoints + path), 2))
+    results = run_probes(targets)
+    assert [r.name for r in results] == [t.name for t in targets]
+    for i, result in enumerate(results):
+        expected = ("DOWN", "no answer within 2s") if i % 10 == 9 else ("OPERATIONAL", "HTTP 200")
+        assert (result.status, result.detail) == expected, result.name
+    assert hanging_peak(endpoints, group) == 30
+
+
+def test_failing_status_follows_the_target(endpoints):
+    """An external dependency that does not answer degrades, it does not take us down."""
+    group = uuid.uuid4().hex
     results = run_probes(
         [
-            ProbeTarget(f"hung-{i}", "service", http_health(hanging_endpoint), timeout)
-            for i in range(count)
+            ProbeTarget("svc", "service", http_health(f"{endpoints}/status/503"), 1),
+            ProbeTarget(
+                "external:cdn",
+                "external",
+                http_health(f"{endpoints}/hang/{group}/1"),
+                1,
+                "DEGRADED",
+            ),
         ]
     )
-    elapsed = time.monotonic() - started
-    assert all(r.status == "DOWN" for r in results)
-    assert elapsed < timeout * count / 2, f"took {elapsed:.1f}s: probes ran one after another"
+    assert [r.status for r in results] == ["DOWN", "DEGRADED"]
+    assert results[0].detail.startswith("HTTP 503: ")
+    assert overall_status(results[1:]) == "DEGRADED"
+    table = render_table(results)
+    assert "❌ DOWN" in table and "⚠️  DEGRADED" in table
 
 
-def test_a_crashing_check_is_reported_not_raised():
-    def explode(timeout: float) -> str:
-        raise RuntimeError("boom")
+def test_an_http_check_called_on_its_own(endpoints, closed_port):
+    """Callers outside a batch (third-party probes, service checks) call the check itself;
+    the whole request is bounded, even a body that trickles in forever."""
+    assert http_health(f"{endpoints}/health/alone")(1) == "HTTP 200"
+    with pytest.raises(ProbeFailure, match=r"^no answer within 1s$"):
+        http_health(f"{endpoints}/hang/{uuid.uuid4().hex}/alone")(1)
+    with pytest.raises(ProbeFailure, match=r"^no answer within 1s$"):
+        http_health(f"{endpoints}/drip/alone")(1)
+    with pytest.raises(ProbeFailure, match=r"^connection refused$"):
+        http_health(f"http://127.0.0.1:{closed_port}/")(1)
+    with pytest.raises(ProbeFailure, match=r"^HTTP 500: "):
+        http_health(f"{endpoints}/status/500")(1)
 
-    (result,) = run_probes([ProbeTarget("weird", "service", explode, 1)])
-    assert result.status == "DOWN"
-    assert "RuntimeError: boom" in result.detail
+
+def test_the_proxy_settings_of_the_environment_apply(endpoints, closed_port, monkeypatch):
+    """HTTP_PROXY is honoured (here a proxy that refuses), and NO_PROXY exempts a host."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    through_proxy = ProbeTarget("via-proxy", "service", http_health(f"{endpoints}/health/p"), 1)
+    assert run_probes([through_proxy])[0].detail == "connection refused"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert run_probes([through_proxy])[0].detail == "HTTP 200"
+
+
+def test_probes_called_from_inside_an_event_loop(endpoints):
+    """A caller that is itself async (a trigger, a FastAPI handler) can still call them."""
+
+    async def caller() -> tuple[str, list[str]]:
+        alone = http_health(f"{endpoints}/health/in-loop")(1)
+        batch = run_probes(
+            [ProbeTarget("in-loop", "service", http_health(f"{endpoints}/health/batch"), 1)]
+        )
+        return alone, [r.detail for r in batch]
+
+    assert asyncio.run(caller()) == ("HTTP 200", ["HTTP 200"])
 
 
 def test_no_targets():
