@@ -174,6 +174,29 @@ class Bare:
         return elapsed
 
 
+def write_after_backup(admin: Endpoint, megabytes: int) -> None:
+    """About ``megabytes`` of WAL in a bench table, then the segment switched and archived."""
+    with psycopg.connect(admin.conninfo("tracktion"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_after_backup (id bigint, filler text)")
+        conn.execute(
+            "INSERT INTO bench_after_backup SELECT i, pg_catalog.repeat('x', 900) "
+            "FROM pg_catalog.generate_series(1, %s) AS i",
+            (megabytes * 1024,),
+        )
+        segment = conn.execute(
+            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())"
+        ).fetchone()[0]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            archived = conn.execute(
+                "SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver"
+            ).fetchone()[0]
+            if archived and archived >= segment:
+                return
+            time.sleep(0.1)
+    raise SystemExit(f"bench: {segment} was not archived within 120 s")
+
+
 def discard_kept_copies(bare: Bare) -> None:
     """The bench's own sandbox, not a recovery: the copies each run kept (``*.pre_*``
     data directories, ``tracktion_pre_*`` databases) are removed so a 10 GB run fits the disk."""
@@ -260,6 +283,9 @@ def main() -> int:
     parser.add_argument("--size", default="1GB", help="database size to benchmark with")
     parser.add_argument("--jobs", type=int, default=2, help="pg_restore -j")
     parser.add_argument("--only", choices=["restore", "pitr"], help="one scenario only")
+    parser.add_argument(
+        "--wal-mb", type=int, default=64, help="WAL written after each PITR's base backup"
+    )
     args = parser.parse_args()
     layout = SandboxLayout()
     secrets = load_or_create(layout)
@@ -276,6 +302,15 @@ def main() -> int:
     base = basebackups.take_base_backup(
         replication, layout.base_backups, label_prefix="bench", bindir=BINDIR
     )
+
+    def fresh_pitr_round() -> Path:
+        """Every PITR replays the same WAL: a new base backup, then the same writes after
+        it (archived), so no run replays what an earlier run (or a restore) wrote."""
+        newest = basebackups.take_base_backup(
+            replication, layout.base_backups, label_prefix="bench", bindir=BINDIR
+        )
+        write_after_backup(bare.admin, args.wal_mb)
+        return newest
 
     stack = AirflowStack(Path(tempfile.mkdtemp(prefix="bench-airflow-")), api_port=18380)
     rows = []
@@ -298,7 +333,7 @@ def main() -> int:
                 "PITR (latest)",
                 "dr_database_pitr",
                 {"environment": ENVIRONMENT, "cluster": "main", "target_type": "latest"},
-                lambda validated: bare.pitr(base, validated),
+                lambda validated: bare.pitr(fresh_pitr_round(), validated),
             ),
         ]
         for name, dag_id, conf, bare_run in scenarios:
@@ -311,6 +346,8 @@ def main() -> int:
             bare_validated_s = bare_run(True)
             discard_kept_copies(bare)
             print(f"bench: {name}: {dag_id} over REST ...", flush=True)
+            if dag_id == "dr_database_pitr":
+                fresh_pitr_round()  # the DAG's guard takes the newest base backup
             measured = dag_run(stack, dag_id, conf)
             discard_kept_copies(bare)
             rows.append(
