@@ -274,6 +274,7 @@ def dag_run(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> dict[str,
         "work_on_path_seconds": round(work, 2),
         "scheduling_gaps_seconds": round(gaps, 2),
         "task_runner_seconds": round(runner, 2),
+        "guard_seconds": next((t["task_seconds"] for t in per_task if t["task"] == "guard"), None),
         "per_task": per_task,
     }
 
@@ -317,6 +318,16 @@ def main() -> int:
     try:
         stack.start()
         stack.wait_for_dags(unpause=["dr_database_restore", "dr_database_pitr"])
+        # A deployment's workers are up long before the worst night: one dry run of each
+        # DAG first, so the first measured task is not the stack's first task process.
+        for dag_id, conf in (
+            ("dr_database_restore", {"environment": ENVIRONMENT, "database": "tracktion"}),
+            (
+                "dr_database_pitr",
+                {"environment": ENVIRONMENT, "cluster": "main", "target_type": "latest"},
+            ),
+        ):
+            stack.wait_for_run(dag_id, stack.trigger(dag_id, {**conf, "dry_run": True}), 600)
         scenarios = [
             (
                 "full restore",
@@ -390,14 +401,15 @@ def main() -> int:
         "",
         "| scenario | bare (s) | bare + validation (s) | DAG: service restored (s) | DAG / bare "
         f"(target ≤ {ratio_target}) | overhead (s, target ≤ {TARGETS['overhead_seconds']:.0f}) "
-        "| of which scheduling gaps / task start-up (s) | redundancy restored (s) |",
+        "| of which scheduling gaps / task start-up / guard (s) | redundancy restored (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['scenario']} | {row['bare_seconds']} | {row['bare_validated_seconds']} | "
             f"{row['service_seconds']} | {row['ratio_to_bare']} | {row['overhead_seconds']} | "
-            f"{row['scheduling_gaps_seconds']} / {row['task_runner_seconds']} | "
+            f"{row['scheduling_gaps_seconds']} / {row['task_runner_seconds']} / "
+            f"{row['guard_seconds']} | "
             f"{row['redundancy_seconds'] or '-'} |"
         )
     lines += [""] + [
