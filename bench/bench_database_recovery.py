@@ -24,7 +24,7 @@
    overhead** = DAG time to service − bare-with-validation time (target ≤ 5 s), split into
    the scheduling gaps between the tasks on the critical path and the task runners' own
    start-up (task duration − the step's measured work). Writes
-   ``bench/results/database_recovery.md`` and ``.json``.
+   ``bench/results/database_recovery_<size>.md`` and ``.json``.
 
 Not a test: timings are written, never asserted. It changes the sandbox (a bigger database,
 kept ``*_pre_*`` copies); ``make sandbox-reset`` afterwards returns to a small one.
