@@ -1,8 +1,9 @@
 """Point-in-time recovery of a cluster, the PostgreSQL 12+ way, that never promotes behind
 the operator's back.
 
-stop (fast, then immediate) → move the data directory aside (never ``rm -rf``) → copy the
-verified base backup in (through a staging copy) → recovery settings in
+stop (fast, then immediate) → move the data directory aside (never ``rm -rf``) → lay the
+base backup down (copied if plain, extracted if compressed) in a staging directory and
+verify it there with ``pg_verifybackup`` → recovery settings in
 ``postgresql.auto.conf`` (``recovery.conf`` stops a PG 12+ server) → start → PostgreSQL
 replays the archive (and the salvaged WAL) and **waits**; the DAG validates the server
 read-only while it waits, then promotes it with ``pg_promote``.
@@ -42,6 +43,7 @@ from typing import Any, Literal
 import psycopg
 
 from tracktion_dr.core.errors import InvalidInput, ServerDied, StepFailed
+from tracktion_dr.postgres.basebackup_format import stage_base_backup
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, as_os_user, chown_tree, run
 from tracktion_dr.postgres.recovery_marker import (
     RECOVERY_SIGNALS,
@@ -296,23 +298,27 @@ def lay_down_base_backup(
     os_user: str,
     tag: str,
     finish_staging: Callable[[Path], None],
-) -> None:
-    """Copy the verified base backup into a staging directory, let ``finish_staging`` write
-    the recovery settings and the marker there, then rename it into place (atomic: the
-    path holds either nothing or a complete, marked recovery directory)."""
+    *,
+    bindir: Path = DEFAULT_BINDIR,
+) -> dict[str, Any]:
+    """Lay the base backup (plain or compressed) down into a staging directory and verify
+    it there (:func:`~tracktion_dr.postgres.basebackup_format.stage_base_backup`), let
+    ``finish_staging`` write the recovery settings and the marker there, then rename it
+    into place (atomic: the path holds either nothing or a complete, marked recovery
+    directory). Returns what staging did (format, bytes, seconds)."""
     if data_directory.exists():
         raise StepFailed(
             f"{data_directory} exists: it must be moved aside before the base backup is laid down"
         )
     staging = staging_path(data_directory, tag)
     if staging.exists():
-        log.info("discarding this incident's own half-copied staging %s", staging)
+        log.info("discarding this incident's own half-laid-down staging %s", staging)
         shutil.rmtree(staging)
-    shutil.copytree(base_backup, staging, symlinks=True)
-    staging.chmod(0o700)
+    staged = stage_base_backup(base_backup, staging, bindir, os_user=os_user)
     finish_staging(staging)
     chown_tree(staging, os_user)
     staging.rename(data_directory)
+    return staged
 
 
 def write_recovery_settings(
