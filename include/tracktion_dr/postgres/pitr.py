@@ -50,7 +50,7 @@ from tracktion_dr.postgres.recovery_marker import (
     last_fatal_line,
     postmaster_pid,
 )
-from tracktion_dr.postgres.wal import int_to_lsn, lsn_to_int
+from tracktion_dr.postgres.wal import COMPRESSED_SUFFIX, checked_length, int_to_lsn, lsn_to_int
 
 log = logging.getLogger(__name__)
 
@@ -476,21 +476,28 @@ def promote_server(conninfo: str, *, wait_seconds: int = 300) -> tuple[bool, int
 
 
 def restore_command_for(archive: Path, salvage: Path | None = None) -> str:
-    """``restore_command`` reading the archive first, then the salvage folder.
+    """``restore_command`` reading the archive first (``<segment>.zst`` decompressed, or a
+    plain file copied), then the salvage folder (plain copies from a ``pg_wal``).
 
     A PostgreSQL setting run by the server's own shell (our code never uses one); ``%`` in
-    a path is doubled for the server, paths are shell-quoted. Quiet when a file is in
-    neither folder (standby mode asks for the next segment every few seconds)."""
-
-    def quoted(folder: Path) -> str:
-        return shlex.quote(str(folder).replace("%", "%%") + "/") + "%f"
-
-    if salvage is None:
-        return f"cp {quoted(archive)} %p"
-    return (
-        f"if test -f {quoted(archive)}; then cp {quoted(archive)} %p; "
-        f"elif test -f {quoted(salvage)}; then cp {quoted(salvage)} %p; else exit 1; fi"
+    a path is doubled for the server, paths are shell-quoted and named once each, in shell
+    variables (the expanded command must stay short, see ``wal.checked_length``). Quiet
+    when a file is in neither folder (standby mode asks for the next segment every few
+    seconds)."""
+    command = f"a={_shell_path(archive)}; "
+    if salvage is not None:
+        command += f"s={_shell_path(salvage)}; "
+    command += (
+        f'if test -f "$a/%f{COMPRESSED_SUFFIX}"; then zstd -dqf "$a/%f{COMPRESSED_SUFFIX}" -o %p; '
+        'elif test -f "$a/%f"; then cp "$a/%f" %p; '
     )
+    if salvage is not None:
+        command += 'elif test -f "$s/%f"; then cp "$s/%f" %p; '
+    return checked_length(command + "else exit 1; fi", "restore_command")
+
+
+def _shell_path(path: Path) -> str:
+    return shlex.quote(str(path).replace("%", "%%"))
 
 
 def last_replayed_commit(log_text: str) -> str | None:
