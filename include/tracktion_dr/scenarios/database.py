@@ -856,9 +856,12 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
             os_user,
         )
 
-    pitr.lay_down_base_backup(Path(base["path"]), data, os_user, pitr_plan["tag"], finish_staging)
+    staged = pitr.lay_down_base_backup(
+        Path(base["path"]), data, os_user, pitr_plan["tag"], finish_staging, bindir=bindir
+    )
     notes.append(
-        f"base backup {base['id']} laid down with "
+        f"base backup {base['id']} ({staged['format']}) laid down and verified in "
+        f"{staged['lay_down_seconds'] + staged['verify_seconds']:.1f}s with "
         + ("standby-mode settings" if target.standby_mode else f"target {target.describe()}, pause")
     )
     return "; ".join(notes)
