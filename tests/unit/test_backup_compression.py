@@ -17,7 +17,7 @@ from tracktion_dr.backups import retention
 from tracktion_dr.core.errors import CommandError, ValidationFailed
 from tracktion_dr.core.plan import BackupSchedule
 from tracktion_dr.postgres import basebackup_format as fmt
-from tracktion_dr.postgres import pitr, wal
+from tracktion_dr.postgres import basebackups, pitr, wal
 from tracktion_dr.postgres.salvage import WalHoldings, WalSource, salvage_wal
 
 SEGMENT = 16 * 1024 * 1024
@@ -63,6 +63,24 @@ def test_a_bad_compression_is_refused_by_the_plan_and_the_library(spec):
         fmt.Compression.parse(spec)
     with pytest.raises(ValueError, match="base_backup_compression"):
         BackupSchedule(base_backup_compression=spec)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "suffix"), [("zstd", ".zst"), ("lz4", ".lz4"), ("gzip", ".gz")]
+)
+def test_the_wal_streamed_during_a_backup_is_compressed_with_the_same_tool(
+    tmp_path, algorithm, suffix
+):
+    """PostgreSQL 15 leaves pg_wal.tar uncompressed: compressed afterwards, readable by the
+    program the lay-down extracts it with."""
+    (tmp_path / "pg_wal.tar").write_bytes(b"\0" * 100_000)
+    basebackups._compress_streamed_wal(tmp_path, fmt.Compression.parse(f"server-{algorithm}"))
+    assert [p.name for p in tmp_path.iterdir()] == [f"pg_wal.tar{suffix}"]
+    program = fmt.DECOMPRESSORS[suffix]
+    out = subprocess.run(
+        [program, "-dc", str(tmp_path / f"pg_wal.tar{suffix}")], capture_output=True
+    )
+    assert out.stdout == b"\0" * 100_000
 
 
 # --- archive_command and restore_command ----------------------------------------------------

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,10 +42,10 @@ BASE_NAME = re.compile(r"^base_\d{8}T\d{6}Z$")
 DEFAULT_COMPRESSION = BackupSchedule.model_fields["base_backup_compression"].default
 # The CLI that compresses pg_wal.tar afterwards: PostgreSQL 15 leaves the WAL streamed
 # during a tar backup uncompressed with server- and client-side zstd and lz4 (measured).
-_COMPRESS_FILE = {
-    "zstd": ["zstd", "-q", "-3", "-T0", "--rm"],
-    "lz4": ["lz4", "-q", "--rm"],
-    "gzip": ["gzip", "-q"],
+_COMPRESS_FILE = {  # (program arguments, suffix); each removes the uncompressed file
+    "zstd": (["zstd", "-q", "-3", "-T0", "--rm"], ".zst"),
+    "lz4": (["lz4", "-q", "--rm"], ".lz4"),
+    "gzip": (["gzip", "-q", "-c"], ".gz"),
 }
 
 
@@ -188,8 +189,18 @@ def _compress_streamed_wal(backup_dir: Path, how: Compression) -> None:
     """pg_wal.tar left uncompressed by pg_basebackup is compressed with the same
     algorithm's tool (it is not in backup_manifest's file list, so nothing else changes)."""
     wal_tar = backup_dir / basebackup_format.WAL_ARCHIVE_STEM
-    if wal_tar.exists() and how.algorithm:
-        run([*_COMPRESS_FILE[how.algorithm], str(wal_tar)], what=f"{how.algorithm} pg_wal.tar")
+    if not (wal_tar.exists() and how.algorithm):
+        return
+    argv, suffix = _COMPRESS_FILE[how.algorithm]
+    packed = wal_tar.with_name(wal_tar.name + suffix)
+    if how.algorithm == "gzip":  # gzip writes beside the file only under its own name rules
+        with packed.open("wb") as out:
+            subprocess.run([*argv, str(wal_tar)], stdout=out, check=True, timeout=3600)
+        wal_tar.unlink()
+        return
+    # An explicit output: lz4 given one file writes to stdout when that is not a terminal.
+    output = ["-o", str(packed)] if how.algorithm == "zstd" else [str(packed)]
+    run([*argv, str(wal_tar), *output], what=f"{how.algorithm} pg_wal.tar")
 
 
 def _verify_and_describe_compressed(
