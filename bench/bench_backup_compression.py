@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -218,7 +219,7 @@ class Bench:
             evict_from_page_cache(backup, self.layout.wal_archive)
         data = self.layout.primary_data
         paths = pitr.ClusterPaths(data, BINDIR)
-        tag = f"bench_{how.replace(' ', '_').replace(',', '')}_{int(time.time())}"
+        tag = f"bench_{re.sub(r'[^a-z0-9]+', '_', how.lower()).strip('_')}_{int(time.time())}"
         target = pitr.RecoveryTarget("latest")
         phases: dict[str, float] = {}
         clock = time.monotonic()
@@ -245,10 +246,18 @@ class Bench:
             )
 
         cpu = cpu_seconds()
-        if how == "plain, today":
-            legacy_lay_down(backup, data, tag, finish)
-        else:
-            pitr.lay_down_base_backup(backup, data, "postgres", tag, finish, bindir=BINDIR)
+        try:
+            if how == "plain, today":
+                legacy_lay_down(backup, data, tag, finish)
+            else:
+                pitr.lay_down_base_backup(backup, data, "postgres", tag, finish, bindir=BINDIR)
+        except BaseException:
+            # The bench's own recovery failed: give the sandbox its primary back, as it was.
+            shutil.rmtree(pitr.staging_path(data, tag), ignore_errors=True)
+            shutil.rmtree(data, ignore_errors=True)
+            aside.rename(data)
+            pitr.start_server(paths, self.layout.pg_root / f"recovery_{tag}.log")
+            raise
         lay_down_cpu = round(cpu_seconds() - cpu, 2)
         lap("lay_down")
         pitr.start_server(paths, self.layout.pg_root / f"recovery_{tag}.log")

@@ -307,6 +307,10 @@ def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
         "log_checkpoints": "on",
         "password_encryption": _conf_quote("scram-sha-256"),
         "wal_level": "replica",
+        # Off, as in production: archived segments are zstd-compressed whole, which shrinks
+        # full-page images better than wal_compression's per-page zstd does (measured:
+        # bench/results/backup_compression.md, "Archived WAL").
+        "wal_compression": "off",
         "max_wal_senders": "10",
         "max_replication_slots": "10",
         # A stopped replica must not fill the disk through its slot.

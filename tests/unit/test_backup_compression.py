@@ -250,6 +250,15 @@ def test_staging_refuses_a_directory_that_is_not_empty(tmp_path):
         fmt.stage_base_backup(backup, staging, os_user=OS_USER)
 
 
+def test_a_path_pg_verifybackup_would_hand_to_a_shell_is_refused_first(tmp_path):
+    backup = tmp_path / "base_20261127T010000Z"
+    tar_backup(backup)
+    staging = tmp_path / ".primary.restoring_`touch x`"
+    with pytest.raises(ValidationFailed, match="which pg_verifybackup would hand to a shell"):
+        fmt.stage_base_backup(backup, staging, os_user=OS_USER)
+    assert not staging.exists() and not (tmp_path / "x").exists()
+
+
 def test_scratch_directories_are_only_ever_verification_scratch(tmp_path):
     with pytest.raises(ValueError, match="not a verification scratch"):
         fmt.discard_scratch(tmp_path / "base_20261127T010000Z")

@@ -52,6 +52,7 @@ WAL_ARCHIVE_STEM = "pg_wal.tar"
 # Suffix pg_basebackup gives each algorithm's archives -> the program tar decompresses with.
 DECOMPRESSORS = {".zst": "zstd", ".lz4": "lz4", ".gz": "gzip", "": None}
 _SPEC = re.compile(BASE_BACKUP_COMPRESSION)
+_SHELL_SPECIAL_IN_QUOTES = ('"', "`", "$", "\\")
 # Scratch directories of full verifications, beside the backups (hidden: never listed).
 SCRATCH_PREFIX = ".verify_"
 
@@ -163,6 +164,18 @@ def check_archives(backup_dir: Path, recorded: dict[str, dict[str, Any]] | None)
 # --------------------------------------------------------------------------- laying down
 
 
+def refuse_shell_special(directory: Path) -> None:
+    """pg_verifybackup runs pg_waldump through a shell with the directory in double quotes:
+    a path with a double quote, backtick, dollar sign or backslash would be expanded there
+    (measured: a backtick in a staging name ran part of it as a command). Refused first."""
+    found = [char for char in _SHELL_SPECIAL_IN_QUOTES if char in str(directory)]
+    if found:
+        raise ValidationFailed(
+            f"{directory}: contains {' '.join(found)}, which pg_verifybackup would hand to a "
+            "shell; use a data directory (and staging) path without them"
+        )
+
+
 def _extract_argv(archive: Path, into: Path) -> list[str]:
     program = DECOMPRESSORS[archive.name.partition(".tar")[2]]
     argv = ["tar", "--extract", f"--file={archive}", f"--directory={into}"]
@@ -231,6 +244,7 @@ def stage_base_backup(
     Raises ``CommandError`` (extraction or ``pg_verifybackup`` failed, naming the file) -
     ``staging`` is then left for the caller to discard. Returns what was done: format,
     bytes read and laid down, seconds to lay down and to verify."""
+    refuse_shell_special(staging)
     if staging.exists() and any(staging.iterdir()):
         raise ValidationFailed(
             f"{staging} is not empty: a base backup is laid down only into an empty directory"
@@ -299,6 +313,7 @@ def verify_data_directory(
     """``pg_verifybackup`` of a plain backup or a laid-down one: every file against
     ``backup_manifest`` (SHA256), and the WAL the backup needs parsed. Raises
     ``CommandError`` quoting it - it names the file that does not match."""
+    refuse_shell_special(directory)
     result = run(
         as_os_user([str(bindir / "pg_verifybackup"), str(directory)], os_user),
         what=f"pg_verifybackup of {directory.name}",
