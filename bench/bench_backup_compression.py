@@ -71,13 +71,22 @@ CANDIDATES = (
     "server-lz4",
     "server-zstd:level=1,workers=2",
     "server-zstd:level=3,workers=2",
+    "server-zstd:level=3,workers=2;manifest=SHA256",
     "server-zstd:level=3",
     "client-zstd:level=3,workers=2",
 )
+MANIFEST_VARIANT = ";manifest="  # a candidate's manifest checksums, when not the default
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 2)
+def median(values: list[float], digits: int = 2) -> float:
+    return round(statistics.median(values), digits)
+
+
+def rotated(items: list, by: int) -> list:
+    """Each round starts with the next one: no way always runs first (or last) after a
+    round of the others, which would bias it (caches, WAL piling up between runs)."""
+    shift = by % len(items)
+    return list(items[shift:]) + list(items[:shift])
 
 
 def evict_from_page_cache(*paths: Path) -> None:
@@ -131,7 +140,8 @@ class Bench:
 
     # -- base backups ---------------------------------------------------------------
 
-    def take(self, compression: str) -> tuple[Path, dict[str, Any], float]:
+    def take(self, candidate: str) -> tuple[Path, dict[str, Any], float]:
+        compression, _, manifest = candidate.partition(MANIFEST_VARIANT)
         started = time.monotonic()
         path = basebackups.take_base_backup(
             self.replication,
@@ -139,6 +149,7 @@ class Bench:
             label_prefix="bench-compression",
             bindir=BINDIR,
             compression=compression,
+            manifest_checksums=manifest or None,
         )
         elapsed = time.monotonic() - started
         self.made.append(path)
@@ -162,7 +173,7 @@ class Bench:
     def compare_formats(self, candidates: list[str], repeat: int) -> list[dict[str, Any]]:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
         for round_number in range(repeat):
-            for compression in candidates:
+            for compression in rotated(candidates, round_number):
                 print(f"bench: base backup {compression} ({round_number + 1}/{repeat}) ...")
                 path, info, total = self.take(compression)
                 staged = self.stage(path)
@@ -296,7 +307,7 @@ class Bench:
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
         for round_number in range(repeat):
             for cache in ("cold", "warm"):
-                for name, backup in ways:
+                for name, backup in rotated(ways, round_number):
                     print(f"bench: PITR to writable, {name}, {cache} ({round_number + 1}/{repeat})")
                     runs.setdefault((cache, name), []).append(
                         self.pitr_to_writable(backup, name, cold=cache == "cold")
@@ -388,31 +399,32 @@ class Bench:
             folder = Path(scratch)
             for path in packed:
                 plain = folder / wal.segment_name_of(path)
-                started = time.monotonic()
-                wal.decompress_segment(path, plain)
-                decompress.append(time.monotonic() - started)
-                started = time.monotonic()
-                shutil.copyfile(plain, folder / "copy")
-                copy.append(time.monotonic() - started)
-                started = time.monotonic()
-                subprocess.run(
-                    [
-                        "zstd",
-                        "-q",
-                        "-f",
-                        f"-{wal.ARCHIVE_ZSTD_LEVEL}",
-                        str(plain),
-                        "-o",
-                        f"{plain}.z",
-                    ],
-                    check=True,
-                )
-                compress.append(time.monotonic() - started)
+                for _ in range(3):  # the shared machine is noisy: every one three times
+                    started = time.monotonic()
+                    wal.decompress_segment(path, plain)
+                    decompress.append(time.monotonic() - started)
+                    started = time.monotonic()
+                    shutil.copyfile(plain, folder / "copy")
+                    copy.append(time.monotonic() - started)
+                    started = time.monotonic()
+                    subprocess.run(
+                        [
+                            "zstd",
+                            "-q",
+                            "-f",
+                            f"-{wal.ARCHIVE_ZSTD_LEVEL}",
+                            str(plain),
+                            "-o",
+                            f"{plain}.z",
+                        ],
+                        check=True,
+                    )
+                    compress.append(time.monotonic() - started)
         return {
             "segments_sampled": len(packed),
-            "compress_seconds": median(compress) if compress else None,
-            "restore_decompress_seconds": median(decompress) if decompress else None,
-            "restore_copy_plain_seconds": median(copy) if copy else None,
+            "compress_seconds": median(compress, 3) if compress else None,
+            "restore_decompress_seconds": median(decompress, 3) if decompress else None,
+            "restore_copy_plain_seconds": median(copy, 3) if copy else None,
         }
 
     def archive_totals(self) -> dict[str, int]:

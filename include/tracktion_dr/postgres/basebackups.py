@@ -1,4 +1,4 @@
-"""Base backups: ``pg_basebackup`` with a SHA256 manifest, verified before they are listed.
+"""Base backups: ``pg_basebackup`` with a backup manifest, verified before they are listed.
 
 Compressed by default (the plan's ``backup_schedule.base_backup_compression``, e.g.
 ``server-zstd:level=3,workers=2``): ``base_<stamp>/`` then holds ``base.tar.zst``,
@@ -84,7 +84,10 @@ def describe(backup_dir: Path, label: str, end_time: datetime) -> dict[str, Any]
         "stop_lsn": wal_range["End-LSN"],
         "timeline": int(wal_range["Timeline"]),
         "checkpoint_lsn": fields.get("CHECKPOINT LOCATION"),
-        "manifest_checksums": "SHA256",
+        "manifest_checksums": next(
+            (f["Checksum-Algorithm"] for f in manifest["Files"] if "Checksum-Algorithm" in f),
+            "NONE",
+        ),
         "size_bytes": directory_size(backup_dir),
     }
 
@@ -108,13 +111,20 @@ def take_base_backup(
     bindir: Path = DEFAULT_BINDIR,
     os_user: str = "postgres",
     compression: str = DEFAULT_COMPRESSION,
+    manifest_checksums: str | None = None,
 ) -> Path:
     """Base backup with streamed WAL, verified, owned by ``os_user``; returns its dir.
 
     ``endpoint`` must be a replication-capable role. ``compression``: ``none`` (plain) or
     a :class:`~tracktion_dr.postgres.basebackup_format.Compression` spec.
+    ``manifest_checksums`` (what ``pg_verifybackup`` checks every file with): by default
+    SHA256 for a plain backup, whose files nothing else protects, and CRC32C for a
+    compressed one, whose archives carry a SHA256 recorded at backup time (and zstd's own
+    frame checksums): inside them CRC32C only has to catch an extraction gone wrong, and
+    checks a laid-down GiB in 0.45 s instead of 1.1 s (bench/results/backup_compression.md).
     """
     how = Compression.parse(compression)
+    checksums = manifest_checksums or ("SHA256" if how.plain else "CRC32C")
     destination.mkdir(parents=True, exist_ok=True)
     stamp = utc_stamp()
     name = f"base_{stamp}"
@@ -131,7 +141,7 @@ def take_base_backup(
             *how.pg_basebackup_args(),
             "--wal-method=stream",
             "--checkpoint=fast",
-            "--manifest-checksums=SHA256",
+            f"--manifest-checksums={checksums}",
             f"--label={label}",
             *endpoint.client_args(),
         ],
