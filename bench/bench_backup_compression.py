@@ -69,10 +69,10 @@ SEGMENT = 16 * 1024 * 1024
 CANDIDATES = (
     "none",
     "server-lz4",
+    "server-lz4:level=3",
     "server-zstd:level=1,workers=2",
     "server-zstd:level=3,workers=2",
     "server-zstd:level=3,workers=2;manifest=SHA256",
-    "server-zstd:level=3",
     "client-zstd:level=3,workers=2",
 )
 MANIFEST_VARIANT = ";manifest="  # a candidate's manifest checksums, when not the default
@@ -459,9 +459,15 @@ def main() -> int:
     parser.add_argument(
         "--pitr-compressions",
         nargs="*",
-        default=[load_plan().backup_schedule.base_backup_compression, "server-lz4"],
-        help="the compressions PITR is measured with (default: the plan's, and lz4)",
+        default=[
+            load_plan().backup_schedule.base_backup_compression,
+            "server-zstd:level=3,workers=2",
+            "server-lz4",
+            "server-lz4:level=3",
+        ],
+        help="the compressions PITR is measured with (default: the plan's, zstd, lz4)",
     )
+    parser.add_argument("--pitr-repeat", type=int, default=5, help="PITR runs of each way")
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
     args = parser.parse_args()
     bench = Bench()
@@ -471,7 +477,9 @@ def main() -> int:
     database_bytes = bench.sql("SELECT pg_database_size('tracktion')")
     try:
         formats = bench.compare_formats(args.candidates, args.repeat)
-        pitr_rows = bench.compare_pitr(args.pitr_compressions, args.repeat)
+        pitr_rows = bench.compare_pitr(
+            list(dict.fromkeys(args.pitr_compressions)), args.pitr_repeat
+        )
         wal_rows = bench.wal_workloads()
         costs = bench.segment_costs()
         totals = bench.archive_totals()
@@ -486,6 +494,7 @@ def main() -> int:
         "database_bytes": database_bytes,
         "machine": f"{os.cpu_count()} cores, shared",
         "repeat": args.repeat,
+        "pitr_repeat": args.pitr_repeat,
         "pitr_compressions": args.pitr_compressions,
         "base_backups": formats,
         "pitr": pitr_rows,
@@ -506,7 +515,8 @@ def render(result: dict[str, Any]) -> str:
         f"# Backup compression benchmark ({result['measured_at']})",
         "",
         f"Database {result['database_bytes'] / 2**30:.2f} GiB, {result['machine']}; "
-        f"medians of {result['repeat']} runs each, run alternately.",
+        f"medians of {result['repeat']} runs of each backup and {result['pitr_repeat']} of "
+        "each PITR, run in rotating order.",
         "",
         "## Base backups: size, time to take (verified), time to lay down (verified)",
         "",
@@ -572,7 +582,7 @@ def render(result: dict[str, Any]) -> str:
         f"One full segment: compressed by archive_command in {costs['compress_seconds']} s; "
         f"restored by restore_command in {costs['restore_decompress_seconds']} s "
         f"(zstd -d) against {costs['restore_copy_plain_seconds']} s for a plain copy "
-        f"(medians of {costs['segments_sampled']}).",
+        f"(medians over the {costs['segments_sampled']} largest archived segments, 3 times each).",
         "",
         f"The whole archive's compressed segments: {totals['compressed_segments']} segments, "
         f"{totals['their_bytes'] / mib:.0f} MiB instead of {totals['their_plain_bytes'] / mib:.0f} MiB "
