@@ -250,6 +250,54 @@ def test_staging_refuses_a_directory_that_is_not_empty(tmp_path):
         fmt.stage_base_backup(backup, staging, os_user=OS_USER)
 
 
+def _tar_zst(path: Path, members: dict[str, bytes | None]) -> None:
+    """A zstd tar with these members in this order (None: a directory)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o700
+                archive.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o600
+                archive.addfile(info, io.BytesIO(data))
+    packed = subprocess.run(
+        ["zstd", "-q", "-c"], input=buffer.getvalue(), capture_output=True, check=True
+    )
+    path.write_bytes(packed.stdout)
+
+
+def test_the_wal_archive_is_laid_down_into_the_directories_the_base_archive_makes(tmp_path):
+    """pg_wal.tar holds archive_status/<name>.done with no directory entry before it: it
+    must land in the pg_wal/archive_status base.tar makes (measured: extracted at the same
+    time, the WAL archive's tar ran first and failed)."""
+    backup = tmp_path / "base_20261127T010000Z"
+    backup.mkdir()
+    _tar_zst(
+        backup / "base.tar.zst",
+        {"PG_VERSION": b"15\n", "pg_wal": None, "pg_wal/archive_status": None},
+    )
+    _tar_zst(
+        backup / "pg_wal.tar.zst",
+        {
+            "000000010000000000000007": b"w" * 1000,
+            "archive_status/00000039.history.done": b"",
+        },
+    )
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    fmt._extract_tar_backup(
+        backup / "base.tar.zst", backup / "pg_wal.tar.zst", staging, OS_USER, 60
+    )
+    assert (staging / "PG_VERSION").read_bytes() == b"15\n"
+    assert (staging / "pg_wal" / "000000010000000000000007").stat().st_size == 1000
+    assert (staging / "pg_wal" / "archive_status" / "00000039.history.done").exists()
+
+
 def test_a_path_pg_verifybackup_would_hand_to_a_shell_is_refused_first(tmp_path):
     backup = tmp_path / "base_20261127T010000Z"
     tar_backup(backup)

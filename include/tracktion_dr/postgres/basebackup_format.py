@@ -186,37 +186,41 @@ def _extract_argv(archive: Path, into: Path) -> list[str]:
     return argv
 
 
-def _extract_all(jobs: list[tuple[Path, Path]], os_user: str, timeout: float) -> None:
-    """Extract every (archive, directory) at once: the WAL archive beside the base one."""
-    started = [
-        (
-            archive,
-            subprocess.Popen(
-                as_os_user(_extract_argv(archive, into), os_user),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
+def _extract(archive: Path, into: Path, os_user: str, timeout: float) -> None:
+    try:
+        result = subprocess.run(
+            as_os_user(_extract_argv(archive, into), os_user),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
         )
-        for archive, into in jobs
-    ]
-    problems = []
-    for archive, process in started:
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            problems.append(f"{archive.name}: extraction did not finish within {timeout:.0f}s")
-            continue
-        if process.returncode != 0:
-            problems.append(
-                f"{archive.name}: extraction failed (exit {process.returncode}): "
-                f"{stderr.strip()[-1000:]}"
-            )
-    if problems:
-        raise CommandError("; ".join(problems))
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(
+            f"{archive.name}: extraction did not finish within {timeout:.0f}s"
+        ) from exc
+    if result.returncode != 0:
+        raise CommandError(
+            f"{archive.name}: extraction failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-1000:]}"
+        )
+
+
+def _extract_tar_backup(
+    base: Path, wal_archive: Path | None, staging: Path, os_user: str, timeout: float
+) -> None:
+    """base.tar into ``staging``, then pg_wal.tar into ``staging/pg_wal``. One after the
+    other: pg_wal.tar's members (``archive_status/<name>.done``) need the directories
+    base.tar creates - extracted at the same time, one run failed with "Cannot open: No such
+    file or directory" - and pg_wal.tar is small (the WAL of the backup's own minutes)."""
+    _extract(base, staging, os_user, timeout)
+    if wal_archive is None:
+        return
+    for folder in (staging / "pg_wal", staging / "pg_wal" / "archive_status"):
+        if not folder.is_dir():
+            _make_owned_dir(folder, os_user)
+    _extract(wal_archive, staging / "pg_wal", os_user, timeout)
 
 
 def _make_owned_dir(path: Path, os_user: str) -> None:
@@ -236,8 +240,8 @@ def stage_base_backup(
     """Lay the base backup in ``backup_dir`` (plain or tar) down into ``staging`` - which
     must not exist yet, or be empty - then verify it there with ``pg_verifybackup``.
 
-    Plain: copied. Tar: ``base.tar*`` extracted into ``staging`` and ``pg_wal.tar*`` into
-    ``staging/pg_wal`` at the same time, ``backup_manifest`` copied beside them. Every file
+    Plain: copied. Tar: ``base.tar*`` extracted into ``staging``, then ``pg_wal.tar*`` into
+    ``staging/pg_wal``, ``backup_manifest`` copied beside them. Every file
     ends up owned by ``os_user``, ``staging`` is 0700: a data directory a server can start
     from once recovery settings are added (``pg_verifybackup`` ignores
     ``postgresql.auto.conf`` and the signal files, so they may be written afterwards).
@@ -281,11 +285,7 @@ def stage_base_backup(
         else:
             staging.chmod(0o700)
             chown_tree(staging, os_user, recursive=False)
-        jobs = [(base, staging)]
-        if wal_archive is not None:
-            _make_owned_dir(staging / "pg_wal", os_user)
-            jobs.append((wal_archive, staging / "pg_wal"))
-        _extract_all(jobs, os_user, timeout)
+        _extract_tar_backup(base, wal_archive, staging, os_user, timeout)
         shutil.copyfile(backup_dir / MANIFEST, staging / MANIFEST)
         chown_tree(staging / MANIFEST, os_user, recursive=False)
         read_bytes = sum(p.stat().st_size for p in archive_files(backup_dir))
