@@ -12,6 +12,9 @@ The archive holds segments compressed: ``<segment>.zst``, written by :func:`arch
 Timeline histories, ``.backup`` labels and ``.partial`` files stay plain. Every reader goes
 through :func:`archived_segment` (names) and :func:`readable_segments` (``pg_waldump``
 cannot read zstd); ``restore_command`` decompresses (see ``pitr.restore_command_for``).
+zstd gives ``<segment>.zst`` the segment's own modification time, so the archive's "newest
+segment archived at" (the WAL watch, the RPO) is when its WAL was last written - a little
+earlier than a ``cp`` would say, never later.
 """
 
 from __future__ import annotations
