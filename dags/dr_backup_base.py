@@ -5,9 +5,12 @@ Schedule: the plan's `backup_schedule.base_backup` (default daily 01:00 UTC): th
 point point-in-time recovery replays the WAL archive onto (Database Recovery Levels 1-2).
 
 For each cluster naming a `replication_conn_id` (a role with REPLICATION, not the
-superuser): `pg_basebackup` in plain format with streamed WAL and a SHA256 backup manifest,
-checked with `pg_verifybackup` before it is renamed into place; `base_<ts>.backup_info.json`
-(start/stop LSN, timeline, times, size) and `.verification.json` beside it.
+superuser): `pg_basebackup` with streamed WAL and a SHA256 backup manifest, compressed as
+the plan's `backup_schedule.base_backup_compression` says (default `server-zstd:level=3,workers=2`:
+`base.tar.zst` + `pg_wal.tar.zst`; `none` = plain format), extracted into a scratch
+directory and checked there with `pg_verifybackup` before it is renamed into place;
+`base_<ts>.backup_info.json` (start/stop LSN, timeline, times, size, sha256 of each archive)
+and `.verification.json` beside it.
 
 A failure fails the run and notifies (param `notify`).
 """

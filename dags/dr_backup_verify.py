@@ -5,13 +5,14 @@ Schedule: the plan's `backup_schedule.verify` (default daily 06:00 UTC).
 
 | task | what it proves |
 |---|---|
-| `check_backups` | every dump: sha256 vs its manifest + `pg_restore --list` vs the manifest's tables; every base backup: `pg_verifybackup`; every snapshot: sha256 |
+| `check_backups` | every dump: sha256 vs its manifest + `pg_restore --list` vs the manifest's tables; every base backup: `pg_verifybackup` (a compressed one: sha256 of its archives, then extracted into a scratch directory beside it, verified there, the scratch removed); every snapshot: sha256 |
 | `check_wal_continuity` | the WAL archive is continuous from the oldest kept base backup's start and fresher than the RPO |
 | `test_restore` | **the part others skip**: the newest dump of each database is restored into a scratch database (`dr_verify_<db>_<ts>`) on its cluster, exact row counts compared with the manifest, scratch dropped |
 | `record` | every outcome into the ledger (`dr.backup_checks` on `dr_ledger`); each verdict is also kept beside its backup (`.verification.json`), which is what the catalog reads: a failed backup is never picked |
 | `verdict` | fails the run if anything failed, and notifies (param `notify`) naming each failed backup and the reason |
 
-Touches no backup: a test restore only creates and drops its own scratch database.
+Touches no backup: a test restore only creates and drops its own scratch database, a base
+backup check only its own scratch directory (`.verify_base_<ts>`).
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ taken once, when none exist yet, in the formats the recovery DAGs restore from:
   plain ``.sql`` file cannot be), with a ``.manifest.json`` sidecar holding exact row
   counts taken in the *same snapshot* as the dump (``pg_dump --snapshot`` on a snapshot
   exported by a REPEATABLE READ transaction we hold open), its size and sha256;
-* a **plain-format** ``pg_basebackup`` with a SHA256 backup manifest, checked with
-  ``pg_verifybackup`` (which in PostgreSQL 15 cannot check tar backups, hence plain),
-  with a ``base_<ts>.backup_info.json`` sidecar beside the backup directory (not inside:
-  a file pg_verifybackup does not know would fail verification).
+* a **compressed** ``pg_basebackup`` (tar, server-side zstd: the plan's default) with a
+  SHA256 backup manifest, extracted into a scratch directory and checked there with
+  ``pg_verifybackup`` (which in PostgreSQL 15 cannot read tar archives), with a
+  ``base_<ts>.backup_info.json`` sidecar beside the backup directory (the sha256 of each
+  archive, for cheap checks later).
 
 Everything is written under a hidden temporary name and renamed into place after the
 sidecar, so a listed dump or backup directory is always complete. Passwords travel only
@@ -63,7 +64,7 @@ def take_logical_dump(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Pa
 
 
 def take_base_backup(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Path) -> Path:
-    """The library's verified plain base backup, owned by postgres."""
+    """The library's verified base backup (compressed as the plan's default), owned by postgres."""
     endpoint = Endpoint(HOST, PRIMARY_PORT, REPLICATION_USER, secrets.replication_password)
     return basebackups.take_base_backup(
         endpoint, layout.base_backups, label_prefix="tracktion-sandbox-initial", bindir=bindir

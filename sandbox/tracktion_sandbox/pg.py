@@ -5,7 +5,8 @@ over to a standby and record their runs in a ledger that must outlive a recovery
 primary. Those paths only mean something against real servers, so the sandbox makes them:
 
 * **primary** (``PRIMARY_PORT``) holds the Tracktion database, archives every WAL segment
-  into ``layout.wal_archive`` and feeds the replica through the ``replica_slot`` slot;
+  zstd-compressed into ``layout.wal_archive`` and feeds the replica through the
+  ``replica_slot`` slot;
 * **replica** (``REPLICA_PORT``) is a hot standby made with ``pg_basebackup -R``; it also
   knows ``restore_command`` so it can catch up from the archive after a long outage;
 * **ops** (``OPS_PORT``) holds ``dr_ledger`` only, on its own cluster so recovering (or
@@ -25,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import shlex
 import shutil
 import signal
 import socket
@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tracktion_dr.postgres import pitr, wal
 from tracktion_sandbox.layout import (
     APP_DATABASE,
     APP_USER,
@@ -281,28 +282,16 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _sh_path(path: Path, suffix: str = "") -> str:
-    """A path for /bin/sh inside archive/restore_command; literal % doubled for the server."""
-    return shlex.quote(str(path).replace("%", "%%")) + suffix
-
-
 def archive_command(archive: Path) -> str:
-    """Copy a finished segment into the archive; never overwrite a different file.
-
-    An identical file already there is success (a restarted archiver may resend the last
-    segment); a different file with the same name is refused, so the archiver stalls and
-    ``pg_stat_archiver`` shows failures instead of silently replacing history. The copy goes
-    to a hidden temp name first and is renamed, so a crash never leaves a truncated segment.
-    """
-    dest = _sh_path(archive, "/%f")
-    partial = _sh_path(archive, "/.%f.partial")
-    return (
-        f"if test -f {dest}; then cmp -s %p {dest}; else cp %p {partial} && mv {partial} {dest}; fi"
-    )
+    """The library's ``archive_command`` (segments stored as ``<segment>.zst``, never
+    overwriting a different file; see ``tracktion_dr.postgres.wal.archive_command``): the
+    sandbox archives exactly as the plan's production servers are told to."""
+    return wal.archive_command(archive)
 
 
 def restore_command(archive: Path) -> str:
-    return f"cp {_sh_path(archive, '/%f')} %p"
+    """Decompresses ``<segment>.zst``, copies a plain one (``pitr.restore_command_for``)."""
+    return pitr.restore_command_for(archive)
 
 
 def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
@@ -318,6 +307,10 @@ def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
         "log_checkpoints": "on",
         "password_encryption": _conf_quote("scram-sha-256"),
         "wal_level": "replica",
+        # Off, as in production: archived segments are zstd-compressed whole, which shrinks
+        # full-page images better than wal_compression's per-page zstd does (measured:
+        # bench/results/backup_compression.md, "Archived WAL").
+        "wal_compression": "off",
         "max_wal_senders": "10",
         "max_replication_slots": "10",
         # A stopped replica must not fill the disk through its slot.

@@ -122,8 +122,8 @@ def test_truncated_dump_and_corrupted_base_backup_are_failed_and_never_picked(sa
     replication = Endpoint(L.HOST, L.PRIMARY_PORT, L.REPLICATION_USER, secrets.replication_password)
     # New backups of our own, newer than every other: the ones a careless picker would take.
     bad_dump = dumps.take_logical_dump(superuser, "tracktion", layout.logical_dumps)
-    bad_base = basebackups.take_base_backup(
-        replication, layout.base_backups, label_prefix="test-corrupt"
+    bad_base = basebackups.take_base_backup(  # plain: the format older backups have
+        replication, layout.base_backups, label_prefix="test-corrupt", compression="none"
     )
     try:
         with bad_dump.open("r+b") as handle:
@@ -181,6 +181,7 @@ def test_missing_wal_segment_fails_the_watch_naming_it(sandbox, catalog):
     assert newest - first >= 2, "need a segment strictly inside the required range"
     number = first + 1
     victim = segments[number]
+    name = wal.segment_name_of(victim)  # the archive holds <segment>.zst
     parked = sandbox.layout.backups / f".parked-{victim.name}"
     before = len(sink_lines(sandbox.layout))
     victim.rename(parked)
@@ -188,10 +189,10 @@ def test_missing_wal_segment_fails_the_watch_naming_it(sandbox, catalog):
         _, states = run("dr_backup_wal_watch")
         assert states == {"check_wal_archive": "failed"}
         alerts = [x for x in sink_lines(sandbox.layout)[before:] if "WAL archive watch failed" in x]
-        assert alerts and victim.name in alerts[0]
+        assert alerts and name in alerts[0]
         result = watch.watch_wal(catalog, timedelta(minutes=15))
-        assert result.missing == [victim.name]
-        assert f"missing segment(s) {victim.name}" in result.problems[0]
+        assert result.missing == [name]
+        assert f"missing segment(s) {name}" in result.problems[0]
     finally:
         parked.rename(victim)
     assert watch.watch_wal(catalog, timedelta(minutes=15)).ok

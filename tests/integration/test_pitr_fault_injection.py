@@ -40,7 +40,7 @@ from tracktion_dr.postgres.recovery_marker import (
 )
 from tracktion_dr.postgres.replica import reseed_staging_path
 from tracktion_dr.postgres.restore import incident_tag
-from tracktion_dr.postgres.wal import Segment
+from tracktion_dr.postgres.wal import Segment, archived_file, archived_segment
 from tracktion_dr.services.checks import service_health
 
 pytestmark = pytest.mark.sandbox
@@ -213,14 +213,15 @@ def test_a_server_dying_in_recovery_fails_the_gate_at_once_then_the_rerun_resume
     )
     # The segment holding the target: replay needs it last, so the server is well into
     # replay, watched by the gate, when it finds it missing.
-    victim = archive / incident.target_segment
+    victim = archived_file(archive, incident.target_segment)  # <segment>.zst
+    assert victim is not None, f"{incident.target_segment} is not archived"
     marker = read_marker(incident.primary_data)
     base = next(
         b
         for b in Catalog(load_plan().environment("drill").backups).base_backups()
         if b.id == marker.base_backup
     )
-    assert Segment.parse(victim.name).number > Segment.from_lsn(base.stop_lsn).number
+    assert archived_segment(victim.name).number > Segment.from_lsn(base.stop_lsn).number
     hidden = victim.with_name(f".{victim.name}.hidden-by-test")
     victim.rename(hidden)
     try:

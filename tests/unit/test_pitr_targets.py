@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tracktion_dr.core.errors import InvalidInput
-from tracktion_dr.postgres import pitr
+from tracktion_dr.postgres import pitr, wal
 from tracktion_dr.postgres.recovery_marker import (
     RecoveryMarker,
     last_fatal_line,
@@ -129,11 +129,22 @@ def test_targeted_recoveries_pause_and_latest_waits_as_a_standby():
 
 def test_restore_command_tries_the_archive_then_the_salvage_folder():
     command = pitr.restore_command_for(Path("/b/wal archive"), Path("/b/100%.salvage"))
-    assert command.startswith("if test -f '/b/wal archive/'%f; then cp '/b/wal archive/'%f %p;")
     # % doubled for the server (which expands %f and %p); a plain path needs no quotes.
+    assert command.startswith("a='/b/wal archive'; s=/b/100%%.salvage; ")
     assert command.endswith(
-        "elif test -f /b/100%%.salvage/%f; then cp /b/100%%.salvage/%f %p; else exit 1; fi"
+        'if test -f "$a/%f.zst"; then zstd -dqf "$a/%f.zst" -o %p; '
+        'elif test -f "$a/%f"; then cp "$a/%f" %p; '
+        'elif test -f "$s/%f"; then cp "$s/%f" %p; else exit 1; fi'
     )
+
+
+def test_archive_and_restore_commands_fit_what_postgresql_expands():
+    """PostgreSQL 15 cuts the expanded archive_command at 1024 bytes (measured: a longer
+    one failed with 'Syntax error: end of file unexpected' and nothing was archived)."""
+    long = Path("/" + "x" * 700)
+    with pytest.raises(ValueError, match="cuts it at 1024"):
+        wal.archive_command(long)
+    assert len(wal.archive_command(Path("/" + "x" * 300))) < 1024 - 64
 
 
 def test_recovery_settings_pick_the_signal_file_and_come_out_again(tmp_path):

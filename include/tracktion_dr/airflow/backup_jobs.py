@@ -15,8 +15,14 @@ from typing import Any
 from tracktion_dr.airflow.notifier import mark_notified
 from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups import offsite, retention, snapshots, watch
-from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
-from tracktion_dr.core.errors import StepFailed
+from tracktion_dr.backups.catalog import (
+    BackupKind,
+    Catalog,
+    Status,
+    base_backup_check,
+    local_path,
+)
+from tracktion_dr.core.errors import StepFailed, ValidationFailed
 from tracktion_dr.core.plan import Environment, Plan
 from tracktion_dr.notify.messages import DrMessage
 from tracktion_dr.notify.policy import RunEvent, channels_for
@@ -94,7 +100,8 @@ def logical_dumps(plan: Plan, env_name: str, *, notify: bool) -> list[dict[str, 
 
 
 def base_backups(plan: Plan, env_name: str, *, notify: bool) -> list[dict[str, Any]]:
-    """A verified plain base backup of every cluster that names a replication connection."""
+    """A verified base backup of every cluster that names a replication connection,
+    compressed as the plan's ``backup_schedule.base_backup_compression`` says."""
     environment = plan.environment(env_name)
     catalog = catalog_for(environment)
     results, problems = [], []
@@ -109,8 +116,9 @@ def base_backups(plan: Plan, env_name: str, *, notify: bool) -> list[dict[str, A
                 label_prefix=f"dr-{env_name}-{name}",
                 bindir=Path(cluster.bin_dir),
                 os_user=cluster.os_user,
+                compression=plan.backup_schedule.base_backup_compression,
             )
-        except (CommandError, OSError) as exc:
+        except (CommandError, ValidationFailed, OSError) as exc:
             problems.append(f"{name}: base backup failed: {exc}")
             continue
         (entry,) = [e for e in catalog.base_backups() if e.path == path]
@@ -218,8 +226,10 @@ def _verified_snapshot(
 
 
 def verify_all(plan: Plan, env_name: str) -> list[dict[str, Any]]:
-    """Check every dump (sha256 + ``pg_restore --list``), base backup
-    (``pg_verifybackup``) and snapshot (sha256) now; outcomes recorded beside each."""
+    """Check every dump (sha256 + ``pg_restore --list``), base backup (``pg_verifybackup``;
+    a compressed one: sha256 of its archives, then extracted into a scratch directory that
+    is removed afterwards and ``pg_verifybackup``-ed there) and snapshot (sha256) now;
+    outcomes recorded beside each."""
     environment = plan.environment(env_name)
     catalog = catalog_for(environment)
     checks = []
@@ -230,15 +240,14 @@ def verify_all(plan: Plan, env_name: str) -> list[dict[str, Any]]:
         + catalog.snapshots(BackupKind.STORAGE_SNAPSHOT)
     )
     for entry in entries:
-        checks.append(_check_row(catalog.verify(entry), _check_name(entry.kind)))
+        checks.append(_check_row(catalog.verify(entry, full=True), _check_name(entry)))
     return checks
 
 
-def _check_name(kind: BackupKind) -> str:
-    return {
-        BackupKind.LOGICAL_DUMP: "sha256 + pg_restore --list",
-        BackupKind.BASE_BACKUP: "pg_verifybackup",
-    }.get(kind, "sha256")
+def _check_name(entry: Any) -> str:
+    if entry.kind is BackupKind.BASE_BACKUP:
+        return base_backup_check(entry.format not in (None, "plain"), full=True)
+    return {BackupKind.LOGICAL_DUMP: "sha256 + pg_restore --list"}.get(entry.kind, "sha256")
 
 
 def _check_row(entry: Any, check: str) -> dict[str, Any]:

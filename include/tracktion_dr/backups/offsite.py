@@ -11,12 +11,13 @@ environment can point its ``backups`` straight at the offsite copy::
 
     <prefix>/database/logical/<db>_<stamp>.dump (+ .manifest.json, .verification.json)
     <prefix>/database/base/base_<stamp>.tar     (+ .backup_info.json, .verification.json)
-    <prefix>/wal_archive/<segment>
+    <prefix>/wal_archive/<segment>.zst (or <segment>: archived before compression)
     <prefix>/configuration/config_full_<stamp>.tar.gz (+ .manifest.json)
     <prefix>/storage/<area>/<area>_<level>_<stamp>.tar.gz (+ .manifest.json)
 
-Base backups are plain data directories (so ``pg_verifybackup`` can check them); offsite
-they travel as one uncompressed tar, built beside the backups and removed after upload.
+A base backup is a folder (compressed archives + ``backup_manifest``, or a plain data
+directory for old ones); offsite it travels as one tar of that folder (not compressed
+again: the archives inside already are), built beside the backups and removed after upload.
 """
 
 from __future__ import annotations
@@ -358,7 +359,7 @@ def copy_newest_backups(
                 wal_files.append(path)
                 continue
             try:
-                segment = wal.Segment.parse(path.name)
+                segment = wal.archived_segment(path.name)
             except ValueError:
                 continue
             if segment.number >= since:

@@ -218,9 +218,10 @@ def plan_retention(catalog: Catalog, keep: BackupRetention) -> RetentionReport:
 
 
 def _segment_of(name: str) -> wal.Segment | None:
-    """The segment a WAL archive file belongs to: ``<segment>`` or ``<segment>.<off>.backup``."""
+    """The segment a WAL archive file belongs to: ``<segment>``, ``<segment>.zst`` or
+    ``<segment>.<off>.backup``."""
     head = name.split(".", 1)[0]
-    if name != head and not name.endswith(".backup"):
+    if name != head and not name.endswith((".backup", wal.COMPRESSED_SUFFIX)):
         return None
     try:
         return wal.Segment.parse(head)

@@ -1,8 +1,9 @@
 """Point-in-time recovery of a cluster, the PostgreSQL 12+ way, that never promotes behind
 the operator's back.
 
-stop (fast, then immediate) → move the data directory aside (never ``rm -rf``) → copy the
-verified base backup in (through a staging copy) → recovery settings in
+stop (fast, then immediate) → move the data directory aside (never ``rm -rf``) → lay the
+base backup down (copied if plain, extracted if compressed) in a staging directory and
+verify it there with ``pg_verifybackup`` → recovery settings in
 ``postgresql.auto.conf`` (``recovery.conf`` stops a PG 12+ server) → start → PostgreSQL
 replays the archive (and the salvaged WAL) and **waits**; the DAG validates the server
 read-only while it waits, then promotes it with ``pg_promote``.
@@ -41,14 +42,15 @@ from typing import Any, Literal
 import psycopg
 
 from tracktion_dr.core.errors import InvalidInput, ServerDied, StepFailed
-from tracktion_dr.postgres.commands import CommandError, chown_tree
+from tracktion_dr.postgres import basebackup_format
+from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, chown_tree
 from tracktion_dr.postgres.control import ClusterControl, PgCtlControl
 from tracktion_dr.postgres.recovery_marker import (
     RECOVERY_SIGNALS,
     last_fatal_line,
     postmaster_pid,
 )
-from tracktion_dr.postgres.wal import int_to_lsn, lsn_to_int
+from tracktion_dr.postgres.wal import COMPRESSED_SUFFIX, checked_length, int_to_lsn, lsn_to_int
 
 log = logging.getLogger(__name__)
 
@@ -283,29 +285,32 @@ def stage_base_backup(
     tag: str,
     finish_staging: Callable[[Path], None],
     *,
-    verify: Callable[[Path], str] | None = None,
+    bindir: Path = DEFAULT_BINDIR,
     is_complete: Callable[[Path], bool] | None = None,
 ) -> tuple[Path, str]:
-    """Build the replacement BESIDE the data directory, touching nothing live: copy the
-    base backup into this incident's staging directory, ``verify`` the copy (the bytes
-    that will be started, not the backup they came from), hand it to the OS user, then let
-    ``finish_staging`` write the recovery settings and - last - the marker.
+    """Build the replacement BESIDE the data directory, touching nothing live: lay the base
+    backup (plain or compressed) down into this incident's staging directory and verify it
+    there with ``pg_verifybackup`` (the bytes that will be started, not the backup they
+    came from: :func:`~tracktion_dr.postgres.basebackup_format.stage_base_backup`), then
+    let ``finish_staging`` write the recovery settings and - last - the marker.
 
     Resumable: a staging directory ``is_complete`` (it carries the marker) is kept as it
-    is; a partial one is provably this incident's own copy and is discarded. Returns the
-    staging path and what was done."""
+    is; a partial one is provably this incident's own copy and is discarded. A copy that
+    fails verification raises ``CommandError`` / ``ValidationFailed`` (the caller decides
+    what that says of the backup). Returns the staging path and what was done."""
     staging = staging_path(data_directory, tag)
     if staging.exists() and is_complete is not None and is_complete(staging):
         return staging, f"{staging} already staged by an earlier attempt"
     if staging.exists():
-        log.info("discarding this incident's own half-copied staging %s", staging)
+        log.info("discarding this incident's own half-laid-down staging %s", staging)
         shutil.rmtree(staging)
-    shutil.copytree(base_backup, staging, symlinks=True)
-    staging.chmod(0o700)
-    chown_tree(staging, os_user)
-    verified = verify(staging) if verify is not None else "not verified"
+    staged = basebackup_format.stage_base_backup(base_backup, staging, bindir, os_user=os_user)
     finish_staging(staging)
-    return staging, f"{base_backup.name} staged at {staging} ({verified})"
+    chown_tree(staging, os_user)
+    return staging, (
+        f"{base_backup.name} ({staged['format']}) staged at {staging}, laid down in "
+        f"{staged['lay_down_seconds']:.1f}s, pg_verifybackup in {staged['verify_seconds']:.1f}s"
+    )
 
 
 def swap_in_staged(staging: Path, data_directory: Path) -> None:
@@ -328,15 +333,20 @@ def lay_down_base_backup(
     os_user: str,
     tag: str,
     finish_staging: Callable[[Path], None],
-) -> None:
+    *,
+    bindir: Path = DEFAULT_BINDIR,
+) -> str:
     """Stage the base backup and rename it into place in one go (the data directory must
     already be moved aside)."""
     if data_directory.exists():
         raise StepFailed(
             f"{data_directory} exists: it must be moved aside before the base backup is laid down"
         )
-    staging, _ = stage_base_backup(base_backup, data_directory, os_user, tag, finish_staging)
+    staging, detail = stage_base_backup(
+        base_backup, data_directory, os_user, tag, finish_staging, bindir=bindir
+    )
     swap_in_staged(staging, data_directory)
+    return detail
 
 
 def write_recovery_settings(
@@ -503,21 +513,28 @@ def promote_server(conninfo: str, *, wait_seconds: int = 300) -> tuple[bool, int
 
 
 def restore_command_for(archive: Path, salvage: Path | None = None) -> str:
-    """``restore_command`` reading the archive first, then the salvage folder.
+    """``restore_command`` reading the archive first (``<segment>.zst`` decompressed, or a
+    plain file copied), then the salvage folder (plain copies from a ``pg_wal``).
 
     A PostgreSQL setting run by the server's own shell (our code never uses one); ``%`` in
-    a path is doubled for the server, paths are shell-quoted. Quiet when a file is in
-    neither folder (standby mode asks for the next segment every few seconds)."""
-
-    def quoted(folder: Path) -> str:
-        return shlex.quote(str(folder).replace("%", "%%") + "/") + "%f"
-
-    if salvage is None:
-        return f"cp {quoted(archive)} %p"
-    return (
-        f"if test -f {quoted(archive)}; then cp {quoted(archive)} %p; "
-        f"elif test -f {quoted(salvage)}; then cp {quoted(salvage)} %p; else exit 1; fi"
+    a path is doubled for the server, paths are shell-quoted and named once each, in shell
+    variables (the expanded command must stay short, see ``wal.checked_length``). Quiet
+    when a file is in neither folder (standby mode asks for the next segment every few
+    seconds)."""
+    command = f"a={_shell_path(archive)}; "
+    if salvage is not None:
+        command += f"s={_shell_path(salvage)}; "
+    command += (
+        f'if test -f "$a/%f{COMPRESSED_SUFFIX}"; then zstd -dqf "$a/%f{COMPRESSED_SUFFIX}" -o %p; '
+        'elif test -f "$a/%f"; then cp "$a/%f" %p; '
     )
+    if salvage is not None:
+        command += 'elif test -f "$s/%f"; then cp "$s/%f" %p; '
+    return checked_length(command + "else exit 1; fi", "restore_command")
+
+
+def _shell_path(path: Path) -> str:
+    return shlex.quote(str(path).replace("%", "%%"))
 
 
 def last_replayed_commit(log_text: str) -> str | None:

@@ -63,7 +63,8 @@ class HeldSegment:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The segment's name (the archive's file may be ``<name>.zst``)."""
+        return wal.segment_name_of(self.path)
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,12 @@ def _segments_in(source: WalSource) -> list[HeldSegment]:
     found = []
     for path in source.directory.iterdir():
         try:
-            segment = wal.Segment.parse(path.name)
+            # The archive holds <segment>.zst; a pg_wal or the salvage folder plain files.
+            segment = (
+                wal.archived_segment(path.name)
+                if source.restorable
+                else wal.Segment.parse(path.name)
+            )
         except ValueError:
             continue
         if not path.is_file():
@@ -307,7 +313,7 @@ def salvage_wal(
     salvage = salvage_dir_for(archive)
     sources = [WalSource.pg_wal(label, directory) for label, directory in data_directories]
     present = [s for s in sources if s.directory.is_dir()]
-    archived = {p.name for p in archive.iterdir()} if archive.is_dir() else set()
+    archived = {wal.segment_name_of(p) for p in archive.iterdir()} if archive.is_dir() else set()
     copied: list[str] = []
     improved: list[str] = []
     if not present:

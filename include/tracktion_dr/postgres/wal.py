@@ -4,20 +4,40 @@ A WAL segment file is named ``TTTTTTTTXXXXXXXXYYYYYYYY`` (timeline, log, segment
 default 16 MiB segments there are 0x100 segments per log. Recovery needs every segment from
 a base backup's start to the target: one missing file stops replay there, so a gap is
 reported with the exact missing names.
+
+The archive holds segments compressed: ``<segment>.zst``, written by :func:`archive_command`
+(zstd; a bulk-load segment shrinks to about a quarter, an idle one switched out by
+``archive_timeout`` - 16 MiB of mostly zeros - to a few KiB). Plain ``<segment>`` files
+(archived before compression, or copied in from the salvage folder) are read the same way.
+Timeline histories, ``.backup`` labels and ``.partial`` files stay plain. Every reader goes
+through :func:`archived_segment` (names) and :func:`readable_segments` (``pg_waldump``
+cannot read zstd); ``restore_command`` decompresses (see ``pitr.restore_command_for``).
+zstd gives ``<segment>.zst`` the segment's own modification time, so the archive's "newest
+segment archived at" (the WAL watch, the RPO) is when its WAL was last written - a little
+earlier than a ``cp`` would say, never later.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import struct
-from collections.abc import Iterable, Sequence
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tracktion_dr.core.errors import CommandError
 from tracktion_dr.postgres.commands import run
 
+COMPRESSED_SUFFIX = ".zst"
+# zstd level of archived segments: level 3 (zstd's default) compresses a 16 MiB segment in
+# about 0.1 s on one core, level 1 barely faster and larger (bench/results/backup_compression.md).
+ARCHIVE_ZSTD_LEVEL = 3
 SEGMENTS_PER_LOG = 0x100  # 16 MiB segments (the PostgreSQL default, and the sandbox's)
 SEGMENT_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 COMMIT_TIME = re.compile(
@@ -104,17 +124,129 @@ def list_segments(archive: Path) -> dict[int, Path]:
 
 
 def segment_files(archive: Path) -> dict[tuple[int, int], Path]:
-    """(segment number, timeline) -> file, for every WAL segment file in the archive."""
+    """(segment number, timeline) -> file, for every WAL segment file in the archive
+    (``<segment>`` or ``<segment>.zst``; the plain one when both exist)."""
     found: dict[tuple[int, int], Path] = {}
     if not archive.is_dir():
         return found
     for path in archive.iterdir():
         try:
-            segment = Segment.parse(path.name)
+            segment = archived_segment(path.name)
         except ValueError:
             continue  # .history, .backup, .partial files
-        found[(segment.number, segment.timeline)] = path
+        key = (segment.number, segment.timeline)
+        if key not in found or not is_compressed(path):
+            found[key] = path
     return found
+
+
+# --- compressed segments in the archive ---------------------------------------------------
+
+
+def archived_segment(name: str) -> Segment:
+    """The segment an archive file holds: ``<segment>`` or ``<segment>.zst``."""
+    return Segment.parse(name.removesuffix(COMPRESSED_SUFFIX))
+
+
+def segment_name_of(path: Path) -> str:
+    """``<segment>`` for ``<segment>`` and ``<segment>.zst`` alike."""
+    return path.name.removesuffix(COMPRESSED_SUFFIX)
+
+
+def is_compressed(path: Path) -> bool:
+    return path.name.endswith(COMPRESSED_SUFFIX)
+
+
+def archived_file(archive: Path, segment_name: str) -> Path | None:
+    """The archive's file for a segment name, compressed or not (None: not archived)."""
+    for candidate in (archive / segment_name, archive / f"{segment_name}{COMPRESSED_SUFFIX}"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def decompress_segment(source: Path, destination: Path) -> None:
+    """``zstd -d`` one archived segment (zstd checks its frame checksum: a changed byte fails)."""
+    result = subprocess.run(
+        ["zstd", "-d", "-q", "-f", "-o", str(destination), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise CommandError(
+            f"zstd -d {source} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+        )
+
+
+@contextmanager
+def readable_segments(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """The same segments as plain files named as their segments, which is what
+    ``pg_waldump`` reads: compressed ones decompressed into a temporary folder (removed on
+    exit), plain ones as they are - unless they must share a folder with decompressed ones
+    (``pg_waldump --path`` reads a run of segments from one folder): then linked there."""
+    if not any(is_compressed(p) for p in paths):
+        yield list(paths)
+        return
+    with tempfile.TemporaryDirectory(prefix="tracktion-wal-") as scratch:
+        folder = Path(scratch)
+        readable = []
+        for path in paths:
+            target = folder / segment_name_of(path)
+            if is_compressed(path):
+                decompress_segment(path, target)
+            else:
+                target.symlink_to(path.resolve())
+            readable.append(target)
+        yield readable
+
+
+def archive_command(archive: Path, *, level: int = ARCHIVE_ZSTD_LEVEL) -> str:
+    """The ``archive_command`` that stores a finished segment as ``<segment>.zst``, and any
+    other file (timeline history, backup label, partial segment) as it is.
+
+    Never overwrites: a file already archived under either name is compared with the one
+    offered (identical = success: a restarted archiver may resend it; different = failure,
+    so the archiver stalls and ``pg_stat_archiver`` shows it instead of history being
+    replaced). Written to a hidden name first, then renamed: a crash never leaves a
+    truncated file where ``restore_command`` looks. A PostgreSQL setting run by the
+    server's shell: ``%`` in the path doubled, the path shell-quoted, and named once in a
+    shell variable - PostgreSQL 15 cuts the expanded command at 1024 bytes
+    (:data:`MAX_COMMAND_BYTES`), so it must stay short."""
+    command = (
+        f"a={_shell_path(archive)}; f=%f; p=%p; "
+        # A segment's name is exactly 24 characters (a '?' each); nothing else is.
+        f"case $f in {'?' * 24}) "
+        'if test -f "$a/$f.zst"; then zstd -dqc "$a/$f.zst" | cmp -s - "$p"; '
+        'elif test -f "$a/$f"; then cmp -s "$p" "$a/$f"; '
+        f'else zstd -qf -{int(level)} "$p" -o "$a/.$f.zst.partial" '
+        '&& mv "$a/.$f.zst.partial" "$a/$f.zst"; fi;; '
+        '*) if test -f "$a/$f"; then cmp -s "$p" "$a/$f"; '
+        'else cp "$p" "$a/.$f.partial" && mv "$a/.$f.partial" "$a/$f"; fi;; esac'
+    )
+    return checked_length(command, "archive_command")
+
+
+# PostgreSQL 15 builds archive_command (with %p and %f expanded) in a MAXPGPATH buffer and
+# silently cuts what does not fit: the archiver then fails with a shell syntax error.
+MAX_COMMAND_BYTES = 1024
+_EXPANSION_BYTES = 64  # %p is pg_wal/<24 characters>, %f the 24
+
+
+def checked_length(command: str, setting: str) -> str:
+    expanded = len(command.replace("%%", "%").encode()) + _EXPANSION_BYTES
+    if expanded >= MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"{setting} would be {expanded} bytes once expanded; PostgreSQL 15 cuts it at "
+            f"{MAX_COMMAND_BYTES}: use a shorter archive path"
+        )
+    return command
+
+
+def _shell_path(path: Path) -> str:
+    """A path for the server's shell: quoted, ``%`` doubled for the server."""
+    return shlex.quote(str(path).replace("%", "%%"))
 
 
 def latest_timeline(archive: Path) -> int:
@@ -204,13 +336,14 @@ def archive_state(archive: Path, since: Segment | None = None) -> ArchiveState:
 
 def last_commit_time(segment_file: Path, bindir: Path) -> datetime | None:
     """The newest COMMIT/ABORT timestamp recorded in one WAL segment (via pg_waldump)."""
-    result = run(
-        [str(bindir / "pg_waldump"), "--rmgr=Transaction", str(segment_file)],
-        what=f"pg_waldump {segment_file.name}",
-        env={**os.environ, "TZ": "UTC"},  # pg_waldump prints times in its own zone
-        check=False,
-        timeout=120,
-    )
+    with readable_segments([segment_file]) as (readable,):
+        result = run(
+            [str(bindir / "pg_waldump"), "--rmgr=Transaction", str(readable)],
+            what=f"pg_waldump {segment_file.name}",
+            env={**os.environ, "TZ": "UTC"},  # pg_waldump prints times in its own zone
+            check=False,
+            timeout=120,
+        )
     # pg_waldump exits non-zero at the end of a segment whose last record continues in the
     # next file; the records it printed are still valid.
     times = [
@@ -283,13 +416,14 @@ class SegmentContents:
 
 def read_segment(segment_file: Path, bindir: Path) -> SegmentContents:
     """The last valid record and the newest commit in one segment file (pg_waldump)."""
-    result = run(
-        [str(bindir / "pg_waldump"), str(segment_file)],
-        what=f"pg_waldump {segment_file.name}",
-        env={**os.environ, "TZ": "UTC"},
-        check=False,  # exits non-zero where the valid records end; those printed are good
-        timeout=300,
-    )
+    with readable_segments([segment_file]) as (readable,):
+        result = run(
+            [str(bindir / "pg_waldump"), str(readable)],
+            what=f"pg_waldump {segment_file.name}",
+            env={**os.environ, "TZ": "UTC"},
+            check=False,  # exits non-zero where the valid records end; those printed are good
+            timeout=300,
+        )
     last_lsn: int | None = None
     for line in reversed(result.stdout.splitlines()):
         match = RECORD.search(line)
@@ -318,30 +452,48 @@ def restore_points(segment_files: Sequence[tuple[int, Path]], bindir: Path) -> l
 
     ``segment_files`` are (segment number, file) along one replay path. Runs of consecutive
     segments in one folder on one timeline are read by one pg_waldump (so a record that
-    crosses from one file into the next is still seen)."""
-    found: list[RestorePoint] = []
+    crosses from one file into the next is still seen); compressed ones in overlapping
+    pieces (see :func:`_chunks`), decompressed into a temporary folder."""
+    found: dict[int, RestorePoint] = {}
     for run_files in _runs(segment_files):
-        first, last = run_files[0], run_files[-1]
-        timeline = Segment.parse(first.name).timeline
-        result = run(
-            [
-                str(bindir / "pg_waldump"),
-                "--rmgr=XLOG",
-                f"--path={first.parent}",
-                first.name,
-                last.name,
-            ],
-            what=f"pg_waldump {first.name}..{last.name}",
-            check=False,
-            timeout=1800,
-        )
-        for line in result.stdout.splitlines():
-            match = RECORD.search(line)
-            if match and match.group(2) == "RESTORE_POINT":
-                found.append(
-                    RestorePoint(match.group(3).strip(), lsn_to_int(match.group(1)), timeline)
+        timeline = archived_segment(run_files[0].name).timeline
+        for chunk in _chunks(run_files):
+            with readable_segments(chunk) as readable:
+                first, last = readable[0], readable[-1]
+                result = run(
+                    [
+                        str(bindir / "pg_waldump"),
+                        "--rmgr=XLOG",
+                        f"--path={first.parent}",
+                        first.name,
+                        last.name,
+                    ],
+                    what=f"pg_waldump {first.name}..{last.name}",
+                    check=False,
+                    timeout=1800,
                 )
-    return sorted(found, key=lambda point: point.lsn)
+            for line in result.stdout.splitlines():
+                match = RECORD.search(line)
+                if match and match.group(2) == "RESTORE_POINT":
+                    point = RestorePoint(
+                        match.group(3).strip(), lsn_to_int(match.group(1)), timeline
+                    )
+                    found[point.lsn] = point  # chunks overlap by one segment
+    return sorted(found.values(), key=lambda point: point.lsn)
+
+
+# Compressed segments are decompressed for pg_waldump this many at a time (16 MiB each).
+CHUNK_SEGMENTS = 32
+
+
+def _chunks(run_files: list[Path]) -> list[list[Path]]:
+    """A run of consecutive segments in pieces of CHUNK_SEGMENTS, each starting at the
+    previous one's last segment: a record crossing into the next file is still read whole
+    (by the piece where it starts), at the price of one segment read twice."""
+    if len(run_files) <= CHUNK_SEGMENTS or not any(is_compressed(p) for p in run_files):
+        return [run_files]
+    step = CHUNK_SEGMENTS - 1
+    return [run_files[i : i + CHUNK_SEGMENTS] for i in range(0, len(run_files) - 1, step)]
 
 
 def _runs(segment_files: Sequence[tuple[int, Path]]) -> list[list[Path]]:

@@ -28,7 +28,7 @@ from tracktion_dr.core.errors import (
 from tracktion_dr.core.incident import InvalidInput
 from tracktion_dr.core.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.core.plan import Cluster, Database, Environment, Plan
-from tracktion_dr.postgres import basebackups, pitr, restore
+from tracktion_dr.postgres import pitr, restore
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, Endpoint
 from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.postgres.dumps import read_manifest
@@ -783,10 +783,10 @@ def pitr_actions(
         how = f"target {target.describe()}, recovery_target_action = pause, hot_standby = on"
         gate = "the server is paused at the target"
     actions += [
-        f"at the same time, touching nothing live: copy base backup {base['id']} "
-        f"({base.get('start_lsn')}..{base.get('stop_lsn')}) into "
-        f"{pitr.staging_path(data, tag).name} beside the data directory, pg_verifybackup that "
-        "copy, write the recovery settings and the recovery marker there",
+        f"at the same time, touching nothing live: lay base backup {base['id']} "
+        f"({base.get('start_lsn')}..{base.get('stop_lsn')}) down (copy, or extract if "
+        f"compressed) into {pitr.staging_path(data, tag).name} beside the data directory, "
+        "pg_verifybackup that copy, write the recovery settings and the recovery marker there",
         f"and stop services that depend on cluster {pitr_plan['cluster']}: {services} "
         "(not once the cluster is this incident's recovered primary)",
         f"stop PostgreSQL in {data} (fast, then immediate) - unless it is this incident's recovery",
@@ -819,8 +819,9 @@ def target_from_plan(pitr_plan: dict[str, Any]) -> pitr.RecoveryTarget:
 
 def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     """Build the recovery directory beside the live one, touching nothing live (it runs
-    while the services stop): the base backup copied into this incident's staging
-    directory, ``pg_verifybackup`` on that copy, the recovery settings and the marker.
+    while the services stop): the base backup laid down (copied, or extracted if
+    compressed) in this incident's staging directory, ``pg_verifybackup`` on that copy, the
+    recovery settings and the marker.
 
     A copy that fails verification marks the backup failed (the next attempt's guard
     chooses another) and fails the step for good: nothing was stopped by it."""
@@ -831,19 +832,6 @@ def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
     target = target_from_plan(pitr_plan)
     base = pitr_plan["base_backup"]
-
-    def verify(staged: Path) -> str:
-        try:
-            return basebackups.verify_base_backup(staged, bindir=bindir, os_user=os_user)
-        except CommandError as exc:
-            record_verification(
-                Path(base["path"]), Status.FAILED, str(exc), "pg_verifybackup of a staged copy"
-            )
-            raise ValidationFailed(
-                f"base backup {base['id']} failed pg_verifybackup as staged at {staged}: {exc}; "
-                "it is now marked failed, nothing live was touched",
-                hint="re-run: the guard then chooses the next usable base backup",
-            ) from None
 
     def finish_staging(staging: Path) -> None:
         written = pitr.write_recovery_settings(
@@ -863,15 +851,25 @@ def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
             os_user,
         )
 
-    _, detail = pitr.stage_base_backup(
-        Path(base["path"]),
-        paths.data_directory,
-        os_user,
-        pitr_plan["tag"],
-        finish_staging,
-        verify=verify,
-        is_complete=lambda staged: own_recovery(staged, pitr_plan["incident_id"]) is not None,
-    )
+    try:
+        _, detail = pitr.stage_base_backup(
+            Path(base["path"]),
+            paths.data_directory,
+            os_user,
+            pitr_plan["tag"],
+            finish_staging,
+            bindir=bindir,
+            is_complete=lambda staged: own_recovery(staged, pitr_plan["incident_id"]) is not None,
+        )
+    except (CommandError, ValidationFailed) as exc:
+        record_verification(
+            Path(base["path"]), Status.FAILED, str(exc), "pg_verifybackup of a staged copy"
+        )
+        raise ValidationFailed(
+            f"base backup {base['id']} failed verification as staged beside "
+            f"{paths.data_directory}: {exc}; it is now marked failed, nothing live was touched",
+            hint="re-run: the guard then chooses the next usable base backup",
+        ) from None
     return detail + (
         "; standby-mode settings"
         if target.standby_mode
