@@ -309,7 +309,8 @@ def stage_base_backup(
     chown_tree(staging, os_user)
     return staging, (
         f"{base_backup.name} ({staged['format']}) staged at {staging}, laid down in "
-        f"{staged['lay_down_seconds']:.1f}s, pg_verifybackup in {staged['verify_seconds']:.1f}s"
+        f"{staged['lay_down_seconds']:.1f}s, backup successfully verified by pg_verifybackup in "
+        f"{staged['verify_seconds']:.1f}s"
     )
 
 
