@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from tracktion_dr.backups.catalog import Catalog, Status, local_path, record_verification
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
+    ControllerError,
     NoUsableBackup,
     Refused,
     StepFailed,
@@ -49,7 +51,7 @@ from tracktion_dr.postgres.salvage import (
     salvage_wal,
 )
 from tracktion_dr.postgres.wal import lsn_to_int
-from tracktion_dr.services.base import ServiceController
+from tracktion_dr.services.base import ServiceController, ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -1043,6 +1045,10 @@ def start_services(environment: Environment, services: list[str], controller_for
     return f"started {', '.join(s for level in levels for s in level) or 'nothing'}"
 
 
+STOP_CONFIRM_SECONDS = 60
+STOP_CONFIRM_POLL_SECONDS = 0.2
+
+
 def _each_level(
     environment: Environment, levels: list[list[str]], controller_for: Any, operation: str
 ) -> None:
@@ -1055,13 +1061,37 @@ def _each_level(
             controller: ServiceController = controller_for(
                 environment.controllers[service.controller]
             )
-            calls.append((getattr(controller, operation), service.unit or name))
+            calls.append((controller, service.unit or name))
         if len(calls) == 1:
-            calls[0][0](calls[0][1])
+            _apply(operation, *calls[0])
             continue
         with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="dr-svc") as pool:
-            for future in [pool.submit(call, unit) for call, unit in calls]:
+            for future in [pool.submit(_apply, operation, c, unit) for c, unit in calls]:
                 future.result()  # the first failure, as raised
+
+
+def _apply(operation: str, controller: ServiceController, unit: str) -> None:
+    getattr(controller, operation)(unit)
+    if operation == "stop":
+        _confirm_stopped(controller, unit)
+
+
+def _confirm_stopped(controller: ServiceController, unit: str) -> None:
+    """A stop returns before the process is gone when someone else is already stopping it
+    (supervisord answers NOT_RUNNING for a process in STOPPING): the next level - or a
+    database moved aside - must not go ahead while it may still write."""
+    deadline = time.monotonic() + STOP_CONFIRM_SECONDS
+    while True:
+        status = controller.status(unit)
+        if status.state in (ServiceState.STOPPED, ServiceState.FAILED):
+            return
+        if time.monotonic() >= deadline:
+            raise ControllerError(
+                f"{unit} was asked to stop but is still {status.state} after "
+                f"{STOP_CONFIRM_SECONDS}s ({status.detail or 'no detail'})",
+                hint=f"stop {unit} on its host by hand, then re-run the same incident",
+            )
+        time.sleep(STOP_CONFIRM_POLL_SECONDS)
 
 
 def utcnow() -> datetime:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 class ServiceState(enum.StrEnum):
     RUNNING = "running"
     STARTING = "starting"
+    STOPPING = "stopping"  # asked to stop, the process not gone yet
     STOPPED = "stopped"
     FAILED = "failed"
     UNKNOWN = "unknown"

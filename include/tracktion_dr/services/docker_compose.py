@@ -47,7 +47,7 @@ _STATES = {
     "created": ServiceState.STOPPED,
     "exited": ServiceState.STOPPED,
     "paused": ServiceState.STOPPED,
-    "removing": ServiceState.STOPPED,
+    "removing": ServiceState.STOPPING,
     "dead": ServiceState.FAILED,
 }
 

@@ -30,7 +30,7 @@ _STATES = {
     "STARTING": ServiceState.STARTING,
     "BACKOFF": ServiceState.STARTING,
     "STOPPED": ServiceState.STOPPED,
-    "STOPPING": ServiceState.STOPPED,
+    "STOPPING": ServiceState.STOPPING,
     "EXITED": ServiceState.STOPPED,
     "FATAL": ServiceState.FAILED,
     "UNKNOWN": ServiceState.UNKNOWN,

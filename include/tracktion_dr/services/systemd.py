@@ -26,7 +26,7 @@ _ACTIVE_STATES = {
     "active": ServiceState.RUNNING,
     "reloading": ServiceState.RUNNING,
     "activating": ServiceState.STARTING,
-    "deactivating": ServiceState.STOPPED,
+    "deactivating": ServiceState.STOPPING,
     "inactive": ServiceState.STOPPED,
     "failed": ServiceState.FAILED,
 }
