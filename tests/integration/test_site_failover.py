@@ -141,6 +141,7 @@ def test_a_dry_run_touches_nothing_and_a_site_that_answers_is_not_failed_over(ow
     assert states["guard"] == "failed", "the primary site answers: refused even in a dry run"
     assert not recovery_site.data_directory(sandbox.layout).exists()
 
+    recovery_site.copy_offsite(sandbox.layout)
     drill_plan = run_dag(DAG_ID, {"environment": "drill", "mode": "drill", "dry_run": True})
     states = task_states(drill_plan)
     assert states["verdict"] == "success", states

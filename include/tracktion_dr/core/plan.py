@@ -763,6 +763,9 @@ class RecoverySite(_Model):
     database_settings: dict[str, ParameterValue] = {}
     backups: BackupLocations | None = None
     services: dict[str, Service] = {}
+    # The site's load balancer when a controller of the plan runs it (the sandbox's);
+    # None when the stack's own (an ALB) needs no start.
+    balancer: Service | None = None
     balancer_server: str = Field(default="recovery", pattern=r"^[a-z][a-z0-9_-]{0,62}$")
 
     @model_validator(mode="after")
@@ -1343,6 +1346,10 @@ def _site_problems(base: str, env: Environment, tiers: dict[str, Tier]) -> list[
                     )
                 )
         targets = set(site.services) | set(env.databases) | set(env.storage)
+        if site.balancer and site.balancer.controller not in env.controllers:
+            problems.append(
+                (f"{path}.balancer.controller", f"unknown controller {site.balancer.controller!r}")
+            )
         for name, service in site.services.items():
             if name not in env.services:
                 problems.append(

@@ -651,9 +651,19 @@ def promote_databases(plan: Plan, run: dict[str, Any], access: SystemAccess) -> 
 
 
 def start_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> str:
+    """The site's load balancer (when a controller of the plan runs it), then the
+    services in dependency order (controllers start only what is stopped)."""
     environment = plan.environment(run["environment"])
-    site_env = site_environment(environment, recovery_site(plan, run["environment"]))
-    return db.start_services(site_env, run["services"], access.controller)
+    site = recovery_site(plan, run["environment"])
+    notes = []
+    if site.balancer is not None:
+        controller = access.controller(environment.controllers[site.balancer.controller])
+        controller.start(site.balancer.unit or "load-balancer")
+        notes.append(f"started the site's balancer ({site.balancer.unit})")
+    notes.append(
+        db.start_services(site_environment(environment, site), run["services"], access.controller)
+    )
+    return "; ".join(notes)
 
 
 def services_healthy(plan: Plan) -> GateCheck:
@@ -928,6 +938,10 @@ def dismantle_drill_site(
             except Exception as exc:  # noqa: BLE001 - a stopped balancer keeps its state file
                 notes.append(f"balancer {backend}: {exc}")
                 break
+    if site.balancer is not None:
+        controller = access.controller(environment.controllers[site.balancer.controller])
+        controller.stop(site.balancer.unit or "load-balancer")
+        notes.append(f"stopped the site's balancer ({site.balancer.unit})")
     return "; ".join(notes)
 
 
