@@ -242,3 +242,29 @@ def test_the_site_failover_brings_tracktion_up_in_the_recovery_site_from_the_off
             moved_backups.rename(local_backups)
         recovery_site.start_primary_site(layout, secrets)
         upsert_primary_records()
+
+
+def test_the_drill_restores_into_the_site_beside_production_and_dismantles_it(own_site, sandbox):
+    """mode=drill: production answers throughout, DNS stays on the primary, the drill's
+    site is restored, validated and dismantled (its database kept aside, its ports closed)."""
+    layout = sandbox.layout
+    recovery_site.copy_offsite(layout)
+    dns = load_plan().environment("drill").dns
+    dag_run = run_dag(DAG_ID, {"environment": "drill", "mode": "drill", "notify": False})
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", states
+    assert states["validate_site"] == "success" and states["dismantle_drill_site"] == "success"
+    guard = task_result(dag_run, "guard")
+    assert guard["primary_site"]["answering"] and guard["dns_records"] == []
+    assert route53_values(API) == dns.records[API].primary.values, "DNS stayed on the primary"
+    with psycopg.connect(primary_conninfo(sandbox.secrets)) as conn:
+        assert conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone() == (False,)
+    data = recovery_site.data_directory(layout)
+    tag = guard["clusters"]["main"]["tag"]
+    assert not data.exists() and data.with_name(f"{data.name}.drill_{tag}").is_dir()
+    for port in L.RECOVERY_SITE_PORTS.values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{L.HOST}:{port}/", timeout=2)
+    loss = task_result(dag_run, "measure_data_loss")["data_loss"]["tracktion"]
+    assert loss["newest_surviving_write"] is not None
+    assert task_result(dag_run, "record")["rto_achieved_seconds"] is not None
