@@ -144,12 +144,9 @@ def assess_primary_site(
     for name, cluster in environment.clusters.items():
         for role, conn_id in (("primary", cluster.conn_id), ("replica", cluster.replica_conn_id)):
             if conn_id:
-                targets.append(
-                    (
-                        f"{name} {role}",
-                        lambda c=conn_id: probe_database(access.conninfo(c, "postgres"), timeout),
-                    )
-                )
+                # Resolved here: a connection Airflow does not have is an error, not "down".
+                conninfo = access.conninfo(conn_id, "postgres")
+                targets.append((f"{name} {role}", lambda c=conninfo: probe_database(c, timeout)))
     for name, service in environment.services.items():
         targets.append((name, lambda u=str(service.health_url): probe_http(u, timeout)))
     answering: dict[str, str] = {}
