@@ -28,9 +28,11 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from harness.killable_run import KillableRun, fail_runs_left_running
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.core.plan import load_plan
+from tracktion_dr.postgres.recovery_marker import postmaster_pid, read_marker, recovery_pending
 from tracktion_sandbox import layout as L
 from tracktion_sandbox import recovery_site, s3
 
@@ -282,3 +284,51 @@ def test_the_bi_annual_drill_runs_the_site_failover_dag_as_a_drill(own_site, san
     assert not recovery_site.data_directory(sandbox.layout).exists()
     refused = run_dag("dr_test_site_failover", {"environment": "production", "dry_run": True})
     assert task_states(refused)["guard"] == "failed"
+
+
+def test_a_drill_killed_during_replay_is_resumed_by_a_rerun_of_its_incident(
+    own_site, sandbox, tmp_path
+):
+    """SIGKILLed while the site's server replays the offsite WAL, then run again with the
+    same incident: the staged and laid-down recovery is resumed, the running server is not
+    restarted, and the drill ends with one kept copy of the site's database."""
+    layout = sandbox.layout
+    recovery_site.copy_offsite(layout)
+    incident_id = datetime.now(UTC).strftime("DR-%Y%m%d-%H%M%S")
+    conf = {
+        "environment": "drill",
+        "mode": "drill",
+        "incident_id": incident_id,
+        "incident_started_at": datetime.now(UTC).isoformat(),
+        "notify": False,
+    }
+    data = recovery_site.data_directory(layout)
+
+    def replaying() -> bool:
+        marker = read_marker(data)
+        return (
+            marker is not None
+            and marker.incident_id == incident_id
+            and recovery_pending(data)
+            and postmaster_pid(data) is not None
+        )
+
+    run = KillableRun.dag_test(DAG_ID, conf, log_path=tmp_path / "killed.log")
+    run.wait_until(replaying, what="the site's server replaying", interval=0.01)
+    run.kill()
+    assert run.wait_exit() == -9
+    fail_runs_left_running(DAG_ID)
+    server = postmaster_pid(data)
+    assert server is not None, "PostgreSQL outlives the killed worker"
+
+    dag_run = run_dag(DAG_ID, conf)
+    states = task_states(dag_run)
+    assert states["verdict"] == "success", (states, run.log_path)
+    assert (
+        "already this incident's recovery"
+        in task_result(dag_run, "stage_database")["event"]["detail"]
+    )
+    assert "already running" in task_result(dag_run, "start_postgres")["event"]["detail"]
+    tag = task_result(dag_run, "guard")["clusters"]["main"]["tag"]
+    with_tag = {p.name for p in data.parent.iterdir() if p.is_dir() and tag in p.name}
+    assert with_tag == {f"{data.name}.drill_{tag}"}, with_tag
