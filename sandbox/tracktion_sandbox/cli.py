@@ -23,6 +23,7 @@ from tracktion_sandbox import (
     file_snapshots,
     generate,
     pg,
+    recovery_site,
     s3,
     supervisor,
 )
@@ -44,6 +45,8 @@ ALL_PORTS = [
     L.SINK_SMTP_PORT,
     L.S3_PORT,
 ]
+# The recovery site's ports: closed after ``down``, not expected open after ``up``.
+RECOVERY_SITE_PORTS = list(L.RECOVERY_SITE_PORTS.values())
 HEALTHY_WAIT_SECONDS = 60
 
 
@@ -94,7 +97,11 @@ def up(layout: SandboxLayout, size: str) -> None:
     )
     connections.write_airflow_env(layout, secrets)
     log.info("supervisord: services, load balancer, sink, canary")
-    supervisor.up(layout, secrets, supervisor.default_programs(layout, secrets))
+    supervisor.up(
+        layout,
+        secrets,
+        supervisor.default_programs(layout, secrets) + recovery_site.programs(layout, secrets),
+    )
     wait_until_healthy(layout)
     s3.ensure_buckets()
     s3.ensure_hosted_zone()
@@ -104,11 +111,13 @@ def up(layout: SandboxLayout, size: str) -> None:
 def down(layout: SandboxLayout) -> None:
     if layout.secrets_file.exists():
         supervisor.down(layout, load_or_create(layout))
+    recovery_site.stop(layout)
     pg.down(layout)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(port_open(p) for p in ALL_PORTS):
+    ports = ALL_PORTS + RECOVERY_SITE_PORTS
+    while time.monotonic() < deadline and any(port_open(p) for p in ports):
         time.sleep(0.3)
-    left = [p for p in ALL_PORTS if port_open(p)]
+    left = [p for p in ports if port_open(p)]
     if left:
         raise SystemExit(f"sandbox down, but ports still listening: {left}")
     log.info("sandbox is down (state kept in %s)", layout.home)

@@ -43,6 +43,8 @@ def sandbox_connections(secrets: SandboxSecrets) -> dict[str, dict[str, object]]
     return {
         "tracktion_pg_primary": postgres(L.PRIMARY_PORT, L.APP_DATABASE),
         "tracktion_pg_replica": postgres(L.REPLICA_PORT, L.APP_DATABASE),
+        # The recovery site's cluster (restored from the primary's backups: same roles).
+        "tracktion_pg_recovery": postgres(L.RECOVERY_SITE_PORTS["database"], L.APP_DATABASE),
         # The application role the services log in as (dr_security_incident reads the
         # old password here to prove it refused after a rotation).
         "tracktion_app_db": {

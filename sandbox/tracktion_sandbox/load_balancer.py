@@ -345,16 +345,25 @@ class LoadBalancerHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    layout: SandboxLayout, port: int = layout_mod.LOAD_BALANCER_PORT
+    layout: SandboxLayout,
+    port: int = layout_mod.LOAD_BALANCER_PORT,
+    state: Path | None = None,
 ) -> SandboxHTTPServer:
-    store = BackendStore(layout.load_balancer_state)
+    store = BackendStore(state or layout.load_balancer_state)
     handler = type("BoundLoadBalancerHandler", (LoadBalancerHandler,), {"store": store})
     return SandboxHTTPServer((layout_mod.HOST, port), handler)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    # --port/--state: the recovery site's balancer (recovery_site.py) is another instance.
+    parser = argparse.ArgumentParser(description="Tracktion sandbox load balancer")
+    parser.add_argument("--port", type=int, default=layout_mod.LOAD_BALANCER_PORT)
+    parser.add_argument("--state", type=Path, default=None)
+    args = parser.parse_args(argv)
     configure_logging()
-    serve_until_signalled(make_server(SandboxLayout()), "load-balancer")
+    serve_until_signalled(make_server(SandboxLayout(), args.port, args.state), "load-balancer")
     return 0
 
 

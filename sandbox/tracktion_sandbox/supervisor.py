@@ -63,6 +63,8 @@ class Program:
     environment: Mapping[str, str] = field(default_factory=dict)
     autorestart: bool = True
     startsecs: int = 1
+    # False: configured but left stopped until a controller starts it (the recovery site).
+    autostart: bool = True
 
 
 # --------------------------------------------------------------------------- config
@@ -159,7 +161,7 @@ def render_config(
             f"command={_render_command(program.command)}",
             f"environment={_render_environment(program.name, program.environment)}",
             f"directory={_escape_percent(str(layout.home))}",
-            "autostart=true",
+            f"autostart={_bool(program.autostart)}",
             f"autorestart={_bool(program.autorestart)}",
             f"startsecs={int(program.startsecs)}",
             "startretries=3",
@@ -537,7 +539,7 @@ def up(layout: SandboxLayout, secrets: SandboxSecrets, programs: list[Program]) 
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     layout.logs.mkdir(parents=True, exist_ok=True)
     _write_private(layout.supervisor_conf, render_config(layout, secrets, programs))
-    names = {program.name for program in programs}
+    names = {program.name for program in programs if program.autostart}
     if _answers(secrets):
         log.info("supervisord already running; applying config")
         proxy = client(secrets)

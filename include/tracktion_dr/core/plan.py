@@ -751,6 +751,22 @@ class RecoverySite(_Model):
     tier: str = "important"
     # How long the stack may take to create or update (RDS alone takes 10-20 minutes).
     create_timeout: Duration = timedelta(hours=1)
+    # dr_site_failover: what runs in the site once the stack exists. ``clusters``: the
+    # site's PostgreSQL clusters, keyed by the environment's cluster each replaces (empty
+    # data directories until the failover restores them); ``database_settings``: written
+    # into a restored cluster's configuration (its port, archiving off until the site's
+    # own backups are set up); ``backups``: the offsite copy the site restores from (the
+    # cross-region s3:// copy; a file:// stand-in in the sandbox); ``services``: the
+    # environment's services as they run in the site (their health URLs, units, checks);
+    # ``balancer_server``: the site's server name in its load balancer's backends.
+    clusters: dict[str, Cluster] = {}
+    database_settings: dict[str, ParameterValue] = {}
+    backups: BackupLocations | None = None
+    services: dict[str, Service] = {}
+    # The site's load balancer when a controller of the plan runs it (the sandbox's);
+    # None when the stack's own (an ALB) needs no start.
+    balancer: Service | None = None
+    balancer_server: str = Field(default="recovery", pattern=r"^[a-z][a-z0-9_-]{0,62}$")
 
     @model_validator(mode="after")
     def _fits_the_template(self) -> RecoverySite:
@@ -768,6 +784,11 @@ class RecoverySite(_Model):
         missing = [p for p in outline.required_parameters if p not in self.parameters]
         if missing:
             raise ValueError(f"the {self.template} template needs parameters {missing}")
+        if self.clusters and self.backups is None:
+            raise ValueError("clusters need backups (the offsite copy they are restored from)")
+        for setting in self.database_settings:
+            if not re.fullmatch(r"[a-z_][a-z0-9_.]*", setting):
+                raise ValueError(f"database_settings: {setting!r} is not a PostgreSQL setting name")
         for name, url in self.endpoints.items():
             # "{ServiceURL}": an Output that is itself a URL (checked once it is known).
             if not url.startswith((*_ENDPOINT_SCHEMES, "{")):
@@ -1329,6 +1350,43 @@ def _site_problems(base: str, env: Environment, tiers: dict[str, Tier]) -> list[
                 )
         if env.recovery_site.tier not in tiers:
             problems.append((f"{path}.tier", f"unknown tier {env.recovery_site.tier!r}"))
+        site = env.recovery_site
+        for name in site.clusters:
+            if name not in env.clusters:
+                problems.append(
+                    (
+                        f"{path}.clusters.{name}",
+                        f"not a cluster of the environment ({sorted(env.clusters)})",
+                    )
+                )
+        targets = set(site.services) | set(env.databases) | set(env.storage)
+        if site.balancer and site.balancer.controller not in env.controllers:
+            problems.append(
+                (f"{path}.balancer.controller", f"unknown controller {site.balancer.controller!r}")
+            )
+        for name, service in site.services.items():
+            if name not in env.services:
+                problems.append(
+                    (
+                        f"{path}.services.{name}",
+                        f"not a service of the environment ({sorted(env.services)})",
+                    )
+                )
+            if service.controller not in env.controllers:
+                problems.append(
+                    (
+                        f"{path}.services.{name}.controller",
+                        f"unknown controller {service.controller!r}",
+                    )
+                )
+            for i, dependency in enumerate(service.depends_on):
+                if dependency not in targets or dependency == name:
+                    problems.append(
+                        (
+                            f"{path}.services.{name}.depends_on[{i}]",
+                            f"{dependency!r} is not in the site",
+                        )
+                    )
     if env.dns and env.dns.tier not in tiers:
         problems.append((f"{base}.dns.tier", f"unknown tier {env.dns.tier!r}"))
     return problems

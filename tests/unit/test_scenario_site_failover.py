@@ -1,0 +1,142 @@
+"""dr_site_failover's decisions that need no live system: the plan's site section is
+checked at load with field paths, a site the plan does not describe is refused, what the
+offsite copy lacks is computed from two WAL ends, the stack's endpoint must be the
+server the plan connects to, and a drill's plan of actions says what it leaves alone."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracktion_dr.core.errors import InvalidInput, StepFailed
+from tracktion_dr.core.plan import PlanError, load_plan, parse_plan
+from tracktion_dr.scenarios import SystemAccess, site_failover
+from tracktion_dr.scenarios.site_failover import WalPoint, predicted_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDBOX_PLAN = ROOT / "include" / "config" / "sandbox.yaml"
+PRODUCTION_PLAN = ROOT / "include" / "config" / "tracktion.yaml"
+
+
+@pytest.fixture(autouse=True)
+def sandbox_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("DR_SANDBOX_HOME", str(tmp_path))
+
+
+def drill_site(data: dict) -> dict:
+    environment = copy.deepcopy(data["environments"]["drill"])
+    data["environments"]["drill"] = environment
+    return environment["recovery_site"]
+
+
+def problems_of(data: dict) -> str:
+    with pytest.raises(PlanError) as caught:
+        parse_plan(data)
+    return str(caught.value)
+
+
+def test_the_site_section_is_checked_at_load_with_field_paths():
+    data = yaml.safe_load(SANDBOX_PLAN.read_text())
+    site = drill_site(data)
+    site["services"]["no-such-service"] = site["services"]["tracklist-service"]
+    site["services"]["file-watcher"] = {**site["services"]["file-watcher"], "controller": "nope"}
+    site["clusters"]["other"] = site["clusters"]["main"]
+    text = problems_of(data)
+    assert "environments.drill.recovery_site.services.no-such-service" in text
+    assert "environments.drill.recovery_site.services.file-watcher.controller" in text
+    assert "environments.drill.recovery_site.clusters.other" in text
+
+    data = yaml.safe_load(SANDBOX_PLAN.read_text())
+    site = drill_site(data)
+    del site["backups"]
+    assert "clusters need backups" in problems_of(data)
+
+
+def test_a_site_the_plan_does_not_describe_is_refused_naming_what_is_missing():
+    plan = load_plan(PRODUCTION_PLAN)
+    with pytest.raises(InvalidInput) as caught:
+        site_failover.recovery_site(plan, "production")
+    assert "clusters" in str(caught.value) and "backups" in str(caught.value)
+    sandbox = load_plan(SANDBOX_PLAN)
+    site = site_failover.recovery_site(sandbox, "drill")
+    environment = site_failover.site_environment(sandbox.environment("drill"), site)
+    assert environment.services["analysis-service"].unit == "recovery-analysis-service"
+    assert environment.start_levels(list(site.services))[0] == [
+        "analysis-service",
+        "tracklist-service",
+        "notification-service",
+    ]
+
+
+def test_what_the_offsite_copy_lacks_is_measured_from_the_two_wal_ends():
+    primary = WalPoint("primary", "0/5000100", "2026-11-27T07:17:28.460418+00:00")
+    offsite = WalPoint("offsite", "0/4FFFF00", "2026-11-27T07:17:22.438934+00:00")
+    loss = predicted_loss(primary, offsite)
+    assert loss["measurable"] and loss["wal_bytes_not_offsite"] == 0x200
+    assert loss["commit_seconds_not_offsite"] == pytest.approx(6.021484)
+    unreadable = predicted_loss(None, offsite)
+    assert not unreadable["measurable"] and "cannot be read" in unreadable["detail"]
+    assert not predicted_loss(primary, None)["measurable"]
+
+
+def access(conninfo: str) -> SystemAccess:
+    return SystemAccess(
+        conninfo=lambda conn_id, database: conninfo,
+        controller=lambda spec: None,  # type: ignore[arg-type,return-value]
+        url=lambda conn_id: "",
+    )
+
+
+def test_the_stack_must_name_the_database_the_plan_connects_to():
+    plan = load_plan(SANDBOX_PLAN)
+    run = {"clusters": {"main": {"databases": ["tracktion"], "conn_id": "tracktion_pg_recovery"}}}
+    endpoints = {
+        "tracktion": "postgresql://127.0.0.1:56432/tracktion",
+        "load_balancer": "http://127.0.0.1:28080",
+    }
+    good = access("host=127.0.0.1 port=56432 user=postgres dbname=tracktion")
+    assert site_failover.check_endpoints(plan, run, endpoints, good)["endpoints"] == endpoints
+    elsewhere = access("host=10.0.0.9 port=5432 user=postgres dbname=tracktion")
+    with pytest.raises(StepFailed) as caught:
+        site_failover.check_endpoints(plan, run, endpoints, elsewhere)
+    assert "127.0.0.1:56432" in str(caught.value) and "10.0.0.9:5432" in str(caught.value)
+
+
+def test_a_drill_plan_of_actions_leaves_dns_alone_and_dismantles_the_site():
+    run = {
+        "mode": "drill",
+        "primary_site": {"answering": {"main primary": "accepting"}, "down": {}},
+        "stack_name": "s",
+        "region": "us-west-2",
+        "aws_conn_id": "aws",
+        "template": "minimum",
+        "template_file": "t.yaml",
+        "parameters": {},
+        "action": "reuse",
+        "stack_status": "CREATE_COMPLETE",
+        "changes": [],
+        "endpoint_map": {},
+        "create_timeout_seconds": 60,
+        "clusters": {
+            "main": {
+                "base_backup": {"id": "base_1", "start_lsn": "0/2000028", "stop_lsn": "0/2000100"},
+                "data_directory": "/site/pg",
+                "resuming": None,
+                "wal_archive": "/offsite/wal_archive",
+            }
+        },
+        "predicted_loss": {"main": {"detail": "12 bytes of WAL not offsite"}},
+        "service_levels": [["analysis-service"], ["file-watcher"]],
+        "services": ["analysis-service", "file-watcher"],
+        "balancer_server": "recovery",
+        "dns_records": [],
+        "dns_zone": "z",
+    }
+    actions = site_failover.plan_of_actions(run)
+    assert actions[0].startswith("DRILL: the primary site is not touched")
+    assert any("12 bytes of WAL not offsite" in a for a in actions)
+    assert "Route53" not in " ".join(actions)
+    assert actions[-1].startswith("dismantle the drill's site")
