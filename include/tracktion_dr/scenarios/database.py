@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.backups.catalog import Catalog, local_path
+from tracktion_dr.backups.catalog import (
+    Catalog,
+    local_path,
+    offsite_cache_beside,
+    restore_command_for,
+)
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
     NoUsableBackup,
@@ -66,7 +71,12 @@ def check_confirmation(
 
 
 def catalog_for(environment: Environment, cluster: Cluster) -> Catalog:
-    return Catalog(environment.backups, bindir=Path(cluster.bin_dir), os_user=cluster.os_user)
+    return Catalog(
+        environment.backups,
+        bindir=Path(cluster.bin_dir),
+        os_user=cluster.os_user,
+        cache_dir=offsite_cache_beside(cluster.data_directory),
+    )
 
 
 @dataclass(frozen=True)
@@ -637,8 +647,8 @@ def guard_pitr(
     )
     target = pitr.parse_target(params.get("target_type") or "", params.get("target"), now=now)
     tag = restore.incident_tag(incident["incident_id"])
-    paths = pitr_paths(cluster, environment.backups.wal_archive, tag)
     catalog = catalog_for(environment, cluster)
+    paths = pitr_paths(cluster, catalog.wal_archive_dir(), tag)  # s3://: its verified mirror
     marker = read_marker(paths.data_directory)
     resuming = own_recovery(paths.data_directory, incident["incident_id"])
     window: pitr.RecoverableWindow | None = None
@@ -700,6 +710,8 @@ def guard_pitr(
         if paths.replica_data_directory
         else None,
         "wal_archive": str(paths.wal_archive),
+        "wal_location": environment.backups.wal_archive,
+        "wal_conn_id": environment.backups.offsite_conn_id,
         "salvage_dir": str(paths.salvage),
         "tag": tag,
         "incident_id": incident["incident_id"],
@@ -839,9 +851,14 @@ def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     base = pitr_plan["base_backup"]
 
     def finish_staging(staging: Path) -> None:
-        written = pitr.write_recovery_settings(
-            staging, pitr.restore_command_for(paths.wal_archive, paths.salvage), target
+        restore_command = restore_command_for(
+            pitr_plan.get("wal_location") or paths.wal_archive.as_uri(),
+            paths.wal_archive,
+            paths.salvage,
+            conn_id=pitr_plan.get("wal_conn_id") or "aws_default",
+            os_user=os_user,
         )
+        written = pitr.write_recovery_settings(staging, restore_command, target)
         write_marker(
             staging,
             RecoveryMarker(
