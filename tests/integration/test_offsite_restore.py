@@ -13,6 +13,8 @@ The production plan's drill environment restores from its s3:// locations too.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,11 +41,18 @@ from tracktion_dr.airflow.backup_jobs import offsite_copy, s3_hook
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.airflow.support import endpoint
 from tracktion_dr.backups import offsite, s3_objects
-from tracktion_dr.backups.catalog import BackupKind, Catalog, Status, local_path
+from tracktion_dr.backups.catalog import (
+    BackupKind,
+    Catalog,
+    Status,
+    local_path,
+    restore_command_for,
+)
 from tracktion_dr.core.errors import InvalidInput, NoUsableBackup
 from tracktion_dr.core.incident import new_incident_id
 from tracktion_dr.core.plan import CONFIG_DIR, load_plan
 from tracktion_dr.postgres.basebackups import take_base_backup
+from tracktion_dr.postgres.commands import as_os_user, chown_tree
 from tracktion_dr.postgres.restore import restore_name
 
 pytestmark = pytest.mark.sandbox
@@ -238,6 +247,32 @@ def test_wal_fetch_fetches_from_s3_and_says_missing(sandbox, tmp_path):
     missing = subprocess.run([*command, "FFFFFFFF0000000000000001", str(tmp_path / "X")])
     assert missing.returncode == 1 and not (tmp_path / "X").exists()
     assert json.loads(config.read_text())["bucket"] == location.bucket
+
+    # As PostgreSQL runs it: the restore_command line, by the server's shell, as its OS
+    # user (who may not run the worker's own interpreter), into an empty mirror.
+    work = Path(os.environ["DR_SANDBOX_HOME"]) / f"wal-fetch-test-{uuid.uuid4().hex[:8]}"
+    (work / "wal_archive").mkdir(parents=True)
+    chown_tree(work, "postgres")
+    line = restore_command_for(
+        location.url(location.prefix),
+        work / "wal_archive",
+        None,
+        conn_id=backups.offsite_conn_id,
+        os_user="postgres",
+    )
+    assert "sandbox-secret-key" not in line
+
+    def as_server(segment: str) -> int:
+        expanded = line.replace("%f", segment).replace("%p", str(work / "RECOVERYXLOG"))
+        return subprocess.run(
+            as_os_user(["sh", "-c", expanded.replace("%%", "%")], "postgres"), cwd=work
+        ).returncode
+
+    assert as_server(name) == 0
+    assert (work / "RECOVERYXLOG").stat().st_size == 16 * 1024 * 1024
+    assert (work / "wal_archive" / f"{name}.zst").owner() == "postgres"
+    assert as_server("FFFFFFFF0000000000000001") == 1
+    shutil.rmtree(work)
 
 
 def test_corrupt_offsite_object_is_named_and_marked_failed(sandbox, tmp_path):
