@@ -418,3 +418,38 @@ def test_production_plan_drill_restores_from_s3(sandbox, tmp_path):
             path.unlink(missing_ok=True)
     with psycopg.connect(admin.conninfo(DATABASE), connect_timeout=10):
         pass  # the live database was never touched
+
+
+def test_storage_and_config_recovery_from_s3_only(sandbox, tmp_path, monkeypatch):
+    """dr_storage_recovery and dr_config_recovery with every backup location on the
+    offsite copy and the local backups moved away: a deleted audio file and a broken
+    configuration push come back byte for byte from the snapshots downloaded from S3."""
+    offsite_copy(sandbox_plan(), "drill", dry_run=False, notify=False)
+    monkeypatch.setenv("DR_PLAN", str(write_s3_plan(tmp_path)))
+    cache = tmp_path / "offsite-cache"
+    monkeypatch.setenv("DR_OFFSITE_CACHE", str(cache))
+    deleted = sandbox.layout.audio_files / "wav/tone_a4_mono.wav"
+    original = deleted.read_bytes()
+    app_json = sandbox.layout.app_config / "app.json"
+    good = app_json.read_text()
+    shutil.move(deleted, tmp_path / "deleted.wav")
+    try:
+        with local_backups_moved_away():
+            storage_run = run_dag("dr_storage_recovery", {"environment": "drill"})
+            states = task_states(storage_run)
+            assert states["verdict"] == "success", states
+            assert deleted.read_bytes() == original
+            picked = task_result(storage_run, "guard")["snapshot"]["path"]
+            assert picked.startswith(str(cache)), picked
+
+            app_json.write_text('{"app": "tracktion", "storage": ')  # a truncated push
+            config_run = run_dag("dr_config_recovery", {"environment": "drill"})
+            states = task_states(config_run)
+            assert states["verdict"] == "success", states
+            assert app_json.read_text() == good
+            assert task_result(config_run, "guard")["snapshot"]["path"].startswith(str(cache))
+    finally:
+        if not deleted.exists():
+            deleted.write_bytes(original)
+        if app_json.read_text() != good:
+            app_json.write_text(good)

@@ -334,12 +334,7 @@ def copy_newest_backups(
         skipped.append("no verified base backup to copy")
     for kind in (BackupKind.CONFIG_SNAPSHOT, BackupKind.STORAGE_SNAPSHOT):
         folder = "configuration" if kind is BackupKind.CONFIG_SNAPSHOT else "storage"
-        newest_per_group: dict[str, Any] = {}
-        for entry in catalog.snapshots(kind):
-            group = str(Path(entry.id).parent)
-            if entry.status is not Status.FAILED and group not in newest_per_group:
-                newest_per_group[group] = entry
-        for entry in newest_per_group.values():
+        for entry in _restorable_snapshots(catalog.snapshots(kind)):
             plan.append((entry.path, location.key(folder, entry.id)))
             plan.append(
                 (
@@ -406,6 +401,25 @@ def copy_newest_backups(
     result["wal_uploaded"] = wal_uploaded
     result["wal_already_offsite"] = wal_present
     return result
+
+
+def _restorable_snapshots(entries: list[Any]) -> list[Any]:
+    """Per group (the configuration; each storage area), the snapshots a restore from the
+    offsite copy needs: the newest one, and when it is an incremental, the ones back to
+    and including the full it builds on (a storage restore point is a full plus the
+    incrementals after it, see files/snapshots.py). Newest first, failed ones skipped."""
+    from tracktion_dr.backups.catalog import Status
+
+    chosen: list[Any] = []
+    complete: set[str] = set()
+    for entry in entries:  # newest first
+        group = str(Path(entry.id).parent)
+        if group in complete or entry.status is Status.FAILED:
+            continue
+        chosen.append(entry)
+        if "_incremental_" not in Path(entry.id).name:
+            complete.add(group)
+    return chosen
 
 
 def _copy_base_backup(
