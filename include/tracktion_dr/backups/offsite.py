@@ -31,12 +31,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+# Re-exported: the offsite location and the metadata key belong to the reading side too.
+from tracktion_dr.backups.s3_objects import SHA256_METADATA as SHA256_METADATA
+from tracktion_dr.backups.s3_objects import S3Location as S3Location
 from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file
 
 log = logging.getLogger(__name__)
 
-SHA256_METADATA = "sha256"
 # Every write carries an S3 integrity checksum: S3 verifies the bytes it stores, and a
 # bucket with Object Lock (write once: a compromised host cannot delete or rewrite a backup)
 # accepts writes only with one.
@@ -45,27 +47,6 @@ INTEGRITY_CHECKSUM = {"ChecksumAlgorithm": "SHA256"}
 
 class OffsiteError(StepFailed):
     """An offsite copy could not be made or does not match its source."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str
-
-    @classmethod
-    def parse(cls, url: str) -> S3Location:
-        if not url.startswith("s3://"):
-            raise ValueError(f"not an s3:// location: {url!r}")
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"no bucket in {url!r}")
-        return cls(bucket, prefix.strip("/"))
-
-    def key(self, *parts: str) -> str:
-        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
-
-    def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
 
 
 @dataclass(frozen=True)

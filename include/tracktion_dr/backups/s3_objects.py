@@ -30,16 +30,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.backups.offsite import SHA256_METADATA, S3Location
 from tracktion_dr.core.errors import InvalidInput, ValidationFailed
 from tracktion_dr.postgres.commands import chown_tree
 
 log = logging.getLogger(__name__)
 
+SHA256_METADATA = "sha256"  # x-amz-meta-sha256: written by every offsite upload
 S3_SCHEME = "s3://"
 MISMATCH_SUFFIX = ".sha256-mismatch"
 PARTIAL_SUFFIX = ".partial"
 CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        if not url.startswith("s3://"):
+            raise ValueError(f"not an s3:// location: {url!r}")
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"no bucket in {url!r}")
+        return cls(bucket, prefix.strip("/"))
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
 
 class ChecksumMismatch(ValidationFailed):
