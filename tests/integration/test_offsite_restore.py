@@ -90,11 +90,15 @@ def verified_newest_backups(sandbox) -> None:
         catalog.verify(base)
 
 
-def write_s3_plan(tmp_path: Path) -> Path:
+def write_s3_plan(tmp_path: Path, **backups: str) -> Path:
     """The sandbox plan with every backup location on the offsite copy (s3://)."""
     data = yaml.safe_load((CONFIG_DIR / "sandbox.yaml").read_text())
     for environment in data["environments"].values():
-        environment["backups"] = {**environment["backups"], **s3_locations(SANDBOX_OFFSITE)}
+        environment["backups"] = {
+            **environment["backups"],
+            **s3_locations(SANDBOX_OFFSITE),
+            **backups,
+        }
     path = tmp_path / "sandbox-offsite.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -348,6 +352,32 @@ def test_bad_offsite_locations_are_refused_naming_the_field(sandbox, tmp_path, u
         catalog.base_backups()
         catalog.dumps()
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "conf"),
+    [
+        ("dr_database_restore", {"database": DATABASE}),
+        ("dr_database_pitr", {"cluster": "main", "target_type": "latest"}),
+    ],
+)
+def test_an_unknown_offsite_connection_fails_the_guard_with_nothing_touched(
+    sandbox, tmp_path, monkeypatch, capfd, caplog, dag_id, conf
+):
+    monkeypatch.setenv("DR_PLAN", str(write_s3_plan(tmp_path, offsite_conn_id="no_such_conn")))
+    with primary("postgres") as conn:
+        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    names = databases()
+    dag_run = run_dag(dag_id, {"environment": "drill", **conf})
+    states = task_states(dag_run)
+    assert states["guard"] == "failed", states
+    captured = capfd.readouterr()
+    assert "backups.offsite_conn_id: the Airflow connection 'no_such_conn' is not defined" in (
+        captured.out + captured.err + caplog.text
+    )
+    with primary("postgres") as conn:
+        assert conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
+    assert databases() == names
 
 
 def test_production_plan_drill_restores_from_s3(sandbox, tmp_path):
