@@ -197,11 +197,11 @@ def test_database_pitr_from_s3_only(sandbox, tmp_path, monkeypatch):
             rows = conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(probe)).fetchall()
             settings = Path(conn.execute("SHOW data_directory").fetchone()[0])
         assert [r[0] for r in rows] == [1, 2], "exactly the rows committed before the target"
-        # The credentials reached restore_command through a 0600 file, never the settings.
+        # The credentials reached restore_command through a file (see the wal_fetch test),
+        # never the settings; the file is gone once the server promoted.
         auto_conf = (settings / "postgresql.auto.conf").read_text()
         assert "sandbox-secret-key" not in auto_conf
-        config = Path(guard["wal_archive"] + s3_objects.FETCH_CONFIG_SUFFIX)
-        assert oct(config.stat().st_mode & 0o777) == "0o600"
+        assert not Path(guard["wal_archive"] + s3_objects.FETCH_CONFIG_SUFFIX).exists()
     with primary() as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(probe))
 
@@ -243,6 +243,7 @@ def test_wal_fetch_fetches_from_s3_and_says_missing(sandbox, tmp_path):
         field="backups.wal_archive",
     )
     assert "sandbox-secret-key" in config.read_text()  # the file, not the command line
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
     command = [sys.executable, "-I", wal_fetch.__file__, str(config)]
     fetched = subprocess.run([*command, name, str(tmp_path / "RECOVERYXLOG")], check=False)
     assert fetched.returncode == 0
@@ -483,3 +484,52 @@ def test_storage_and_config_recovery_from_s3_only(sandbox, tmp_path, monkeypatch
             deleted.write_bytes(original)
         if app_json.read_text() != good:
             app_json.write_text(good)
+
+
+def test_a_download_killed_midway_is_finished_by_the_next_attempt_and_never_repeated(
+    sandbox, tmp_path
+):
+    """SIGKILL the process downloading an offsite object half-way: nothing under the
+    object's name (only a hidden .partial); the next attempt downloads and verifies it; the
+    one after that finds it verified and fetches nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    plan = sandbox_plan()
+    backups = plan.environment("drill").backups
+    client = s3_hook(backups.offsite_conn_id, plan).get_conn()
+    root = f"{SANDBOX_OFFSITE}-kill-{uuid.uuid4().hex[:8]}"
+    location = offsite.S3Location.parse(root)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(48 * 1024 * 1024))
+    offsite.upload_verified(client, big, location, location.key("big.bin"))
+    cache = tmp_path / "cache"
+    downloader = (
+        "import sys\n"
+        "from tracktion_dr.backups import s3_objects\n"
+        "from tracktion_dr.backups.s3_objects import S3Mirror\n"
+        "m = S3Mirror(s3_objects.client_for(sys.argv[1]), sys.argv[2], __import__('pathlib').Path(sys.argv[3]))\n"
+        "m.fetch('big.bin')\n"
+    )
+    mirror = s3_objects.S3Mirror(client, root, cache)
+    partial = mirror.path(".big.bin.partial")
+    process = subprocess.Popen(
+        [sys.executable, "-c", downloader, backups.offsite_conn_id, root, str(cache)]
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert process.poll() is None, "the download finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not mirror.path("big.bin").exists(), "nothing under its own name before verified"
+    fetched = mirror.fetch("big.bin")
+    assert fetched.read_bytes() == big.read_bytes() and not partial.exists()
+    inode = fetched.stat().st_ino
+    assert s3_objects.S3Mirror(client, root, cache).fetch("big.bin").stat().st_ino == inode

@@ -234,6 +234,8 @@ class Catalog:
             mirror = self.mirror("base")
             if mirror and not entry.path.is_dir():
                 _unpack_base_backup(mirror.fetch(entry.id + BASE_TAR_SUFFIX), entry.path)
+            elif mirror:  # unpacked already; a kill may have come before the tar was dropped
+                mirror.path(entry.id + BASE_TAR_SUFFIX).unlink(missing_ok=True)
         else:
             name = "configuration" if entry.kind is BackupKind.CONFIG_SNAPSHOT else "storage"
             mirror = self.mirror(name)

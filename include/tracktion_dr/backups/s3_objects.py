@@ -290,3 +290,12 @@ def write_fetch_config(url: str, conn_id: str, mirror: Path, os_user: str, *, fi
     chown_tree(temporary, os_user, recursive=False)
     os.replace(temporary, path)
     return path
+
+
+def forget_fetch_config(mirror: Path) -> bool:
+    """Remove the credentials file of a recovery once it no longer needs it (promoted:
+    ``restore_command`` is gone). True if there was one."""
+    path = mirror.with_name(mirror.name + FETCH_CONFIG_SUFFIX)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed

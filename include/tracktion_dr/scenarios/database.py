@@ -22,6 +22,7 @@ from tracktion_dr.backups.catalog import (
     offsite_cache_beside,
     restore_command_for,
 )
+from tracktion_dr.backups.s3_objects import forget_fetch_config
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
     NoUsableBackup,
@@ -963,6 +964,7 @@ def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoi
         raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
     promoted_now, timeline = pitr.promote_server(admin.conninfo("postgres"))
     cleared = pitr.clear_recovery_settings(data, marker.recovery_settings)
+    forget_fetch_config(Path(pitr_plan["wal_archive"]))  # S3 credentials of restore_command
     mark_promoted(data, timeline, cluster.os_user)
     archived = archive_salvaged_history(
         data, Path(pitr_plan["wal_archive"]), os_user=cluster.os_user, bindir=Path(cluster.bin_dir)
