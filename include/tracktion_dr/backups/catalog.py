@@ -104,9 +104,12 @@ class BackupEntry:
 
 
 def local_path(location: str) -> Path:
+    """The folder of a file:// location: where backups are written, rotated and watched.
+    (An s3:// location is only read, through ``Catalog.folder`` / its mirror.)"""
     if not location.startswith("file://"):
         raise ValueError(
-            f"{location}: only file:// locations are read directly (s3:// via offsite copy)"
+            f"{location}: backups are written, rotated and watched only in file:// "
+            "locations; an s3:// location is read through the catalog (restore from offsite)"
         )
     return Path(location.removeprefix("file://"))
 
