@@ -7,6 +7,15 @@ backup (``<name>.verification.json``) so every reader sees the same verdict.
 
 Picking never trusts a stale verdict: the candidate is checked again right before it is
 returned, and a backup that fails is recorded as failed (with the reason) and skipped.
+
+Locations are ``file://`` or ``s3://`` (the offsite copy's layout, ``backups/offsite.py``).
+An ``s3://`` location is read through its local mirror (``backups/s3_objects.py``): listing
+downloads only the small sidecars (manifests, ``backup_info.json``), a backup itself comes
+down - sha256 verified against what the offsite copy recorded - when it is verified for
+use, and the WAL archive is mirrored whole (the guards read it with ``pg_waldump``). Entries
+then carry their mirror path, so every reader downstream works on local files. Verdicts
+about an offsite backup are recorded in the mirror, beside the downloaded copy: they are
+about the bytes this host received (the origin's own ``.verification.json`` is not used).
 """
 
 from __future__ import annotations
@@ -14,11 +23,15 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
+import shutil
+import tarfile
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracktion_dr.backups import s3_objects
 from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, ValidationFailed
 from tracktion_dr.core.plan import BackupLocations
 from tracktion_dr.postgres import basebackup_format, basebackups, dumps, wal
@@ -34,6 +47,11 @@ VERIFICATION_SUFFIX = ".verification.json"
 SNAPSHOT_MANIFEST_SUFFIX = ".manifest.json"
 SYNC_FOLDER = "sync"  # the storage sync's mirror, see backups/snapshots.py
 SAFETY_FOLDER = "safety"  # dr_config_recovery's safety snapshots, see backups/snapshots.py
+OFFSITE_CACHE_ENV = "DR_OFFSITE_CACHE"
+DEFAULT_OFFSITE_CACHE = Path("/var/lib/tracktion-dr/offsite-cache")
+OFFSITE_CACHE_NAME = "offsite-cache"
+BASE_TAR_SUFFIX = ".tar"  # a base backup folder travels offsite as one tar (offsite.py)
+LOCATION_NAMES = ("logical", "base", "wal_archive", "configuration", "storage")
 
 
 class BackupKind(enum.StrEnum):
@@ -86,11 +104,26 @@ class BackupEntry:
 
 
 def local_path(location: str) -> Path:
+    """The folder of a file:// location: where backups are written, rotated and watched.
+    (An s3:// location is only read, through ``Catalog.folder`` / its mirror.)"""
     if not location.startswith("file://"):
         raise ValueError(
-            f"{location}: only file:// locations are read directly (s3:// via offsite copy)"
+            f"{location}: backups are written, rotated and watched only in file:// "
+            "locations; an s3:// location is read through the catalog (restore from offsite)"
         )
     return Path(location.removeprefix("file://"))
+
+
+def default_offsite_cache() -> Path:
+    """Where s3:// locations are mirrored when the caller names no place: ``$DR_OFFSITE_CACHE``
+    or /var/lib/tracktion-dr/offsite-cache."""
+    return Path(os.environ.get(OFFSITE_CACHE_ENV) or DEFAULT_OFFSITE_CACHE)
+
+
+def offsite_cache_beside(data_directory: Path | str) -> Path:
+    """The mirror of s3:// backups for a restore into ``data_directory``: next to it, on
+    the filesystem the restore lands on (``<parent>/offsite-cache``)."""
+    return Path(data_directory).parent / OFFSITE_CACHE_NAME
 
 
 def _time(value: str | None) -> datetime | None:
@@ -135,24 +168,113 @@ class Catalog:
         *,
         bindir: Path = DEFAULT_BINDIR,
         os_user: str = "postgres",
+        cache_dir: Path | None = None,
+        s3_client: Any = None,
     ):
         self.locations = locations
         self.bindir = bindir
         self.os_user = os_user
+        self.cache_dir = cache_dir or default_offsite_cache()
+        self._s3_client = s3_client  # tests may pass one; else S3Hook on offsite_conn_id
+        self._mirrors: dict[str, s3_objects.S3Mirror] = {}
+
+    # -- s3:// locations ------------------------------------------------------------
+
+    def check_locations(self) -> None:
+        """Refuse, before anything is touched, an s3:// location without a bucket or an
+        unknown connection (``InvalidInput`` naming the field)."""
+        for name in LOCATION_NAMES:
+            self.mirror(name)
+
+    def mirror(self, name: str) -> s3_objects.S3Mirror | None:
+        """The mirror of location ``name`` (``logical``, ``base``...), None for file://."""
+        location = getattr(self.locations, name)
+        if not s3_objects.is_s3(location):
+            return None
+        if name not in self._mirrors:
+            s3_objects.parse_location(location, f"backups.{name}")
+            if self._s3_client is None:
+                self._s3_client = s3_objects.client_for(self.locations.offsite_conn_id)
+            self._mirrors[name] = s3_objects.S3Mirror(
+                self._s3_client,
+                location,
+                self.cache_dir,
+                field=f"backups.{name}",
+                os_user=self.os_user,
+            )
+        return self._mirrors[name]
+
+    def folder(self, name: str) -> Path:
+        """The local folder of location ``name``: itself (file://) or its mirror (s3://)."""
+        mirror = self.mirror(name)
+        return mirror.local if mirror else local_path(getattr(self.locations, name))
+
+    def wal_archive_dir(self) -> Path:
+        """The WAL archive as a local folder; an s3:// archive is mirrored first (every
+        segment and timeline history, each sha256-verified, none fetched twice)."""
+        mirror = self.mirror("wal_archive")
+        if mirror is None:
+            return local_path(self.locations.wal_archive)
+        mirror.fetch_all(_is_wal_file)
+        mirror.local.mkdir(parents=True, exist_ok=True)
+        return mirror.local
+
+    def _sidecar(self, mirror: s3_objects.S3Mirror, relative: str) -> dict[str, Any] | None:
+        """A downloaded, verified JSON sidecar; None when it is missing or does not verify."""
+        try:
+            return _read_json(mirror.fetch(relative))
+        except (s3_objects.MissingObject, s3_objects.ChecksumMismatch) as exc:
+            log.warning("%s", exc)
+            return None
+
+    def _fetch(self, entry: BackupEntry) -> None:
+        """Bring an offsite backup down into its mirror path (verified); no-op for file://."""
+        if entry.kind is BackupKind.LOGICAL_DUMP:
+            mirror = self.mirror("logical")
+            if mirror:
+                mirror.fetch(entry.id)
+        elif entry.kind is BackupKind.BASE_BACKUP:
+            mirror = self.mirror("base")
+            if mirror and not entry.path.is_dir():
+                _unpack_base_backup(mirror.fetch(entry.id + BASE_TAR_SUFFIX), entry.path)
+            elif mirror:  # unpacked already; a kill may have come before the tar was dropped
+                mirror.path(entry.id + BASE_TAR_SUFFIX).unlink(missing_ok=True)
+        else:
+            name = "configuration" if entry.kind is BackupKind.CONFIG_SNAPSHOT else "storage"
+            mirror = self.mirror(name)
+            if mirror:
+                mirror.fetch(entry.id)
 
     # -- listing --------------------------------------------------------------------
 
     def dumps(self, database: str | None = None) -> list[BackupEntry]:
         """Logical dumps, newest first. A dump whose size no longer matches its manifest is
         listed as failed at once (truncation needs no checksum to be seen)."""
-        folder = local_path(self.locations.logical)
+        mirror = self.mirror("logical")
+        folder = self.folder("logical")
+        if mirror:
+            found = [
+                (mirror.path(o.relative), o.size_bytes, o.last_modified)
+                for o in mirror.objects().values()
+                if "/" not in o.relative
+            ]
+        else:
+            found = (
+                [(p, p.stat().st_size, None) for p in folder.glob("*.dump")]
+                if folder.is_dir()
+                else []
+            )
         entries = []
-        for path in folder.glob("*.dump") if folder.is_dir() else []:
+        for path, size, modified in found:
             match = dumps.DUMP_NAME.match(path.name)
             if not match or (database and match.group("db") != database):
                 continue
-            manifest = _read_json(path.with_name(path.name + dumps.MANIFEST_SUFFIX))
-            size = path.stat().st_size
+            manifest_name = path.name + dumps.MANIFEST_SUFFIX
+            manifest = (
+                self._sidecar(mirror, manifest_name)
+                if mirror
+                else _read_json(path.with_name(manifest_name))
+            )
             if manifest is None:
                 status, reason = Status.FAILED, "manifest missing or unreadable"
             elif size != manifest.get("size_bytes"):
@@ -168,6 +290,7 @@ class Catalog:
                     kind=BackupKind.LOGICAL_DUMP,
                     path=path,
                     finished_at=_time((manifest or {}).get("finished_at"))
+                    or modified
                     or datetime.fromtimestamp(path.stat().st_mtime, UTC),
                     started_at=_time((manifest or {}).get("started_at")),
                     size_bytes=size,
@@ -180,19 +303,39 @@ class Catalog:
         return sorted(entries, key=lambda e: e.finished_at, reverse=True)
 
     def base_backups(self) -> list[BackupEntry]:
-        folder = local_path(self.locations.base)
+        mirror = self.mirror("base")
+        folder = self.folder("base")
+        if mirror:
+            # Offsite a base backup is <id>.tar (+ sidecars): listed by its name, laid out
+            # as the folder it becomes once verified and unpacked.
+            found = [
+                (mirror.path(o.relative.removesuffix(BASE_TAR_SUFFIX)), o.last_modified)
+                for o in mirror.objects().values()
+                if "/" not in o.relative
+                and o.relative.endswith(BASE_TAR_SUFFIX)
+                and basebackups.BASE_NAME.match(o.relative.removesuffix(BASE_TAR_SUFFIX))
+            ]
+        else:
+            found = [
+                (p, None)
+                for p in (folder.iterdir() if folder.is_dir() else [])
+                if p.is_dir() and basebackups.BASE_NAME.match(p.name)
+            ]
         entries = []
-        for path in folder.iterdir() if folder.is_dir() else []:
-            if not (path.is_dir() and basebackups.BASE_NAME.match(path.name)):
-                continue
-            info = _read_json(path.with_name(path.name + basebackups.INFO_SUFFIX))
+        for path, modified in found:
+            info_name = path.name + basebackups.INFO_SUFFIX
+            info = (
+                self._sidecar(mirror, info_name)
+                if mirror
+                else _read_json(path.with_name(info_name))
+            )
             if info is None:
                 entries.append(
                     BackupEntry(
                         path.name,
                         BackupKind.BASE_BACKUP,
                         path,
-                        datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                        modified or datetime.fromtimestamp(path.stat().st_mtime, UTC),
                         0,
                         Status.FAILED,
                         "backup_info.json missing or unreadable",
@@ -222,21 +365,34 @@ class Catalog:
 
     def snapshots(self, kind: BackupKind) -> list[BackupEntry]:
         """Configuration or file-storage snapshots (``*.tar.gz`` with a manifest)."""
-        location = {
-            BackupKind.CONFIG_SNAPSHOT: self.locations.configuration,
-            BackupKind.STORAGE_SNAPSHOT: self.locations.storage,
-        }[kind]
-        folder = local_path(location)
+        name = "configuration" if kind is BackupKind.CONFIG_SNAPSHOT else "storage"
+        mirror = self.mirror(name)
+        folder = self.folder(name)
+        if mirror:
+            found = [
+                (mirror.path(o.relative), o.size_bytes, o.last_modified)
+                for o in mirror.objects().values()
+                if o.relative.endswith(".tar.gz")
+            ]
+        else:
+            found = [
+                (p, p.stat().st_size, None)
+                for p in (folder.rglob("*.tar.gz") if folder.is_dir() else [])
+            ]
         entries = []
-        for path in folder.rglob("*.tar.gz") if folder.is_dir() else []:
+        for path, size, modified in found:
             # The storage sync's mirror (``sync/``) holds the users' own files, which may
             # be .tar.gz uploads: they are not snapshots. Neither are unfinished ones, nor
             # dr_config_recovery's safety snapshots (``safety/``: kept, never rotated).
             top = path.relative_to(folder).parts[0]
             if top in (SYNC_FOLDER, SAFETY_FOLDER) or path.name.startswith("."):
                 continue
-            manifest = _read_json(path.with_name(path.name + SNAPSHOT_MANIFEST_SUFFIX)) or {}
-            size = path.stat().st_size
+            relative = path.relative_to(folder).as_posix()
+            manifest = (
+                self._sidecar(mirror, relative + SNAPSHOT_MANIFEST_SUFFIX)
+                if mirror
+                else _read_json(path.with_name(path.name + SNAPSHOT_MANIFEST_SUFFIX))
+            ) or {}
             if not manifest:
                 status, reason = Status.UNVERIFIED, "no manifest"
             elif manifest.get("size_bytes") not in (None, size):
@@ -252,6 +408,7 @@ class Catalog:
                     kind=kind,
                     path=path,
                     finished_at=_time(manifest.get("finished_at"))
+                    or modified
                     or datetime.fromtimestamp(path.stat().st_mtime, UTC),
                     size_bytes=size,
                     status=status,
@@ -262,10 +419,10 @@ class Catalog:
         return sorted(entries, key=lambda e: e.finished_at, reverse=True)
 
     def wal_archive(self, since: wal.Segment | None = None) -> wal.ArchiveState:
-        return wal.archive_state(local_path(self.locations.wal_archive), since)
+        return wal.archive_state(self.wal_archive_dir(), since)
 
     def newest_restorable_point(self) -> datetime | None:
-        return wal.newest_restorable_point(local_path(self.locations.wal_archive), self.bindir)
+        return wal.newest_restorable_point(self.wal_archive_dir(), self.bindir)
 
     # -- verification -----------------------------------------------------------------
 
@@ -281,7 +438,16 @@ class Catalog:
         (cheap: what picking a backup for a recovery needs, since laying it down verifies
         it again with ``pg_verifybackup``), and with ``full`` also extracted into a scratch
         directory and ``pg_verifybackup``-ed there (``dr_backup_verify``). Snapshots: sha256.
+
+        An offsite entry is downloaded first (sha256 checked while it streams in); a
+        mismatch or a vanished object records it as failed, naming the object.
         """
+        try:
+            self._fetch(entry)
+        except (s3_objects.ChecksumMismatch, s3_objects.MissingObject) as exc:
+            record_verification(entry.path, Status.FAILED, str(exc), "download + sha256")
+            log.error("%s %s: %s", entry.kind, entry.id, exc)
+            return replace(entry, status=Status.FAILED, reason=str(exc))
         if entry.kind is BackupKind.LOGICAL_DUMP:
             result = dumps.check_dump(entry.path, self.bindir)
             check = "sha256 + pg_restore --list"
@@ -582,6 +748,64 @@ def base_backup_check(compressed: bool, *, full: bool) -> str:
     if not compressed:
         return "pg_verifybackup"
     return "sha256 of archives + extract + pg_verifybackup" if full else "sha256 of archives"
+
+
+def _is_wal_file(relative: str) -> bool:
+    """A WAL segment (plain or ``.zst``) or timeline history at the archive's top level."""
+    if "/" in relative:
+        return False
+    if relative.endswith(".history"):
+        return True
+    try:
+        wal.archived_segment(relative)
+    except ValueError:
+        return False
+    return True
+
+
+def _unpack_base_backup(archive: Path, folder: Path) -> None:
+    """Unpack a verified offsite ``<id>.tar`` into ``folder`` (``<id>``): extracted beside
+    under a hidden name, renamed into place whole, then the download is dropped (the folder
+    is what every reader uses; S3 still holds the original). A half-unpacked folder left
+    by a killed worker is ours and is unpacked again."""
+    work = folder.with_name(f".{folder.name}.unpacking")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    with tarfile.open(archive) as opened:
+        opened.extractall(work, filter="tar")
+    unpacked = work / folder.name
+    if not unpacked.is_dir():
+        raise ValidationFailed(f"{archive.name} does not hold the folder {folder.name}/")
+    unpacked.rename(folder)
+    work.rmdir()
+    archive.unlink()
+
+
+def restore_command_for(
+    wal_location: str,
+    archive_dir: Path,
+    salvage_dir: Path | None,
+    *,
+    conn_id: str,
+    os_user: str,
+) -> str:
+    """The ``restore_command`` for a recovery reading ``wal_location``.
+
+    file://: ``pitr.restore_command_for`` (the archive, then the salvage folder). s3://:
+    the mirror first (segments the guard already downloaded and verified), then
+    ``postgres/wal_fetch.py`` (the next ones from S3, verified, cached into the mirror),
+    then the salvage folder. The connection's credentials go to a file beside the mirror
+    that only ``os_user`` can read; the command names only that file."""
+    from tracktion_dr.postgres import pitr, wal_fetch
+
+    if not s3_objects.is_s3(wal_location):
+        return pitr.restore_command_for(archive_dir, salvage_dir)
+    config = s3_objects.write_fetch_config(
+        wal_location, conn_id, archive_dir, os_user, field="backups.wal_archive"
+    )
+    python = wal_fetch.interpreter_for(os_user)
+    return wal_fetch.restore_command(archive_dir, salvage_dir, config, python)
 
 
 def _segment(lsn: str | None) -> int:

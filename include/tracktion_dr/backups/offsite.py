@@ -31,12 +31,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+# Re-exported: the offsite location and the metadata key belong to the reading side too.
+from tracktion_dr.backups.s3_objects import SHA256_METADATA as SHA256_METADATA
+from tracktion_dr.backups.s3_objects import S3Location as S3Location
 from tracktion_dr.core.errors import StepFailed
 from tracktion_dr.postgres.dumps import sha256_file
 
 log = logging.getLogger(__name__)
 
-SHA256_METADATA = "sha256"
 # Every write carries an S3 integrity checksum: S3 verifies the bytes it stores, and a
 # bucket with Object Lock (write once: a compromised host cannot delete or rewrite a backup)
 # accepts writes only with one.
@@ -45,27 +47,6 @@ INTEGRITY_CHECKSUM = {"ChecksumAlgorithm": "SHA256"}
 
 class OffsiteError(StepFailed):
     """An offsite copy could not be made or does not match its source."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str
-
-    @classmethod
-    def parse(cls, url: str) -> S3Location:
-        if not url.startswith("s3://"):
-            raise ValueError(f"not an s3:// location: {url!r}")
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"no bucket in {url!r}")
-        return cls(bucket, prefix.strip("/"))
-
-    def key(self, *parts: str) -> str:
-        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
-
-    def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
 
 
 @dataclass(frozen=True)
@@ -334,12 +315,7 @@ def copy_newest_backups(
         skipped.append("no verified base backup to copy")
     for kind in (BackupKind.CONFIG_SNAPSHOT, BackupKind.STORAGE_SNAPSHOT):
         folder = "configuration" if kind is BackupKind.CONFIG_SNAPSHOT else "storage"
-        newest_per_group: dict[str, Any] = {}
-        for entry in catalog.snapshots(kind):
-            group = str(Path(entry.id).parent)
-            if entry.status is not Status.FAILED and group not in newest_per_group:
-                newest_per_group[group] = entry
-        for entry in newest_per_group.values():
+        for entry in _restorable_snapshots(catalog.snapshots(kind)):
             plan.append((entry.path, location.key(folder, entry.id)))
             plan.append(
                 (
@@ -406,6 +382,25 @@ def copy_newest_backups(
     result["wal_uploaded"] = wal_uploaded
     result["wal_already_offsite"] = wal_present
     return result
+
+
+def _restorable_snapshots(entries: list[Any]) -> list[Any]:
+    """Per group (the configuration; each storage area), the snapshots a restore from the
+    offsite copy needs: the newest one, and when it is an incremental, the ones back to
+    and including the full it builds on (a storage restore point is a full plus the
+    incrementals after it, see files/snapshots.py). Newest first, failed ones skipped."""
+    from tracktion_dr.backups.catalog import Status
+
+    chosen: list[Any] = []
+    complete: set[str] = set()
+    for entry in entries:  # newest first
+        group = str(Path(entry.id).parent)
+        if group in complete or entry.status is Status.FAILED:
+            continue
+        chosen.append(entry)
+        if "_incremental_" not in Path(entry.id).name:
+            complete.add(group)
+    return chosen
 
 
 def _copy_base_backup(

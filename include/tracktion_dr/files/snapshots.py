@@ -12,8 +12,12 @@ archive is renamed into place, so only snapshots with a manifest are complete.
   A restore point is a moment: for each area, the newest full taken at or before it and
   the incrementals after that full up to it; a file's newest copy in that chain wins.
 
-Only ``file://`` locations are read here; an ``s3://`` location is refused with a clear
-message (bring the offsite copy back first, see ``dr_backup_offsite``).
+An ``s3://`` location (the offsite copy, ``backups/offsite.py``) is read through its local
+mirror (``backups/s3_objects.py``): every object downloaded once, its sha256 checked
+against what the offsite copy recorded, under ``$DR_OFFSITE_CACHE`` (default
+/var/lib/tracktion-dr/offsite-cache); the offsite copy holds only the newest snapshot of
+each kind/area, which is what a restore reads anyway. Callers pass the plan's
+``backups.offsite_conn_id`` for it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.backups import s3_objects
+from tracktion_dr.backups.catalog import default_offsite_cache
 from tracktion_dr.backups.snapshots import ENVIRONMENT_MEMBER, MANIFEST_SUFFIX
 from tracktion_dr.core.errors import StepFailed
 
@@ -55,12 +61,25 @@ class Snapshot:
         return cls(value["name"], Path(value["path"]), datetime.fromisoformat(value["taken_at"]))
 
 
-def location_dir(location: str) -> Path:
+def location_dir(location: str, conn_id: str | None = None, *, field: str = "backups") -> Path:
+    """The local folder of a snapshot location: itself (file://), or the verified mirror of
+    an s3:// one (downloaded now where missing; ``InvalidInput`` naming ``field`` for a
+    location without a bucket or an unknown connection)."""
     if location.startswith("file://"):
         return Path(location.removeprefix("file://"))
+    if s3_objects.is_s3(location) and conn_id:
+        mirror = s3_objects.S3Mirror(
+            s3_objects.client_for(conn_id), location, default_offsite_cache(), field=field
+        )
+        try:
+            mirror.fetch_all(lambda relative: not relative.endswith(".verification.json"))
+        except (s3_objects.ChecksumMismatch, s3_objects.MissingObject) as exc:
+            raise SnapshotError(str(exc)) from None
+        mirror.local.mkdir(parents=True, exist_ok=True)
+        return mirror.local
     raise SnapshotError(
-        f"{location}: only file:// locations can be restored from; copy the snapshot back "
-        "from the offsite store first"
+        f"{location}: only file:// locations, or s3:// ones with the plan's "
+        "backups.offsite_conn_id, can be restored from"
     )
 
 
@@ -90,10 +109,10 @@ def _complete(folder: Path, pattern: str) -> list[tuple[Snapshot, dict[str, Any]
     return sorted(found, key=lambda pair: pair[0].taken_at)
 
 
-def list_snapshots(location: str, kind: str) -> list[Snapshot]:
+def list_snapshots(location: str, kind: str, conn_id: str | None = None) -> list[Snapshot]:
     """Complete snapshots of ``kind`` (``configuration``, or ``storage``: every area's
     archives), oldest first."""
-    folder = location_dir(location)
+    folder = location_dir(location, conn_id, field=f"backups.{kind}")
     if kind == "configuration":
         return [s for s, _ in _complete(folder, f"{CONFIG_PREFIX}*.tar.gz")]
     archives = [
@@ -104,9 +123,11 @@ def list_snapshots(location: str, kind: str) -> list[Snapshot]:
     return [s for s, _ in sorted(archives, key=lambda pair: pair[0].taken_at)]
 
 
-def pick_snapshot(location: str, kind: str, which: str = "latest") -> Snapshot:
+def pick_snapshot(
+    location: str, kind: str, which: str = "latest", conn_id: str | None = None
+) -> Snapshot:
     """``latest``, a day (``2026-11-25`` / ``20261125``: the newest of that day), or a name."""
-    snapshots = list_snapshots(location, kind)
+    snapshots = list_snapshots(location, kind, conn_id)
     if not snapshots:
         raise SnapshotError(f"no {kind} snapshot in {location}")
     which = (which or "latest").strip()

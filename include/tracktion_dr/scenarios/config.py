@@ -57,7 +57,10 @@ def check_inputs(plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
         )
     try:
         snapshot = pick_snapshot(
-            environment.backups.configuration, "configuration", params["snapshot"]
+            environment.backups.configuration,
+            "configuration",
+            params["snapshot"],
+            environment.backups.offsite_conn_id,
         )
     except SnapshotError as exc:
         raise NoUsableBackup(
@@ -97,7 +100,9 @@ def take_safety(plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
     """Archive what is live now, before anything changes (the rollback's reference)."""
     environment = environment_of(plan, run)
     path = config_restore.take_safety_snapshot(
-        environment, location_dir(environment.backups.configuration), run["incident_id"]
+        environment,
+        location_dir(environment.backups.configuration, environment.backups.offsite_conn_id),
+        run["incident_id"],
     )
     log.info("safety snapshot of the live configuration: %s", path)
     return {"detail": Path(path).name, "path": str(path)}

@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tracktion_dr.backups.catalog import Catalog, Status, local_path, record_verification
+from tracktion_dr.backups.catalog import (
+    Catalog,
+    Status,
+    local_path,
+    offsite_cache_beside,
+    record_verification,
+    restore_command_for,
+)
+from tracktion_dr.backups.s3_objects import forget_fetch_config
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
     ControllerError,
@@ -70,7 +78,12 @@ def check_confirmation(
 
 
 def catalog_for(environment: Environment, cluster: Cluster) -> Catalog:
-    return Catalog(environment.backups, bindir=Path(cluster.bin_dir), os_user=cluster.os_user)
+    return Catalog(
+        environment.backups,
+        bindir=Path(cluster.bin_dir),
+        os_user=cluster.os_user,
+        cache_dir=offsite_cache_beside(cluster.data_directory),
+    )
 
 
 @dataclass(frozen=True)
@@ -650,8 +663,8 @@ def guard_pitr(
     )
     target = pitr.parse_target(params.get("target_type") or "", params.get("target"), now=now)
     tag = restore.incident_tag(incident["incident_id"])
-    paths = pitr_paths(cluster, environment.backups.wal_archive, tag)
     catalog = catalog_for(environment, cluster)
+    paths = pitr_paths(cluster, catalog.wal_archive_dir(), tag)  # s3://: its verified mirror
     marker = read_marker(paths.data_directory)
     resuming = own_recovery(paths.data_directory, incident["incident_id"])
     window: pitr.RecoverableWindow | None = None
@@ -714,6 +727,8 @@ def guard_pitr(
         if paths.replica_data_directory
         else None,
         "wal_archive": str(paths.wal_archive),
+        "wal_location": environment.backups.wal_archive,
+        "wal_conn_id": environment.backups.offsite_conn_id,
         "salvage_dir": str(paths.salvage),
         "tag": tag,
         "incident_id": incident["incident_id"],
@@ -836,9 +851,14 @@ def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     base = pitr_plan["base_backup"]
 
     def finish_staging(staging: Path) -> None:
-        written = pitr.write_recovery_settings(
-            staging, pitr.restore_command_for(paths.wal_archive, paths.salvage), target
+        restore_command = restore_command_for(
+            pitr_plan.get("wal_location") or paths.wal_archive.as_uri(),
+            paths.wal_archive,
+            paths.salvage,
+            conn_id=pitr_plan.get("wal_conn_id") or "aws_default",
+            os_user=os_user,
         )
+        written = pitr.write_recovery_settings(staging, restore_command, target)
         write_marker(
             staging,
             RecoveryMarker(
@@ -999,6 +1019,7 @@ def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoi
         raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
     promoted_now, timeline = pitr.promote_server(admin.conninfo("postgres"))
     cleared = pitr.clear_recovery_settings(data, marker.recovery_settings)
+    forget_fetch_config(Path(pitr_plan["wal_archive"]))  # S3 credentials of restore_command
     mark_promoted(data, timeline, cluster.os_user)
     archived = archive_salvaged_history(
         data, Path(pitr_plan["wal_archive"]), os_user=cluster.os_user, bindir=Path(cluster.bin_dir)

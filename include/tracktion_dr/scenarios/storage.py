@@ -80,13 +80,15 @@ def areas_in_scope(
     return list(requested)
 
 
-def _picked_snapshot(location: str, which: str, source: str) -> Snapshot | None:
+def _picked_snapshot(
+    location: str, which: str, source: str, conn_id: str | None = None
+) -> Snapshot | None:
     """The snapshot ``source`` may restore from (None for ``mirror``, and for ``auto``
     when no snapshot exists at all and ``latest`` was asked: the mirror may still serve)."""
     if source == storage_copies.MIRROR:
         return None
     try:
-        return pick_snapshot(location, "storage", which)
+        return pick_snapshot(location, "storage", which, conn_id)
     except SnapshotError as exc:
         if source == "auto" and (which or "latest").strip() == "latest":
             log.warning("no storage snapshot: %s; the sync mirror only", exc)
@@ -108,10 +110,15 @@ def check_inputs(plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
         raise InvalidInput(
             "source", f"{source!r} is not one of {list(storage_copies.SOURCES)}", hint="auto"
         )
-    snapshot = _picked_snapshot(environment.backups.storage, params["snapshot"], source)
+    snapshot = _picked_snapshot(
+        environment.backups.storage,
+        params["snapshot"],
+        source,
+        environment.backups.offsite_conn_id,
+    )
     try:
         held = set(storage_inventory(snapshot)) if snapshot else set()
-        root = location_dir(environment.backups.storage)
+        root = location_dir(environment.backups.storage, environment.backups.offsite_conn_id)
     except SnapshotError as exc:
         raise NoUsableBackup(f"snapshot: {exc}", hint="pick another snapshot") from None
     mirrors = {}
@@ -182,7 +189,7 @@ def inventory(run: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
 def copies_by_area(plan: Plan, run: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """area -> relative path -> the copies the run's ``source`` allows, freshest first."""
     environment = environment_of(plan, run)
-    root = location_dir(environment.backups.storage)
+    root = location_dir(environment.backups.storage, environment.backups.offsite_conn_id)
     held = inventory(run)
     snapshot = run.get("snapshot")
     point = datetime.fromisoformat(snapshot["taken_at"]) if snapshot else None

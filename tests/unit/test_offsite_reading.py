@@ -1,0 +1,84 @@
+"""Restore from offsite, the parts that need no S3: locations, the restore_command line,
+which archive files are WAL, which snapshots a restore needs offsite."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tracktion_dr.backups import s3_objects
+from tracktion_dr.backups.catalog import _is_wal_file, offsite_cache_beside
+from tracktion_dr.backups.offsite import _restorable_snapshots
+from tracktion_dr.core.errors import InvalidInput
+from tracktion_dr.postgres import wal_fetch
+
+
+@pytest.mark.parametrize("url", ["s3:///database/logical", "s3://", "file:///backups"])
+def test_a_location_without_bucket_is_refused_naming_the_field(url):
+    with pytest.raises(InvalidInput) as refused:
+        s3_objects.parse_location(url, "backups.logical")
+    assert refused.value.field == "backups.logical"
+
+
+def test_the_mirror_mirrors_the_key_layout(tmp_path):
+    location = s3_objects.parse_location("s3://bucket/a/b/wal_archive/", "backups.wal_archive")
+    assert s3_objects.mirror_dir(tmp_path, location) == tmp_path / "bucket/a/b/wal_archive"
+    assert offsite_cache_beside("/var/lib/postgresql/15/main") == Path(
+        "/var/lib/postgresql/15/offsite-cache"
+    )
+
+
+def test_restore_command_tries_the_mirror_then_s3_then_the_salvage_folder():
+    line = wal_fetch.restore_command(
+        Path("/c/b/wal %x"),
+        Path("/c/b/wal %x.salvage"),
+        Path("/c/b/wal.fetch.json"),
+        "/usr/bin/python3",
+    )
+    mirror, fetch, salvage = (line.index(s) for s in ('"$a/%f.zst"', "wal_fetch.py", '"$s/%f"'))
+    assert mirror < fetch < salvage and line.endswith("else exit 1; fi")
+    assert "'/c/b/wal %%x'" in line, "% doubled for the server, the path shell-quoted"
+    assert "-I " in line and "/c/b/wal.fetch.json %f %p" in line
+
+
+def test_which_archive_files_are_wal():
+    assert _is_wal_file("000000010000000000000003.zst")
+    assert _is_wal_file("000000010000000000000003")
+    assert _is_wal_file("00000002.history")
+    assert not _is_wal_file("000000010000000000000003.00000028.backup")
+    assert not _is_wal_file("sub/000000010000000000000003")
+    assert not _is_wal_file("x.json")
+
+
+@dataclass
+class Entry:
+    id: str
+    status: str = "verified"
+
+
+def test_an_incremental_goes_offsite_with_the_full_it_builds_on():
+    entries = [  # newest first, as the catalog lists them
+        Entry("audio_files/audio_files_incremental_20261127T030000Z.tar.gz"),
+        Entry("user_uploads/user_uploads_full_20261127T020000Z.tar.gz"),
+        Entry("audio_files/audio_files_incremental_20261127T020000Z.tar.gz"),
+        Entry("audio_files/audio_files_full_20261127T010000Z.tar.gz"),
+        Entry("audio_files/audio_files_full_20261126T010000Z.tar.gz"),
+        Entry("user_uploads/user_uploads_full_20261126T020000Z.tar.gz"),
+    ]
+    chosen = [e.id for e in _restorable_snapshots(entries)]
+    assert chosen == [e.id for e in entries[:4]]
+
+
+def test_wal_fetch_serves_the_mirror_and_refuses_a_bad_name(tmp_path, capsys):
+    """A segment in the mirror is delivered without S3; a bad name is exit 2 (a problem,
+    said on stderr), never a crash PostgreSQL would misread."""
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"mirror": str(tmp_path), "bucket": "b", "prefix": ""}))
+    assert wal_fetch.main([str(config), "../etc/passwd", str(tmp_path / "x")]) == 2
+    assert "not a WAL file name" in capsys.readouterr().err
+    (tmp_path / "000000010000000000000001").write_bytes(b"segment")
+    assert wal_fetch.main([str(config), "000000010000000000000001", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p").read_bytes() == b"segment"
