@@ -56,8 +56,10 @@ demo: sandbox-up airflow-db
 demo-pitr: sandbox-up airflow-db
 	@$(ENV) $(PY) -m tracktion_sandbox.demo_pitr
 
+# Two shards side by side, each with its own sandbox in its own network namespace
+# (scripts/run_tests.py); TEST_SHARDS=1, or test paths in PYTEST_ARGS, run one pytest here.
 test: install postgres chromium airflow-db
-	@$(ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	@$(ENV) $(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check dags include plugins sandbox tests bench
