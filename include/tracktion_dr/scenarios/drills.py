@@ -13,7 +13,9 @@ that production also names (unless the plan says the drill environment shares th
 
 Quarterly: :func:`simulate_cluster_loss` takes the drill cluster away (stopped, its data
 directory moved aside - never deleted), then the plan's ``drills.quarterly.steps`` run in
-order as real DAG runs (``drill_steps.run_step``), each recorded in the ledger by itself.
+order as real runs of their own DAGs, triggered through the scheduler and waited for on
+the triggerer (``airflow.drill_steps.DrillStepOperator``), each recorded in the ledger by
+itself; the drill reads each child run's outcome back for its own record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import shutil
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,8 +422,14 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
 DAGS_FOLDER = Path(__file__).resolve().parents[3] / "dags"
 
 
-def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
-    """Everything checked before the drill cluster is taken away."""
+def guard_quarterly(
+    plan: Plan,
+    incident: dict[str, Any],
+    dag_paused: Callable[[str], bool | None] | None = None,
+) -> dict[str, Any]:
+    """Everything checked before the drill cluster is taken away. ``dag_paused(dag_id)``
+    says whether a step's DAG is paused in Airflow (None: unknown to Airflow): the steps
+    run through the scheduler, and a paused one would never start."""
     from tracktion_dr.postgres.restore import incident_tag
     from tracktion_dr.scenarios.database import catalog_for
 
@@ -438,6 +447,15 @@ def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
     missing = [s.dag_id for s in drill.steps if not (DAGS_FOLDER / f"{s.dag_id}.py").is_file()]
     if missing:
         raise InvalidInput("drills.quarterly.steps", f"no such DAG(s): {missing}")
+    if dag_paused is not None:
+        paused = [s.dag_id for s in drill.steps if dag_paused(s.dag_id) is not False]
+        if paused:
+            raise InvalidInput(
+                "drills.quarterly.steps",
+                f"paused or not yet loaded in Airflow: {sorted(set(paused))}",
+                hint="unpause them (the drill runs each step as a run of its DAG through the "
+                "scheduler; a paused DAG's run never starts)",
+            )
     environment = plan.environment(incident["environment"])
     production = plan.environment("production")
     cluster = environment.clusters[drill.cluster]
