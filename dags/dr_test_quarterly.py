@@ -45,6 +45,7 @@ PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["quarterly"].cron if "quarterly" in PLAN.test_schedule else None
 STEPS = list(PLAN.drills.quarterly.steps) if PLAN.drills else []
 CHAIN = [(drills.chain_task_id(i, step.dag_id), step) for i, step in enumerate(STEPS)]
+STEP_TIMEOUT = PLAN.drills.quarterly.step_timeout.total_seconds() if PLAN.drills else None
 # The drill is measured once: a retry would restart the clock's story, not the recovery.
 ONCE = {"retries": 0}
 
@@ -97,7 +98,9 @@ def dr_test_quarterly():
     lost = simulate_loss(run)
     previous = lost
     for task_id, step in CHAIN:
-        current = DrillStepOperator(task_id=task_id, step=step, run=run, loss=lost)
+        current = DrillStepOperator(
+            task_id=task_id, step=step, run=run, loss=lost, timeout_seconds=STEP_TIMEOUT
+        )
         previous >> current
         previous = current
     net = safety_net()

@@ -43,7 +43,9 @@ class DrillStepOperator(TriggerDagRunOperator):
 
     template_fields = (*TriggerDagRunOperator.template_fields, "run", "loss")
 
-    def __init__(self, *, step: Any, run: Any, loss: Any, **kwargs: Any):
+    def __init__(
+        self, *, step: Any, run: Any, loss: Any, timeout_seconds: float | None = None, **kwargs: Any
+    ):
         kwargs.setdefault("retries", 0)  # the drill is measured once
         super().__init__(
             trigger_dag_id=step.dag_id,
@@ -60,6 +62,7 @@ class DrillStepOperator(TriggerDagRunOperator):
         self.step = step
         self.run = run
         self.loss = loss
+        self.timeout_seconds = timeout_seconds
 
     def execute(self, context: Any) -> Any:
         started = now_iso()
@@ -80,7 +83,7 @@ class DrillStepOperator(TriggerDagRunOperator):
         state = str(getattr(data.get(run_id), "value", data.get(run_id)))
         result = read_child_run(ti, self.trigger_dag_id, run_id, state)
         started = ti.xcom_pull(task_ids=self.task_id, key=STARTED_KEY) or finished
-        ran = drills.judge_chain_step(self.step, result, started, finished)
+        ran = drills.judge_chain_step(self.step, result, started, finished, self.timeout_seconds)
         ti.xcom_push(key=drills.CHAIN_KEY, value=ran)  # for the record, even failed
         log.info("%s", ran["detail"])
         if ran["status"] != "succeeded":

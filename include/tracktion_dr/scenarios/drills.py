@@ -706,12 +706,21 @@ def chain_step_conf(step: Any, run: dict[str, Any], loss: dict[str, Any]) -> dic
 
 
 def judge_chain_step(
-    step: Any, result: dict[str, Any], started_at: str, finished_at: str
+    step: Any,
+    result: dict[str, Any],
+    started_at: str,
+    finished_at: str,
+    timeout_seconds: float | None = None,
 ) -> dict[str, Any]:
     """What the record keeps of one chain step's run: its status and sentence, when it ran,
-    the child run and the figures of its record."""
+    the child run and the figures of its record. A step that took longer than
+    ``timeout_seconds`` (the plan's ``step_timeout``) fails the drill, whatever its run's
+    outcome: the child runs through the scheduler, whose deferred wait has no deadline of
+    its own, so the drill judges the time when the child is done."""
     record = result.get("record") or {}
-    ok = result["state"] == "success"
+    took = _seconds_between(started_at, finished_at)
+    late = timeout_seconds is not None and took > timeout_seconds
+    ok = result["state"] == "success" and not late
     failed_tasks = sorted(k for k, v in (result.get("task_states") or {}).items() if v == "failed")
     detail = (
         f"{step.label or step.dag_id}: {step.dag_id} run {result.get('run_id')} {result['state']}"
@@ -720,7 +729,9 @@ def judge_chain_step(
         detail += f"; RTO achieved {record['rto_achieved_seconds']}s"
     if record.get("data_loss_seconds") is not None:
         detail += f"; data lost {record['data_loss_seconds']:.1f}s"
-    if not ok:
+    if late:
+        detail += f"; took {took:.0f}s, over its step timeout of {timeout_seconds:.0f}s"
+    if failed_tasks:
         detail += f"; failed tasks {failed_tasks}"
     if result.get("error"):
         detail += f"; {result['error'][-300:]}"
