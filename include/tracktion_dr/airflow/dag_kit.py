@@ -7,7 +7,8 @@ Anatomy: probe → guard → act → gates → validate → record → notify �
 * A **gate** is an :class:`RtoGate` sensor. Its timeout is what is left of the tier's RTO
   when it starts waiting (measured from ``incident_started_at``); it records when it
   opened, logs progress as it waits, and on timeout notifies the escalation channels and
-  fails with "RTO breached at <gate>: <elapsed> of <budget>".
+  fails with "RTO breached at <gate>: <elapsed> of <budget>". It polls in the worker for a
+  short fast window, then defers to the triggerer (``gate_triggers``).
 * :func:`record_timeline` (trigger rule *all done*) builds the run's :class:`Timeline` from
   those events plus the states of tasks that failed (which push nothing), writes it to the
   ledger, and logs the table. :func:`raise_for_outcome` then fails the run when anything
