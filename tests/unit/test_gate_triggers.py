@@ -33,6 +33,7 @@ from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
 CALLS: list[dict] = []
+WAITING_SINCE = "2026-01-01T00:00:00+00:00"
 
 
 def opens_on_call(plan, opens_on: int, raises: bool = False):
@@ -69,6 +70,7 @@ def gate_trigger(opens_on: int, *, deadline_in: float = 60, raises: bool = False
         incident=incident(),
         deadline=(datetime.now(UTC) + timedelta(seconds=deadline_in)).isoformat(),
         poll_seconds=0.01,
+        waiting_since=WAITING_SINCE,
     )
 
 
@@ -123,6 +125,7 @@ def test_the_trigger_opens_when_the_check_does_with_the_time_it_saw_it():
     before = datetime.now(UTC)
     event = first_event(round_trip(gate_trigger(opens_on=3)))
     assert event["status"] == "open" and event["detail"] == "call 3"
+    assert event["waiting_since"] == WAITING_SINCE  # what the gate needs back, in the event
     assert datetime.fromisoformat(event["opened_at"]) >= before
     assert len(CALLS) == 3 and CALLS[0]["incident_id"] == "DR-20260101-000000"
 
@@ -135,10 +138,8 @@ def test_the_trigger_gives_up_at_the_deadline_with_what_it_last_saw():
 
 def test_a_check_that_raises_ends_the_wait_with_its_message():
     event = first_event(gate_trigger(opens_on=1, raises=True))
-    assert event == {
-        "status": "error",
-        "detail": "ServerDied: FATAL: could not locate a valid checkpoint record",
-    }
+    assert event["status"] == "error"
+    assert event["detail"] == "ServerDied: FATAL: could not locate a valid checkpoint record"
 
 
 # --- the gate: fast window, then deferral ------------------------------------------------------
@@ -174,11 +175,18 @@ def test_a_gate_not_open_after_its_fast_window_defers_to_the_triggerer():
     deadline = datetime.fromisoformat(trigger.deadline) - datetime.now(UTC)
     assert timedelta(seconds=500) < deadline <= timedelta(seconds=600)
     assert deferred.value.timeout > deadline  # the backstop comes after the trigger's own end
-    waiting_since = deferred.value.kwargs["waiting_since"]
+    waiting_since = trigger.waiting_since
+    assert waiting_since
 
     opened_at = datetime.now(UTC).isoformat()
     resumed = gate.resume_gate(
-        {}, {"status": "open", "detail": "healthy", "opened_at": opened_at}, waiting_since
+        {},
+        {
+            "status": "open",
+            "detail": "healthy",
+            "opened_at": opened_at,
+            "waiting_since": waiting_since,
+        },
     )
     assert resumed["event"]["finished_at"] == opened_at  # when it opened, not when it resumed
     assert resumed["event"]["started_at"] == waiting_since
@@ -188,14 +196,14 @@ def test_a_gate_not_open_after_its_fast_window_defers_to_the_triggerer():
 def test_a_deferred_gate_whose_budget_ran_out_escalates_and_fails():
     gate = rto_gate(named_check("test_opens_on_call", opens_on=1))
     with pytest.raises(AirflowFailException, match="RTO breached at gate_x"):
-        gate.resume_gate({}, {"status": "timeout", "detail": "still down"}, "x")
+        gate.resume_gate({}, {"status": "timeout", "detail": "still down"})
     assert len(gate.escalations) == 1 and "RTO breached at gate_x" in gate.escalations[0]
 
 
 def test_a_deferred_gate_whose_check_raised_fails_with_its_message():
     gate = rto_gate(named_check("test_opens_on_call", opens_on=1))
     with pytest.raises(AirflowFailException, match="ServerDied: FATAL"):
-        gate.resume_gate({}, {"status": "error", "detail": "ServerDied: FATAL x"}, "x")
+        gate.resume_gate({}, {"status": "error", "detail": "ServerDied: FATAL x"})
     assert gate.escalations == []
 
 
@@ -219,7 +227,7 @@ def test_the_watch_trigger_survives_serialization_and_wakes_when_due(monkeypatch
         poll_seconds=0.01,
     )
     assert round_trip(trigger).serialize() == trigger.serialize()
-    assert first_event(trigger) == {"status": "due", "state": "running"}
+    assert first_event(trigger) == {"status": "due", "state": "running", "memory": {}}
 
 
 def test_the_watch_trigger_ends_when_the_run_does(monkeypatch):
@@ -231,7 +239,7 @@ def test_the_watch_trigger_ends_when_the_run_does(monkeypatch):
         wake_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
         poll_seconds=0.01,
     )
-    assert first_event(trigger) == {"status": "ended", "state": "failed"}
+    assert first_event(trigger) == {"status": "ended", "state": "failed", "memory": {}}
 
 
 # --- the incident watch: look, defer, resume with what it already sent --------------------------
@@ -259,17 +267,17 @@ def test_the_watch_defers_between_looks_and_never_pages_a_level_twice():
     with pytest.raises(TaskDeferred) as deferred:
         watch.execute({"ti": ti})
     assert isinstance(deferred.value.trigger, RecoveryRunTrigger)
-    memory = json.loads(json.dumps(deferred.value.kwargs["memory"]))
+    memory = json.loads(json.dumps(deferred.value.trigger.memory))
     assert memory["paged"] == [1] and memory["updates"] == 1
     wake_at = datetime.fromisoformat(deferred.value.trigger.wake_at)
     assert wake_at > datetime.now(UTC)  # the next update or level, not at once
 
     again = RecoveryWatch(task_id="watch", plan=PLAN, incident=watched, recovery=recovery)
     with pytest.raises(TaskDeferred) as deferred:
-        again.resume_watch({"ti": ti}, {"status": "due", "state": "running"}, memory)
-    assert deferred.value.kwargs["memory"]["paged"] == [1]  # not paged again
-    assert deferred.value.kwargs["memory"]["updates"] == 1  # the next update is not due yet
+        again.resume_watch({"ti": ti}, {"status": "due", "state": "running", "memory": memory})
+    assert deferred.value.trigger.memory["paged"] == [1]  # not paged again
+    assert deferred.value.trigger.memory["updates"] == 1  # the next update is not due yet
 
     state["value"] = "success"
-    done = again.resume_watch({"ti": ti}, {"status": "ended", "state": "success"}, memory)
+    done = again.resume_watch({"ti": ti}, {"status": "ended", "state": "success", "memory": memory})
     assert done["state"] == "success" and done["levels_paged"] == [1]

@@ -173,19 +173,20 @@ class RtoGate(BaseSensorOperator):
                 incident=dict(self.incident),
                 deadline=(datetime.now(UTC) + timedelta(seconds=left)).isoformat(),
                 poll_seconds=self.trigger_poll_seconds,
+                waiting_since=self._waiting_since,
                 last_seen=self._last_seen,
             ),
             method_name="resume_gate",
-            kwargs={"waiting_since": self._waiting_since},
             # The trigger ends the wait at the deadline itself; this is the backstop when
             # no triggerer runs it (the gate then escalates all the same).
             timeout=timedelta(seconds=left + DEFERRAL_GRACE_SECONDS),
         )
 
-    def resume_gate(self, context: Any, event: dict[str, Any], waiting_since: str) -> Any:
+    def resume_gate(self, context: Any, event: dict[str, Any]) -> Any:
         """Back from the triggerer: record the opening, or escalate, or fail with the
         check's own error."""
         status, detail = event.get("status"), event.get("detail", "")
+        waiting_since = event.get("waiting_since") or now_iso()
         if status == "open":
             log.info("gate %s: open (%s), seen by the triggerer", self.task_id, detail)
             opened = Event(

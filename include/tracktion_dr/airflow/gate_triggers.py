@@ -242,7 +242,8 @@ class GateTrigger(BaseTrigger):
     ``open``, with the time it was seen open), the check raises (``error``: the gate fails
     with that message, as a raising check does in the worker), or ``deadline`` passes
     (``timeout``: the gate escalates and fails). ``incident`` is the gate's run (the
-    guard's XCom); ``deadline`` an ISO 8601 time with zone."""
+    guard's XCom); ``deadline`` an ISO 8601 time with zone; ``waiting_since`` (when the
+    gate started waiting) comes back in every event."""
 
     def __init__(
         self,
@@ -252,10 +253,12 @@ class GateTrigger(BaseTrigger):
         incident: dict[str, Any],
         deadline: str,
         poll_seconds: float,
+        waiting_since: str = "",
         last_seen: str = "",
     ):
         super().__init__()
         self.gate = gate
+        self.waiting_since = waiting_since
         self.check = check
         self.incident = incident
         self.deadline = deadline
@@ -271,6 +274,7 @@ class GateTrigger(BaseTrigger):
                 "incident": self.incident,
                 "deadline": self.deadline,
                 "poll_seconds": self.poll_seconds,
+                "waiting_since": self.waiting_since,
                 "last_seen": self.last_seen,
             },
         )
@@ -286,12 +290,10 @@ class GateTrigger(BaseTrigger):
                 now = datetime.now(UTC)
                 if opened:
                     self.log.info("gate %s: open (%s)", self.gate, detail)
-                    yield TriggerEvent(
-                        {"status": "open", "detail": detail, "opened_at": now.isoformat()}
-                    )
+                    yield self._event("open", detail, opened_at=now.isoformat())
                     return
                 if now >= deadline:
-                    yield TriggerEvent({"status": "timeout", "detail": detail})
+                    yield self._event("timeout", detail)
                     return
                 if detail != last_seen or time.monotonic() - last_logged >= PROGRESS_LOG_SECONDS:
                     self.log.info("gate %s: not yet (%s)", self.gate, detail)
@@ -299,7 +301,14 @@ class GateTrigger(BaseTrigger):
                 left = (deadline - now).total_seconds()
                 await asyncio.sleep(max(0.0, min(self.poll_seconds, left)))
         except Exception as exc:  # the check failed (not "not yet"): the gate fails with it
-            yield TriggerEvent({"status": "error", "detail": f"{type(exc).__name__}: {exc}"})
+            yield self._event("error", f"{type(exc).__name__}: {exc}")
+
+    def _event(self, status: str, detail: str, **more: str) -> TriggerEvent:
+        # What the gate needs when it resumes travels in the event (dag.test() resumes a
+        # task with the event alone, without the deferral's kwargs).
+        return TriggerEvent(
+            {"status": status, "detail": detail, "waiting_since": self.waiting_since, **more}
+        )
 
 
 # --- the incident watch's trigger ------------------------------------------------------------
@@ -318,14 +327,24 @@ def _run_state(dag_id: str, run_id: str) -> str:
 class RecoveryRunTrigger(BaseTrigger):
     """Waits until the run ``dag_id``/``run_id`` ends (event ``ended``) or ``wake_at``
     (ISO 8601 with zone) passes (event ``due``), reading the run's state every
-    ``poll_seconds`` through the task SDK (never the metadata database)."""
+    ``poll_seconds`` through the task SDK (never the metadata database). ``memory`` (what
+    the watch has sent so far) comes back in the event."""
 
-    def __init__(self, *, dag_id: str, run_id: str, wake_at: str, poll_seconds: float):
+    def __init__(
+        self,
+        *,
+        dag_id: str,
+        run_id: str,
+        wake_at: str,
+        poll_seconds: float,
+        memory: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.dag_id = dag_id
         self.run_id = run_id
         self.wake_at = wake_at
         self.poll_seconds = poll_seconds
+        self.memory = memory or {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -335,6 +354,7 @@ class RecoveryRunTrigger(BaseTrigger):
                 "run_id": self.run_id,
                 "wake_at": self.wake_at,
                 "poll_seconds": self.poll_seconds,
+                "memory": self.memory,
             },
         )
 
@@ -344,10 +364,10 @@ class RecoveryRunTrigger(BaseTrigger):
             state = await asyncio.to_thread(_run_state, self.dag_id, self.run_id)
             now = datetime.now(UTC)
             if state in TERMINAL_RUN_STATES:
-                yield TriggerEvent({"status": "ended", "state": state})
+                yield TriggerEvent({"status": "ended", "state": state, "memory": self.memory})
                 return
             if now >= wake_at:
-                yield TriggerEvent({"status": "due", "state": state})
+                yield TriggerEvent({"status": "due", "state": state, "memory": self.memory})
                 return
             left = (wake_at - now).total_seconds()
             await asyncio.sleep(max(0.0, min(self.poll_seconds, left)))

@@ -59,9 +59,10 @@ class RecoveryWatch(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         return self._look_then_wait(context)
 
-    def resume_watch(self, context: Any, event: dict[str, Any], memory: dict[str, Any]) -> Any:
+    def resume_watch(self, context: Any, event: dict[str, Any]) -> Any:
         """Back from the triggerer (the run ended, or an update or a page is due): look
-        again with what was sent so far."""
+        again with what was sent so far (``event["memory"]``: the trigger carries it)."""
+        memory = event.get("memory") or {}
         self._last_update = (
             datetime.fromisoformat(memory["last_update"]) if memory.get("last_update") else None
         )
@@ -92,16 +93,14 @@ class RecoveryWatch(BaseSensorOperator):
                 run_id=self.recovery["run_id"],
                 wake_at=wake_at.isoformat(),
                 poll_seconds=self.poke_interval,
-            ),
-            method_name="resume_watch",
-            kwargs={
-                "memory": {
+                memory={
                     "last_update": self._last_update.isoformat() if self._last_update else None,
                     "updates": self._updates,
                     "paged": sorted(self._paged),
                     "waiting_since": self._waiting_since,
-                }
-            },
+                },
+            ),
+            method_name="resume_watch",
             timeout=deadline - now + timedelta(minutes=5),
         )
 
