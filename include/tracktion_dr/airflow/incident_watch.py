@@ -10,7 +10,8 @@ Between two looks it holds no worker slot: it defers to the triggerer
 (:class:`~tracktion_dr.airflow.gate_triggers.RecoveryRunTrigger`), which reads the run's
 state every ``poke_interval`` and wakes the sensor when the run ends or when the next
 status update or escalation is due. What it has sent so far (the last update, how many,
-the levels paged) travels with the deferral, so a resume never repeats a page.
+the levels paged) travels in the trigger and comes back in its event, so a resume never
+repeats a page.
 Airflow-facing (like ``dag_kit``).
 """
 
