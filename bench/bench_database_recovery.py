@@ -313,7 +313,9 @@ def main() -> int:
         write_after_backup(bare.admin, args.wal_mb)
         return newest
 
-    stack = AirflowStack(Path(tempfile.mkdtemp(prefix="bench-airflow-")), api_port=18380)
+    stack = AirflowStack(
+        Path(tempfile.mkdtemp(prefix="bench-airflow-")), api_port=18380, triggerer=True
+    )
     rows = []
     try:
         stack.start()

@@ -36,6 +36,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -116,7 +117,7 @@ def dr_application_recovery():
         recovers[service] = recover_step(service)(run, before)
         gates[service] = RtoGate(
             task_id=f"gate_{task_name(service)}",
-            check=application.gate_check(PLAN, service),
+            check=named_check("application_service_back", service=service),
             incident=run,
             plan=PLAN,
             rto_seconds=rto_seconds,

@@ -41,6 +41,7 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -133,7 +134,7 @@ def dr_config_recovery():
     restarted = restart_services(run)
     gate = RtoGate(
         task_id="gate_services",
-        check=config.gate_check(PLAN),
+        check=named_check("config_services_back"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -61,12 +61,11 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import (
     RtoGate,
-    functional_checks_pass,
     open_incident,
     scenario_tail,
-    services_healthy,
     take_exclusivity,
 )
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.pitr import TARGET_TYPES
@@ -85,12 +84,6 @@ def _admin(run: dict):
     from tracktion_dr.airflow.support import endpoint
 
     return endpoint(_cluster(run).conn_id)
-
-
-def recovery_target_reached(run: dict) -> tuple[bool, str]:
-    from tracktion_dr.scenarios.database import recovery_target_reached as reached
-
-    return reached(_cluster(run), run, _admin(run).conninfo("postgres"))
 
 
 def _record_fields(run: dict, context) -> dict:
@@ -322,7 +315,7 @@ def dr_database_pitr():
     [staged, stopped] >> prepared >> started_pg
     gate_target = RtoGate(
         task_id="gate_recovery_target_reached",
-        check=recovery_target_reached,
+        check=named_check("recovery_target_reached"),
         incident=run,
         plan=PLAN,
     )
@@ -332,13 +325,13 @@ def dr_database_pitr():
     started_pg >> gate_target >> validated >> promoted >> services_started
     gate_services = RtoGate(
         task_id="gate_services_healthy",
-        check=services_healthy(PLAN),
+        check=named_check("services_healthy"),
         incident=run,
         plan=PLAN,
     )
     gate_functional = RtoGate(
         task_id="gate_functional_checks",
-        check=functional_checks_pass(PLAN),
+        check=named_check("functional_checks_pass"),
         incident=run,
         plan=PLAN,
     )

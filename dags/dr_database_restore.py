@@ -50,13 +50,11 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import (
     RtoGate,
-    database_accepts,
-    functional_checks_pass,
     open_incident,
     scenario_tail,
-    services_healthy,
     take_exclusivity,
 )
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 
@@ -234,16 +232,19 @@ def dr_database_restore():
     swapped >> started
     gate_database = RtoGate(
         task_id="gate_database_accepts",
-        check=database_accepts(lambda r: (_target(r).cluster.conn_id, r["database_name"])),
+        check=named_check("restored_database_accepts"),
         incident=run,
         plan=PLAN,
     )
     gate_services = RtoGate(
-        task_id="gate_services_healthy", check=services_healthy(PLAN), incident=run, plan=PLAN
+        task_id="gate_services_healthy",
+        check=named_check("services_healthy"),
+        incident=run,
+        plan=PLAN,
     )
     gate_functional = RtoGate(
         task_id="gate_functional_checks",
-        check=functional_checks_pass(PLAN),
+        check=named_check("functional_checks_pass"),
         incident=run,
         plan=PLAN,
     )

@@ -44,6 +44,7 @@ from airflow.sdk import Param, dag, task
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail, take_exclusivity
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.notifier import DrNotifier
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
@@ -191,7 +192,7 @@ def dr_failover():
     path >> [approve, EmptyOperator(task_id="automatic")] >> switched
     gate = RtoGate(
         task_id="gate_failover",
-        check=failover.gate_check(PLAN, ACCESS),
+        check=named_check("failover_serving"),
         incident=run,
         plan=PLAN,
     )

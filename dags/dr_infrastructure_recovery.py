@@ -31,6 +31,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -114,7 +115,7 @@ def dr_infrastructure_recovery():
     repaired = repair(run, inspect(run))
     gate = RtoGate(
         task_id="gate_repaired",
-        check=infrastructure.gate_check(PLAN, ACCESS),
+        check=named_check("infrastructure_repaired"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -46,6 +46,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.site_steps import route53_client
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -124,7 +125,7 @@ def dr_network_dns():
     synced = wait_in_sync(run, switch_records(run, verify_before(run)))
     gate = RtoGate(
         task_id="gate_dns",
-        check=network_dns.gate_check(PLAN, route53_client),
+        check=named_check("dns_records_hold"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -29,6 +29,7 @@ from airflow.sdk import dag
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -75,7 +76,7 @@ def dr_service_dependencies_recovery():
         previous >> recovered
         previous = RtoGate(
             task_id=f"gate_{layer}",
-            check=dependencies.gate_check(PLAN, layer, ACCESS),
+            check=named_check("dependency_layer_healthy", layer=layer),
             incident=run,
             plan=PLAN,
             rto_seconds=RTO_SECONDS,

@@ -49,6 +49,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.site_steps import (
     STACK_REQUEST_KEY,
     RecoveryStackCreateOperator,
@@ -121,7 +122,7 @@ def dr_site_provision():
     outputs = read_outputs(run, ready.output)
     gate = RtoGate(
         task_id="gate_site_ready",
-        check=site.site_ready(PLAN, cloudformation_client),
+        check=named_check("recovery_site_ready"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -139,7 +140,7 @@ def dr_storage_recovery():
     restored = restore_from_backup(run, inspect_before(run))
     gate = RtoGate(
         task_id="gate_integrity",
-        check=storage.gate_check(PLAN),
+        check=named_check("storage_intact"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -9,8 +9,11 @@ environment, with the RTO clock running from the simulated loss:
 2. **simulate_loss** - the drill cluster is lost: PostgreSQL stopped like a crash, its data
    directory moved aside to `<dir>.lost_<tag>` (kept, never deleted). The clock starts here.
 3. **step_N_<dag>** - the plan's `drills.quarterly.steps`, in order: each step's own DAG is
-   run for real with its conf (plus this drill's incident id and clock start) and waited
-   for; its ledger record and state are the step's result. The sandbox plan's chain is
+   triggered through the scheduler (`TriggerDagRunOperator`, run id
+   `<this run id>__step_N_<dag>`) with its conf plus this drill's incident id and clock
+   start, and waited for on the triggerer (no worker slot held); the child run's state,
+   task states and record (read back through the task SDK) are the step's result. The
+   step DAGs must be unpaused: the guard refuses otherwise. The sandbox plan's chain is
    `dr_database_pitr` (PITR to latest) → `dr_initial_assessment` (infrastructure checks) →
    `dr_post_recovery_validation`; `dr_infrastructure_recovery`, `dr_application_recovery`
    and `dr_config_recovery` are added to the YAML list when they land - no code change.
@@ -32,10 +35,9 @@ from datetime import UTC, datetime
 from airflow.sdk import dag
 
 from tracktion_dr.airflow import steps
-from tracktion_dr.airflow.dag_kit import now_iso, open_incident, scenario_tail
-from tracktion_dr.airflow.drill_steps import run_step
+from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail
+from tracktion_dr.airflow.drill_steps import DrillStepOperator, dag_paused_in_airflow
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
-from tracktion_dr.core.errors import ValidationFailed
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios import drills
 
@@ -43,6 +45,7 @@ PLAN = load_plan()
 SCHEDULE = PLAN.test_schedule["quarterly"].cron if "quarterly" in PLAN.test_schedule else None
 STEPS = list(PLAN.drills.quarterly.steps) if PLAN.drills else []
 CHAIN = [(drills.chain_task_id(i, step.dag_id), step) for i, step in enumerate(STEPS)]
+STEP_TIMEOUT = PLAN.drills.quarterly.step_timeout.total_seconds() if PLAN.drills else None
 # The drill is measured once: a retry would restart the clock's story, not the recovery.
 ONCE = {"retries": 0}
 
@@ -77,30 +80,14 @@ def dr_test_quarterly():
     @steps.guard(**ONCE)
     def guard(**context) -> dict:
         incident = open_incident(context, PLAN)
-        run = {**incident, **drills.guard_quarterly(PLAN, incident)}
+        paused = None if incident["dry_run"] else dag_paused_in_airflow(context["ti"])
+        run = {**incident, **drills.guard_quarterly(PLAN, incident, paused)}
         steps.print_plan_of_actions(run, drills.quarterly_plan_of_actions(PLAN, run))
         return run
 
     @steps.step("destructive", **ONCE)
     def simulate_loss(run: dict, **context) -> dict:
         return drills.lose_cluster(PLAN, run)
-
-    def chain_step(task_id: str, step):
-        @steps.step("destructive", task_id=task_id, event_kind="gate", **ONCE)
-        def run_chain_step(run: dict, loss: dict, **context) -> str:
-            """Runs the step's own DAG for real and waits for it; its record is the result."""
-            started = now_iso()
-            conf = drills.chain_step_conf(step, run, loss)
-            timeout = PLAN.drills.quarterly.step_timeout.total_seconds()
-            ran = drills.judge_chain_step(
-                step, run_step(step.dag_id, conf, timeout), started, now_iso()
-            )
-            context["ti"].xcom_push(key=drills.CHAIN_KEY, value=ran)  # for the record, even failed
-            if ran["status"] != "succeeded":
-                raise ValidationFailed(ran["detail"])
-            return ran["detail"]
-
-        return run_chain_step
 
     @steps.step("destructive", after_all=True, **ONCE)
     def safety_net(run: dict, **context) -> str:
@@ -111,7 +98,9 @@ def dr_test_quarterly():
     lost = simulate_loss(run)
     previous = lost
     for task_id, step in CHAIN:
-        current = chain_step(task_id, step)(run, lost)
+        current = DrillStepOperator(
+            task_id=task_id, step=step, run=run, loss=lost, timeout_seconds=STEP_TIMEOUT
+        )
         previous >> current
         previous = current
     net = safety_net()

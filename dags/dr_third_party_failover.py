@@ -45,6 +45,7 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -139,7 +140,7 @@ def dr_third_party_failover():
     restarted = restart_dependents(run, switched)
     gate = RtoGate(
         task_id="gate_services",
-        check=third_party.gate_check(PLAN),
+        check=named_check("third_party_switched"),
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,

@@ -163,14 +163,17 @@ class AirflowStack:
         raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{self.log_tail()}")
 
     def wait_for_dags(self, unpause: Iterable[str], timeout: float = 120) -> list[dict[str, Any]]:
-        """Until every DAG file is parsed; then unpause ``unpause`` (only those)."""
-        expected = len(list((ROOT / "dags").glob("*.py")))
+        """Until every DAG file of dags/ is parsed (each defines the DAG named like it;
+        other bundles may add more); then unpause ``unpause`` (only those)."""
+        expected = {path.stem for path in (ROOT / "dags").glob("*.py")}
 
         def all_dags_listed() -> list[dict[str, Any]] | None:
-            listed = self.api("GET", "/api/v2/dags?limit=100").json()
-            return listed["dags"] if listed["total_entries"] >= expected else None
+            listed = self.api("GET", "/api/v2/dags?limit=200").json()["dags"]
+            return listed if expected <= {d["dag_id"] for d in listed} else None
 
-        dags = self.wait_until(f"the api-server and all {expected} DAGs", all_dags_listed, timeout)
+        dags = self.wait_until(
+            f"the api-server and all {len(expected)} DAGs", all_dags_listed, timeout
+        )
         for dag_id in unpause:
             response = self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
             response.raise_for_status()

@@ -190,3 +190,26 @@ def test_every_task_reports_its_failure_through_the_dr_notifier(dagbag):
             assert any(isinstance(c, DrNotifier) for c in callbacks), (
                 f"{dag.dag_id}.{task.task_id} has no DrNotifier failure callback"
             )
+
+
+def test_no_wait_holds_a_worker_slot(dagbag):
+    """Every RTO gate can defer to the triggerer (a named check the triggerer rebuilds),
+    and DAGs run other DAGs through the scheduler
+    (``TriggerDagRunOperator``, waiting deferrably when they wait), never ``dag.test()``."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+    from tracktion_dr.airflow.dag_kit import RtoGate
+    from tracktion_dr.airflow.gate_triggers import NamedCheck
+
+    gates = 0
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            where = f"{dag.dag_id}.{task.task_id}"
+            if isinstance(task, RtoGate):
+                gates += 1
+                assert isinstance(task.check, NamedCheck), f"{where}: a bare callable cannot defer"
+            if isinstance(task, TriggerDagRunOperator) and task.wait_for_completion:
+                assert task.deferrable, f"{where} waits for its DAG run in a worker slot"
+    assert gates >= 19
+    for path in DAG_FILES:
+        assert ".test(" not in path.read_text(), f"{path.name} runs a DAG with dag.test()"

@@ -1,23 +1,66 @@
 """A real Airflow for end-to-end tests (``tracktion_sandbox.airflow_stack``): api-server,
-scheduler and dag-processor as separate processes on a temporary AIRFLOW_HOME (SQLite,
-LocalExecutor), wired to the live sandbox through the same AIRFLOW_CONN_* environment as
-``make airflow``. No process outlives the module.
+scheduler, dag-processor and triggerer (gates and the incident watch wait there) as
+separate processes on a temporary AIRFLOW_HOME (SQLite, LocalExecutor), wired to the live
+sandbox through the same AIRFLOW_CONN_* environment as ``make airflow``. No process
+outlives the module.
+
+Two differences from an operator's deployment, both for the tests' sake: the test-only
+fixture DAGs (tests/dags_fixtures) are a second DAG bundle, and the plan is the sandbox
+plan without the quarterly drill's schedule (a scheduled DAG with catchup off starts its
+latest past run as soon as it is unpaused; the drill test triggers its own run).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tracktion_sandbox.airflow_stack import AirflowStack
 
+ROOT = Path(__file__).resolve().parents[2]
 # The DAGs the end-to-end tests start (both unscheduled): the only ones unpaused.
 E2E_DAGS = ("dr_incident_response", "dr_initial_assessment")
 API_PORT = 18280  # inside the test's own network namespace; not the UI's 8080
 
 
+def unscheduled_drill_plan(directory: Path) -> Path:
+    from tracktion_dr.core.plan import plan_path
+
+    data = yaml.safe_load(plan_path().read_text())
+    data.get("test_schedule", {}).pop("quarterly", None)
+    path = directory / "plan.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def e2e_environment(home: Path) -> dict[str, str]:
+    bundles = [
+        {
+            "name": "dags-folder",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {},
+        },
+        {
+            "name": "test-fixtures",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(ROOT / "tests" / "dags_fixtures")},
+        },
+    ]
+    return {
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+        "DR_PLAN": str(unscheduled_drill_plan(home)),
+    }
+
+
 @pytest.fixture(scope="module")
 def airflow(sandbox, tmp_path_factory):
-    stack = AirflowStack(tmp_path_factory.mktemp("airflow-e2e"), api_port=API_PORT)
+    home = tmp_path_factory.mktemp("airflow-e2e")
+    stack = AirflowStack(
+        home / "airflow", api_port=API_PORT, triggerer=True, extra_env=e2e_environment(home)
+    )
     try:
         stack.start()
         dags = stack.wait_for_dags(unpause=E2E_DAGS)

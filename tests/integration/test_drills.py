@@ -1,18 +1,16 @@
-"""The monthly and quarterly drills for real (dag.test()) against the live sandbox.
+"""The monthly drill for real (dag.test()) against the live sandbox.
 
 When I run the monthly drill on a healthy sandbox, then it passes, every scratch resource
 is gone, and the report's numbers are the ledger's. When the newest dump is corrupt, a
 service will not start, or the target is production, then the drill fails (or refuses)
-naming exactly that. When I run the quarterly drill, then the drill cluster is lost and
-recovered by PITR, the report shows the loss, each step's time and the data lost, and the
-sandbox is healthy again (primary, streaming replica 'replica', services).
+naming exactly that. (The quarterly drill chains its step DAGs through the scheduler, so
+it runs under a real Airflow: tests/e2e/test_native_orchestration.py.)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import psycopg
@@ -43,19 +41,6 @@ def app_conninfo(sandbox, port: int = L.PRIMARY_PORT, dbname: str = "postgres") 
         f"host={L.HOST} port={port} user={L.SUPERUSER} dbname={dbname} "
         f"password={sandbox.secrets.postgres_password}"
     )
-
-
-def wait_for(what: str, check, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def scratch_databases(sandbox) -> list[str]:
@@ -99,7 +84,7 @@ def test_monthly_drill_passes_cleans_up_and_reports_the_ledger_numbers(sandbox):
     markdown = Path(published["paths"]["markdown"]).read_text()
     assert run["incident_id"] in markdown and "database_restore:tracktion" in markdown
     assert "<svg" in Path(published["paths"]["html"]).read_text()
-    # the report went to the sink (e-mail) when notify is set - see the quarterly test
+    # the report went to the sink (e-mail) when notify is set - see the e2e quarterly test
 
     # "DR report" on the publish task in the UI: the link Airflow stored, served by the
     # dashboard plugin's own app as the very HTML file the run wrote
@@ -208,48 +193,3 @@ def test_monthly_guard_refuses_targets_resolving_to_production(sandbox, tmp_path
     with pytest.raises(InvalidInput) as refused:
         guard_monthly(bad_dir, incident, "t")
     assert refused.value.field == "drills.monthly.scratch_dir"
-
-
-def sandbox_is_healthy(sandbox) -> bool:
-    with psycopg.connect(app_conninfo(sandbox), connect_timeout=5) as conn:
-        replicas = conn.execute(
-            "SELECT application_name, state FROM pg_stat_replication"
-        ).fetchall()
-    with psycopg.connect(app_conninfo(sandbox, L.REPLICA_PORT), connect_timeout=5) as conn:
-        in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    import httpx
-
-    services = all(
-        httpx.get(f"http://{L.HOST}:{port}/health", timeout=3).status_code == 200
-        for port in L.SERVICE_PORTS.values()
-    )
-    return ("replica", "streaming") in replicas and in_recovery and services
-
-
-def test_quarterly_drill_recovers_the_lost_cluster_and_leaves_the_sandbox_healthy(sandbox):
-    dag_run = run_dag("dr_test_quarterly", {"environment": "drill", "notify": True})
-    states = task_states(dag_run)
-    assert states["verdict"] == "success", states
-    recorded = task_result(dag_run, "record")
-    steps = recorded["details"]["steps"]
-    assert steps[0]["name"] == "simulate_loss" and "moved aside" in steps[0]["detail"]
-    assert [s["name"].split(" ")[0] for s in steps[1:]] == [
-        "step_1_dr_database_pitr",
-        "step_2_dr_infrastructure_recovery",
-        "step_3_dr_application_recovery",
-        "step_4_dr_config_recovery",
-        "step_5_dr_post_recovery_validation",
-    ]
-    assert all(s["status"] == "succeeded" and s["seconds"] > 0 for s in steps[1:])
-    assert recorded["data_loss_seconds"] is not None and recorded["rpo_met"] is not None
-    assert recorded["rto_achieved_seconds"] == pytest.approx(steps[-1]["seconds"], abs=1)
-    run, _ = reports.ledger_run(
-        ledger_conninfo(sandbox), dag_id="dr_test_quarterly", run_id=dag_run.run_id
-    )
-    assert run["data_loss_seconds"] == recorded["data_loss_seconds"]
-    # the PITR step recorded itself in the ledger under the drill's incident id
-    children = reports.trend_rows(ledger_conninfo(sandbox), "dr_database_pitr", 1)
-    assert children[-1]["incident_id"] == recorded["incident_id"]
-    published = task_result(dag_run, "publish")
-    assert "email" in published["delivery"]["sent"]
-    wait_for("the sandbox healthy after the drill", lambda: sandbox_is_healthy(sandbox), 120)

@@ -152,6 +152,11 @@ def test_a_chain_steps_outcome_says_what_its_run_did():
     )
     assert bad["status"] == "failed" and bad["record"] is None
     assert bad["detail"].endswith("failed; failed tasks ['restore']; exit 1: boom")
+    late = drills.judge_chain_step(
+        step, {"state": "success", "run_id": "r2", "task_states": {}}, at(1), at(91), 60
+    )
+    assert late["status"] == "failed"
+    assert late["detail"].endswith("success; took 90s, over its step timeout of 60s")
 
 
 def test_the_quarterly_record_reads_each_step_on_the_clock_since_the_loss(plan):

@@ -7,7 +7,8 @@ Anatomy: probe → guard → act → gates → validate → record → notify �
 * A **gate** is an :class:`RtoGate` sensor. Its timeout is what is left of the tier's RTO
   when it starts waiting (measured from ``incident_started_at``); it records when it
   opened, logs progress as it waits, and on timeout notifies the escalation channels and
-  fails with "RTO breached at <gate>: <elapsed> of <budget>".
+  fails with "RTO breached at <gate>: <elapsed> of <budget>". It polls in the worker for a
+  short fast window, then defers to the triggerer (``gate_triggers``).
 * :func:`record_timeline` (trigger rule *all done*) builds the run's :class:`Timeline` from
   those events plus the states of tasks that failed (which push nothing), writes it to the
   ledger, and logs the table. :func:`raise_for_outcome` then fails the run when anything
@@ -31,6 +32,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, PokeReturnValue, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
+from tracktion_dr.airflow.gate_triggers import GateCheck, GateTrigger, NamedCheck
 from tracktion_dr.core.plan import Plan
 from tracktion_dr.core.timeline import MINIMUM_GATE_SECONDS, Event, RtoClock, Timeline, parse_time
 
@@ -43,7 +45,12 @@ FAILED_STATES = frozenset({"failed", "upstream_failed"})
 
 # A gate check returns (opened?, what it saw) - the second part is logged while waiting.
 PROGRESS_LOG_SECONDS = 10.0
-GateCheck = Callable[[dict[str, Any]], tuple[bool, str]]
+# A gate polls in the worker this long before it defers to the triggerer: most gates open
+# within seconds, and the worker's half-second poll is the fastest reaction there is.
+FAST_WINDOW_SECONDS = 25.0
+# A deferred gate's own deadline is the trigger's; the deferral's timeout (the backstop
+# when no triggerer picks it up) is this much later.
+DEFERRAL_GRACE_SECONDS = 60.0
 
 
 def now_iso() -> str:
@@ -59,12 +66,22 @@ def step_event(
 
 
 class RtoGate(BaseSensorOperator):
-    """Wait until ``check(incident)`` opens, within what is left of the RTO budget.
+    """Wait until the gate's check opens, within what is left of the RTO budget.
 
     ``incident`` is the guard's XCom: it carries ``started_at`` (the clock start) and,
     when the guard worked out the tier at run time, ``rto_seconds``; otherwise the
-    ``rto_seconds`` given here (the tier's RTO known at parse time) is the budget. Pokes run in the worker (mode "poke"): gates are
-    short and the LocalExecutor has slots to spare, and a poking gate logs progress.
+    ``rto_seconds`` given here (the tier's RTO known at parse time) is the budget.
+
+    How it waits: it pokes in the worker every ``poke_interval`` (0.5 s: a gate opens
+    within half a second of its condition, which keeps the recovery's critical path short)
+    for at most ``fast_window_seconds``. A condition not met by then is a long wait: the
+    gate *defers* to the triggerer (:class:`~tracktion_dr.airflow.gate_triggers.GateTrigger`
+    polls the same check every ``trigger_poll_seconds``), so no worker slot is held, and
+    resumes when the check opens (recorded at the moment the trigger saw it open), raises,
+    or the budget runs out (escalation and "RTO breached at ..." as before). ``check`` is a
+    :class:`~tracktion_dr.airflow.gate_triggers.NamedCheck` (``named_check(...)``), which the
+    triggerer rebuilds from the plan; a bare callable (test fixtures) cannot cross to the
+    triggerer and keeps poking in the worker for the whole budget.
     """
 
     template_fields = ("incident",)
@@ -72,7 +89,7 @@ class RtoGate(BaseSensorOperator):
     def __init__(
         self,
         *,
-        check: GateCheck,
+        check: NamedCheck | GateCheck,
         incident: Any,
         plan: Plan,
         rto_seconds: float | None = None,
@@ -80,6 +97,8 @@ class RtoGate(BaseSensorOperator):
         milestone: str = "service",
         escalate_channels: tuple[str, ...] | None = None,
         poke_interval: float = 0.5,
+        fast_window_seconds: float = FAST_WINDOW_SECONDS,
+        trigger_poll_seconds: float | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("retries", 0)  # a gate's budget is the RTO, not a retry count
@@ -93,22 +112,28 @@ class RtoGate(BaseSensorOperator):
         self.escalate_channels = escalate_channels
         self.minimum_wait_seconds = minimum_wait_seconds
         self.milestone = milestone
+        self.fast_window_seconds = fast_window_seconds
+        self.trigger_poll_seconds = trigger_poll_seconds or max(poke_interval, 1.0)
+        self._built_check: GateCheck | None = None
         self._waiting_since = ""
         self._last_seen = ""
         self._last_logged = 0.0
 
-    def execute(self, context: Any) -> Any:
+    def _clock(self) -> RtoClock:
         budget = float(self.incident.get("rto_seconds") or self.rto_seconds or 0)
         if budget <= 0:
             raise AirflowFailException(f"gate {self.task_id}: no RTO budget known")
-        clock = RtoClock(parse_time(self.incident["started_at"]), timedelta(seconds=budget))
+        return RtoClock(parse_time(self.incident["started_at"]), timedelta(seconds=budget))
+
+    def execute(self, context: Any) -> Any:
+        clock = self._clock()
         self._waiting_since = now_iso()
         self.timeout = max(clock.remaining().total_seconds(), self.minimum_wait_seconds)
         log.info(
             "gate %s: waiting up to %.0fs (RTO %.0fs, %.0fs elapsed since the clock started)",
             self.task_id,
             self.timeout,
-            budget,
+            clock.budget.total_seconds(),
             clock.elapsed().total_seconds(),
         )
         if self.incident.get("dry_run"):
@@ -118,15 +143,87 @@ class RtoGate(BaseSensorOperator):
                     self.task_id, "gate", self._waiting_since, now_iso(), "skipped", "dry run"
                 ).__dict__
             }
+        started = time.monotonic()
+        deadline = started + self.timeout
+        deferrable = isinstance(self.check, NamedCheck)
+        poke_until = min(started + self.fast_window_seconds, deadline) if deferrable else deadline
+        while True:
+            opened = self.poke(context)
+            if opened:
+                return opened.xcom_value  # type: ignore[union-attr]
+            now = time.monotonic()
+            if now >= deadline:
+                self._breach(clock)
+            if now >= poke_until:
+                break
+            time.sleep(min(self.poke_interval, max(0.0, deadline - now)))
+        left = deadline - time.monotonic()
+        log.info(
+            "gate %s: not open after %.0fs; waiting on the triggerer (up to %.0fs more, "
+            "polled every %.1fs)",
+            self.task_id,
+            self.fast_window_seconds,
+            left,
+            self.trigger_poll_seconds,
+        )
+        self.defer(
+            trigger=GateTrigger(
+                gate=self.task_id,
+                check=self.check.as_dict(),  # type: ignore[union-attr]
+                incident=dict(self.incident),
+                deadline=(datetime.now(UTC) + timedelta(seconds=left)).isoformat(),
+                poll_seconds=self.trigger_poll_seconds,
+                waiting_since=self._waiting_since,
+                last_seen=self._last_seen,
+            ),
+            method_name="resume_gate",
+            # The trigger ends the wait at the deadline itself; this is the backstop when
+            # no triggerer runs it (the gate then escalates all the same).
+            timeout=timedelta(seconds=left + DEFERRAL_GRACE_SECONDS),
+        )
+
+    def resume_gate(self, context: Any, event: dict[str, Any]) -> Any:
+        """Back from the triggerer: record the opening, or escalate, or fail with the
+        check's own error."""
+        status, detail = event.get("status"), event.get("detail", "")
+        waiting_since = event.get("waiting_since") or now_iso()
+        if status == "open":
+            log.info("gate %s: open (%s), seen by the triggerer", self.task_id, detail)
+            opened = Event(
+                self.task_id,
+                "gate",
+                waiting_since,
+                event["opened_at"],
+                "succeeded",
+                detail,
+                self.milestone,
+            )
+            return {"event": opened.__dict__}
+        if status == "timeout":
+            log.info("gate %s: last seen: %s", self.task_id, detail)
+            self._breach(self._clock())
+        raise AirflowFailException(f"gate {self.task_id}: the check failed: {detail}")
+
+    def resume_execution(self, next_method: str, next_kwargs: Any, context: Any) -> Any:
         try:
-            return super().execute(context)
-        except AirflowSensorTimeout:
-            breach = clock.breach(self.task_id)
-            self._escalate(str(breach))
-            raise AirflowFailException(str(breach)) from None
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout:  # the deferral's backstop timeout: no triggerer ran it
+            self._breach(self._clock())
+
+    def _breach(self, clock: RtoClock) -> None:
+        breach = clock.breach(self.task_id)
+        self._escalate(str(breach))
+        raise AirflowFailException(str(breach))
+
+    def _check(self) -> GateCheck:
+        if not isinstance(self.check, NamedCheck):
+            return self.check
+        if self._built_check is None:
+            self._built_check = self.check.build(self.plan)
+        return self._built_check
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        opened, detail = self.check(self.incident)
+        opened, detail = self._check()(self.incident)
         if not opened:
             # Poked every half second (it opens within that of its condition); logged
             # when what it sees changes (at most every 2 s) and every
@@ -536,47 +633,3 @@ def publish_report(context: Any, plan: Plan, timeline: dict[str, Any]) -> dict[s
         "delivery": delivery,
         "outcome": report["outcome"],
     }
-
-
-# --- gate checks every database scenario shares ---------------------------------------------
-
-
-def services_healthy(plan: Plan) -> GateCheck:
-    """Gate: every service of the run (``run["services"]``) answers its health URL."""
-
-    def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.services.checks import service_health
-
-        return service_health(plan.environment(run["environment"]), run["services"])
-
-    return check
-
-
-def functional_checks_pass(plan: Plan) -> GateCheck:
-    """Gate: the plan's functional check of every service of the run passes."""
-
-    def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.services.checks import functional_checks
-
-        return functional_checks(plan.environment(run["environment"]), run["services"])
-
-    return check
-
-
-def database_accepts(
-    conn_id_and_database: Callable[[dict[str, Any]], tuple[str, str]],
-) -> GateCheck:
-    """Gate: the run's database accepts connections (``conn_id_and_database(run)`` names
-    the connection and the database)."""
-
-    def check(run: dict[str, Any]) -> tuple[bool, str]:
-        from tracktion_dr.airflow.support import endpoint
-        from tracktion_dr.services.probes import ProbeFailure, postgres_ready
-
-        conn_id, database = conn_id_and_database(run)
-        try:
-            return True, postgres_ready(endpoint(conn_id).conninfo(database))(5)
-        except ProbeFailure as exc:
-            return False, str(exc)
-
-    return check

@@ -1,62 +1,122 @@
-"""Run one quarterly-drill chain step as a real run of the step's own DAG.
+"""One quarterly-drill chain step: a run of the step's own DAG, through the scheduler.
 
-Airflow-facing (it runs DAGs): ``dag.test()`` in a child process, so the step's tasks,
-XCom and ledger record are exactly that DAG's. A LocalExecutor-style stop-gap: on a Celery
-deployment the chain should trigger the step DAGs through the scheduler instead.
+:class:`DrillStepOperator` is a ``TriggerDagRunOperator`` that triggers the step's DAG
+with its conf (the plan's, plus the drill's incident id and clock start), waits for the
+run on the triggerer (``deferrable=True``: no worker slot is held while the child runs),
+then reads the child run's outcome back through the task SDK - its state, its task
+states and its ``record`` (the child's timeline, from XCom) - and keeps it for the drill's
+record (XCom key ``drills.CHAIN_KEY``), also when the child failed. The child is an
+ordinary run of its DAG: its own tasks on their own queues, its own ledger record, visible
+in the UI as a run of that DAG (run id ``<drill run id>__<step task id>``).
+
+Airflow-facing (like ``dag_kit``); nothing here reads Airflow's metadata database.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import logging
 from typing import Any
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk.exceptions import AirflowFailException
 
-def run_step(dag_id: str, conf: dict[str, Any], timeout_seconds: float) -> dict[str, Any]:
-    """Run one chain step as a real DAG run of the step's own DAG (``dag.test()`` in a
-    child process, so its tasks, XCom and ledger record are exactly that DAG's) and
-    return its outcome: {"dag_id", "run_id", "state", "record"}."""
-    completed = subprocess.run(  # noqa: S603 - fixed argv, conf passed as JSON data
-        [sys.executable, "-m", "tracktion_dr.airflow.drill_steps", dag_id, json.dumps(conf)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_seconds,
-        check=False,
-    )
-    for line in reversed(completed.stdout.splitlines()):
-        if line.startswith("DRILL-STEP-RESULT "):
-            return json.loads(line.removeprefix("DRILL-STEP-RESULT "))
-    tail = (completed.stderr or completed.stdout)[-800:]
+from tracktion_dr.airflow.dag_kit import now_iso
+from tracktion_dr.core.timeline import Event
+from tracktion_dr.scenarios import drills
+
+log = logging.getLogger(__name__)
+
+STARTED_KEY = "step_started_at"
+# How often the triggerer looks at the child run's state (a drill step takes minutes).
+CHILD_POLL_SECONDS = 2
+
+
+def child_run_id(drill_run_id: str, task_id: str) -> str:
+    return f"{drill_run_id}__{task_id}"
+
+
+class DrillStepOperator(TriggerDagRunOperator):
+    """Run ``step`` (a plan ``drills.quarterly.steps`` entry) as a run of its DAG and wait
+    for it. ``run`` is the drill's guard result and ``loss`` what ``simulate_loss``
+    returned (XComArgs): the child's conf is the step's, plus the drill's incident id and
+    its clock start (the loss). A dry run of the drill triggers nothing."""
+
+    template_fields = (*TriggerDagRunOperator.template_fields, "run", "loss")
+
+    def __init__(
+        self, *, step: Any, run: Any, loss: Any, timeout_seconds: float | None = None, **kwargs: Any
+    ):
+        kwargs.setdefault("retries", 0)  # the drill is measured once
+        super().__init__(
+            trigger_dag_id=step.dag_id,
+            trigger_run_id=child_run_id("{{ run_id }}", kwargs["task_id"]),
+            conf=None,  # made from run and loss when the task runs
+            wait_for_completion=True,
+            deferrable=True,
+            poke_interval=CHILD_POLL_SECONDS,
+            # A paused step DAG would never run: fail at once, naming it.
+            fail_when_dag_is_paused=True,
+            openlineage_inject_parent_info=False,
+            **kwargs,
+        )
+        self.step = step
+        self.run = run
+        self.loss = loss
+        self.timeout_seconds = timeout_seconds
+
+    def execute(self, context: Any) -> Any:
+        started = now_iso()
+        if self.run.get("dry_run"):
+            log.info("dry run: would run %s with %s", self.trigger_dag_id, self.step.conf)
+            event = Event(self.task_id, "gate", started, now_iso(), "skipped", "dry run")
+            return {"event": event.__dict__}
+        self.conf = drills.chain_step_conf(self.step, self.run, self.loss)
+        context["ti"].xcom_push(key=STARTED_KEY, value=started)
+        log.info("running %s (%s) with conf %s", self.trigger_dag_id, self.step.label, self.conf)
+        return super().execute(context)  # triggers the child run, then defers
+
+    def execute_complete(self, context: Any, event: Any) -> dict[str, Any]:
+        finished = now_iso()
+        ti = context["ti"]
+        _, data = event
+        run_id = data["run_ids"][0]
+        state = str(getattr(data.get(run_id), "value", data.get(run_id)))
+        result = read_child_run(ti, self.trigger_dag_id, run_id, state)
+        started = ti.xcom_pull(task_ids=self.task_id, key=STARTED_KEY) or finished
+        ran = drills.judge_chain_step(self.step, result, started, finished, self.timeout_seconds)
+        ti.xcom_push(key=drills.CHAIN_KEY, value=ran)  # for the record, even failed
+        log.info("%s", ran["detail"])
+        if ran["status"] != "succeeded":
+            raise AirflowFailException(ran["detail"])
+        event_done = Event(self.task_id, "gate", started, finished, "succeeded", ran["detail"])
+        return {"event": event_done.__dict__}
+
+
+def read_child_run(ti: Any, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
+    """The child run's outcome, read through the task SDK: {"dag_id", "run_id", "state",
+    "record" (its record task's timeline, None when it has none), "task_states"}."""
+    record = ti.xcom_pull(dag_id=dag_id, run_id=run_id, task_ids="record")
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id])
+    task_states = {
+        task_id: str(getattr(s, "value", s))
+        for task_id, s in ((states or {}).get(run_id) or {}).items()
+    }
     return {
         "dag_id": dag_id,
-        "run_id": None,
-        "state": "failed",
-        "record": None,
-        "error": f"exit {completed.returncode}: {tail}",
+        "run_id": run_id,
+        "state": state,
+        "record": record if isinstance(record, dict) else None,
+        "task_states": task_states,
     }
 
 
-def _main(argv: list[str]) -> int:
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+def dag_paused_in_airflow(ti: Any) -> Any:
+    """``dag_id -> paused?`` through the task SDK (None when Airflow does not know it)."""
 
-    dag_id, conf = argv[0], json.loads(argv[1])
-    dag_run = run_dag(dag_id, conf)
-    record = task_result(dag_run, "record")
-    result = {
-        "dag_id": dag_id,
-        "run_id": dag_run.run_id,
-        "state": str(dag_run.state),
-        "record": record,
-        "task_states": task_states(dag_run),
-        "start_date": dag_run.start_date.isoformat() if dag_run.start_date else None,
-        "end_date": dag_run.end_date.isoformat() if dag_run.end_date else None,
-    }
-    print("DRILL-STEP-RESULT " + json.dumps(result, default=str))
-    return 0
+    def paused(dag_id: str) -> bool | None:
+        try:
+            return bool(ti.get_dag(dag_id).is_paused)
+        except Exception:  # not (yet) parsed by Airflow: the guard names it
+            return None
 
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    return paused

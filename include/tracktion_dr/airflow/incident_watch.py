@@ -1,14 +1,17 @@
 """The sensor that stays with an incident while its recovery run is active.
 
-On every poke it reads the triggered run's state, sends the status update when the plan's
-cadence says one is owed, and pages each escalation level whose threshold (measured from
-the incident start) has passed. It opens when the recovery run ends: after that no update
-and no escalation is sent from here - the close-out task announces the restoration, or
-escalates a failed recovery.
+Each time it looks, it reads the triggered run's state, sends the status update when the
+plan's cadence says one is owed, and pages each escalation level whose threshold (measured
+from the incident start) has passed. It opens when the recovery run ends: after that no
+update and no escalation is sent from here - the close-out task announces the
+restoration, or escalates a failed recovery.
 
-Poke mode on purpose: the cadence and the levels already paged live on the operator
-instance between pokes, which keeps one update per interval without an XCom round trip;
-it holds one worker slot per active incident, which the LocalExecutor has to spare.
+Between two looks it holds no worker slot: it defers to the triggerer
+(:class:`~tracktion_dr.airflow.gate_triggers.RecoveryRunTrigger`), which reads the run's
+state every ``poke_interval`` and wakes the sensor when the run ends or when the next
+status update or escalation is due. What it has sent so far (the last update, how many,
+the levels paged) travels in the trigger and comes back in its event, so a resume never
+repeats a page.
 Airflow-facing (like ``dag_kit``).
 """
 
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from tracktion_dr.core.plan import Plan, format_duration
 from tracktion_dr.core.timeline import parse_time
@@ -51,7 +55,69 @@ class RecoveryWatch(BaseSensorOperator):
         self._paged: set[int] = set()
         self._waiting_since = ""
 
-    # -- what a poke does ---------------------------------------------------------------
+    # -- how it waits: look, then defer until the run ends or something is due -----------
+
+    def execute(self, context: Any) -> Any:
+        return self._look_then_wait(context)
+
+    def resume_watch(self, context: Any, event: dict[str, Any]) -> Any:
+        """Back from the triggerer (the run ended, or an update or a page is due): look
+        again with what was sent so far (``event["memory"]``: the trigger carries it)."""
+        memory = event.get("memory") or {}
+        self._last_update = (
+            datetime.fromisoformat(memory["last_update"]) if memory.get("last_update") else None
+        )
+        self._updates = int(memory.get("updates") or 0)
+        self._paged = set(memory.get("paged") or [])
+        self._waiting_since = memory.get("waiting_since") or ""
+        log.info("recovery run is %s (%s)", event.get("state"), event.get("status"))
+        return self._look_then_wait(context)
+
+    def _look_then_wait(self, context: Any) -> Any:
+        from tracktion_dr.airflow.gate_triggers import RecoveryRunTrigger
+
+        looked = self.poke(context)
+        if looked:
+            return looked.xcom_value  # type: ignore[union-attr]
+        now = datetime.now(UTC)
+        deadline = parse_time(self._waiting_since) + timedelta(seconds=self.timeout)
+        if now >= deadline:
+            raise AirflowSensorTimeout(
+                f"the recovery run {self.recovery['dag_id']} {self.recovery['run_id']} has "
+                f"not ended {format_duration(timedelta(seconds=self.timeout))} after the watch "
+                "started"
+            )
+        wake_at = min(self.next_due(now), deadline)
+        self.defer(
+            trigger=RecoveryRunTrigger(
+                dag_id=self.recovery["dag_id"],
+                run_id=self.recovery["run_id"],
+                wake_at=wake_at.isoformat(),
+                poll_seconds=self.poke_interval,
+                memory={
+                    "last_update": self._last_update.isoformat() if self._last_update else None,
+                    "updates": self._updates,
+                    "paged": sorted(self._paged),
+                    "waiting_since": self._waiting_since,
+                },
+            ),
+            method_name="resume_watch",
+            timeout=deadline - now + timedelta(minutes=5),
+        )
+
+    def next_due(self, now: datetime) -> datetime:
+        """When the next status update or escalation page is owed (never before ``now``)."""
+        interval = self.plan.incident_response.status_update_interval
+        due = [(self._last_update or now) + interval]
+        started = parse_time(self.incident["started_at"])
+        due += [
+            started + after
+            for level, after in self.plan.escalation_thresholds()
+            if level.level not in self._paged
+        ]
+        return max(min(due), now)
+
+    # -- what a look does ---------------------------------------------------------------
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         from tracktion_dr.core.timeline import Event

@@ -13,7 +13,9 @@ that production also names (unless the plan says the drill environment shares th
 
 Quarterly: :func:`simulate_cluster_loss` takes the drill cluster away (stopped, its data
 directory moved aside - never deleted), then the plan's ``drills.quarterly.steps`` run in
-order as real DAG runs (``drill_steps.run_step``), each recorded in the ledger by itself.
+order as real runs of their own DAGs, triggered through the scheduler and waited for on
+the triggerer (``airflow.drill_steps.DrillStepOperator``), each recorded in the ledger by
+itself; the drill reads each child run's outcome back for its own record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import shutil
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,8 +422,14 @@ def simulate_cluster_loss(environment: Environment, cluster_name: str, tag: str)
 DAGS_FOLDER = Path(__file__).resolve().parents[3] / "dags"
 
 
-def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
-    """Everything checked before the drill cluster is taken away."""
+def guard_quarterly(
+    plan: Plan,
+    incident: dict[str, Any],
+    dag_paused: Callable[[str], bool | None] | None = None,
+) -> dict[str, Any]:
+    """Everything checked before the drill cluster is taken away. ``dag_paused(dag_id)``
+    says whether a step's DAG is paused in Airflow (None: unknown to Airflow): the steps
+    run through the scheduler, and a paused one would never start."""
     from tracktion_dr.postgres.restore import incident_tag
     from tracktion_dr.scenarios.database import catalog_for
 
@@ -438,6 +447,15 @@ def guard_quarterly(plan: Plan, incident: dict[str, Any]) -> dict[str, Any]:
     missing = [s.dag_id for s in drill.steps if not (DAGS_FOLDER / f"{s.dag_id}.py").is_file()]
     if missing:
         raise InvalidInput("drills.quarterly.steps", f"no such DAG(s): {missing}")
+    if dag_paused is not None:
+        paused = [s.dag_id for s in drill.steps if dag_paused(s.dag_id) is not False]
+        if paused:
+            raise InvalidInput(
+                "drills.quarterly.steps",
+                f"paused or not yet loaded in Airflow: {sorted(set(paused))}",
+                hint="unpause them (the drill runs each step as a run of its DAG through the "
+                "scheduler; a paused DAG's run never starts)",
+            )
     environment = plan.environment(incident["environment"])
     production = plan.environment("production")
     cluster = environment.clusters[drill.cluster]
@@ -688,12 +706,21 @@ def chain_step_conf(step: Any, run: dict[str, Any], loss: dict[str, Any]) -> dic
 
 
 def judge_chain_step(
-    step: Any, result: dict[str, Any], started_at: str, finished_at: str
+    step: Any,
+    result: dict[str, Any],
+    started_at: str,
+    finished_at: str,
+    timeout_seconds: float | None = None,
 ) -> dict[str, Any]:
     """What the record keeps of one chain step's run: its status and sentence, when it ran,
-    the child run and the figures of its record."""
+    the child run and the figures of its record. A step that took longer than
+    ``timeout_seconds`` (the plan's ``step_timeout``) fails the drill, whatever its run's
+    outcome: the child runs through the scheduler, whose deferred wait has no deadline of
+    its own, so the drill judges the time when the child is done."""
     record = result.get("record") or {}
-    ok = result["state"] == "success"
+    took = _seconds_between(started_at, finished_at)
+    late = timeout_seconds is not None and took > timeout_seconds
+    ok = result["state"] == "success" and not late
     failed_tasks = sorted(k for k, v in (result.get("task_states") or {}).items() if v == "failed")
     detail = (
         f"{step.label or step.dag_id}: {step.dag_id} run {result.get('run_id')} {result['state']}"
@@ -702,7 +729,9 @@ def judge_chain_step(
         detail += f"; RTO achieved {record['rto_achieved_seconds']}s"
     if record.get("data_loss_seconds") is not None:
         detail += f"; data lost {record['data_loss_seconds']:.1f}s"
-    if not ok:
+    if late:
+        detail += f"; took {took:.0f}s, over its step timeout of {timeout_seconds:.0f}s"
+    if failed_tasks:
         detail += f"; failed tasks {failed_tasks}"
     if result.get("error"):
         detail += f"; {result['error'][-300:]}"
