@@ -10,8 +10,9 @@ stays on the primary). The drill's site is dismantled afterwards (services and s
 stopped, the restored data directory moved aside, kept).
 
 1. **guard** - refuses `production`; prints the plan of actions.
-2. **run_site_failover** - the failover DAG's run, waited for (a real run of that DAG:
-   its own tasks, XCom, ledger record and report). Its record is this step's result.
+2. **run_site_failover** - a run of the failover DAG through the scheduler, waited for on
+   the triggerer (a real run of that DAG: its own tasks, XCom, ledger record and report).
+   Its record is this step's result.
 3. **record**: RTO achieved (the failover run's, against the recovery site's tier) and the
    data the offsite copy lacked (measured by that run, against the transactional RPO);
    **notify_outcome**, **publish** (the report), **verdict** (fails when the failover run
@@ -28,8 +29,9 @@ from airflow.sdk import dag
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail
+from tracktion_dr.airflow.drill_steps import ChildDagRunOperator
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
-from tracktion_dr.core.errors import InvalidInput, ValidationFailed
+from tracktion_dr.core.errors import InvalidInput
 from tracktion_dr.core.plan import load_plan
 
 PLAN = load_plan()
@@ -54,6 +56,18 @@ def _record_fields(run: dict, context) -> dict:
             "failover_rpo_met": record.get("rpo_met"),
             "failover_details": record.get("details"),
         },
+    }
+
+
+def failover_conf(run: dict) -> dict:
+    """The failover DAG's conf: drill mode, this drill's incident and clock."""
+    return {
+        "environment": run["environment"],
+        "mode": "drill",
+        "incident_id": run["incident_id"],
+        "incident_started_at": run["started_at"],
+        "dry_run": run["dry_run"],
+        "notify": False,
     }
 
 
@@ -98,32 +112,10 @@ def dr_test_site_failover():
         )
         return run
 
-    @steps.step("destructive", event_kind="gate", skip_in_dry_run=False, **ONCE)
-    def run_site_failover(run: dict, **context) -> dict:
-        from tracktion_dr.airflow.drill_steps import run_step
-
-        conf = {
-            "environment": run["environment"],
-            "mode": "drill",
-            "incident_id": run["incident_id"],
-            "incident_started_at": run["started_at"],
-            "dry_run": run["dry_run"],
-            "notify": False,
-        }
-        ran = run_step(FAILOVER_DAG, conf, timeout_seconds=run["rto_seconds"])
-        if ran.get("state") != "success":
-            raise ValidationFailed(
-                f"{FAILOVER_DAG} run {ran.get('run_id')} ended {ran.get('state')}: "
-                f"{ran.get('error') or 'see its report'}"
-            )
-        record = ran.get("record") or {}
-        return {
-            "detail": f"{FAILOVER_DAG} {ran['run_id']}: {record.get('outcome', 'done')}",
-            **ran,
-        }
-
     run = guard()
-    ran = run_site_failover(run)
+    ran = ChildDagRunOperator(
+        task_id="run_site_failover", trigger_dag_id=FAILOVER_DAG, run=run, make_conf=failover_conf
+    )
     scenario_tail(PLAN, run, [ran], record_fields=_record_fields)
 
 

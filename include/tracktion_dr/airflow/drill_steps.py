@@ -15,6 +15,7 @@ Airflow-facing (like ``dag_kit``); nothing here reads Airflow's metadata databas
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -90,6 +91,60 @@ class DrillStepOperator(TriggerDagRunOperator):
             raise AirflowFailException(ran["detail"])
         event_done = Event(self.task_id, "gate", started, finished, "succeeded", ran["detail"])
         return {"event": event_done.__dict__}
+
+
+class ChildDagRunOperator(TriggerDagRunOperator):
+    """Run another DAG with the conf ``make_conf(run)`` (``run``: the guard's result, an
+    XComArg) and wait for it on the triggerer; the result is the child run's outcome
+    (:func:`read_child_run`) plus this step's event. A child run that did not succeed
+    fails the step, naming the run. A dry run also runs the child (as a dry run: the conf
+    says so) - it prints the child's own plan of actions."""
+
+    template_fields = (*TriggerDagRunOperator.template_fields, "run")
+
+    def __init__(
+        self, *, trigger_dag_id: str, run: Any, make_conf: Callable[[dict], dict], **kwargs: Any
+    ):
+        kwargs.setdefault("retries", 0)  # a drill is measured once
+        super().__init__(
+            trigger_dag_id=trigger_dag_id,
+            trigger_run_id=child_run_id("{{ run_id }}", kwargs["task_id"]),
+            conf=None,  # made from run when the task runs
+            wait_for_completion=True,
+            deferrable=True,
+            poke_interval=CHILD_POLL_SECONDS,
+            fail_when_dag_is_paused=True,
+            openlineage_inject_parent_info=False,
+            **kwargs,
+        )
+        self.run = run
+        self.make_conf = make_conf
+
+    def execute(self, context: Any) -> Any:
+        self.conf = self.make_conf(self.run)
+        context["ti"].xcom_push(key=STARTED_KEY, value=now_iso())
+        log.info("running %s with conf %s", self.trigger_dag_id, self.conf)
+        return super().execute(context)  # triggers the child run, then defers
+
+    def execute_complete(self, context: Any, event: Any) -> dict[str, Any]:
+        finished = now_iso()
+        ti = context["ti"]
+        _, data = event
+        run_id = data["run_ids"][0]
+        state = str(getattr(data.get(run_id), "value", data.get(run_id)))
+        result = read_child_run(ti, self.trigger_dag_id, run_id, state)
+        started = ti.xcom_pull(task_ids=self.task_id, key=STARTED_KEY) or finished
+        record = result.get("record") or {}
+        if state != "success":
+            failed = sorted(t for t, s in result["task_states"].items() if s == "failed")
+            raise AirflowFailException(
+                f"{self.trigger_dag_id} run {run_id} ended {state}"
+                + (f" (failed: {', '.join(failed)})" if failed else "")
+                + ": see that run's log and report"
+            )
+        detail = f"{self.trigger_dag_id} {run_id}: {record.get('outcome', 'done')}"
+        event_done = Event(self.task_id, "gate", started, finished, "succeeded", detail)
+        return {**result, "detail": detail, "event": event_done.__dict__}
 
 
 def read_child_run(ti: Any, dag_id: str, run_id: str, state: str) -> dict[str, Any]:
