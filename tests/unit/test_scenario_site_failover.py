@@ -155,3 +155,19 @@ def test_the_sandbox_site_restores_from_the_s3_copy_the_offsite_job_writes():
     assert site.offsite_conn_id == own.offsite_cross_region_conn_id
     root = own.offsite_cross_region
     assert (site.base, site.wal_archive) == (f"{root}/database/base", f"{root}/wal_archive")
+
+
+def test_a_site_copy_without_a_bucket_is_refused_naming_the_recovery_site_field(tmp_path):
+    """Refused in the guard, before anything is read or touched, naming the plan field."""
+    environment = load_plan(SANDBOX_PLAN).environment("drill")
+    site = environment.recovery_site
+    broken = site.model_copy(
+        update={"backups": site.backups.model_copy(update={"wal_archive": "s3:///wal_archive"})}
+    )
+    catalog = site_failover.site_catalog(environment, broken, broken.clusters["main"])
+    assert catalog.cache_dir == Path(broken.clusters["main"].data_directory).parent / (
+        "offsite-cache"
+    )
+    with pytest.raises(InvalidInput) as refused:
+        site_failover.offsite_wal_archive(catalog)
+    assert refused.value.field == "recovery_site.backups.wal_archive"
