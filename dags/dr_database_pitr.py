@@ -151,9 +151,12 @@ def stop_services(run: dict, **context) -> dict | str:
 
 @steps.step("destructive")
 def stage_recovery(run: dict, **context) -> str:
+    from tracktion_dr.scenarios.database import catalog_for
     from tracktion_dr.scenarios.database import stage_recovery as stage
 
-    return stage(_cluster(run), run)
+    cluster = _cluster(run)
+    # s3:// backups: the chosen base backup is downloaded into the mirror first.
+    return stage(cluster, run, catalog_for(PLAN.environment(run["environment"]), cluster))
 
 
 @steps.step("destructive")

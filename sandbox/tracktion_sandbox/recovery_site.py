@@ -20,10 +20,10 @@ failover restores the database; files and configuration are other scenarios' bus
 and moto. Stopping "the primary site" therefore means its clusters and its programs,
 never supervisord (:func:`stop_primary_site`).
 
-The offsite copy: the plan's ``recovery_site.backups`` is the cross-region copy. Until the
-backups catalog reads ``s3://``, the sandbox's is a directory laid out like the offsite
-prefix (``offsite-us-west-2/database/base``, ``.../wal_archive``), filled by
-:func:`copy_offsite` from the local backups, as the offsite DAG would upload them.
+The offsite copy: the plan's ``recovery_site.backups`` is the cross-region copy the
+offsite copy job (``dr_backup_offsite``) writes to moto's us-west-2 bucket; the failover
+reads it through the backups catalog's mirror (``pg/offsite-cache``, beside the site's
+data directory). Nothing here fills it: run the job.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import sys
 import xmlrpc.client
 from datetime import UTC, datetime
@@ -57,12 +56,6 @@ def program_name(service: str) -> str:
 
 def data_directory(layout: SandboxLayout) -> Path:
     return layout.pg_root / "recovery"
-
-
-def offsite_root(layout: SandboxLayout) -> Path:
-    """The sandbox's stand-in of the cross-region offsite copy (the plan's
-    recovery_site.backups point below it)."""
-    return layout.home / "offsite-us-west-2"
 
 
 def load_balancer_state(layout: SandboxLayout) -> Path:
@@ -172,43 +165,6 @@ def programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[supervisor.
 
 def program_names() -> list[str]:
     return [*(program_name(s) for s in SERVICES), LOAD_BALANCER_PROGRAM]
-
-
-# --- the offsite copy's stand-in -----------------------------------------------------------
-
-
-def copy_offsite(layout: SandboxLayout) -> dict[str, int]:
-    """Copy the local base backups and WAL archive into the offsite stand-in, as the
-    offsite DAG uploads them (files already there are left alone: a copy never changes
-    what was copied before). Returns files copied per area."""
-    root = offsite_root(layout)
-    copied: dict[str, int] = {}
-    for area, source in (
-        ("database/base", layout.base_backups),
-        ("database/logical", layout.logical_dumps),
-        ("wal_archive", layout.wal_archive),
-    ):
-        target = root / area
-        target.mkdir(parents=True, exist_ok=True)
-        count = 0
-        for path in sorted(source.rglob("*")) if source.exists() else []:
-            relative = path.relative_to(source)
-            if path.name.startswith(".") or any(p.startswith(".") for p in relative.parts):
-                continue  # a file being written (the archiver's .partial) is not a backup
-            destination = target / relative
-            if path.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-            elif not destination.exists():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, destination)
-                count += 1
-        copied[area] = count
-    for area in ("configuration", "storage"):
-        (root / area).mkdir(parents=True, exist_ok=True)
-    # The servers read the copy (restore_command runs as postgres).
-    for path in [root, *root.rglob("*")]:
-        pg.chown_to_postgres(path)
-    return copied
 
 
 # --- the whole primary site, and the recovery site, stopped and started ---------------------

@@ -1,16 +1,18 @@
 """dr_site_failover against the sandbox: the primary site lost, Tracktion back in the
-recovery site from the offsite copy only.
+recovery site from the S3 copy only.
 
-Given rows committed before the offsite copy was made and rows committed after it (the WAL
-not offsite yet),
+Given rows committed before the offsite copy job (dr_backup_offsite, really run against
+the sandbox's moto S3: it uploads to us-east-1 and copies cross-region to the us-west-2
+bucket the recovery site reads) and rows committed after it (the WAL not offsite yet),
 When the whole primary site stops (primary, replica, services, balancer, canary) and its
-local backups are moved away,
+local backup directory is moved away,
 And the site failover runs,
-Then the recovery site's stack exists, its database was restored from the offsite copy
-alone (the rows from before the copy are there, the rows after it are not), its services
+Then the recovery site's stack exists, its database was restored from the S3 copy alone
+(through the catalog's mirror beside the site's data directory; restore_command fetching
+from S3) - the rows from before the copy are there, the rows after it are not -, its services
 answer, its balancer routes to it, Route53 points api at it, the validation passed,
 And the data lost is measured against the primary's own last commit (read from its
-pg_wal) and is exactly the commits the offsite copy lacked.
+pg_wal) and is exactly the commits the offsite copy lacked (the WAL S3 does not list).
 Afterwards the sandbox is put back: the recovery site emptied (its data directory moved
 aside), the backups and DNS back, the primary site started.
 
@@ -31,6 +33,8 @@ import yaml
 from harness.killable_run import KillableRun, fail_runs_left_running
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.backups.catalog import Catalog, Status
+from tracktion_dr.backups.s3_objects import S3Location
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.recovery_marker import postmaster_pid, read_marker, recovery_pending
 from tracktion_sandbox import layout as L
@@ -74,6 +78,30 @@ def archive_current_wal(secrets) -> str:
                 return segment
             time.sleep(0.1)
     raise AssertionError(f"{segment} was not archived")
+
+
+def run_offsite_copy() -> dict:
+    """The offsite copy job, really run: dr_backup_offsite against moto (the newest base
+    backup verified first: the job copies only verified backups). Returns its result."""
+    catalog = Catalog(load_plan(SANDBOX_PLAN).environment("drill").backups)
+    newest = catalog.base_backups()[0]
+    if newest.status is not Status.VERIFIED:
+        assert catalog.verify(newest).status is Status.VERIFIED
+    dag_run = run_dag("dr_backup_offsite", {"environment": "drill", "notify": False})
+    assert task_states(dag_run) == {"copy_offsite": "success"}
+    return task_result(dag_run, "copy_offsite")
+
+
+def listed_in_site_copy(name: str) -> list[str]:
+    """Keys of the recovery site's S3 copy (the plan's recovery_site.backups) ending in
+    ``name``: what the cross-region bucket holds."""
+    site_backups = load_plan(SANDBOX_PLAN).environment("drill").recovery_site.backups
+    location = S3Location.parse(site_backups.wal_archive)
+    client = s3.client(L.S3_CROSS_REGION)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=location.bucket, Prefix=location.prefix + "/"
+    )
+    return [o["Key"] for page in pages for o in page.get("Contents", []) if name in o["Key"]]
 
 
 def route53_values(name: str) -> list[str]:
@@ -143,7 +171,7 @@ def test_a_dry_run_touches_nothing_and_a_site_that_answers_is_not_failed_over(ow
     assert states["guard"] == "failed", "the primary site answers: refused even in a dry run"
     assert not recovery_site.data_directory(sandbox.layout).exists()
 
-    recovery_site.copy_offsite(sandbox.layout)
+    run_offsite_copy()
     drill_plan = run_dag(DAG_ID, {"environment": "drill", "mode": "drill", "dry_run": True})
     states = task_states(drill_plan)
     assert states["verdict"] == "success", states
@@ -161,11 +189,13 @@ def test_the_site_failover_brings_tracktion_up_in_the_recovery_site_from_the_off
     before = f"site-test-before-offsite-{tag}"
     after = f"site-test-after-offsite-{tag}"
 
-    # The offsite copy: everything archived up to the marker written before it.
+    # The offsite copy job: everything archived up to the marker written before it, in S3
+    # (us-east-1) and copied to the site's us-west-2 bucket.
     write_marker(secrets, before)
-    archive_current_wal(secrets)
-    copied = recovery_site.copy_offsite(layout)
-    assert copied["wal_archive"] >= 0 and any(recovery_site.offsite_root(layout).rglob("*"))
+    segment = archive_current_wal(secrets)
+    copied = run_offsite_copy()
+    assert copied["cross_region"], copied
+    assert listed_in_site_copy(f"wal_archive/{segment}"), f"{segment} not in the site's copy"
     # Committed after the copy: in the primary's WAL (maybe even its local archive), never offsite.
     after_at = write_marker(secrets, after)
     time.sleep(1.5)  # the canary keeps committing: more the offsite copy lacks
@@ -175,11 +205,11 @@ def test_the_site_failover_brings_tracktion_up_in_the_recovery_site_from_the_off
         ).fetchone()
 
     lost_at = datetime.now(UTC)
-    recovery_site.stop_primary_site(layout, secrets)
     local_backups = layout.backups
     moved_backups = local_backups.with_name(f"backups.away-{tag}")
-    local_backups.rename(moved_backups)
     try:
+        recovery_site.stop_primary_site(layout, secrets)
+        local_backups.rename(moved_backups)  # after the archiver stopped with its primary
         dag_run = run_dag(
             DAG_ID,
             {
@@ -194,8 +224,17 @@ def test_the_site_failover_brings_tracktion_up_in_the_recovery_site_from_the_off
 
         guard = task_result(dag_run, "guard")
         assert not guard["primary_site"]["answering"], guard["primary_site"]
+        # Read from S3 through the catalog's mirror beside the site's data directory.
+        restored_from = guard["clusters"]["main"]
+        mirror = recovery_site.data_directory(layout).parent / "offsite-cache"
+        assert restored_from["wal_location"].startswith("s3://tracktion-dr-sandbox-us-west-2/")
+        assert Path(restored_from["wal_archive"]).is_relative_to(mirror)
+        assert Path(restored_from["base_backup"]["path"]).is_relative_to(mirror)
+        staged = task_result(dag_run, "stage_database")["event"]["detail"]
+        assert f"{restored_from['base_backup']['id']} from s3://" in staged, staged
         predicted = guard["predicted_loss"]["main"]
         assert predicted["measurable"] and predicted["wal_bytes_not_offsite"] > 0, predicted
+        assert "s3://" in predicted["offsite"]["where"], predicted
         assert task_result(dag_run, "read_outputs")["endpoints"]["tracktion"].endswith(
             f":{L.RECOVERY_SITE_PORTS['database']}/tracktion"
         )
@@ -250,7 +289,7 @@ def test_the_drill_restores_into_the_site_beside_production_and_dismantles_it(ow
     """mode=drill: production answers throughout, DNS stays on the primary, the drill's
     site is restored, validated and dismantled (its database kept aside, its ports closed)."""
     layout = sandbox.layout
-    recovery_site.copy_offsite(layout)
+    run_offsite_copy()
     dns = load_plan().environment("drill").dns
     dag_run = run_dag(DAG_ID, {"environment": "drill", "mode": "drill", "notify": False})
     states = task_states(dag_run)
@@ -274,7 +313,7 @@ def test_the_drill_restores_into_the_site_beside_production_and_dismantles_it(ow
 
 def test_the_bi_annual_drill_runs_the_site_failover_dag_as_a_drill(own_site, sandbox):
     """dr_test_site_failover (dry run: the chain is exercised, nothing is restored)."""
-    recovery_site.copy_offsite(sandbox.layout)
+    run_offsite_copy()
     dag_run = run_dag("dr_test_site_failover", {"environment": "drill", "dry_run": True})
     states = task_states(dag_run)
     assert states["verdict"] == "success", states
@@ -293,7 +332,7 @@ def test_a_drill_killed_during_replay_is_resumed_by_a_rerun_of_its_incident(
     same incident: the staged and laid-down recovery is resumed, the running server is not
     restarted, and the drill ends with one kept copy of the site's database."""
     layout = sandbox.layout
-    recovery_site.copy_offsite(layout)
+    run_offsite_copy()
     incident_id = datetime.now(UTC).strftime("DR-%Y%m%d-%H%M%S")
     conf = {
         "environment": "drill",

@@ -1,7 +1,8 @@
 """dr_site_failover's decisions that need no live system: the plan's site section is
 checked at load with field paths, a site the plan does not describe is refused, what the
 offsite copy lacks is computed from two WAL ends, the stack's endpoint must be the
-server the plan connects to, and a drill's plan of actions says what it leaves alone."""
+server the plan connects to, a drill's plan of actions says what it leaves alone, and the
+sandbox's site reads the S3 copy the offsite job writes."""
 
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def test_a_drill_plan_of_actions_leaves_dns_alone_and_dismantles_the_site():
                 "base_backup": {"id": "base_1", "start_lsn": "0/2000028", "stop_lsn": "0/2000100"},
                 "data_directory": "/site/pg",
                 "resuming": None,
-                "wal_archive": "/offsite/wal_archive",
+                "wal_archive": "/site/offsite-cache/bucket/offsite/wal_archive",
+                "wal_location": "s3://bucket/offsite/wal_archive",
             }
         },
         "predicted_loss": {"main": {"detail": "12 bytes of WAL not offsite"}},
@@ -140,3 +142,32 @@ def test_a_drill_plan_of_actions_leaves_dns_alone_and_dismantles_the_site():
     assert any("12 bytes of WAL not offsite" in a for a in actions)
     assert "Route53" not in " ".join(actions)
     assert actions[-1].startswith("dismantle the drill's site")
+    staging = next(a for a in actions if a.startswith("stage base backup base_1"))
+    assert "the mirror of s3://bucket/offsite/wal_archive" in staging, staging
+    assert "fetched from S3" in staging
+
+
+def test_the_sandbox_site_restores_from_the_s3_copy_the_offsite_job_writes():
+    """recovery_site.backups is the cross-region copy of backups.offsite_cross_region (the
+    offsite job's layout), read with the cross-region connection."""
+    environment = load_plan(SANDBOX_PLAN).environment("drill")
+    site, own = environment.recovery_site.backups, environment.backups
+    assert site.offsite_conn_id == own.offsite_cross_region_conn_id
+    root = own.offsite_cross_region
+    assert (site.base, site.wal_archive) == (f"{root}/database/base", f"{root}/wal_archive")
+
+
+def test_a_site_copy_without_a_bucket_is_refused_naming_the_recovery_site_field(tmp_path):
+    """Refused in the guard, before anything is read or touched, naming the plan field."""
+    environment = load_plan(SANDBOX_PLAN).environment("drill")
+    site = environment.recovery_site
+    broken = site.model_copy(
+        update={"backups": site.backups.model_copy(update={"wal_archive": "s3:///wal_archive"})}
+    )
+    catalog = site_failover.site_catalog(environment, broken, broken.clusters["main"])
+    assert catalog.cache_dir == Path(broken.clusters["main"].data_directory).parent / (
+        "offsite-cache"
+    )
+    with pytest.raises(InvalidInput) as refused:
+        site_failover.offsite_wal_archive(catalog)
+    assert refused.value.field == "recovery_site.backups.wal_archive"

@@ -834,9 +834,44 @@ def target_from_plan(pitr_plan: dict[str, Any]) -> pitr.RecoveryTarget:
     return pitr.RecoveryTarget.from_dict(pitr_plan["target"])
 
 
-def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
+def fetch_base_backup(catalog: Catalog, pitr_plan: dict[str, Any]) -> str:
+    """Bring an offsite (s3://) base backup down into the catalog's mirror before it is
+    staged (the guard only listed it): downloaded with its sha256 checked against the
+    object's metadata, its archives against its backup_info. Nothing to do for a file://
+    location, or once this incident's recovery is staged or laid down. One that does not
+    verify is marked failed (the next attempt's guard chooses another) and fails the
+    step, nothing touched."""
+    if catalog.mirror("base") is None:
+        return ""
+    data = Path(pitr_plan["data_directory"])
+    staged = pitr.staging_path(data, pitr_plan["tag"])
+    if any(own_recovery(path, pitr_plan["incident_id"]) is not None for path in (data, staged)):
+        return ""
+    wanted = pitr_plan["base_backup"]["id"]
+    entry = next((e for e in catalog.base_backups() if e.id == wanted), None)
+    if entry is None:
+        raise StepFailed(
+            f"base backup {wanted} is no longer in {catalog.locations.base}",
+            hint="re-run with a new incident: its guard chooses from what the copy holds now",
+        )
+    checked = catalog.verify(entry)
+    if checked.status is not Status.VERIFIED:
+        raise ValidationFailed(
+            f"base backup {wanted} from {catalog.locations.base} did not verify as "
+            f"downloaded: {checked.reason}; it is now marked failed, nothing live was touched",
+            hint="re-run: the guard then chooses the next usable base backup",
+        )
+    return (
+        f"{wanted} from {catalog.locations.base}, in the mirror at {entry.path} ({checked.reason})"
+    )
+
+
+def stage_recovery(
+    cluster: Cluster, pitr_plan: dict[str, Any], catalog: Catalog | None = None
+) -> str:
     """Build the recovery directory beside the live one, touching nothing live (it runs
-    while the services stop): the base backup laid down (copied, or extracted if
+    while the services stop): an offsite base backup brought down into ``catalog``'s
+    mirror first (:func:`fetch_base_backup`), then laid down (copied, or extracted if
     compressed) in this incident's staging directory, ``pg_verifybackup`` on that copy, the
     recovery settings and the marker.
 
@@ -846,6 +881,7 @@ def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
     ours = own_recovery(paths.data_directory, pitr_plan["incident_id"])
     if ours is not None:
         return f"{paths.data_directory} is already this incident's recovery: nothing to stage"
+    fetched = fetch_base_backup(catalog, pitr_plan) if catalog is not None else ""
     os_user, bindir = cluster.os_user, Path(cluster.bin_dir)
     target = target_from_plan(pitr_plan)
     base = pitr_plan["base_backup"]
@@ -892,10 +928,14 @@ def stage_recovery(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
             f"{paths.data_directory}: {exc}; it is now marked failed, nothing live was touched",
             hint="re-run: the guard then chooses the next usable base backup",
         ) from None
-    return detail + (
-        "; standby-mode settings"
-        if target.standby_mode
-        else f"; target {target.describe()}, pause at it"
+    return (
+        (f"{fetched}; " if fetched else "")
+        + detail
+        + (
+            "; standby-mode settings"
+            if target.standby_mode
+            else f"; target {target.describe()}, pause at it"
+        )
     )
 
 

@@ -11,16 +11,22 @@ The run, in order (the guard prints it as the plan of actions):
    naming what answers); where the environment demands it the operator confirms with the
    typed ``RESTORE site <stack>``. The site must be empty (or this incident's recovery,
    resumed). The stack is validated by CloudFormation and looked at (``site.check_inputs``).
-   The offsite copy is read through the backups catalog: a usable base backup and WAL
-   without a gap to the newest archived segment (target ``latest``). What the offsite copy
-   lacks is measured now, while it can be: the primary's own WAL (its ``pg_wal`` and local
-   archive, when still readable) against the offsite WAL's end.
+   The offsite copy is read through the backups catalog: an ``s3://`` copy through its
+   verified local mirror beside the site's data directory (``<parent>/offsite-cache``):
+   every WAL segment S3 lists is downloaded and sha256-checked, the base backups are listed
+   with their sidecars. It must hold a usable base backup and WAL without a gap to the
+   newest segment (target ``latest``). What the offsite copy lacks is measured now, while
+   it can be: the primary's own WAL (its ``pg_wal`` and local archive, when still
+   readable) against the end of the WAL S3 lists.
 2. the stack: created, updated or reused and waited on (dr_site_provision's operators);
    its Outputs must name the site's database the plan connects to.
-3. the database: the base backup staged and verified beside the site's (empty) data
-   directory, renamed into place with the site's settings (its port, archiving off),
-   started in standby mode replaying the offsite WAL; gate: replay past the last record
-   the offsite copy holds; validated read-only; promoted.
+3. the database: the chosen base backup downloaded into the mirror (sha256 against the
+   offsite copy's metadata and its archives against its backup_info), staged and verified
+   (``pg_verifybackup``) beside the site's (empty) data directory, renamed into place with
+   the site's settings (its port, archiving off), started in standby mode replaying the
+   offsite WAL (``restore_command``: the mirror, then ``wal_fetch`` from S3 for anything
+   newer); gate: replay past the last record the offsite copy holds; validated read-only;
+   promoted (the ``restore_command`` credentials file is removed then).
 4. the services started in dependency order by the plan's controllers; gates: healthy,
    functional checks.
 5. traffic: the site's load balancer enables the site's servers; in ``failover`` mode the
@@ -37,9 +43,10 @@ failover finds an empty site.
 
 **Data loss.** The loss of a site failover is the WAL that was not offsite yet. Measured
 twice, honestly labelled: before (the guard: the primary's newest commit and last WAL
-record, read from its ``pg_wal`` when the disks are still readable, against the offsite
-WAL's) and after (the recovered database's newest canary heartbeat and the last replayed
-transaction, against the incident time and, when known, the primary's newest commit). When
+record, read from its ``pg_wal`` when the disks are still readable, against those of the
+WAL the offsite copy's S3 listing names, read from the mirror) and after (the recovered
+database's newest canary heartbeat and the last replayed transaction, against the
+incident time and, when known, the primary's newest commit). When
 the primary's disks are gone, only "incident time - newest surviving write" is measurable
 (an upper bound: it includes any idle time before the incident), and the record says so.
 """
@@ -54,7 +61,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tracktion_dr.backups import s3_objects
 from tracktion_dr.backups.catalog import Catalog, local_path
+from tracktion_dr.backups.s3_objects import forget_fetch_config
 from tracktion_dr.core.errors import (
     FailoverRefused,
     InvalidInput,
@@ -237,6 +246,43 @@ def predicted_loss(primary: WalPoint | None, offsite: WalPoint | None) -> dict[s
 # --- guard -------------------------------------------------------------------------------------
 
 
+def site_catalog(environment: Environment, site: RecoverySite, cluster: Cluster) -> Catalog:
+    """The catalog of the site's offsite copy: an s3:// location is read through its
+    mirror beside the site cluster's data directory (``<parent>/offsite-cache``, on the
+    filesystem the restore lands on), as dr_database_pitr reads it."""
+    return db.catalog_for(site_environment(environment, site), cluster)
+
+
+def offsite_wal_archive(catalog: Catalog) -> Path:
+    """The offsite WAL archive as a local folder: for s3://, every segment and timeline
+    history S3 lists, downloaded once and sha256-verified into the mirror. A bad location
+    or an unknown connection is refused here, naming the recovery_site field."""
+    try:
+        catalog.check_locations()
+        return catalog.wal_archive_dir()
+    except InvalidInput as exc:
+        raise InvalidInput(f"recovery_site.{exc.field}", exc.reason, hint=exc.hint) from None
+    except ValueError as exc:  # a location neither file:// nor s3://
+        raise InvalidInput(
+            "recovery_site.backups.wal_archive",
+            f"the offsite copy cannot be read: {exc}",
+            hint="give the site the s3:// locations the offsite copy job writes "
+            "(backups.offsite_cross_region and its layout, see include/config/sandbox.yaml)",
+        ) from None
+
+
+def offsite_wal_end(location: str, archive: Path, bindir: Path) -> WalPoint | None:
+    """How far the offsite copy's WAL goes: the last record and newest commit of the WAL
+    ``location`` holds, read from ``archive`` - for s3://, the mirror the guard has just
+    brought level with the S3 listing (a segment S3 does not list is never in it: the
+    mirror holds only verified downloads of listed objects)."""
+    return wal_end(
+        f"the offsite copy's WAL ({location})",
+        [WalSource("offsite archive", archive, restorable=True)],
+        bindir,
+    )
+
+
 def site_pitr_plan(
     plan: Plan,
     environment: Environment,
@@ -252,19 +298,12 @@ def site_pitr_plan(
     cluster = site.clusters[cluster_name]
     tag = restore.incident_tag(incident_id)
     field = f"recovery_site.backups ({site.backups.wal_archive})"
-    try:
-        archive = local_path(site.backups.wal_archive)
-    except (ValueError, InvalidInput) as exc:
-        raise InvalidInput(
-            "recovery_site.backups.wal_archive",
-            f"the offsite copy cannot be read here: {exc}",
-            hint="until the catalog reads s3:// locations, give the site a file:// copy",
-        ) from None
+    catalog = site_catalog(environment, site, cluster)
+    archive = offsite_wal_archive(catalog)
     paths = db.pitr_paths(cluster, archive, tag)
     data = paths.data_directory
     resuming = db.own_recovery(data, incident_id)
     target = pitr.parse_target("latest", None)
-    catalog = Catalog(site.backups, bindir=Path(cluster.bin_dir), os_user=cluster.os_user)
     if resuming is not None:
         base = db._base_backup_entry(catalog, resuming)
     else:
@@ -299,6 +338,10 @@ def site_pitr_plan(
         "data_directory": str(data),
         "replica_data_directory": None,
         "wal_archive": str(archive),
+        # restore_command reads these (backups.catalog.restore_command_for): an s3://
+        # archive is fetched from S3 for what the mirror does not hold yet.
+        "wal_location": site.backups.wal_archive,
+        "wal_conn_id": site.backups.offsite_conn_id,
         "salvage_dir": str(paths.salvage),
         "tag": tag,
         "incident_id": incident_id,
@@ -352,11 +395,10 @@ def check_inputs(
     }
     losses = {}
     for cluster, pitr_plan in clusters.items():
-        bindir = Path(site.clusters[cluster].bin_dir)
-        offsite = wal_end(
-            "the offsite copy's WAL",
-            [WalSource("offsite archive", Path(pitr_plan["wal_archive"]), restorable=True)],
-            bindir,
+        offsite = offsite_wal_end(
+            pitr_plan["wal_location"],
+            Path(pitr_plan["wal_archive"]),
+            Path(site.clusters[cluster].bin_dir),
         )
         losses[cluster] = predicted_loss(primary_wal_end(environment, cluster), offsite)
     site_env = site_environment(environment, site)
@@ -418,11 +460,17 @@ def plan_of_actions(run: dict[str, Any]) -> list[str]:
         data = pitr_plan["data_directory"]
         if pitr_plan["resuming"]:
             actions.append(f"RESUME this incident's recovery of {name} in {data}")
+        location = pitr_plan.get("wal_location") or ""
+        fetch = (
+            f" (the mirror of {location}), then fetched from S3 for anything newer"
+            if s3_objects.is_s3(location)
+            else ""
+        )
         actions += [
             f"stage base backup {base['id']} ({base.get('start_lsn')}..{base.get('stop_lsn')}) "
             f"from the offsite copy beside the site's empty data directory {data}, "
             "pg_verifybackup it, write standby-mode recovery settings (restore_command from "
-            f"{pitr_plan['wal_archive']}) and the recovery marker",
+            f"{pitr_plan['wal_archive']}{fetch}) and the recovery marker",
             f"rename it into place; the site's settings ({SITE_SETTINGS_FILE}) on top of the "
             "restored configuration",
             f"start PostgreSQL in the site ({name}); gate: replay past the last record the "
@@ -516,10 +564,19 @@ def site_cluster(plan: Plan, run: dict[str, Any], name: str) -> Cluster:
 
 
 def stage_databases(plan: Plan, run: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{name}: {db.stage_recovery(site_cluster(plan, run, name), pitr_plan)}"
-        for name, pitr_plan in run["clusters"].items()
-    )
+    """Each site cluster's recovery staged beside its empty data directory by
+    dr_database_pitr's staging: the base backup brought down from the S3 copy into the
+    mirror (verified), laid down, ``pg_verifybackup``, recovery settings whose
+    ``restore_command`` comes from ``backups.catalog.restore_command_for`` (the mirror,
+    then S3)."""
+    environment = plan.environment(run["environment"])
+    site = recovery_site(plan, run["environment"])
+    notes = []
+    for name, pitr_plan in run["clusters"].items():
+        cluster = site.clusters[name]
+        staged = db.stage_recovery(cluster, pitr_plan, site_catalog(environment, site, cluster))
+        notes.append(f"{name}: {staged}")
+    return "; ".join(notes)
 
 
 def write_site_settings(data_directory: Path, settings: dict[str, str], os_user: str) -> bool:
@@ -637,6 +694,8 @@ def promote_databases(plan: Plan, run: dict[str, Any], access: SystemAccess) -> 
             raise StepFailed(f"{data} is not this incident's recovery: refusing to promote it")
         promoted, timeline = pitr.promote_server(access.conninfo(pitr_plan["conn_id"], "postgres"))
         pitr.clear_recovery_settings(data, marker.recovery_settings)
+        # restore_command is gone: the S3 credentials file it read goes too.
+        forget_fetch_config(Path(pitr_plan["wal_archive"]))
         mark_promoted(data, timeline, cluster.os_user)
         notes.append(
             f"{name}: {'promoted' if promoted else 'already promoted'}, timeline {timeline}"
