@@ -32,7 +32,7 @@ PROBE = "dr_gate_probe"
 @pytest.fixture(scope="module")
 def native_dags(airflow):
     """The DAGs these tests run, unpaused for the module (paused again after)."""
-    dag_ids = [PROBE, "dr_test_quarterly", *CHAIN]
+    dag_ids = [PROBE, "dr_test_quarterly", *CHAIN, "dr_test_site_failover", "dr_site_failover"]
 
     def listed() -> bool:
         return airflow.api("GET", f"/api/v2/dags/{PROBE}").status_code == 200
@@ -145,3 +145,34 @@ def test_the_quarterly_drill_chains_its_steps_through_the_scheduler(airflow, nat
     while not sandbox_is_healthy(sandbox):
         assert time.monotonic() < deadline, "the sandbox is not healthy after the drill"
         time.sleep(1)
+
+
+def test_the_site_failover_drill_runs_the_failover_dag_through_the_scheduler(airflow, native_dags):
+    """dr_test_site_failover (dry run): the failover DAG runs as its own run (a dry run:
+    it prints its plan, restores nothing), waited for deferred; production is refused."""
+    from tracktion_dr.airflow.backup_jobs import offsite_copy
+
+    # The site's guard reads the cross-region copy: make it (the job dr_backup_offsite runs).
+    copied = offsite_copy(PLAN, "drill", dry_run=False, notify=False)
+    assert copied, copied
+    run_id = airflow.trigger("dr_test_site_failover", {"environment": "drill", "dry_run": True})
+    state = airflow.wait_for_run("dr_test_site_failover", run_id, timeout=600)
+    states = {
+        t["task_id"]: t["state"] for t in airflow.task_instances("dr_test_site_failover", run_id)
+    }
+    assert state == "success", states
+    child = f"{run_id}__run_site_failover"
+    assert airflow.run_state("dr_site_failover", child) == "success"
+    ran = airflow.xcom("dr_test_site_failover", run_id, "run_site_failover")
+    assert ran["dag_id"] == "dr_site_failover" and ran["state"] == "success", ran
+    assert ran["record"]["outcome"] == "dry_run"
+    refused = airflow.trigger(
+        "dr_test_site_failover", {"environment": "production", "dry_run": True}
+    )
+    assert airflow.wait_for_run("dr_test_site_failover", refused, timeout=300) == "failed"
+    guard = [
+        t
+        for t in airflow.task_instances("dr_test_site_failover", refused)
+        if t["task_id"] == "guard"
+    ]
+    assert guard[0]["state"] == "failed"

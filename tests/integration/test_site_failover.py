@@ -311,20 +311,6 @@ def test_the_drill_restores_into_the_site_beside_production_and_dismantles_it(ow
     assert task_result(dag_run, "record")["rto_achieved_seconds"] is not None
 
 
-def test_the_bi_annual_drill_runs_the_site_failover_dag_as_a_drill(own_site, sandbox):
-    """dr_test_site_failover (dry run: the chain is exercised, nothing is restored)."""
-    run_offsite_copy()
-    dag_run = run_dag("dr_test_site_failover", {"environment": "drill", "dry_run": True})
-    states = task_states(dag_run)
-    assert states["verdict"] == "success", states
-    ran = task_result(dag_run, "run_site_failover")
-    assert ran["dag_id"] == DAG_ID and ran["state"] == "success", ran
-    assert ran["record"]["outcome"] == "dry_run"
-    assert not recovery_site.data_directory(sandbox.layout).exists()
-    refused = run_dag("dr_test_site_failover", {"environment": "production", "dry_run": True})
-    assert task_states(refused)["guard"] == "failed"
-
-
 def test_a_drill_killed_during_replay_is_resumed_by_a_rerun_of_its_incident(
     own_site, sandbox, tmp_path
 ):
