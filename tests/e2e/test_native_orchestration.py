@@ -151,8 +151,14 @@ def test_the_site_failover_drill_runs_the_failover_dag_through_the_scheduler(air
     """dr_test_site_failover (dry run): the failover DAG runs as its own run (a dry run:
     it prints its plan, restores nothing), waited for deferred; production is refused."""
     from tracktion_dr.airflow.backup_jobs import offsite_copy
+    from tracktion_dr.backups.catalog import Catalog, Status
 
-    # The site's guard reads the cross-region copy: make it (the job dr_backup_offsite runs).
+    # The site's guard reads the cross-region copy: make it (the job dr_backup_offsite
+    # runs), from a verified newest base backup (only verified backups go offsite).
+    catalog = Catalog(PLAN.environment("drill").backups)
+    newest = catalog.base_backups()[0]
+    if newest.status is not Status.VERIFIED:
+        assert catalog.verify(newest).status is Status.VERIFIED
     copied = offsite_copy(PLAN, "drill", dry_run=False, notify=False)
     assert copied, copied
     run_id = airflow.trigger("dr_test_site_failover", {"environment": "drill", "dry_run": True})
