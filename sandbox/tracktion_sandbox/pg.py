@@ -53,6 +53,7 @@ from tracktion_sandbox.layout import (
     SUPERUSER,
     SandboxLayout,
 )
+from tracktion_sandbox import topology
 from tracktion_sandbox.secrets import SandboxSecrets
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ def restore_command(archive: Path) -> str:
     return f"cp {_sh_path(archive, '/%f')} %p"
 
 
-def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
+def _settings(cluster: Cluster, layout: SandboxLayout, *, standby: bool) -> dict[str, str]:
     settings: dict[str, str] = {
         "listen_addresses": _conf_quote(HOST),
         "port": str(cluster.port),
@@ -336,7 +337,9 @@ def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
         )
     else:
         settings["archive_mode"] = "off"
-    if cluster.name == "replica":
+    if cluster.name == "replica" or standby:
+        # Any standby (the replica, or the old primary rebuilt as a standby of the promoted
+        # replica after a failover) can catch up from the archive after a long outage.
         settings["restore_command"] = _conf_quote(restore_command(layout.wal_archive))
         settings["hot_standby_feedback"] = "on"
     return settings
@@ -355,7 +358,9 @@ def write_config(cluster: Cluster, layout: SandboxLayout, data_dir: Path | None 
     """Render ``sandbox.conf`` and pg_hba.conf; make postgresql.conf include the former."""
     target = data_dir or cluster.data_dir
     lines = [f"# Written by tracktion_sandbox.pg for the {cluster.name} cluster; edits are lost."]
-    lines += [f"{key} = {value}" for key, value in _settings(cluster, layout).items()]
+    standby = (target / "standby.signal").exists()
+    settings = _settings(cluster, layout, standby=standby)
+    lines += [f"{key} = {value}" for key, value in settings.items()]
     _write_postgres_file(target / CONF_INCLUDE_FILE, "\n".join(lines) + "\n")
     hba = [
         "# Written by tracktion_sandbox.pg. TYPE DATABASE USER ADDRESS METHOD",
@@ -630,30 +635,36 @@ def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
     conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
 
 
-def _bootstrap_primary(secrets: SandboxSecrets) -> None:
-    """Roles, the app database, amcheck, the schema and the replica's slot (all idempotent)."""
+def _bootstrap_primary(secrets: SandboxSecrets, port: int = PRIMARY_PORT) -> None:
+    """Roles, the app database, amcheck, the schema and the standby's slot (all idempotent),
+    on the node that is the primary now (``port``)."""
     from tracktion_sandbox import schema
 
-    with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+    with connect(port, SUPERUSER, secrets.postgres_password, "postgres") as conn:
         ensure_role(conn, APP_USER, secrets.app_password)
         ensure_role(conn, REPLICATION_USER, secrets.replication_password, replication=True)
         ensure_database(conn, APP_DATABASE, APP_USER)
         _ensure_slot(conn, REPLICA_SLOT)
-    with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, APP_DATABASE) as conn:
+    with connect(port, SUPERUSER, secrets.postgres_password, APP_DATABASE) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
     # Connected as the app role, so every object it creates is owned by it.
-    with connect(
-        PRIMARY_PORT, APP_USER, secrets.app_password, APP_DATABASE, autocommit=False
-    ) as conn:
+    with connect(port, APP_USER, secrets.app_password, APP_DATABASE, autocommit=False) as conn:
         schema.apply(conn)
 
 
-def _wait_for_streaming(secrets: SandboxSecrets, timeout: float = STREAMING_WAIT_S) -> bool:
+def _wait_for_streaming(
+    secrets: SandboxSecrets,
+    timeout: float = STREAMING_WAIT_S,
+    *,
+    port: int = PRIMARY_PORT,
+    application_name: str = REPLICA_APPLICATION_NAME,
+) -> bool:
+    """The standby announcing ``application_name`` streams from the primary on ``port``."""
     deadline = time.monotonic() + timeout
     query = "SELECT state FROM pg_stat_replication WHERE application_name = %s"
     while True:
-        with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
-            row = conn.execute(query, (REPLICA_APPLICATION_NAME,)).fetchone()
+        with connect(port, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+            row = conn.execute(query, (application_name,)).fetchone()
         if row and row[0] == "streaming":
             return True
         if time.monotonic() > deadline:
@@ -699,6 +710,10 @@ def up(
     bindir = find_bindir()
     log.info("using PostgreSQL binaries in %s", bindir)
     prepare_directories(layout)
+    found = _topology(layout)
+    if found.kind != "standard":
+        _up_after_failover(layout, secrets, bindir, found, seed, initial_backups)
+        return
     _refuse_orphaned_history(layout)
     by_name = clusters(layout)
 
@@ -714,12 +729,7 @@ def up(
         _create_replica(layout, secrets, bindir)
     _start(replica, layout, bindir)
 
-    ops = by_name["ops"]
-    if not ops.initialized:
-        _create_standalone(ops, layout, bindir, secrets.postgres_password)
-    _start(ops, layout, bindir)
-    with connect(OPS_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
-        ensure_database(conn, LEDGER_DATABASE, SUPERUSER)
+    _ops_up(layout, secrets, bindir)
 
     initial_backups()
     if _wait_for_streaming(secrets):
@@ -729,6 +739,66 @@ def up(
             "replica is not streaming after %d s: see %s",
             STREAMING_WAIT_S,
             replica.log_file(layout),
+        )
+
+
+def _ops_up(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Path) -> None:
+    ops = clusters(layout)["ops"]
+    if not ops.initialized:
+        _create_standalone(ops, layout, bindir, secrets.postgres_password)
+    _start(ops, layout, bindir)
+    with connect(OPS_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+        ensure_database(conn, LEDGER_DATABASE, SUPERUSER)
+
+
+def _topology(layout: SandboxLayout) -> topology.Topology:
+    """Which node is the primary now (see ``topology``); a refusal says what to run."""
+    try:
+        found = topology.detect(layout)
+    except topology.TopologyError as exc:
+        raise SandboxPostgresError(str(exc)) from None
+    log.info("database topology: %s", found.describe())
+    return found
+
+
+def _up_after_failover(
+    layout: SandboxLayout,
+    secrets: SandboxSecrets,
+    bindir: Path,
+    found: topology.Topology,
+    seed: Callable[[str], None],
+    initial_backups: Callable[[], None],
+) -> None:
+    """Start the promoted replica as the primary and, when the old primary was rebuilt as
+    its standby, that standby; a fenced old primary stays stopped (the message says what
+    to run). Nothing is created here: both data directories exist."""
+    by_name = clusters(layout)
+    primary = by_name[found.primary.name]
+    _start(primary, layout, bindir)
+    _bootstrap_primary(secrets, primary.port)
+    seed(app_dsn(secrets, primary.port))
+    if found.standby is not None:
+        _start(by_name[found.standby.name], layout, bindir)
+    _ops_up(layout, secrets, bindir)
+    initial_backups()
+    if found.standby is None:
+        stopped = found.stopped.describe() if found.stopped else "the old primary is missing"
+        log.warning(
+            "running on the promoted %s alone (no standby): %s. To restore redundancy, %s",
+            found.primary.name,
+            stopped,
+            topology.REBUILD_HINT,
+        )
+        return
+    if _wait_for_streaming(secrets, port=primary.port, application_name=found.standby.name):
+        log.info("%s streams from the primary %s", found.standby.name, found.primary.name)
+    else:
+        log.warning(
+            "%s is not streaming from %s after %d s: see %s",
+            found.standby.name,
+            found.primary.name,
+            STREAMING_WAIT_S,
+            by_name[found.standby.name].log_file(layout),
         )
 
 
@@ -772,6 +842,7 @@ def status(layout: SandboxLayout) -> dict[str, Any]:
             "running": _pg_ctl_status(bindir, cluster) == 0,
             "pid": pids[0] if pids else None,
             "standby": (cluster.data_dir / "standby.signal").exists(),
+            "fenced": (cluster.data_dir / topology.FENCE_NOTE).exists(),
             "accepting": port_open(cluster.port),
             "log": str(cluster.log_file(layout)),
         }
