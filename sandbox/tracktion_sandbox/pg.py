@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tracktion_sandbox import topology
 from tracktion_sandbox.layout import (
     APP_DATABASE,
     APP_USER,
@@ -53,7 +54,6 @@ from tracktion_sandbox.layout import (
     SUPERUSER,
     SandboxLayout,
 )
-from tracktion_sandbox import topology
 from tracktion_sandbox.secrets import SandboxSecrets
 
 log = logging.getLogger(__name__)
@@ -774,11 +774,17 @@ def _up_after_failover(
     to run). Nothing is created here: both data directories exist."""
     by_name = clusters(layout)
     primary = by_name[found.primary.name]
+    # Every server binds its port before the first client connection: the sandbox's
+    # ports lie in Linux's ephemeral range, and a client socket to the promoted replica
+    # closed moments ago can hold the old primary's port (TIME_WAIT) so that it cannot
+    # bind. (The standard order starts the primary first for the same reason.)
     _start(primary, layout, bindir)
-    _bootstrap_primary(secrets, primary.port)
-    seed(app_dsn(secrets, primary.port))
     if found.standby is not None:
         _start(by_name[found.standby.name], layout, bindir)
+    if by_name["ops"].initialized:
+        _start(by_name["ops"], layout, bindir)
+    _bootstrap_primary(secrets, primary.port)
+    seed(app_dsn(secrets, primary.port))
     _ops_up(layout, secrets, bindir)
     initial_backups()
     if found.standby is None:
@@ -791,7 +797,9 @@ def _up_after_failover(
         )
         return
     if _wait_for_streaming(secrets, port=primary.port, application_name=found.standby.name):
-        log.info("%s streams from the primary %s", found.standby.name, found.primary.name)
+        log.info(
+            "node %s streams from node %s (the primary now)", found.standby.name, found.primary.name
+        )
     else:
         log.warning(
             "%s is not streaming from %s after %d s: see %s",
