@@ -22,6 +22,7 @@ appear on a command line or in a log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pwd
@@ -78,6 +79,7 @@ START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 5
 STREAMING_WAIT_S = 30
+PORT_RELEASE_WAIT_S = 70  # a TIME_WAIT lasts 60 s on Linux
 
 
 class SandboxPostgresError(RuntimeError):
@@ -488,6 +490,7 @@ def _start(cluster: Cluster, layout: SandboxLayout, bindir: Path) -> None:
             f"port {cluster.port} on {HOST} is taken by another process: the {cluster.name} "
             "cluster cannot start (see `ss -ltnp`)"
         )
+    _wait_port_bindable(cluster)
     write_config(cluster, layout)  # pick up layout changes made since the last start
     log_file = cluster.log_file(layout)
     log.info("starting the %s cluster on port %d (log %s)", cluster.name, cluster.port, log_file)
@@ -506,6 +509,38 @@ def _start(cluster: Cluster, layout: SandboxLayout, bindir: Path) -> None:
         run(as_postgres(argv), what=f"start of the {cluster.name} cluster", cwd=layout.pg_root)
     except SandboxPostgresError as exc:
         raise SandboxPostgresError(f"{exc}\nlast log lines:\n{_tail(log_file)}") from exc
+
+
+def _wait_port_bindable(cluster: Cluster, timeout: float = PORT_RELEASE_WAIT_S) -> None:
+    """Wait until the server could bind its port. The sandbox's ports lie in Linux's
+    ephemeral range (32768-60999): a client connection that just closed may hold the
+    port as its local end in TIME_WAIT (up to 60 s), and the postmaster's bind fails then
+    although nothing listens (``SO_REUSEADDR`` helps only when both sockets set it). Seen
+    after a failover, when clients talked to the promoted replica before the old primary
+    came back on its port. ``sysctl net.ipv4.ip_local_reserved_ports`` avoids it."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, cluster.port))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise SandboxPostgresError(
+                        f"port {cluster.port} on {HOST} cannot be bound ({exc}): the "
+                        f"{cluster.name} cluster cannot start (see `ss -tanp | grep "
+                        f"{cluster.port}`; reserving the sandbox's ports with `sysctl -w "
+                        "net.ipv4.ip_local_reserved_ports=55432-55434` avoids it)"
+                    ) from None
+        if not logged:
+            log.warning(
+                "port %d is held by a closed client connection (TIME_WAIT): waiting for it",
+                cluster.port,
+            )
+            logged = True
+        time.sleep(1)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

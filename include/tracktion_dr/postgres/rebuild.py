@@ -153,13 +153,21 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def set_auto_conf(data_directory: Path, settings: dict[str, str]) -> None:
-    """Set ``settings`` in ``postgresql.auto.conf``: earlier lines for the same keys go
-    (the copy came from the new primary and names *its* former upstream), the new values
-    are appended. Keeps the file's owner and mode."""
+# Settings a rebuilt standby must not keep: a switchover's write stop (ALTER SYSTEM on the
+# old primary) would make it read-only again the day it is promoted (pg_rewind leaves the
+# target's files alone when there is nothing to rewind).
+DROPPED_FROM_STANDBY = ("default_transaction_read_only",)
+
+
+def set_auto_conf(
+    data_directory: Path, settings: dict[str, str], *, drop: tuple[str, ...] = ()
+) -> None:
+    """Set ``settings`` in ``postgresql.auto.conf``: earlier lines for the same keys (and
+    the keys in ``drop``) go - the copy came from the new primary and names *its* former
+    upstream -, the new values are appended. Keeps the file's owner and mode."""
     path = data_directory / "postgresql.auto.conf"
     text = path.read_text() if path.exists() else ""
-    keys = {key.lower() for key in settings}
+    keys = {key.lower() for key in (*settings, *drop)}
     kept = [
         line
         for line in text.splitlines()
@@ -263,7 +271,11 @@ def _make_standby(
 ) -> None:
     """Standby settings and this incident's marker into ``staging``, then rename it in."""
     clear_recovery_settings(staging, None)
-    set_auto_conf(staging, standby_settings(new_primary, old.name, old.admin.port))
+    set_auto_conf(
+        staging,
+        standby_settings(new_primary, old.name, old.admin.port),
+        drop=DROPPED_FROM_STANDBY,
+    )
     (staging / "standby.signal").write_text("")
     copied = read_marker(staging)
     marker = (
@@ -425,7 +437,11 @@ def _lay_down_standby(
         application_name=old.name,
     )
     # the copy carries the new primary's own settings; this node streams from it
-    set_auto_conf(old.data_directory, standby_settings(new_primary, old.name, old.admin.port))
+    set_auto_conf(
+        old.data_directory,
+        standby_settings(new_primary, old.name, old.admin.port),
+        drop=DROPPED_FROM_STANDBY,
+    )
     notes.append(f"fresh base backup of {new_primary.name} (pg_basebackup)")
     return "pg_basebackup"
 
