@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from harness.killable_run import KillableRun, fail_runs_left_running
 from harness.topology import _pg_ctl, kill_primary_at_once, restore_standard_topology
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
@@ -116,7 +117,7 @@ class Writer(threading.Thread):
             conn.close()
 
 
-def test_failover_rebuild_and_switch_back_lose_nothing(sandbox):
+def test_failover_rebuild_and_switch_back_lose_nothing(sandbox, tmp_path):
     layout, password = sandbox.layout, sandbox.secrets.postgres_password
     archive_before = {p.name for p in layout.wal_archive.iterdir()}
     asides_before = set(layout.pg_root.iterdir())
@@ -160,10 +161,18 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox):
         assert in_recovery(sandbox, L.REPLICA_PORT) is False
 
         # --- rebuild: pg_rewind undoes the diverged rows, the old directory is kept ------
-        rebuilt = run_dag(
-            "dr_standby_rebuild",
-            {"environment": "drill", "cluster": "main", "incident_id": REBUILD},
-        )
+        # The worker dies right after the old directory was moved aside; the re-run of
+        # the same incident converges.
+        conf = {"environment": "drill", "cluster": "main", "incident_id": REBUILD}
+        kept = layout.primary_data.with_name(f"primary.pre_{REBUILD[3:].replace('-', '_')}")
+        with KillableRun.dag_test(
+            "dr_standby_rebuild", conf, log_path=tmp_path / "killed.log"
+        ) as killed:
+            killed.wait_until(kept.exists, what="the old primary moved aside", interval=0.01)
+            killed.kill()
+            assert killed.wait_exit() == -9
+        fail_runs_left_running("dr_standby_rebuild")
+        rebuilt = run_dag("dr_standby_rebuild", conf)
         assert task_states(rebuilt)["verdict"] == "success", task_states(rebuilt)
         result = task_result(rebuilt, "rebuild_standby")
         assert result["method"] == "pg_rewind", result["event"]["detail"]
@@ -175,7 +184,6 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox):
             what="the new primary's rows replayed on the rebuilt standby",
         )
         assert rows_marked(sandbox, L.PRIMARY_PORT, "diverged") == 0
-        kept = layout.primary_data.with_name(f"primary.pre_{REBUILD[3:].replace('-', '_')}")
         assert (kept / "PG_VERSION").exists() and (kept / topology.FENCE_NOTE).exists()
         again = run_dag(
             "dr_standby_rebuild",
