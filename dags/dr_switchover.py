@@ -174,7 +174,8 @@ def dr_switchover():
         plan=PLAN,
     )
     rebuilt = rebuild_old_primary(run)
-    started >> service_gate >> rebuilt
+    # the gate waits only for a switch that happened (start_services runs whatever did)
+    [switched, started] >> service_gate >> rebuilt
     redundancy_gate = RtoGate(
         task_id="gate_standby_streaming",
         check=rebuild.standby_streams(PLAN, _endpoint),

@@ -260,3 +260,33 @@ def _back_to_standard(layout, archive_before: set[str]) -> None:
     if found[0].standby and pg.port_open(L.PRIMARY_PORT):
         _pg_ctl(layout, layout.primary_data, "stop", "-m", "fast", "-w", check=False)
     restore_standard_topology(layout, archive_before)
+
+
+def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
+    """Refused before anything is touched: the primary keeps taking writes, the services
+    keep running, the standby stays a standby; switching to the primary itself is nothing
+    to do."""
+    layout = sandbox.layout
+    conf = {
+        "environment": "drill",
+        "cluster": "main",
+        "maintenance_window_confirmed": True,
+        "catch_up_seconds": 5,
+    }
+    already = run_dag("dr_switchover", {**conf, "to_node": "primary"})
+    assert task_states(already)["preconditions"] == "failed"
+    _pg_ctl(layout, layout.replica_data, "stop", "-m", "fast", "-w")
+    try:
+        refused = run_dag("dr_switchover", {**conf, "to_node": "replica"})
+        states = task_states(refused)
+        assert states["preconditions"] == "failed" and states["verdict"] == "failed"
+        assert states["stop_services"] in ("upstream_failed", "skipped")
+        assert states["switch"] in ("upstream_failed", "skipped")
+        assert states["gate_new_primary"] in ("upstream_failed", "skipped")
+        assert in_recovery(sandbox, L.PRIMARY_PORT) is False
+        with connect(sandbox, L.PRIMARY_PORT) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "off"
+        assert (layout.replica_data / "standby.signal").exists()
+    finally:
+        pg.start_cluster(layout, "replica")
+    wait_for(lambda: streams(sandbox, L.PRIMARY_PORT, "replica"), what="the replica streams")
