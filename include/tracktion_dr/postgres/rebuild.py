@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 STREAM_WAIT_SECONDS = 120
 CATCH_UP_SECONDS = 60
 POLL_SECONDS = 0.2
+TIMELINE_FIELD = "Latest checkpoint's TimeLineID"  # pg_controldata's
 FENCE_NOTE = "DR_FENCED"  # services.failover's; services is a higher layer, so repeated
 # Files of the old directory that must not reach the rewound copy: a stale pid file, the
 # fence (the rebuilt node is a standby by its own settings), recovery signals (pg_rewind's
@@ -144,7 +145,7 @@ def rewind_possible(
         return False, "neither data checksums nor wal_log_hints are on: pg_rewind cannot work"
     return True, (
         f"same cluster, {'data checksums' if checksums else 'wal_log_hints'} on, timeline "
-        f"{fields.get('Latest checkpoint' + chr(39) + 's TimeLineID')}, state "
+        f"{fields.get(TIMELINE_FIELD)}, state "
         f"{fields.get('Database cluster state')!r}"
     )
 
