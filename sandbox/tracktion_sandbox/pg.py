@@ -371,11 +371,28 @@ def write_config(cluster: Cluster, layout: SandboxLayout, data_dir: Path | None 
         f"host    replication  all          {HOST}/32   scram-sha-256",
     ]
     _write_postgres_file(target / "pg_hba.conf", "\n".join(hba) + "\n")
+    _drop_copied_port(target)
     main_conf = target / "postgresql.conf"
     include = f"include_if_exists = {_conf_quote(CONF_INCLUDE_FILE)}"
     if include not in main_conf.read_text().splitlines():
         with main_conf.open("a") as handle:
             handle.write(f"\n{include}\n")
+
+
+def _drop_copied_port(data_dir: Path) -> None:
+    """Remove ``port`` from postgresql.auto.conf: sandbox.conf names the directory's port.
+
+    A re-seeded or rebuilt standby gets its port there (the DR library writes it, since the
+    copy's configuration came from the other node), and pg_basebackup and pg_rewind copy
+    that file: a primary rebuilt as a standby once and promoted back would hand its
+    ``port = '55432'`` to the next replica cloned from it, read after sandbox.conf."""
+    auto_conf = data_dir / "postgresql.auto.conf"
+    if not auto_conf.exists():
+        return
+    lines = auto_conf.read_text().splitlines()
+    kept = [line for line in lines if line.split("=", 1)[0].strip().lower() != "port"]
+    if kept != lines:
+        auto_conf.write_text("\n".join(kept) + "\n")  # keeps owner and mode
 
 
 # --------------------------------------------------------------------------- cluster lifecycle

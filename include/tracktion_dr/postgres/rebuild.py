@@ -612,6 +612,16 @@ def shut_down_cleanly(primary: Node, standby: Node, timeout: float = CATCH_UP_SE
         time.sleep(POLL_SECONDS)
 
 
+def forget_upstream(node: Node) -> str:
+    """A promoted node's ``primary_conninfo`` / ``primary_slot_name`` (ALTER SYSTEM RESET):
+    ignored by a primary, but a standby cloned from it later would inherit a conninfo to
+    its own former upstream, password included."""
+    with _connect(node.admin) as conn:
+        conn.execute("ALTER SYSTEM RESET primary_conninfo")
+        conn.execute("ALTER SYSTEM RESET primary_slot_name")
+    return f"{node.name}: former upstream settings removed"
+
+
 def promote(standby: Node, wait_seconds: int = 60) -> str:
     with _connect(standby.admin) as conn:
         in_recovery = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]

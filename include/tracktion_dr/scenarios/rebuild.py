@@ -300,6 +300,7 @@ def switch(
     else:
         actions.append(f"{to.name} is already promoted")
     actions.append(rebuild.allow_writes(to))
+    actions.append(rebuild.forget_upstream(to))
     assert environment.load_balancer is not None  # the guard refused an environment without
     LoadBalancer(access.url(environment.load_balancer.conn_id)).switch(
         "database", old.name, to.name
