@@ -142,7 +142,15 @@ def decide(primary: NodeState, replica: NodeState) -> Topology:
             + REBUILD_HINT
         )
     if replica.writable:
-        if primary.initialized and primary.standby and primary.follows_port == replica.port:
+        # A fenced node is the old primary as the failover left it, whatever conninfo its
+        # postgresql.auto.conf still holds from an earlier life as a standby (a rebuild
+        # never keeps the fence note).
+        if (
+            primary.initialized
+            and primary.standby
+            and not primary.fenced
+            and primary.follows_port == replica.port
+        ):
             return Topology("swapped", replica, primary, None)
         return Topology("failed_over", replica, None, primary if primary.initialized else None)
     if primary.writable or not primary.initialized:

@@ -64,6 +64,12 @@ def test_after_a_failover_the_fenced_old_primary_stays_stopped(tmp_path):
     assert "dr_standby_rebuild" in topology.REBUILD_HINT
 
 
+def test_a_fenced_old_primary_is_not_taken_for_a_rebuilt_standby(tmp_path):
+    """Its auto.conf may still name the replica's port from an earlier rebuild."""
+    old = make_node(tmp_path, "primary", standby=True, fenced=True, follows=REPLICA_PORT)
+    assert topology.decide(old, make_node(tmp_path, "replica")).kind == "failed_over"
+
+
 def test_after_a_rebuild_the_old_primary_starts_as_the_standby(tmp_path):
     primary = make_node(tmp_path, "primary", standby=True, follows=REPLICA_PORT)
     assert primary.follows_port == REPLICA_PORT, "the last primary_conninfo counts"
