@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -27,14 +27,18 @@ from harness.killable_run import KillableRun, fail_runs_left_running
 from harness.topology import _pg_ctl, kill_primary_at_once, restore_standard_topology
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.postgres.pitr import aside_path
+from tracktion_dr.postgres.restore import incident_tag
 from tracktion_sandbox import cli, pg, topology
 from tracktion_sandbox import layout as L
 
 pytestmark = pytest.mark.sandbox
 
 TABLE = "public.dr_failback_probe"
-REBUILD = "DR-20261127-060001"
-SWITCHOVER = "DR-20261127-060002"
+# this run's own incidents (a rebuilt directory keeps its incident's marker for life)
+STARTED = datetime.now(UTC)
+REBUILD = f"DR-{STARTED:%Y%m%d-%H%M%S}"
+SWITCHOVER = f"DR-{STARTED + timedelta(seconds=1):%Y%m%d-%H%M%S}"
 
 
 def connect(sandbox, port: int):
@@ -164,7 +168,7 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox, tmp_path):
         # The worker dies right after the old directory was moved aside; the re-run of
         # the same incident converges.
         conf = {"environment": "drill", "cluster": "main", "incident_id": REBUILD}
-        kept = layout.primary_data.with_name(f"primary.pre_{REBUILD[3:].replace('-', '_')}")
+        kept = aside_path(layout.primary_data, incident_tag(REBUILD))
         with KillableRun.dag_test(
             "dr_standby_rebuild", conf, log_path=tmp_path / "killed.log"
         ) as killed:

@@ -354,9 +354,8 @@ def rebuild_as_standby(
     data = old.data_directory
     aside = aside_path(data, tag)
     notes = [why]
-    marker = read_marker(data)
-    if marker and marker.role == "standby" and marker.incident_id == incident_id:
-        notes.append(f"{data} is already this incident's rebuilt standby ({marker.base_backup})")
+    if rebuilt_by(data, incident_id):
+        notes.append(f"{data} is already this incident's rebuilt standby")
         method = "started"
         if postmaster_pid(data) is None:
             start_server(old.control, log_file)
@@ -382,6 +381,20 @@ def rebuild_as_standby(
     wait_streaming(new_primary, old, log_file, stream_wait_seconds)
     notes.append(f"{old.name} streams from {new_primary.name}")
     return {"detail": "; ".join(notes), "method": method}
+
+
+def rebuilt_by(data_directory: Path, incident_id: str) -> bool:
+    """The directory is this incident's rebuilt standby: its marker says so *and* it is
+    still a standby (a marker survives promotion: a node rebuilt once, promoted back by a
+    switchover and fenced by a later failover still carries it)."""
+    marker = read_marker(data_directory)
+    return (
+        marker is not None
+        and marker.role == "standby"
+        and marker.incident_id == incident_id
+        and (data_directory / "standby.signal").exists()
+        and not (data_directory / FENCE_NOTE).exists()
+    )
 
 
 def _lay_down_standby(
