@@ -349,8 +349,3 @@ def new_primary_serves(plan: Plan, access: SystemAccess) -> GateCheck:
         return True, f"{written}; {len(run['services'])} services using it healthy"
 
     return check
-
-
-def rebuild_old_primary(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> dict[str, Any]:
-    """After the switch: the old primary becomes the new one's standby."""
-    return rebuild_standby(plan, run, endpoint)
