@@ -23,6 +23,7 @@ appear on a command line or in a log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pwd
@@ -41,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from tracktion_dr.postgres import pitr, wal
+from tracktion_sandbox import topology
 from tracktion_sandbox.layout import (
     APP_DATABASE,
     APP_USER,
@@ -78,6 +80,7 @@ START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 5
 STREAMING_WAIT_S = 30
+PORT_RELEASE_WAIT_S = 70  # a TIME_WAIT lasts 60 s on Linux
 
 
 class SandboxPostgresError(RuntimeError):
@@ -294,7 +297,7 @@ def restore_command(archive: Path) -> str:
     return pitr.restore_command_for(archive)
 
 
-def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
+def _settings(cluster: Cluster, layout: SandboxLayout, *, standby: bool) -> dict[str, str]:
     settings: dict[str, str] = {
         "listen_addresses": _conf_quote(HOST),
         "port": str(cluster.port),
@@ -329,7 +332,9 @@ def _settings(cluster: Cluster, layout: SandboxLayout) -> dict[str, str]:
         )
     else:
         settings["archive_mode"] = "off"
-    if cluster.name == "replica":
+    if cluster.name == "replica" or standby:
+        # Any standby (the replica, or the old primary rebuilt as a standby of the promoted
+        # replica after a failover) can catch up from the archive after a long outage.
         settings["restore_command"] = _conf_quote(restore_command(layout.wal_archive))
         settings["hot_standby_feedback"] = "on"
     return settings
@@ -348,7 +353,9 @@ def write_config(cluster: Cluster, layout: SandboxLayout, data_dir: Path | None 
     """Render ``sandbox.conf`` and pg_hba.conf; make postgresql.conf include the former."""
     target = data_dir or cluster.data_dir
     lines = [f"# Written by tracktion_sandbox.pg for the {cluster.name} cluster; edits are lost."]
-    lines += [f"{key} = {value}" for key, value in _settings(cluster, layout).items()]
+    standby = (target / "standby.signal").exists()
+    settings = _settings(cluster, layout, standby=standby)
+    lines += [f"{key} = {value}" for key, value in settings.items()]
     _write_postgres_file(target / CONF_INCLUDE_FILE, "\n".join(lines) + "\n")
     hba = [
         "# Written by tracktion_sandbox.pg. TYPE DATABASE USER ADDRESS METHOD",
@@ -357,11 +364,28 @@ def write_config(cluster: Cluster, layout: SandboxLayout, data_dir: Path | None 
         f"host    replication  all          {HOST}/32   scram-sha-256",
     ]
     _write_postgres_file(target / "pg_hba.conf", "\n".join(hba) + "\n")
+    _drop_copied_port(target)
     main_conf = target / "postgresql.conf"
     include = f"include_if_exists = {_conf_quote(CONF_INCLUDE_FILE)}"
     if include not in main_conf.read_text().splitlines():
         with main_conf.open("a") as handle:
             handle.write(f"\n{include}\n")
+
+
+def _drop_copied_port(data_dir: Path) -> None:
+    """Remove ``port`` from postgresql.auto.conf: sandbox.conf names the directory's port.
+
+    A re-seeded or rebuilt standby gets its port there (the DR library writes it, since the
+    copy's configuration came from the other node), and pg_basebackup and pg_rewind copy
+    that file: a primary rebuilt as a standby once and promoted back would hand its
+    ``port = '55432'`` to the next replica cloned from it, read after sandbox.conf."""
+    auto_conf = data_dir / "postgresql.auto.conf"
+    if not auto_conf.exists():
+        return
+    lines = auto_conf.read_text().splitlines()
+    kept = [line for line in lines if line.split("=", 1)[0].strip().lower() != "port"]
+    if kept != lines:
+        auto_conf.write_text("\n".join(kept) + "\n")  # keeps owner and mode
 
 
 # --------------------------------------------------------------------------- cluster lifecycle
@@ -476,6 +500,7 @@ def _start(cluster: Cluster, layout: SandboxLayout, bindir: Path) -> None:
             f"port {cluster.port} on {HOST} is taken by another process: the {cluster.name} "
             "cluster cannot start (see `ss -ltnp`)"
         )
+    _wait_port_bindable(cluster)
     write_config(cluster, layout)  # pick up layout changes made since the last start
     log_file = cluster.log_file(layout)
     log.info("starting the %s cluster on port %d (log %s)", cluster.name, cluster.port, log_file)
@@ -494,6 +519,38 @@ def _start(cluster: Cluster, layout: SandboxLayout, bindir: Path) -> None:
         run(as_postgres(argv), what=f"start of the {cluster.name} cluster", cwd=layout.pg_root)
     except SandboxPostgresError as exc:
         raise SandboxPostgresError(f"{exc}\nlast log lines:\n{_tail(log_file)}") from exc
+
+
+def _wait_port_bindable(cluster: Cluster, timeout: float = PORT_RELEASE_WAIT_S) -> None:
+    """Wait until the server could bind its port. The sandbox's ports lie in Linux's
+    ephemeral range (32768-60999): a client connection that just closed may hold the
+    port as its local end in TIME_WAIT (up to 60 s), and the postmaster's bind fails then
+    although nothing listens (``SO_REUSEADDR`` helps only when both sockets set it). Seen
+    after a failover, when clients talked to the promoted replica before the old primary
+    came back on its port. ``sysctl net.ipv4.ip_local_reserved_ports`` avoids it."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, cluster.port))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise SandboxPostgresError(
+                        f"port {cluster.port} on {HOST} cannot be bound ({exc}): the "
+                        f"{cluster.name} cluster cannot start (see `ss -tanp | grep "
+                        f"{cluster.port}`; reserving the sandbox's ports with `sysctl -w "
+                        "net.ipv4.ip_local_reserved_ports=55432-55434` avoids it)"
+                    ) from None
+        if not logged:
+            log.warning(
+                "port %d is held by a closed client connection (TIME_WAIT): waiting for it",
+                cluster.port,
+            )
+            logged = True
+        time.sleep(1)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -623,30 +680,36 @@ def _ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
     conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
 
 
-def _bootstrap_primary(secrets: SandboxSecrets) -> None:
-    """Roles, the app database, amcheck, the schema and the replica's slot (all idempotent)."""
+def _bootstrap_primary(secrets: SandboxSecrets, port: int = PRIMARY_PORT) -> None:
+    """Roles, the app database, amcheck, the schema and the standby's slot (all idempotent),
+    on the node that is the primary now (``port``)."""
     from tracktion_sandbox import schema
 
-    with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+    with connect(port, SUPERUSER, secrets.postgres_password, "postgres") as conn:
         ensure_role(conn, APP_USER, secrets.app_password)
         ensure_role(conn, REPLICATION_USER, secrets.replication_password, replication=True)
         ensure_database(conn, APP_DATABASE, APP_USER)
         _ensure_slot(conn, REPLICA_SLOT)
-    with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, APP_DATABASE) as conn:
+    with connect(port, SUPERUSER, secrets.postgres_password, APP_DATABASE) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
     # Connected as the app role, so every object it creates is owned by it.
-    with connect(
-        PRIMARY_PORT, APP_USER, secrets.app_password, APP_DATABASE, autocommit=False
-    ) as conn:
+    with connect(port, APP_USER, secrets.app_password, APP_DATABASE, autocommit=False) as conn:
         schema.apply(conn)
 
 
-def _wait_for_streaming(secrets: SandboxSecrets, timeout: float = STREAMING_WAIT_S) -> bool:
+def _wait_for_streaming(
+    secrets: SandboxSecrets,
+    timeout: float = STREAMING_WAIT_S,
+    *,
+    port: int = PRIMARY_PORT,
+    application_name: str = REPLICA_APPLICATION_NAME,
+) -> bool:
+    """The standby announcing ``application_name`` streams from the primary on ``port``."""
     deadline = time.monotonic() + timeout
     query = "SELECT state FROM pg_stat_replication WHERE application_name = %s"
     while True:
-        with connect(PRIMARY_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
-            row = conn.execute(query, (REPLICA_APPLICATION_NAME,)).fetchone()
+        with connect(port, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+            row = conn.execute(query, (application_name,)).fetchone()
         if row and row[0] == "streaming":
             return True
         if time.monotonic() > deadline:
@@ -692,6 +755,10 @@ def up(
     bindir = find_bindir()
     log.info("using PostgreSQL binaries in %s", bindir)
     prepare_directories(layout)
+    found = _topology(layout)
+    if found.kind != "standard":
+        _up_after_failover(layout, secrets, bindir, found, seed, initial_backups)
+        return
     _refuse_orphaned_history(layout)
     by_name = clusters(layout)
 
@@ -707,12 +774,7 @@ def up(
         _create_replica(layout, secrets, bindir)
     _start(replica, layout, bindir)
 
-    ops = by_name["ops"]
-    if not ops.initialized:
-        _create_standalone(ops, layout, bindir, secrets.postgres_password)
-    _start(ops, layout, bindir)
-    with connect(OPS_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
-        ensure_database(conn, LEDGER_DATABASE, SUPERUSER)
+    _ops_up(layout, secrets, bindir)
 
     initial_backups()
     if _wait_for_streaming(secrets):
@@ -722,6 +784,74 @@ def up(
             "replica is not streaming after %d s: see %s",
             STREAMING_WAIT_S,
             replica.log_file(layout),
+        )
+
+
+def _ops_up(layout: SandboxLayout, secrets: SandboxSecrets, bindir: Path) -> None:
+    ops = clusters(layout)["ops"]
+    if not ops.initialized:
+        _create_standalone(ops, layout, bindir, secrets.postgres_password)
+    _start(ops, layout, bindir)
+    with connect(OPS_PORT, SUPERUSER, secrets.postgres_password, "postgres") as conn:
+        ensure_database(conn, LEDGER_DATABASE, SUPERUSER)
+
+
+def _topology(layout: SandboxLayout) -> topology.Topology:
+    """Which node is the primary now (see ``topology``); a refusal says what to run."""
+    try:
+        found = topology.detect(layout)
+    except topology.TopologyError as exc:
+        raise SandboxPostgresError(str(exc)) from None
+    log.info("database topology: %s", found.describe())
+    return found
+
+
+def _up_after_failover(
+    layout: SandboxLayout,
+    secrets: SandboxSecrets,
+    bindir: Path,
+    found: topology.Topology,
+    seed: Callable[[str], None],
+    initial_backups: Callable[[], None],
+) -> None:
+    """Start the promoted replica as the primary and, when the old primary was rebuilt as
+    its standby, that standby; a fenced old primary stays stopped (the message says what
+    to run). Nothing is created here: both data directories exist."""
+    by_name = clusters(layout)
+    primary = by_name[found.primary.name]
+    # Every server binds its port before the first client connection: the sandbox's
+    # ports lie in Linux's ephemeral range, and a client socket to the promoted replica
+    # closed moments ago can hold the old primary's port (TIME_WAIT) so that it cannot
+    # bind. (The standard order starts the primary first for the same reason.)
+    _start(primary, layout, bindir)
+    if found.standby is not None:
+        _start(by_name[found.standby.name], layout, bindir)
+    if by_name["ops"].initialized:
+        _start(by_name["ops"], layout, bindir)
+    _bootstrap_primary(secrets, primary.port)
+    seed(app_dsn(secrets, primary.port))
+    _ops_up(layout, secrets, bindir)
+    initial_backups()
+    if found.standby is None:
+        stopped = found.stopped.describe() if found.stopped else "the old primary is missing"
+        log.warning(
+            "running on the promoted %s alone (no standby): %s. To restore redundancy, %s",
+            found.primary.name,
+            stopped,
+            topology.REBUILD_HINT,
+        )
+        return
+    if _wait_for_streaming(secrets, port=primary.port, application_name=found.standby.name):
+        log.info(
+            "node %s streams from node %s (the primary now)", found.standby.name, found.primary.name
+        )
+    else:
+        log.warning(
+            "%s is not streaming from %s after %d s: see %s",
+            found.standby.name,
+            found.primary.name,
+            STREAMING_WAIT_S,
+            by_name[found.standby.name].log_file(layout),
         )
 
 
@@ -765,6 +895,7 @@ def status(layout: SandboxLayout) -> dict[str, Any]:
             "running": _pg_ctl_status(bindir, cluster) == 0,
             "pid": pids[0] if pids else None,
             "standby": (cluster.data_dir / "standby.signal").exists(),
+            "fenced": (cluster.data_dir / topology.FENCE_NOTE).exists(),
             "accepting": port_open(cluster.port),
             "log": str(cluster.log_file(layout)),
         }

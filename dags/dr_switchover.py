@@ -1,0 +1,190 @@
+"""
+### DR planned switchover (fail back, part 2)
+
+Moves the primary role to the node that is its streaming standby **with zero data loss**,
+on request, in a maintenance window: typically back to the home primary after
+`dr_failover` and `dr_standby_rebuild` (`to_node = primary`). Writes stop for the length
+of the switch, and the services that use the database are restarted.
+
+1. **guard** - `maintenance_window_confirmed` must be set (a switchover stops every write);
+   the cluster names both nodes; the cluster is locked for the run.
+2. **preconditions** - `to_node` is a standby **streaming** from the primary and replays the
+   primary's current LSN within `catch_up_seconds`; otherwise the run is **refused before
+   anything is touched** (`to_node` already the primary: nothing to do, says so).
+3. **stop_services** - the services that use the database, dependents first.
+4. **switch** - writes stopped on the primary (`default_transaction_read_only`, client
+   sessions ended); wait until `to_node` replayed **exactly** the primary's current LSN;
+   the primary **shut down cleanly** and its shutdown checkpoint proven replayed on
+   `to_node`; `pg_promote`; the load balancer's `database` backend repointed. Given up
+   before the promotion (no catch-up in time, no clean shutdown): the old primary is made
+   writable again (started if needed), nothing was switched, and the step fails saying so.
+5. **start_services** (runs whatever happened) - the services again, in dependency order.
+6. **gate_new_primary** - a write commits on the new primary and its services are healthy
+   (the RTO clock's "service restored").
+7. **rebuild_old_primary** - the old primary becomes the new one's standby (after a clean
+   shutdown pg_rewind has nothing to undo); **gate_standby_streaming** - it streams.
+8. **record**, **notify_outcome**, **publish**, **verdict**.
+
+**Killed mid-way?** Re-run with the same `incident_id`: a promoted `to_node` skips to the
+balancer; a primary already shut down cleanly is only checked; the rebuild is resumable.
+
+**Params**: `cluster`, `to_node` (`primary` or `replica`, the plan's node names),
+`maintenance_window_confirmed`, `catch_up_seconds`, plus the common params (`dry_run`
+checks the preconditions, prints the plan, touches nothing).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import Param, dag
+
+from tracktion_dr.airflow import steps
+from tracktion_dr.airflow.access import ACCESS
+from tracktion_dr.airflow.dag_kit import (
+    RtoGate,
+    open_incident,
+    scenario_tail,
+    take_exclusivity,
+)
+from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
+from tracktion_dr.core.plan import load_plan
+from tracktion_dr.notify.runs import notify_started
+from tracktion_dr.scenarios import rebuild
+
+PLAN = load_plan()
+DAG_ID = "dr_switchover"
+
+
+def _endpoint(conn_id: str):
+    from tracktion_dr.airflow.support import endpoint
+
+    return endpoint(conn_id)
+
+
+@steps.guard()
+def guard(**context) -> dict:
+    run = rebuild.check_switchover_inputs(PLAN, open_incident(context, PLAN), context["params"])
+    if not run["dry_run"]:
+        run.update(take_exclusivity(context, run, [f"cluster:{run['cluster']}"]))
+    steps.print_plan_of_actions(run, rebuild.switchover_plan_of_actions(run))
+    notify_started(PLAN, run, DAG_ID, f"switch {run['cluster']} over to {run['to_node']}")
+    return run
+
+
+@steps.step("check")
+def preconditions(run: dict, **context) -> dict:
+    return rebuild.switchover_preconditions(PLAN, run, _endpoint)
+
+
+@steps.step("destructive")
+def stop_services(run: dict, **context) -> dict:
+    return rebuild.stop_services(PLAN, run, ACCESS)
+
+
+@steps.step("destructive")
+def switch(run: dict, **context) -> dict:
+    return rebuild.switch(PLAN, run, _endpoint, ACCESS)
+
+
+@steps.step("destructive", after_all=True)
+def start_services(run: dict, **context) -> dict:
+    return rebuild.start_services(PLAN, run, ACCESS)
+
+
+@steps.step("destructive", milestone="redundancy")
+def rebuild_old_primary(run: dict, **context) -> dict:
+    return rebuild.rebuild_standby(PLAN, run, _endpoint)
+
+
+def record_fields(run: dict, context) -> dict:
+    ti = context["ti"]
+    switched = ti.xcom_pull(task_ids="switch") or {}
+    built = ti.xcom_pull(task_ids="rebuild_old_primary") or {}
+    return {
+        "rto_target_seconds": run["rto_seconds"],
+        # a planned switchover loses nothing by construction (exact catch-up, clean
+        # shutdown); the gate's verification write proves the new primary takes writes
+        "details": {
+            "to_node": run["to_node"],
+            "switched": bool(switched.get("actions")),
+            "rebuild_method": built.get("method"),
+        },
+    }
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["dr", "scenario", "database", "failback"],
+    default_args=DEFAULT_ARGS,
+    params={
+        **common_params(PLAN, environment_default=None),
+        "cluster": Param(
+            type="string",
+            enum=rebuild.clusters_with_replicas(PLAN),
+            title="Cluster",
+            description="The cluster whose primary role moves (from the DR plan).",
+            section="Switchover",
+        ),
+        "to_node": Param(
+            "primary",
+            type="string",
+            enum=list(rebuild.NODE_NAMES),
+            title="Switch to",
+            description="The node that becomes the primary: `primary` (the plan's home "
+            "primary: fail back) or `replica`. It must be a streaming standby now.",
+            section="Switchover",
+        ),
+        "maintenance_window_confirmed": Param(
+            False,
+            type="boolean",
+            title="Maintenance window confirmed",
+            description="Writes stop and the database's services restart during the "
+            "switch: set only inside an announced maintenance window.",
+            section="Switchover",
+        ),
+        "catch_up_seconds": Param(
+            60,
+            type="integer",
+            minimum=1,
+            title="Catch-up limit (seconds)",
+            description="How long the standby may take to replay the primary's LSN, before "
+            "(refused, nothing touched) and after writes stop (given up, writes resume).",
+            section="Switchover",
+        ),
+    },
+    doc_md=__doc__,
+)
+def dr_switchover():
+    run = guard()
+    checked = preconditions(run)
+    stopped = stop_services(run)
+    switched = switch(run)
+    checked >> stopped >> switched
+    started = start_services()
+    switched >> started
+    service_gate = RtoGate(
+        task_id="gate_new_primary",
+        check=rebuild.new_primary_serves(PLAN, ACCESS),
+        incident=run,
+        plan=PLAN,
+    )
+    rebuilt = rebuild_old_primary(run)
+    # the gate waits only for a switch that happened (start_services runs whatever did)
+    [switched, started] >> service_gate >> rebuilt
+    redundancy_gate = RtoGate(
+        task_id="gate_standby_streaming",
+        check=rebuild.standby_streams(PLAN, _endpoint),
+        incident=run,
+        plan=PLAN,
+        milestone="redundancy",
+    )
+    rebuilt >> redundancy_gate
+    scenario_tail(PLAN, run, [redundancy_gate], record_fields=record_fields, exclusive=True)
+
+
+dr_switchover()

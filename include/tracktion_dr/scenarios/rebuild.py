@@ -1,0 +1,351 @@
+"""Fail back: rebuild the old primary as a standby (``dr_standby_rebuild``) and the planned
+switchover back (``dr_switchover``), as plain Python.
+
+A cluster of the plan has two database nodes, named as the plan and the load balancer
+name them: ``primary`` (the cluster's ``conn_id`` / ``data_directory``) and ``replica``
+(its ``replica_*`` fields). A failover moves the *role* of primary to the replica; the
+names stay. So nothing here trusts the names for the roles: every run asks both nodes
+(``pg_is_in_recovery``) which one is the primary now, and acts on that.
+
+The mechanics (pg_rewind or a base backup, the clean shutdown, the LSN waits) are
+``postgres.rebuild``'s; this module checks the inputs, finds the roles, says what a run
+will do, and moves the services and the balancer around the switch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tracktion_dr.core.errors import AlreadyRecovered, FailoverRefused, InvalidInput, StepFailed
+from tracktion_dr.core.plan import Cluster, Environment, Plan
+from tracktion_dr.postgres import rebuild
+from tracktion_dr.postgres.commands import Endpoint
+from tracktion_dr.postgres.control import cluster_control, wait_until_accepting
+from tracktion_dr.postgres.pitr import start_server
+from tracktion_dr.postgres.replica import standby_streaming
+from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of, joined
+from tracktion_dr.scenarios.replica_reseed import check_inputs as reseed_inputs
+from tracktion_dr.scenarios.replica_reseed import clusters_with_replicas
+from tracktion_dr.services.failover import LoadBalancer, verify_write
+from tracktion_dr.services.recovery import dependency_order, probe_services
+
+log = logging.getLogger(__name__)
+
+NODE_NAMES = ("primary", "replica")
+EndpointOf = Callable[[str], Endpoint]  # conn id -> Endpoint (airflow.support.endpoint)
+
+__all__ = ["clusters_with_replicas"]
+
+
+# --- the nodes ---------------------------------------------------------------------------
+
+
+def cluster_nodes(cluster: Cluster, endpoint: EndpointOf) -> dict[str, rebuild.Node]:
+    """Both nodes of ``cluster``; the replication role's credentials at each node's own
+    address (the role exists on both: a physical standby is a copy)."""
+    assert cluster.replica_conn_id and cluster.replication_conn_id  # the guard checked
+    replication = endpoint(cluster.replication_conn_id)
+    nodes = {}
+    for name, conn_id, replica in (
+        ("primary", cluster.conn_id, False),
+        ("replica", cluster.replica_conn_id, True),
+    ):
+        admin = endpoint(conn_id)
+        nodes[name] = rebuild.Node(
+            name,
+            admin,
+            Endpoint(admin.host, admin.port, replication.user, replication.password),
+            cluster_control(cluster, replica=replica),
+        )
+    return nodes
+
+
+def find_roles(nodes: Mapping[str, rebuild.Node]) -> dict[str, Any]:
+    """Which node is the primary now and which one is (to be) its standby; a refusal
+    when there is none, or two."""
+    roles = {name: rebuild.node_role(node) for name, node in nodes.items()}
+    primaries = [name for name, (role, _) in roles.items() if role == "primary"]
+    said = joined({name: f"{role} ({detail})" for name, (role, detail) in roles.items()}, "")
+    if len(primaries) != 1:
+        raise FailoverRefused(
+            f"{'both nodes are' if primaries else 'no node is'} a writable primary: {said}; "
+            "nothing was touched",
+            hint=(
+                "fence the node the load balancer does not point to (dr_failover fences), "
+                "then rebuild it"
+                if primaries
+                else "fail over first (dr_failover target=database), then rebuild"
+            ),
+        )
+    primary = primaries[0]
+    other = next(name for name in nodes if name != primary)
+    return {"primary": primary, "standby": other, "roles": {n: r for n, (r, _) in roles.items()}}
+
+
+# --- dr_standby_rebuild --------------------------------------------------------------------
+
+
+def check_rebuild_inputs(
+    plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The cluster names both nodes completely (like a re-seed) - nothing touched."""
+    run = reseed_inputs(plan, incident, dict(params))
+    cluster = plan.environment(incident["environment"]).clusters[run["cluster"]]
+    run["data_directories"] = {
+        "primary": cluster.data_directory,
+        "replica": cluster.replica_data_directory,
+    }
+    run["prefer_rewind"] = bool(params.get("prefer_rewind", True))
+    return run
+
+
+def rebuild_plan_of_actions(run: dict[str, Any]) -> list[str]:
+    how = (
+        "pg_rewind a copy of it from the new primary when possible (same cluster, data "
+        "checksums or wal_log_hints on), else a fresh pg_basebackup"
+        if run["prefer_rewind"]
+        else "a fresh pg_basebackup of the new primary"
+    )
+    return [
+        f"ask both nodes of {run['cluster']} which one is the primary now; the other is "
+        "rebuilt (if it already streams from the primary: stop here, nothing to do)",
+        f"salvage its WAL the archive lacks into {run['wal_archive']}.salvage",
+        f"stop it and move its data directory aside to <dir>.pre_{run['tag']} (kept)",
+        how + ", in a staging directory; standby settings (primary_conninfo to the new "
+        "primary, its slot, its own port), then rename it into place",
+        "start it (the plan's control) and wait until it streams on the primary's timeline",
+    ]
+
+
+def _cluster(plan: Plan, run: dict[str, Any]) -> Cluster:
+    return environment_of(plan, run).clusters[run["cluster"]]
+
+
+def roles_step(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> dict[str, Any]:
+    found = find_roles(cluster_nodes(_cluster(plan, run), endpoint))
+    return {"detail": f"primary now: {found['primary']}; to rebuild: {found['standby']}", **found}
+
+
+def log_file_for(node: rebuild.Node, tag: str) -> Path:
+    data = node.data_directory
+    return data.with_name(f"{data.name}_rebuild_{tag}.log")
+
+
+def rebuild_standby(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> dict[str, Any]:
+    """Rebuild the node that is not the primary as its standby (resumable)."""
+    cluster = _cluster(plan, run)
+    nodes = cluster_nodes(cluster, endpoint)
+    found = find_roles(nodes)
+    new_primary, old = nodes[found["primary"]], nodes[found["standby"]]
+    result = rebuild.rebuild_as_standby(
+        new_primary,
+        old,
+        log_file_for(old, run["tag"]),
+        tag=run["tag"],
+        incident_id=run["incident_id"],
+        cluster_name=run["cluster"],
+        wal_archive=Path(run["wal_archive"]),
+        bindir=Path(cluster.bin_dir),
+        prefer_rewind=run.get("prefer_rewind", True),
+    )
+    return {**result, "primary": new_primary.name, "standby": old.name}
+
+
+def standby_streams(plan: Plan, endpoint: EndpointOf) -> GateCheck:
+    """Open when the node that is not the primary streams from it on its timeline."""
+
+    def check(run: dict[str, Any]) -> tuple[bool, str]:
+        nodes = cluster_nodes(_cluster(plan, run), endpoint)
+        try:
+            found = find_roles(nodes)
+        except FailoverRefused as exc:
+            return False, str(exc).splitlines()[0]
+        primary, standby = nodes[found["primary"]], nodes[found["standby"]]
+        return standby_streaming(primary.admin, standby.admin, standby.name)
+
+    return check
+
+
+# --- dr_switchover -------------------------------------------------------------------------
+
+
+def check_switchover_inputs(
+    plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The window confirmed, a known node to switch to, a complete cluster; nothing touched."""
+    if not params.get("maintenance_window_confirmed"):
+        raise InvalidInput(
+            "maintenance_window_confirmed",
+            "a switchover stops every write for its duration and restarts the services "
+            "that use the database: it runs only in a maintenance window",
+            hint="announce the window, then trigger again with maintenance_window_confirmed = true",
+        )
+    to_node = str(params.get("to_node") or "")
+    if to_node not in NODE_NAMES:
+        raise InvalidInput("to_node", f"{to_node or 'nothing'!r} is not one of {NODE_NAMES}")
+    catch_up = float(params.get("catch_up_seconds") or rebuild.CATCH_UP_SECONDS)
+    if catch_up <= 0:
+        raise InvalidInput("catch_up_seconds", f"{catch_up:g} is not a positive number")
+    run = check_rebuild_inputs(plan, incident, params)
+    environment = environment_of(plan, run)
+    if environment.load_balancer is None:
+        raise InvalidInput(
+            "environment",
+            f"{incident['environment']!r} defines no load_balancer: the switch repoints "
+            "its database backend",
+        )
+    databases = [n for n, db in environment.databases.items() if db.cluster == run["cluster"]]
+    return {
+        **run,
+        "to_node": to_node,
+        "catch_up_seconds": catch_up,
+        "databases": databases,
+        "services": services_using(environment, databases),
+        "prefer_rewind": True,
+    }
+
+
+def services_using(environment: Environment, databases: list[str]) -> list[str]:
+    users = [
+        name
+        for name, service in environment.services.items()
+        if any(db in service.depends_on for db in databases)
+    ]
+    return dependency_order(environment, users)
+
+
+def switchover_plan_of_actions(run: dict[str, Any]) -> list[str]:
+    to, services = run["to_node"], ", ".join(run["services"]) or "none"
+    return [
+        f"check that {to} is a standby streaming from the primary and replays the primary's "
+        f"current LSN within {run['catch_up_seconds']:.0f}s (else refuse: nothing touched)",
+        f"stop the services that use the database ({services})",
+        "stop writes on the primary: default_transaction_read_only, client sessions ended",
+        f"wait until {to} replayed exactly the primary's current LSN",
+        "shut the primary down cleanly; check its shutdown checkpoint reached "
+        f"{to}; promote {to} (pg_promote); repoint the load balancer's database backend",
+        f"start the services again; gate: a write commits on {to}, the services are healthy",
+        "rebuild the old primary as a standby of the new one (pg_rewind after the clean "
+        "shutdown, a fresh base backup otherwise); gate: it streams",
+    ]
+
+
+def switchover_preconditions(
+    plan: Plan, run: dict[str, Any], endpoint: EndpointOf
+) -> dict[str, Any]:
+    nodes = cluster_nodes(_cluster(plan, run), endpoint)
+    to = nodes[run["to_node"]]
+    found = find_roles(nodes)
+    if found["primary"] == to.name:
+        streaming, why = standby_streaming(
+            to.admin, nodes[found["standby"]].admin, found["standby"]
+        )
+        raise AlreadyRecovered(
+            f"{to.name} is already the primary ({why}): nothing to switch",
+            hint="nothing to do" if streaming else "rebuild the standby (dr_standby_rebuild)",
+        )
+    checked = rebuild.switchover_preconditions(
+        nodes[found["primary"]], to, catch_up_seconds=run["catch_up_seconds"]
+    )
+    return {**checked, "from_node": found["primary"]}
+
+
+def stop_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
+    """Stop the database's users, dependents first (the reverse of the start order)."""
+    environment = environment_of(plan, run)
+    for name in reversed(run["services"]):
+        spec = environment.services[name]
+        access.controller(environment.controllers[spec.controller]).stop(spec.unit or name)
+    return {"detail": f"stopped {', '.join(run['services']) or 'nothing'}"}
+
+
+def start_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
+    environment = environment_of(plan, run)
+    for name in run["services"]:
+        spec = environment.services[name]
+        access.controller(environment.controllers[spec.controller]).start(spec.unit or name)
+    return {"detail": f"started {', '.join(run['services']) or 'nothing'}"}
+
+
+def switch(
+    plan: Plan, run: dict[str, Any], endpoint: EndpointOf, access: SystemAccess
+) -> dict[str, Any]:
+    """Stop writes, wait for the exact catch-up, shut the primary down cleanly, promote,
+    repoint the balancer. Resumable: a promoted target skips to the balancer; a primary
+    already shut down cleanly is only checked. Given up before the promotion, the old
+    primary is made writable again (started if it was stopped) and the step fails."""
+    environment = environment_of(plan, run)
+    nodes = cluster_nodes(_cluster(plan, run), endpoint)
+    to = nodes[run["to_node"]]
+    old = next(node for name, node in nodes.items() if name != to.name)
+    actions: list[str] = []
+    to_role, said = rebuild.node_role(to)
+    if to_role == "down":
+        raise StepFailed(f"{to.name} does not answer ({said}): not switching")
+    if to_role == "standby":
+        try:
+            if old.control.is_running():
+                actions.append(rebuild.stop_writes(old))
+                actions.append(rebuild.wait_caught_up(old, to, run["catch_up_seconds"])["detail"])
+            actions.append(rebuild.shut_down_cleanly(old, to, run["catch_up_seconds"]))
+        except Exception as exc:
+            actions.append(give_back(old, run))
+            raise StepFailed(
+                f"switchover given up before the promotion ({exc}); " + "; ".join(actions)
+            ) from exc
+        actions.append(rebuild.promote(to))
+    else:
+        actions.append(f"{to.name} is already promoted")
+    actions.append(rebuild.allow_writes(to))
+    actions.append(rebuild.forget_upstream(to))
+    assert environment.load_balancer is not None  # the guard refused an environment without
+    LoadBalancer(access.url(environment.load_balancer.conn_id)).switch(
+        "database", old.name, to.name
+    )
+    actions.append(f"load balancer database backend -> {to.name}")
+    for action in actions:
+        log.info("%s", action)
+    return {"detail": "; ".join(actions), "actions": actions, "old_primary": old.name}
+
+
+def give_back(old: rebuild.Node, run: dict[str, Any]) -> str:
+    """The switchover did not happen: the old primary serves writes again (started if the
+    clean shutdown already happened). Said, never hidden: the operator must know."""
+    notes = []
+    try:
+        if not old.control.is_running():
+            start_server(old.control, log_file_for(old, run["tag"]))
+            notes.append(f"started {old.name} again")
+        if not wait_until_accepting(old.data_directory, rebuild.CATCH_UP_SECONDS):
+            return "; ".join([*notes, f"{old.name} does not accept connections: see its log"])
+        notes.append(rebuild.allow_writes(old))
+    except Exception as exc:
+        notes.append(f"could not make {old.name} writable again: {exc}")
+    return "; ".join(notes)
+
+
+def new_primary_serves(plan: Plan, access: SystemAccess) -> GateCheck:
+    """Open when a write commits on the new primary and the services using it are healthy."""
+
+    def check(run: dict[str, Any]) -> tuple[bool, str]:
+        environment = environment_of(plan, run)
+        cluster = environment.clusters[run["cluster"]]
+        conn_id = cluster.conn_id if run["to_node"] == "primary" else cluster.replica_conn_id
+        assert conn_id
+        try:
+            written = verify_write(access.conninfo(conn_id, run["databases"][0]))
+        except Exception as exc:  # not writable yet: keep waiting
+            return False, str(exc).strip().splitlines()[-1][:160]
+        down = {
+            n: r["detail"]
+            for n, r in probe_services(environment, run["services"]).items()
+            if not r["healthy"]
+        }
+        if down:
+            return False, f"{written}; services not back yet: {down}"
+        return True, f"{written}; {len(run['services'])} services using it healthy"
+
+    return check
