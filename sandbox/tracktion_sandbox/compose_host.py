@@ -87,6 +87,7 @@ PRIMARY_HOST_ENV = "DR_PRIMARY_HOST"  # where the replica host finds the primary
 NETWORK_CONF_FILE = "compose.conf"  # included after the sandbox's own sandbox.conf
 SEED_SIZE_ENV = "DR_SANDBOX_SEED_SIZE"
 HOST_STOP_SECONDS = 60
+HOST_UMASK = "002"
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -343,6 +344,10 @@ def run_host(host: str, layout: SandboxLayout) -> int:
     text = text.replace(
         f"stopwaitsecs={supervisor.STOPWAITSECS}\n", f"stopwaitsecs={HOST_STOP_SECONDS}\n"
     )
+    # The host's worker runs as root and shares the task log volume with the airflow user
+    # (uid 50000, group root) of the other workers: folders it makes for a run must be
+    # group-writable, or the default worker cannot log its tasks of the same run.
+    text = text.replace("[supervisord]\n", f"[supervisord]\numask={HOST_UMASK}\n", 1)
     supervisor._write_private(layout.supervisor_conf, text)
     argv = [
         str(Path(sys.executable).with_name("supervisord")),
