@@ -150,18 +150,22 @@ def api(deployment) -> Api:
 def test_every_service_of_the_deployment_is_healthy(deployment):
     """``docker-compose ps`` of the topology: every container running and healthy."""
     ids = compose(deployment, "ps", "-q").stdout.split()
+    template = (
+        "{{.Name}} {{.State.Status}} "
+        "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}"
+    )
     states = subprocess.run(
-        ["docker", "inspect", "-f", "{{.Name}} {{.State.Status}} {{.State.Health.Status}}", *ids],
-        capture_output=True,
-        text=True,
-        check=True,
+        ["docker", "inspect", "-f", template, *ids], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     services = {line.split()[0].lstrip("/"): line.split()[1:] for line in states}
-    for name in ("db-primary", "db-replica", "app", "ops-db", "load-balancer", "s3"):
+    for name in ("db-primary", "db-replica", "app", "ops-db", "load-balancer", "s3", "sink"):
         assert any(name in container for container in services), f"{name} is not running"
-    unhealthy = {n: s for n, s in services.items() if s != ["running", "healthy"]}
-    # airflow-init is the one container that exits when its job is done.
-    assert {n for n in unhealthy if "airflow-init" not in n} == set(), unhealthy
+    # airflow-init is the one container that exits, successfully, when its job is done.
+    expected = {
+        n: ["exited", "none", "0"] if "airflow-init" in n else ["running", "healthy", "0"]
+        for n in services
+    }
+    assert services == expected
 
 
 def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deployment, api):
