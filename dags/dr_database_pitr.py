@@ -43,8 +43,9 @@ waits at the target, is validated read-only, and this DAG promotes it.
 
 **Where each step runs** (a plan with `hosts`, CeleryExecutor): the guard, the data
 directory steps, the recovery gate, promote and the data-loss measurement on the cluster's
-host; stop/start services on the application host; the re-seed on the replica's host; the
-service gates, validation and the record/notify tail on the default queue.
+host; stop/start services and the functional checks (their sample files) on the
+application host; the re-seed on the replica's host; the health gate, validation and the
+record/notify tail on the default queue.
 
 **Killed mid-way?** Re-run with the same `incident_id` (and `incident_started_at`): every
 step checks the actual state first and does only what is missing - no second outage, one
@@ -348,6 +349,8 @@ def dr_database_pitr():
         check=functional_checks_pass(PLAN),
         incident=run,
         plan=PLAN,
+        # a functional check uploads its sample file, which lives on the application host
+        **steps.on_host("application"),
     )
     [promoted, services_started] >> gate_services >> gate_functional
     # Service first: the standby and the bookkeeping come after the service gates.

@@ -39,7 +39,7 @@ EXPECTED_HOST = {
     "promote": "db-primary",
     "start_services": "app",
     "gate_services_healthy": None,
-    "gate_functional_checks": None,
+    "gate_functional_checks": "app",  # its sample file is on the app host
     "measure_data_loss": "db-primary",
     "reseed_replica": "db-replica",
     "record": None,

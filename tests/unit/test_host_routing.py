@@ -40,7 +40,7 @@ PITR_QUEUES = {
     "promote": DB_PRIMARY,
     "start_services": APP,
     "gate_services_healthy": "default",
-    "gate_functional_checks": "default",
+    "gate_functional_checks": APP,  # uploads its sample file from the app host
     "measure_data_loss": DB_PRIMARY,  # the recovery log
     "reseed_replica": DB_REPLICA,
     "record": "default",
