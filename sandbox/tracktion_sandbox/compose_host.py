@@ -87,7 +87,7 @@ PRIMARY_HOST_ENV = "DR_PRIMARY_HOST"  # where the replica host finds the primary
 NETWORK_CONF_FILE = "compose.conf"  # included after the sandbox's own sandbox.conf
 SEED_SIZE_ENV = "DR_SANDBOX_SEED_SIZE"
 HOST_STOP_SECONDS = 60
-HOST_UMASK = "002"
+HOST_UMASK = 0o002  # see run_worker
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -236,12 +236,25 @@ def keep_postgres(layout: SandboxLayout, name: str) -> int:
 
 
 def _worker(host: str, layout: SandboxLayout) -> supervisor.Program:
-    airflow = str(Path(sys.executable).with_name("airflow"))
     return supervisor.Program(
         name="airflow-worker",
-        command=[airflow, "celery", "worker", "--queues", HOST_QUEUES[host]],
+        command=[sys.executable, "-m", "tracktion_sandbox.compose_host", "worker", host],
         environment={"DR_SANDBOX_HOME": str(layout.home)},
     )
+
+
+def run_worker(host: str) -> int:
+    """Become ``airflow celery worker --queues <the host's queue>`` with umask 002.
+
+    The host's worker runs as root and shares the task log volume with the airflow user
+    (uid 50000, group root) of the other workers: the folders it makes for a run must be
+    group-writable, or the default worker cannot log its tasks of the same run (Airflow
+    makes them 0o775, less the umask; supervisord leaves its children at 022)."""
+    os.umask(HOST_UMASK)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    argv = [airflow, "celery", "worker", "--queues", HOST_QUEUES[host]]
+    os.execv(argv[0], argv)  # noqa: S606 - an argument list, no shell
+    return 1  # not reached
 
 
 def app_programs(layout: SandboxLayout, secrets: SandboxSecrets) -> list[supervisor.Program]:
@@ -344,10 +357,6 @@ def run_host(host: str, layout: SandboxLayout) -> int:
     text = text.replace(
         f"stopwaitsecs={supervisor.STOPWAITSECS}\n", f"stopwaitsecs={HOST_STOP_SECONDS}\n"
     )
-    # The host's worker runs as root and shares the task log volume with the airflow user
-    # (uid 50000, group root) of the other workers: folders it makes for a run must be
-    # group-writable, or the default worker cannot log its tasks of the same run.
-    text = text.replace("[supervisord]\n", f"[supervisord]\numask={HOST_UMASK}\n", 1)
     supervisor._write_private(layout.supervisor_conf, text)
     argv = [
         str(Path(sys.executable).with_name("supervisord")),
@@ -485,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(OPS_DB, help="run the ledger's cluster in the foreground")
     for name in (LOAD_BALANCER, SINK, S3):
         sub.add_parser(name, help=f"run the {name} container's program")
+    worker = sub.add_parser("worker", help="run a host's Celery worker (umask 002)")
+    worker.add_argument("host", choices=sorted(HOST_QUEUES))
     served = sub.add_parser("serve", help="run a sandbox program on every interface")
     served.add_argument("module", choices=SERVED_MODULES)
     served.add_argument("args", nargs=argparse.REMAINDER)
@@ -499,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         return keep_postgres(layout, args.cluster)
     if args.command == OPS_DB:
         return keep_postgres(layout, "ops")
+    if args.command == "worker":
+        return run_worker(args.host)
     if args.command == "serve":
         return serve(args.module, args.args)
     if args.command == LOAD_BALANCER:

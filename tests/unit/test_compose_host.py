@@ -75,7 +75,11 @@ def test_app_programs_reach_the_database_and_balancer_by_name(tmp_path):
     assert service.command[1:5] == ["-m", "tracktion_sandbox.compose_host", "serve", "service"]
     assert "@db-primary:55432/" in service.environment["TRACKTION_DATABASE_URL"]
     assert service.environment["TRACKTION_DATABASE_ROUTE"] == "http://load-balancer:18080"
-    assert programs["airflow-worker"].command[-2:] == ["--queues", "host_app"]
+    assert programs["airflow-worker"].command[-3:] == [
+        "tracktion_sandbox.compose_host",
+        "worker",
+        "app",
+    ]
     for program in programs.values():
         assert not [v for v in program.environment.values() if "127.0.0.1" in v], program.name
 
