@@ -35,6 +35,10 @@ def pytest_configure(config):
 
 
 def _compose_command() -> list[str]:
+    """``$COMPOSE`` (as the Makefile takes it, e.g. ``docker compose`` for v2), else
+    docker-compose 1.29 when installed, else Compose v2."""
+    if os.environ.get("COMPOSE"):
+        return os.environ["COMPOSE"].split()
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     return ["docker", "compose"]
