@@ -72,11 +72,13 @@ ENV PATH=/opt/venv/bin:/usr/lib/postgresql/15/bin:$PATH \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     PYTHONUNBUFFERED=1
 # The airflow user (uid 50000, group root) as in Airflow's own images, so volumes written by
-# one service are readable by the others.
+# one service are readable by the others. /srv/tracktion: the `topology` profile's stand-in
+# state (the sandbox's layout; reports and records of tasks on the default worker).
 RUN useradd --uid "${AIRFLOW_UID}" --gid 0 --home-dir /opt/airflow --create-home \
       --shell /bin/bash airflow \
  && install -d -o airflow -g 0 -m 0775 /opt/airflow/logs /opt/airflow/auth \
- && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
+ && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
+ && install -d -o airflow -g 0 -m 0775 /srv/tracktion
 COPY --from=venv /opt/venv /opt/venv
 # The library reads its plan files (include/config) and the DAG folder relative to its own
 # source, so the project is installed in place (editable) with the repository's layout

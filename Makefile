@@ -4,6 +4,7 @@
 #   make airflow  airflow standalone wired to the sandbox (UI on http://localhost:8080)
 #   make shell    a shell where plain "airflow ..." commands act on the sandbox
 #   make deploy-up    the docker-compose deployment (CeleryExecutor): build, start, wait healthy
+#   make deploy-test  the topology profile up, dr_database_pitr over REST, every step on its host
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
@@ -14,10 +15,10 @@ PYTEST_ARGS ?=
 
 .PHONY: help install postgres chromium demo-pitr sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
         demo test lint airflow shell bench constraints \
-        deploy-image deploy-env deploy-up deploy-down deploy-status
+        deploy-image deploy-env deploy-up deploy-down deploy-status deploy-test
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# *//'
+	@sed -n '2,8p' Makefile | sed 's/^# *//'
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -92,7 +93,7 @@ deploy-image:
 
 # The env files with random secrets (kept when they exist).
 deploy-env:
-	@bash scripts/deploy-env.sh
+	@DEPLOY_PROFILES="$(DEPLOY_PROFILES)" bash scripts/deploy-env.sh
 
 deploy-up: deploy-image deploy-env
 	$(DEPLOY_COMPOSE) up -d
@@ -106,3 +107,11 @@ deploy-down:
 
 deploy-status:
 	@$(DEPLOY_COMPOSE) ps
+
+# The deployment test (tests/deploy/test_deploy_topology.py): starts Docker if needed, builds
+# the images when missing, brings the `topology` profile up (project tracktion-deploy-test,
+# API on 127.0.0.1:18380), recovers the primary with dr_database_pitr over REST and checks
+# where each task ran, the services and the data; then removes the project (DEPLOY_KEEP=1
+# keeps it running).
+deploy-test: install
+	@$(ENV) DEPLOY_TEST=required $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy $(PYTEST_ARGS)

@@ -41,6 +41,12 @@ waits at the target, is validated read-only, and this DAG promotes it.
    WAL salvaged, moved aside (`<dir>.pre_<incident>`), re-seeded, started, waited for.
 9. **measure_data_loss** from the canary, **record** to the ledger, **notify**, **verdict**.
 
+**Where each step runs** (a plan with `hosts`, CeleryExecutor): the guard, the data
+directory steps, the recovery gate, promote and the data-loss measurement on the cluster's
+host; stop/start services and the functional checks (their sample files) on the
+application host; the re-seed on the replica's host; the health gate, validation and the
+record/notify tail on the default queue.
+
 **Killed mid-way?** Re-run with the same `incident_id` (and `incident_started_at`): every
 step checks the actual state first and does only what is missing - no second outage, one
 kept copy per data directory per incident.
@@ -112,7 +118,7 @@ def _record_fields(run: dict, context) -> dict:
 # The steps, each written once through the kit; the DAG below only wires them.
 
 
-@steps.guard()
+@steps.guard(host="database_primary")
 def guard(**context) -> dict:
     from tracktion_dr.scenarios.database import guard_pitr, salvage_current_wal
 
@@ -135,7 +141,7 @@ def guard(**context) -> dict:
     return {**incident, **pitr_plan, **exclusivity}
 
 
-@steps.step("destructive")
+@steps.step("destructive", host="application")
 def stop_services(run: dict, **context) -> dict | str:
     from tracktion_dr.airflow.support import controller
     from tracktion_dr.scenarios.database import recovered_primary
@@ -149,7 +155,7 @@ def stop_services(run: dict, **context) -> dict | str:
     return stop(PLAN.environment(run["environment"]), run["services"], controller)
 
 
-@steps.step("destructive")
+@steps.step("destructive", host="database_primary")
 def stage_recovery(run: dict, **context) -> str:
     from tracktion_dr.scenarios.database import catalog_for
     from tracktion_dr.scenarios.database import stage_recovery as stage
@@ -159,14 +165,14 @@ def stage_recovery(run: dict, **context) -> str:
     return stage(cluster, run, catalog_for(PLAN.environment(run["environment"]), cluster))
 
 
-@steps.step("destructive")
+@steps.step("destructive", host="database_primary")
 def prepare_data_directory(run: dict, **context) -> str:
     from tracktion_dr.scenarios.database import prepare_data_directory as prepare
 
     return prepare(_cluster(run), run)
 
 
-@steps.step("destructive")
+@steps.step("destructive", host="database_primary")
 def start_postgres(run: dict, **context) -> str:
     from tracktion_dr.scenarios.database import start_recovery_server
 
@@ -189,14 +195,14 @@ def validate_recovered(run: dict, **context) -> dict:
     return {"detail": checks or "no databases", "reports": reports}
 
 
-@steps.step("destructive")
+@steps.step("destructive", host="database_primary")
 def promote(run: dict, **context) -> str:
     from tracktion_dr.scenarios.database import promote_recovered
 
     return promote_recovered(_cluster(run), run, _admin(run))
 
 
-@steps.step("destructive", after_all=True)
+@steps.step("destructive", after_all=True, host="application")
 def start_services(run: dict, **context) -> dict | str:
     """Runs whatever happened after stop_services: services must not stay down because
     a later step failed (their health gates then tell the truth)."""
@@ -208,7 +214,7 @@ def start_services(run: dict, **context) -> dict | str:
     return start(PLAN.environment(run["environment"]), run["services"], controller)
 
 
-@steps.step("destructive", milestone="redundancy", after_all=True)
+@steps.step("destructive", milestone="redundancy", after_all=True, host="database_replica")
 def reseed_replica(run: dict, **context) -> dict | str:
     """After the service gates, whatever they found: a standby brings redundancy back,
     not service (recorded as "redundancy restored", outside the RTO)."""
@@ -231,7 +237,7 @@ def reseed_replica(run: dict, **context) -> dict | str:
     return reseed_standby(cluster, run)
 
 
-@steps.step("check", skip_in_dry_run=True, after_all=True)
+@steps.step("check", skip_in_dry_run=True, after_all=True, host="database_primary")
 def measure_data_loss(run: dict, **context) -> dict:
     """Once the primary is recovered, whatever the gates found."""
     from tracktion_dr.postgres.measure import canary_data_loss
@@ -321,6 +327,8 @@ def dr_database_pitr():
         check=named_check("recovery_target_reached"),
         incident=run,
         plan=PLAN,
+        # it reads the postmaster's pid file and log on the cluster's host
+        **steps.on_host("database_primary"),
     )
     validated = validate_recovered(run)
     promoted = promote(run)
@@ -337,6 +345,8 @@ def dr_database_pitr():
         check=named_check("functional_checks_pass"),
         incident=run,
         plan=PLAN,
+        # a functional check uploads its sample file, which lives on the application host
+        **steps.on_host("application"),
     )
     [promoted, services_started] >> gate_services >> gate_functional
     # Service first: the standby and the bookkeeping come after the service gates.

@@ -20,7 +20,14 @@ owns everything around it, the same for every DAG:
 * **the retry policy per kind of step** (:data:`STEP_POLICIES`): destructive steps are
   resumable (they look at the actual state first), so they are retried; checks once;
   bookkeeping and notification never (their failure must not hide the recovery's outcome);
-* **the lease**: an acting step renews its run's target locks as it starts.
+* **the lease**: an acting step renews its run's target locks as it starts;
+* **the host it runs on**: ``@step(kind, host="database_primary")`` says which host the
+  step acts on (a role: ``database_primary``, ``database_replica``, ``application``,
+  ``storage``); the kit sets the task's ``queue`` to that host's worker queue from the plan
+  (:meth:`~tracktion_dr.core.plan.Plan.queue_for`). A step without ``host`` only talks over
+  the network and stays on the default queue, and so does every step when the plan names
+  no hosts (the local sandbox; LocalExecutor ignores queues anyway). Operators that are not
+  steps (gates) take the same routing with ``**on_host(role)``.
 
 The guard is the one task that makes ``run``; :func:`guard` wraps it the same way (its
 refusals are final and its log shows the plan of actions).
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
@@ -37,7 +45,8 @@ from typing import Any, Literal
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tracktion_dr.core.errors import Refused, ValidationFailed
+from tracktion_dr.core.errors import InvalidInput, Refused, ValidationFailed
+from tracktion_dr.core.plan import HOST_ROLES, HostRole, Plan, load_plan, plan_path
 from tracktion_dr.core.timeline import Event
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,35 @@ STEP_POLICIES: dict[str, dict[str, Any]] = {
     "notify": {"retries": 0},
 }
 ACTING_KINDS = frozenset({"destructive"})
+
+
+@functools.lru_cache(maxsize=4)
+def _routing_plan(path: str, mtime_ns: int) -> Plan:
+    return load_plan(path)
+
+
+def host_queue(role: HostRole | None, plan: Plan | None = None) -> str | None:
+    """The Celery queue of the host a ``role`` step acts on, from ``plan`` (default: the
+    plan in force, ``DR_PLAN``, read once per file version); None: the default queue."""
+    if role is None:
+        return None
+    if role not in HOST_ROLES:
+        raise InvalidInput(
+            "host",
+            f"unknown host role {role!r}",
+            hint=f"one of {', '.join(HOST_ROLES)} (the thing the step acts on)",
+        )
+    if plan is None:
+        path = plan_path()
+        plan = _routing_plan(str(path), os.stat(path).st_mtime_ns)
+    return plan.queue_for(role)
+
+
+def on_host(role: HostRole | None, plan: Plan | None = None) -> dict[str, Any]:
+    """Task arguments routing an operator to the worker of the host ``role`` names:
+    ``{"queue": ...}``, or nothing when the plan names no such host."""
+    queue = host_queue(role, plan)
+    return {"queue": queue} if queue else {}
 
 
 def now_iso() -> str:
@@ -124,9 +162,13 @@ def step(
     after_all: bool = False,
     skip_in_dry_run: bool | None = None,
     event_kind: Literal["step", "gate"] = "step",
+    host: HostRole | None = None,
     **task_kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Make ``fn(run, *upstream, **context)`` a scenario step (see the module doc).
+
+    ``host``: what the step acts on locally (``database_primary``, ``database_replica``,
+    ``application``, ``storage``): the task goes to that host's queue (see the module doc).
 
     ``after_all``: the step runs whatever happened upstream (trigger rule *all done*, e.g.
     starting services again after a failed restore); it is wired without a ``run``
@@ -142,7 +184,7 @@ def step(
 
     def decorate(fn: Callable[..., Any]) -> Any:
         name = task_id or fn.__name__
-        kwargs = {**STEP_POLICIES[kind], **task_kwargs}
+        kwargs = {**STEP_POLICIES[kind], **on_host(host), **task_kwargs}
         if after_all:
             kwargs.setdefault("trigger_rule", "all_done")
 
@@ -205,12 +247,13 @@ def step(
     return decorate
 
 
-def guard(**task_kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+def guard(host: HostRole | None = None, **task_kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     """The guard task: ``fn(**context) -> run`` checks everything and touches nothing. Its
-    refusals are final; its result is the run every later step receives."""
+    refusals are final; its result is the run every later step receives. ``host``: where
+    what it inspects lives (e.g. a cluster's WAL and backups), as for :func:`step`."""
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        kwargs = {**STEP_POLICIES["guard"], **task_kwargs}
+        kwargs = {**STEP_POLICIES["guard"], **on_host(host), **task_kwargs}
 
         @task(task_id="guard", **kwargs)
         def run_guard(**context: Any) -> dict[str, Any]:

@@ -261,6 +261,38 @@ class ScheduledTest(_Model):
     participants: list[str] = []
 
 
+# --- hosts: where a step that acts on a machine runs ---------------------------------------
+
+_HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}$")
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+
+# What a host-bound step acts on (the step kit's ``@step(kind, host=...)``): the host of the
+# clusters' primaries, of their replicas, of the services' controllers, of the storage.
+HostRole = Literal["database_primary", "database_replica", "application", "storage"]
+HOST_ROLES: tuple[str, ...] = ("database_primary", "database_replica", "application", "storage")
+
+
+def _check_queue(value: Any) -> str:
+    if not isinstance(value, str) or not _QUEUE_NAME.match(value):
+        raise ValueError(f"not a Celery queue name: {value!r} (letters, digits, _ . -)")
+    return value
+
+
+QueueName = Annotated[str, BeforeValidator(_check_queue)]
+
+
+class Host(_Model):
+    """A machine of the environment that DR steps act on (a data directory, a service
+    controller, local files). ``queue`` is the Celery queue its own worker consumes: a step
+    that acts on the host is routed there, so it runs on that machine. A host without a
+    queue (the ledger's database host, the load balancer) is named for the record only; no
+    step may be routed to it."""
+
+    queue: QueueName | None = None
+    address: str | None = None  # its DNS name, for the operator (not used for routing)
+    description: str = ""
+
+
 _DEBIAN_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")
 # systemd unit names (the Debian template instance is postgresql@<version>-<name>)
 _SYSTEMD_UNIT = re.compile(r"^[A-Za-z0-9:_.@\-]{1,250}$")
@@ -349,6 +381,9 @@ class Cluster(_Model):
 
     conn_id: ConnId  # superuser maintenance connection
     data_directory: str
+    # The hosts (environment ``hosts``) of the primary's and the replica's data directory.
+    host: str | None = None
+    replica_host: str | None = None
     bin_dir: str = "/usr/lib/postgresql/15/bin"
     os_user: str = "postgres"
     # How its host starts and stops it (pg_ctl, pg_ctlcluster, a systemd unit).
@@ -447,6 +482,7 @@ class Service(_Model):
 class Controller(_Model):
     kind: Literal["supervisord", "docker_compose", "systemd"]
     conn_id: ConnId | None = None  # supervisord: XML-RPC endpoint and credentials
+    host: str | None = None  # the application host it runs on (environment ``hosts``)
     compose_file: str | None = None
     project: str | None = None
 
@@ -938,6 +974,10 @@ class Environment(_Model):
     services: dict[str, Service]
     controllers: dict[str, Controller]
     storage: dict[str, StorageArea] = {}
+    # The machines DR steps act on and their workers' queues; clusters, controllers and
+    # storage_host name them. No hosts: every step stays on the default queue.
+    hosts: dict[str, Host] = {}
+    storage_host: str | None = None  # the host that holds the storage areas' paths
     config_paths: list[str] = []
     # dr_config_recovery: the modes the seed sets on restored files (glob -> octal mode),
     # the owner (user:group) when the plan says so, which environment variables a
@@ -959,6 +999,31 @@ class Environment(_Model):
     # hosted zone's records and the viewpoints they are checked from.
     recovery_site: RecoverySite | None = None
     dns: Dns | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, value: dict[str, Host]) -> dict[str, Host]:
+        bad = sorted(name for name in value if not _HOST_NAME.match(name))
+        if bad:
+            raise ValueError(f"not host names (lower case, digits, . -): {bad}")
+        return value
+
+    def role_hosts(self, role: str) -> dict[str, str]:
+        """The hosts a step of ``role`` acts on here: field path (within the environment)
+        -> host name, for every cluster / controller / storage that names one."""
+        if role == "database_primary":
+            return {f"clusters.{n}.host": c.host for n, c in self.clusters.items() if c.host}
+        if role == "database_replica":
+            return {
+                f"clusters.{n}.replica_host": c.replica_host
+                for n, c in self.clusters.items()
+                if c.replica_host
+            }
+        if role == "application":
+            return {f"controllers.{n}.host": c.host for n, c in self.controllers.items() if c.host}
+        if role == "storage":
+            return {"storage_host": self.storage_host} if self.storage_host else {}
+        raise ValueError(f"unknown host role {role!r} (known: {list(HOST_ROLES)})")
 
     def dependents_of(self, name: str) -> list[str]:
         """Services that depend on ``name`` (a service, database or storage area), directly
@@ -1275,10 +1340,68 @@ class Plan(_Model):
                         )
             problems += _dependency_problems(base, env)
             problems += _site_problems(base, env, self.tiers)
+            problems += _host_problems(base, env)
             cycle = _find_cycle({n: s.depends_on for n, s in env.services.items()})
             if cycle:
                 problems.append((f"{base}.services", f"dependency cycle: {' -> '.join(cycle)}"))
+        problems += self._routing_problems()
         return problems
+
+    def _routing_problems(self) -> list[tuple[str, str]]:
+        """A task has one queue, fixed when its DAG is parsed: every environment must send
+        a role's steps to the same queue, or a run in one environment would act on
+        another's host. An environment that names no host for a role while another does
+        is refused for the same reason (its runs would go to the other's host)."""
+        problems: list[tuple[str, str]] = []
+        for role in HOST_ROLES:
+            first: tuple[str, str] | None = None  # (field path, queue)
+            unrouted: list[str] = []
+            for env_name, env in self.environments.items():
+                paths = env.role_hosts(role)
+                if not paths:
+                    if _role_applies(env, role):
+                        unrouted.append(env_name)
+                    continue
+                for path, host in paths.items():
+                    queue = env.hosts[host].queue if host in env.hosts else None
+                    if queue is None:
+                        continue  # reported by _host_problems
+                    where = f"environments.{env_name}.{path}"
+                    if first is None:
+                        first = (where, queue)
+                    elif queue != first[1]:
+                        problems.append(
+                            (
+                                where,
+                                f"sends {role} steps to queue {queue!r}, but {first[0]} "
+                                f"sends them to {first[1]!r}: a task has one queue, fixed when "
+                                "its DAG is parsed, so a run would act on the wrong host "
+                                "(put these on hosts whose workers share one queue, or run "
+                                "the other environment from its own Airflow deployment)",
+                            )
+                        )
+            if first is not None:
+                for env_name in unrouted:
+                    problems.append(
+                        (
+                            f"environments.{env_name}",
+                            f"names no host for its {role} steps, but {first[0]} sends them "
+                            f"to queue {first[1]!r}: this environment's runs would act on that "
+                            "host; name its hosts (the same queue) or run it from its own "
+                            "Airflow deployment",
+                        )
+                    )
+        return problems
+
+    def queue_for(self, role: str) -> str | None:
+        """The Celery queue of the host that ``role``'s steps act on; None when the plan
+        names no host for it (the step stays on the default queue). Validated at load to
+        be one queue across the environments."""
+        for env in self.environments.values():
+            for host in env.role_hosts(role).values():
+                if host in env.hosts and env.hosts[host].queue:
+                    return env.hosts[host].queue
+        return None
 
     # -- conveniences used by DAGs --------------------------------------------------------
 
@@ -1327,6 +1450,42 @@ def _dependency_problems(base: str, env: Environment) -> list[tuple[str, str]]:
                         f"{path}.file",
                         f"{setting.file} is neither the config_env_file nor under the "
                         "config_paths: the configuration safety snapshot would not cover it",
+                    )
+                )
+    return problems
+
+
+def _role_applies(env: Environment, role: str) -> bool:
+    """Whether the environment has anything a step of ``role`` would act on."""
+    if role == "database_primary":
+        return bool(env.clusters)
+    if role == "database_replica":
+        return any(c.replica_data_directory for c in env.clusters.values())
+    if role == "application":
+        return bool(env.services)
+    return bool(env.storage)
+
+
+def _host_problems(base: str, env: Environment) -> list[tuple[str, str]]:
+    """Every host a cluster, controller or the storage names is one of the environment's
+    hosts, and has a queue (a step acting on it must be routed to its worker)."""
+    problems: list[tuple[str, str]] = []
+    for role in HOST_ROLES:
+        for path, host in env.role_hosts(role).items():
+            if host not in env.hosts:
+                problems.append(
+                    (
+                        f"{base}.{path}",
+                        f"unknown host {host!r} (known: {sorted(env.hosts)}); "
+                        f"declare it under {base}.hosts",
+                    )
+                )
+            elif env.hosts[host].queue is None:
+                problems.append(
+                    (
+                        f"{base}.{path}",
+                        f"host {host!r} has no queue: its {role} steps cannot be routed to "
+                        f"a worker on it (set {base}.hosts.{host}.queue)",
                     )
                 )
     return problems

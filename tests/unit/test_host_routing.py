@@ -1,0 +1,188 @@
+"""Every step runs on the host it acts on: the plan's hosts, and the queues the step kit sets.
+
+The plan names hosts (each with its worker's Celery queue) for clusters, controllers and
+storage; ``@step(kind, host=role)`` routes a step to the queue of the host its role names.
+Under the compose topology's plan (include/config/compose.yaml) ``dr_database_pitr`` touches
+three hosts; under the sandbox's plan (no hosts) everything stays on the default queue.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracktion_dr.core.errors import InvalidInput
+from tracktion_dr.core.plan import PlanError, parse_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_PLAN = ROOT / "include" / "config" / "compose.yaml"
+SANDBOX_PLAN = ROOT / "include" / "config" / "sandbox.yaml"
+PITR_DAG = ROOT / "dags" / "dr_database_pitr.py"
+
+# The hosts of the compose topology (docker-compose.yaml, profile topology).
+DB_PRIMARY, DB_REPLICA, APP = "host_db_primary", "host_db_replica", "host_app"
+
+# Each task of dr_database_pitr and the queue it must get under the compose plan: data
+# directory work on the DB primary's host, services on the application host, the re-seed
+# on the replica's host; gates on service health, validation over the network and the
+# record/notify tail on the default queue.
+PITR_QUEUES = {
+    "guard": DB_PRIMARY,  # reads the cluster's WAL, archive and base backups
+    "stage_recovery": DB_PRIMARY,
+    "stop_services": APP,
+    "prepare_data_directory": DB_PRIMARY,
+    "start_postgres": DB_PRIMARY,
+    "gate_recovery_target_reached": DB_PRIMARY,  # the postmaster's pid file and log
+    "validate_recovered": "default",
+    "promote": DB_PRIMARY,
+    "start_services": APP,
+    "gate_services_healthy": "default",
+    "gate_functional_checks": APP,  # uploads its sample file from the app host
+    "measure_data_loss": DB_PRIMARY,  # the recovery log
+    "reseed_replica": DB_REPLICA,
+    "record": "default",
+    "notify_outcome": "default",
+    "publish": "default",
+    "verdict": "default",
+}
+
+
+@pytest.fixture
+def compose_data(monkeypatch) -> dict:
+    monkeypatch.setenv("DR_SANDBOX_HOME", "/srv/tracktion")
+    return yaml.safe_load(COMPOSE_PLAN.read_text())
+
+
+def problems_of(data: dict) -> str:
+    with pytest.raises(PlanError) as caught:
+        parse_plan(data, "plan.yaml")
+    return str(caught.value)
+
+
+def both(data: dict, edit) -> dict:
+    """Apply ``edit`` to the shared environment block (both environments use it)."""
+    data = copy.deepcopy(data)
+    for env in data["environments"].values():
+        edit(env)
+    return data
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_compose_plan_names_a_queue_per_role(compose_data):
+    plan = parse_plan(compose_data, COMPOSE_PLAN)
+    assert plan.queue_for("database_primary") == DB_PRIMARY
+    assert plan.queue_for("database_replica") == DB_REPLICA
+    assert plan.queue_for("application") == APP
+    assert plan.queue_for("storage") == APP
+
+
+def test_plans_without_hosts_route_nothing(monkeypatch):
+    monkeypatch.setenv("DR_SANDBOX_HOME", "/tmp/sandbox")
+    for name in ("sandbox", "tracktion"):
+        plan = parse_plan(yaml.safe_load((SANDBOX_PLAN.parent / f"{name}.yaml").read_text()))
+        assert {plan.queue_for(r) for r in ("database_primary", "application")} == {None}
+
+
+def test_unknown_host_is_named_with_its_field(compose_data):
+    data = both(compose_data, lambda env: env["clusters"]["main"].update(host="db-primray"))
+    text = problems_of(data)
+    assert "environments.production.clusters.main.host: unknown host 'db-primray'" in text
+    assert "environments.drill.clusters.main.host" in text
+    assert "db-primary" in text  # the known hosts are listed
+
+
+def test_unknown_controller_and_storage_hosts_are_named(compose_data):
+    def edit(env):
+        env["controllers"]["sandbox_supervisor"]["host"] = "web"
+        env["storage_host"] = "nas"
+
+    text = problems_of(both(compose_data, edit))
+    assert "environments.drill.controllers.sandbox_supervisor.host: unknown host 'web'" in text
+    assert "environments.drill.storage_host: unknown host 'nas'" in text
+
+
+def test_a_host_a_step_acts_on_needs_a_queue(compose_data):
+    data = both(compose_data, lambda env: env["hosts"]["db-replica"].pop("queue", None))
+    text = problems_of(data)
+    assert "clusters.main.replica_host: host 'db-replica' has no queue" in text
+
+
+def test_environments_sending_a_role_to_different_queues_are_refused(compose_data):
+    data = copy.deepcopy(compose_data)
+    data["environments"]["drill"] = copy.deepcopy(data["environments"]["drill"])
+    data["environments"]["drill"]["hosts"] = copy.deepcopy(data["environments"]["drill"]["hosts"])
+    data["environments"]["drill"]["hosts"]["db-primary"] = {"queue": "host_drill_db"}
+    text = problems_of(data)
+    assert "environments.drill.clusters.main.host: sends database_primary steps to queue" in text
+    assert "a task has one queue" in text
+
+
+def test_an_environment_without_hosts_beside_one_with_them_is_refused(compose_data):
+    data = copy.deepcopy(compose_data)
+    drill = copy.deepcopy(data["environments"]["drill"])
+    drill["clusters"] = {"main": {**drill["clusters"]["main"]}}
+    drill["clusters"]["main"].pop("host")
+    data["environments"]["drill"] = drill
+    text = problems_of(data)
+    assert "environments.drill: names no host for its database_primary steps" in text
+
+
+def test_bad_queue_and_host_names_are_refused(compose_data):
+    def bad_queue(env):
+        env["hosts"] = {**env["hosts"], "backup": {"queue": "has space"}}
+
+    text = problems_of(both(compose_data, bad_queue))
+    assert "hosts.backup.queue: not a Celery queue name: 'has space'" in text
+
+    def bad_name(env):
+        env["hosts"] = {**env["hosts"], "DB Primary": {"queue": "host_x"}}
+
+    assert "environments.drill.hosts: not host names" in problems_of(both(compose_data, bad_name))
+
+
+def test_the_step_kit_refuses_an_unknown_role():
+    from tracktion_dr.airflow import steps
+
+    with pytest.raises(InvalidInput) as caught:
+        steps.host_queue("database")
+    assert "host" in str(caught.value) and "database_primary" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the DAG
+
+
+def pitr_dag(monkeypatch, plan: Path, home: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DR_PLAN", str(plan))
+    monkeypatch.setenv("DR_SANDBOX_HOME", home)
+    bag = DagBag(dag_folder=str(PITR_DAG))
+    assert bag.import_errors == {}
+    return bag.dags["dr_database_pitr"]
+
+
+def test_pitr_tasks_run_on_the_hosts_they_act_on(monkeypatch):
+    dag = pitr_dag(monkeypatch, COMPOSE_PLAN, "/srv/tracktion")
+    queues = {task.task_id: task.queue for task in dag.tasks}
+    assert queues == PITR_QUEUES
+    # three hosts plus the default worker in one run
+    assert {DB_PRIMARY, DB_REPLICA, APP, "default"} == set(queues.values())
+
+
+def test_queues_survive_serialization(monkeypatch):
+    """What the scheduler reads (the serialized DAG) routes the same."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = pitr_dag(monkeypatch, COMPOSE_PLAN, "/srv/tracktion")
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert {t.task_id: t.queue for t in restored.tasks} == PITR_QUEUES
+
+
+def test_without_hosts_every_pitr_task_stays_on_the_default_queue(monkeypatch, tmp_path):
+    dag = pitr_dag(monkeypatch, SANDBOX_PLAN, str(tmp_path))
+    assert {task.queue for task in dag.tasks} == {"default"}
