@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from airflow.sdk._shared.module_loading import import_string
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, TaskDeferred
 from airflow.sdk.serde import deserialize, serialize
 
 from tracktion_dr.airflow import gate_triggers
@@ -281,3 +281,32 @@ def test_the_watch_defers_between_looks_and_never_pages_a_level_twice():
     state["value"] = "success"
     done = again.resume_watch({"ti": ti}, {"status": "ended", "state": "success", "memory": memory})
     assert done["state"] == "success" and done["levels_paged"] == [1]
+
+
+class RescheduledTi:
+    """The one task-instance call a host-bound gate makes: when it first started."""
+
+    def __init__(self, first_start):
+        self.first_start = first_start
+
+    def get_first_reschedule_date(self, context):
+        return self.first_start
+
+
+def test_a_host_bound_gate_is_rescheduled_on_its_queue_never_deferred():
+    gate = rto_gate(named_check("test_opens_on_call", opens_on=10**9), queue="host_db_primary")
+    with pytest.raises(AirflowRescheduleException) as rescheduled:
+        gate.execute({"ti": RescheduledTi(None)})
+    wait = rescheduled.value.reschedule_date - datetime.now(UTC)
+    assert timedelta(0) < wait <= timedelta(seconds=gate.reschedule_seconds)
+
+
+def test_a_rescheduled_gate_looks_once_and_counts_its_wait_from_its_first_start():
+    first = datetime.now(UTC) - timedelta(seconds=42)
+    gate = rto_gate(named_check("test_opens_on_call", opens_on=1), queue="host_db_primary")
+    event = gate.execute({"ti": RescheduledTi(first)})["event"]
+    assert event["status"] == "succeeded" and event["started_at"] == first.isoformat()
+    CALLS.clear()
+    looks = rto_gate(named_check("test_opens_on_call", opens_on=2), queue="host_db_primary")
+    with pytest.raises(AirflowRescheduleException):  # no fast window the second time
+        looks.execute({"ti": RescheduledTi(first)})

@@ -30,7 +30,11 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, BaseSensorOperator, PokeReturnValue, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSensorTimeout,
+)
 
 from tracktion_dr.airflow.gate_triggers import GateCheck, GateTrigger, NamedCheck
 from tracktion_dr.core.plan import Plan
@@ -48,6 +52,8 @@ PROGRESS_LOG_SECONDS = 10.0
 # A gate polls in the worker this long before it defers to the triggerer: most gates open
 # within seconds, and the worker's half-second poll is the fastest reaction there is.
 FAST_WINDOW_SECONDS = 25.0
+# A host-bound gate past its fast window looks again this often (rescheduled on its queue).
+RESCHEDULE_SECONDS = 5.0
 # A deferred gate's own deadline is the trigger's; the deferral's timeout (the backstop
 # when no triggerer picks it up) is this much later.
 DEFERRAL_GRACE_SECONDS = 60.0
@@ -82,6 +88,12 @@ class RtoGate(BaseSensorOperator):
     :class:`~tracktion_dr.airflow.gate_triggers.NamedCheck` (``named_check(...)``), which the
     triggerer rebuilds from the plan; a bare callable (test fixtures) cannot cross to the
     triggerer and keeps poking in the worker for the whole budget.
+
+    A gate routed to a host's queue (``**steps.on_host(...)``: its check reads files there,
+    e.g. the postmaster's log) cannot be judged by the triggerer, which runs elsewhere: after
+    the fast window it is *rescheduled* on its queue instead (``up_for_reschedule``, the slot
+    released; looked at again every ``reschedule_seconds``, one poke each time), its wait
+    counted from its first start.
     """
 
     template_fields = ("incident",)
@@ -99,6 +111,7 @@ class RtoGate(BaseSensorOperator):
         poke_interval: float = 0.5,
         fast_window_seconds: float = FAST_WINDOW_SECONDS,
         trigger_poll_seconds: float | None = None,
+        reschedule_seconds: float = RESCHEDULE_SECONDS,
         **kwargs: Any,
     ):
         kwargs.setdefault("retries", 0)  # a gate's budget is the RTO, not a retry count
@@ -114,6 +127,9 @@ class RtoGate(BaseSensorOperator):
         self.milestone = milestone
         self.fast_window_seconds = fast_window_seconds
         self.trigger_poll_seconds = trigger_poll_seconds or max(poke_interval, 1.0)
+        # On a host's queue: the check needs that host, the triggerer runs elsewhere.
+        self.host_bound = kwargs.get("queue") is not None
+        self.reschedule_seconds = reschedule_seconds
         self._built_check: GateCheck | None = None
         self._waiting_since = ""
         self._last_seen = ""
@@ -127,8 +143,12 @@ class RtoGate(BaseSensorOperator):
 
     def execute(self, context: Any) -> Any:
         clock = self._clock()
-        self._waiting_since = now_iso()
-        self.timeout = max(clock.remaining().total_seconds(), self.minimum_wait_seconds)
+        first_start = self._first_start(context)
+        self._waiting_since = (first_start or datetime.now(UTC)).isoformat()
+        waited = (datetime.now(UTC) - first_start).total_seconds() if first_start else 0.0
+        self.timeout = max(
+            clock.remaining().total_seconds(), self.minimum_wait_seconds - waited, 0.0
+        )
         log.info(
             "gate %s: waiting up to %.0fs (RTO %.0fs, %.0fs elapsed since the clock started)",
             self.task_id,
@@ -145,8 +165,10 @@ class RtoGate(BaseSensorOperator):
             }
         started = time.monotonic()
         deadline = started + self.timeout
-        deferrable = isinstance(self.check, NamedCheck)
-        poke_until = min(started + self.fast_window_seconds, deadline) if deferrable else deadline
+        deferrable = isinstance(self.check, NamedCheck) or self.host_bound
+        # Back from a reschedule the fast window is long past: one look, then away again.
+        window = 0.0 if first_start else self.fast_window_seconds
+        poke_until = min(started + window, deadline) if deferrable else deadline
         while True:
             opened = self.poke(context)
             if opened:
@@ -158,6 +180,17 @@ class RtoGate(BaseSensorOperator):
                 break
             time.sleep(min(self.poke_interval, max(0.0, deadline - now)))
         left = deadline - time.monotonic()
+        if self.host_bound:
+            log.info(
+                "gate %s: not open yet; looking again in %.0fs on this host's queue (up to "
+                "%.0fs more, no worker slot held in between)",
+                self.task_id,
+                self.reschedule_seconds,
+                left,
+            )
+            raise AirflowRescheduleException(
+                datetime.now(UTC) + timedelta(seconds=min(self.reschedule_seconds, left))
+            )
         log.info(
             "gate %s: not open after %.0fs; waiting on the triggerer (up to %.0fs more, "
             "polled every %.1fs)",
@@ -181,6 +214,13 @@ class RtoGate(BaseSensorOperator):
             # no triggerer runs it (the gate then escalates all the same).
             timeout=timedelta(seconds=left + DEFERRAL_GRACE_SECONDS),
         )
+
+    def _first_start(self, context: Any) -> datetime | None:
+        """When a rescheduled (host-bound) gate first started; None on a first start."""
+        if not self.host_bound or "ti" not in context:
+            return None
+        first = context["ti"].get_first_reschedule_date(context)
+        return first if first is None or first.tzinfo else first.replace(tzinfo=UTC)
 
     def resume_gate(self, context: Any, event: dict[str, Any]) -> Any:
         """Back from the triggerer: record the opening, or escalate, or fail with the
