@@ -82,7 +82,9 @@ def stop_services(run: dict, **context) -> dict:
     return rebuild.stop_services(PLAN, run, ACCESS)
 
 
-@steps.step("destructive")
+# Not retried: a switch that gave up has already stopped writes once and made the primary
+# writable again; a retry would stop them again in the same window (re-run the incident).
+@steps.step("destructive", retries=0)
 def switch(run: dict, **context) -> dict:
     return rebuild.switch(PLAN, run, _endpoint, ACCESS)
 

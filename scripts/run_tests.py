@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +57,12 @@ def main(argv: list[str]) -> int:
     shards_wanted = int(os.environ.get("TEST_SHARDS", "2"))
     if shards_wanted <= 1 or _names_tests(argv) or not _can_make_namespaces():
         return _plain_pytest(argv)
-    files = _collect(argv)
+    # A CI timeout or a killed make: the shards and their sandboxes go too (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    files, collected = _collect(argv)
+    if collected not in (0, 5):
+        print(f"run_tests: collection failed (pytest exit {collected})", file=sys.stderr)
+        return collected
     if not files:
         print("run_tests: pytest collected no test files", file=sys.stderr)
         return 5
@@ -87,8 +93,9 @@ def _plain_pytest(argv: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=ROOT)
 
 
-def _collect(argv: list[str]) -> dict[str, int]:
-    """Test file -> number of tests, as pytest collects them with these arguments."""
+def _collect(argv: list[str]) -> tuple[dict[str, int], int]:
+    """Test file -> number of tests, as pytest collects them with these arguments, and
+    pytest's exit code (a file that does not import fails the run: it is in no shard)."""
     args = [a for a in argv if a != "-q"]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", *args],
@@ -103,7 +110,7 @@ def _collect(argv: list[str]) -> dict[str, int]:
     if out.returncode not in (0, 5) or not counts:
         sys.stdout.write(out.stdout[-4000:])
         sys.stderr.write(out.stderr[-4000:])
-    return dict(counts)
+    return dict(counts), out.returncode
 
 
 def _plan(files: dict[str, int], count: int) -> list[Shard]:

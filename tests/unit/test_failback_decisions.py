@@ -128,3 +128,19 @@ def test_standby_settings_replace_the_copied_ones(tmp_path):
     assert "work_mem = '8MB'" in lines and "port = '55432'" in lines
     assert not [line for line in lines if "read_only" in line], "promoted one day: writable"
     assert topology.followed_port(tmp_path) == REPLICA_PORT
+
+
+def test_rebuild_and_switchover_are_refused_where_database_steps_go_to_host_queues():
+    """The compose topology's plan routes database steps to its hosts' queues; the
+    fail-back DAGs choose their node at run time and are not routed yet: refused, naming
+    the hosts field, before anything is touched."""
+    compose = load_plan(ROOT / "include" / "config" / "compose.yaml")
+    assert compose.queue_for("database_primary") is not None
+    for check in (scenario.check_rebuild_inputs, scenario.check_switchover_inputs):
+        params = {"cluster": "main", "to_node": "primary", "maintenance_window_confirmed": True}
+        with pytest.raises(InvalidInput) as caught:
+            check(compose, INCIDENT, params)
+        assert "environments.*.hosts" in str(caught.value) and "HINT:" in str(caught.value)
+    sandbox = load_plan(ROOT / "include" / "config" / "sandbox.yaml")
+    assert sandbox.queue_for("database_primary") is None
+    scenario.refuse_in_host_topology(sandbox, "dr_standby_rebuild")  # one host: goes on

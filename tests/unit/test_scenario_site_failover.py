@@ -157,10 +157,15 @@ def test_the_sandbox_site_restores_from_the_s3_copy_the_offsite_job_writes():
     assert (site.base, site.wal_archive) == (f"{root}/database/base", f"{root}/wal_archive")
 
 
-def test_a_site_copy_without_a_bucket_is_refused_naming_the_recovery_site_field(tmp_path):
+def test_a_site_copy_without_a_bucket_is_refused_naming_the_recovery_site_field(
+    tmp_path, monkeypatch
+):
     """Refused in the guard, before anything is read or touched, naming the plan field."""
     environment = load_plan(SANDBOX_PLAN).environment("drill")
     site = environment.recovery_site
+    # The connection exists (as in the sandbox): what is wrong is the location alone.
+    conn_id = site.backups.offsite_conn_id
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", '{"conn_type": "aws"}')
     broken = site.model_copy(
         update={"backups": site.backups.model_copy(update={"wal_archive": "s3:///wal_archive"})}
     )

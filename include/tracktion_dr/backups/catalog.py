@@ -444,7 +444,9 @@ class Catalog:
         """
         try:
             self._fetch(entry)
-        except (s3_objects.ChecksumMismatch, s3_objects.MissingObject) as exc:
+        except (ValidationFailed, tarfile.TarError) as exc:
+            # a mismatch, a vanished object, or an archive that does not unpack: the same
+            # backup must not be picked again by every re-run
             record_verification(entry.path, Status.FAILED, str(exc), "download + sha256")
             log.error("%s %s: %s", entry.kind, entry.id, exc)
             return replace(entry, status=Status.FAILED, reason=str(exc))

@@ -302,9 +302,11 @@ def _move_old_aside(old: Node, aside: Path, wal_archive: Path, bindir: Path) -> 
     """Salvage its WAL the archive lacks, stop it, move it aside (kept)."""
     data = old.data_directory
     if aside.exists():
-        raise StepFailed(
+        # Only a person can tell which of the two to keep: refused, never retried.
+        raise FailoverRefused(
             f"{data} is not this incident's rebuilt standby, and this incident's kept copy "
-            f"{aside} already exists: compare the two and move one away by hand"
+            f"{aside} already exists: nothing was touched",
+            hint="compare the two, move one away by hand, then re-run the same incident",
         )
     found = directory_identity(data, bindir=bindir, os_user=old.control.os_user)
     if found is not None and found.postmaster_started is not None and not found.in_recovery:
@@ -640,6 +642,8 @@ def promote(standby: Node, wait_seconds: int = 60) -> str:
         in_recovery = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
         if not in_recovery:
             return f"{standby.name} already promoted"
+        # pg_promote waits up to wait_seconds: longer than the connection's statement_timeout
+        conn.execute("SET statement_timeout = 0")
         done = conn.execute("SELECT pg_catalog.pg_promote(true, %s)", (wait_seconds,)).fetchone()[0]  # type: ignore[index]
     if not done:
         raise StepFailed(f"pg_promote of {standby.name} did not finish within {wait_seconds}s")

@@ -119,6 +119,9 @@ def download(client: Any, bucket: str, key: str, cached: Path, scratch: Path) ->
         for block in iter(lambda: body.read(1 << 20), b""):
             digest.update(block)
             out.write(block)
+        # On disk before it takes its verified name: the mirror serves names on sight.
+        out.flush()
+        os.fsync(out.fileno())
     if digest.hexdigest() != expected:
         partial.unlink()
         raise ValueError(f"s3://{bucket}/{key}: sha256 does not match its metadata")

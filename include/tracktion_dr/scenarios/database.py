@@ -38,7 +38,7 @@ from tracktion_dr.core.errors import (
 from tracktion_dr.core.incident import InvalidInput
 from tracktion_dr.core.incident import check_confirmation as incident_check_confirmation
 from tracktion_dr.core.plan import Cluster, Database, Environment, Plan
-from tracktion_dr.postgres import pitr, restore
+from tracktion_dr.postgres import basebackups, pitr, restore
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError, Endpoint
 from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.postgres.dumps import read_manifest
@@ -920,14 +920,7 @@ def stage_recovery(
             is_complete=lambda staged: own_recovery(staged, pitr_plan["incident_id"]) is not None,
         )
     except (CommandError, ValidationFailed) as exc:
-        record_verification(
-            Path(base["path"]), Status.FAILED, str(exc), "pg_verifybackup of a staged copy"
-        )
-        raise ValidationFailed(
-            f"base backup {base['id']} failed verification as staged beside "
-            f"{paths.data_directory}: {exc}; it is now marked failed, nothing live was touched",
-            hint="re-run: the guard then chooses the next usable base backup",
-        ) from None
+        _judge_backup_after_failed_staging(base, paths.data_directory, exc, bindir, os_user)
     return (
         (f"{fetched}; " if fetched else "")
         + detail
@@ -937,6 +930,32 @@ def stage_recovery(
             else f"; target {target.describe()}, pause at it"
         )
     )
+
+
+def _judge_backup_after_failed_staging(
+    base: dict[str, Any], data_directory: Path, staged_error: Exception, bindir: Path, os_user: str
+) -> None:
+    """A lay-down that failed says nothing yet about the backup: the disk beside the data
+    directory may be full, or its path unusable. The backup itself is checked where it lies
+    (independently of the staging): only a backup that fails there is marked failed - the
+    next guard then chooses another; otherwise the step fails, to be retried, the backup kept."""
+    source = Path(base["path"])
+    try:
+        basebackups.verify_base_backup(source, bindir=bindir, os_user=os_user)
+    except (CommandError, ValidationFailed) as source_error:
+        reason = f"{source_error}; as staged beside {data_directory}: {staged_error}"
+        record_verification(source, Status.FAILED, reason, "pg_verifybackup of a staged copy")
+        raise ValidationFailed(
+            f"base backup {base['id']} failed verification as staged beside {data_directory} "
+            f"and where it lies: {staged_error}; it is now marked failed, nothing live was touched",
+            hint="re-run: the guard then chooses the next usable base backup",
+        ) from None
+    raise StepFailed(
+        f"base backup {base['id']} could not be laid down beside {data_directory} "
+        f"({staged_error}), yet it verifies where it lies: nothing live was touched",
+        hint=f"check free space and permissions in {data_directory.parent}, then re-run the "
+        "same incident",
+    ) from None
 
 
 def prepare_data_directory(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:

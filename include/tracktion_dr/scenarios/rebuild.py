@@ -88,10 +88,28 @@ def find_roles(nodes: Mapping[str, rebuild.Node]) -> dict[str, Any]:
 # --- dr_standby_rebuild --------------------------------------------------------------------
 
 
+def refuse_in_host_topology(plan: Plan, dag_id: str) -> None:
+    """Which node a step acts on is decided at run time here (the roles move with a
+    failover), so these steps are not routed to the hosts' queues yet: in a plan whose
+    hosts have workers they would run on a worker that holds neither data directory.
+    Refused before anything is touched."""
+    queue = plan.queue_for("database_primary") or plan.queue_for("database_replica")
+    if queue is not None:
+        raise InvalidInput(
+            "environments.*.hosts",
+            f"{dag_id} acts on data directories chosen at run time and is not yet routed to "
+            f"the hosts' worker queues (this plan routes database steps to {queue!r}): its "
+            "steps would run on a worker without those directories",
+            hint="run it where Airflow's workers share the database hosts' files (one host), "
+            "or follow the README's fail-back runbook by hand on each host",
+        )
+
+
 def check_rebuild_inputs(
     plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The cluster names both nodes completely (like a re-seed) - nothing touched."""
+    refuse_in_host_topology(plan, "dr_standby_rebuild")
     run = reseed_inputs(plan, incident, dict(params))
     cluster = plan.environment(incident["environment"]).clusters[run["cluster"]]
     run["data_directories"] = {
@@ -176,6 +194,7 @@ def check_switchover_inputs(
     plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The window confirmed, a known node to switch to, a complete cluster; nothing touched."""
+    refuse_in_host_topology(plan, "dr_switchover")
     if not params.get("maintenance_window_confirmed"):
         raise InvalidInput(
             "maintenance_window_confirmed",
@@ -198,6 +217,13 @@ def check_switchover_inputs(
             "its database backend",
         )
     databases = [n for n, db in environment.databases.items() if db.cluster == run["cluster"]]
+    if not databases:
+        raise InvalidInput(
+            "cluster",
+            f"no database of the plan lives on cluster {run['cluster']!r}: the switchover "
+            "proves the new primary by a write into one",
+            hint="name the cluster of a plan database",
+        )
     return {
         **run,
         "to_node": to_node,

@@ -82,6 +82,7 @@ from tracktion_dr.postgres.wal import lsn_to_int
 from tracktion_dr.scenarios import GateCheck, SystemAccess, joined
 from tracktion_dr.scenarios import database as db
 from tracktion_dr.scenarios import site as site_stack
+from tracktion_dr.scenarios.rebuild import refuse_in_host_topology
 from tracktion_dr.services import dns as records_api
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,7 @@ def check_inputs(
     probe_http: Probe,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the run, the CreateStack request). Every refusal comes before anything is touched."""
+    refuse_in_host_topology(plan, "dr_site_failover")
     mode = params.get("mode") or DRILL
     if mode not in MODES:
         raise InvalidInput("mode", f"{mode!r} is not one of {list(MODES)}")
@@ -383,10 +385,12 @@ def check_inputs(
             hint="recover the failed components in place (dr_failover, dr_application_recovery, "
             "dr_database_pitr), or run mode=drill to exercise the recovery site",
         )
-    # The stack: validated by CloudFormation, create / reuse / update decided (no confirmation
-    # asked again for an update: the site failover's own confirmation covers it).
+    # The stack: validated by CloudFormation, create / reuse / update decided. A failover's
+    # own confirmation covers an update; a drill that would update the stack (CloudFormation
+    # may replace the site's resources) asks for it like dr_site_provision does.
+    confirmed = mode == FAILOVER or incident["dry_run"]
     stack_run, request = site_stack.check_inputs(
-        plan, {**incident, "dry_run": True}, params, connect_cloudformation
+        plan, {**incident, "dry_run": confirmed}, params, connect_cloudformation
     )
     stack_run["dry_run"] = incident["dry_run"]
     clusters = {
@@ -982,6 +986,8 @@ def dismantle_drill_site(
         data = Path(pitr_plan["data_directory"])
         if postmaster_pid(data) is not None:
             notes.append(pitr.stop_server(cluster_control(cluster)))
+        # A drill that failed before its promotion leaves restore_command's S3 credentials.
+        forget_fetch_config(Path(pitr_plan["wal_archive"]))
         if data.exists() and db.own_recovery(data, run["incident_id"]) is not None:
             kept = data.with_name(f"{data.name}.drill_{pitr_plan['tag']}")
             data.rename(kept)
