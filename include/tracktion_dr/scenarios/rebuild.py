@@ -390,8 +390,9 @@ def switch(
     """Note this incident's switchover beside the target, stop writes, wait for the exact
     catch-up, shut the primary down cleanly, promote, repoint the balancer. Resumable: a
     promoted target skips to the balancer; a primary already shut down cleanly is only
-    checked (the preconditions let this incident's own half-done switchover through). Given up before the promotion, the old
-    primary is made writable again (started if it was stopped) and the step fails."""
+    checked (the preconditions let this incident's own half-done switchover through).
+    Given up before the promotion, the old primary is made writable again (started if it
+    was stopped) and the step fails."""
     environment = environment_of(plan, run)
     nodes = cluster_nodes(_cluster(plan, run), endpoint)
     to = nodes[run["to_node"]]
