@@ -302,6 +302,8 @@ def test_a_switchover_killed_after_the_clean_shutdown_is_finished_by_its_own_inc
     primary; once the old primary is also shut down cleanly, another incident is refused
     (nothing touched), and a re-run of the same incident promotes the target, repoints the
     balancer, restarts the services and rebuilds the old primary. Then switched back."""
+    from failover_support import backend
+
     from tracktion_dr.airflow.support import endpoint
     from tracktion_dr.core.plan import load_plan
     from tracktion_dr.postgres import rebuild
@@ -342,6 +344,10 @@ def test_a_switchover_killed_after_the_clean_shutdown_is_finished_by_its_own_inc
         assert "resuming" in task_result(resumed, "preconditions")["event"]["detail"]
         assert "promoted replica" in task_result(resumed, "switch")["event"]["detail"]
         assert in_recovery(sandbox, L.REPLICA_PORT) is False
+        servers = backend("database")["servers"]
+        assert (
+            servers["replica"]["status"] == "enabled" and servers["primary"]["status"] == "disabled"
+        )
         wait_for(lambda: streams(sandbox, L.REPLICA_PORT, "primary"), what="old one streams")
 
         switched_back = run_dag(
