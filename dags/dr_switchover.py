@@ -18,15 +18,23 @@ of the switch, and the services that use the database are restarted.
    `to_node`; `pg_promote`; the load balancer's `database` backend repointed. Given up
    before the promotion (no catch-up in time, no clean shutdown): the old primary is made
    writable again (started if needed), nothing was switched, and the step fails saying so.
-5. **start_services** (runs whatever happened) - the services again, in dependency order.
+5. **start_services** (runs whatever happened) - the services again, in dependency order
+   (first, an old primary this incident left read-only without a promotion is made
+   writable again).
 6. **gate_new_primary** - a write commits on the new primary and its services are healthy
    (the RTO clock's "service restored").
 7. **rebuild_old_primary** - the old primary becomes the new one's standby (after a clean
    shutdown pg_rewind has nothing to undo); **gate_standby_streaming** - it streams.
 8. **record**, **notify_outcome**, **publish**, **verdict**.
 
-**Killed mid-way?** Re-run with the same `incident_id`: a promoted `to_node` skips to the
-balancer; a primary already shut down cleanly is only checked; the rebuild is resumable.
+**Killed mid-way?** Re-run with the same `incident_id`: `switch` notes the incident and
+its target beside the target's data directory before it stops writes, so the
+preconditions recognise this incident's own half-done switchover (the old primary shut
+down cleanly; `to_node` promoted or not) and let it finish: a promoted `to_node` skips to
+the balancer; a primary already shut down cleanly is only checked, then `to_node` is
+promoted; the rebuild is resumable. Another incident finding that state is refused as
+before. Killed after the write stop but before the promotion, `start_services` makes the
+old primary writable again (and says so) before the services start.
 
 **Params**: `cluster`, `to_node` (`primary` or `replica`, the plan's node names),
 `maintenance_window_confirmed`, `catch_up_seconds`, plus the common params (`dry_run`
@@ -91,7 +99,7 @@ def switch(run: dict, **context) -> dict:
 
 @steps.step("destructive", after_all=True)
 def start_services(run: dict, **context) -> dict:
-    return rebuild.start_services(PLAN, run, ACCESS)
+    return rebuild.start_services(PLAN, run, ACCESS, _endpoint)
 
 
 @steps.step("destructive", milestone="redundancy")

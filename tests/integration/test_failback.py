@@ -294,3 +294,74 @@ def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
     finally:
         pg.start_cluster(layout, "replica")
     wait_for(lambda: streams(sandbox, L.PRIMARY_PORT, "replica"), what="the replica streams")
+
+
+def test_a_switchover_killed_after_the_clean_shutdown_is_finished_by_its_own_incident(sandbox):
+    """The state a switch leaves when killed between its write stop and its promotion, made
+    by the same library calls: its start_services gives writes back to the read-only old
+    primary; once the old primary is also shut down cleanly, another incident is refused
+    (nothing touched), and a re-run of the same incident promotes the target, repoints the
+    balancer, restarts the services and rebuilds the old primary. Then switched back."""
+    from failover_support import backend
+
+    from tracktion_dr.airflow.support import endpoint
+    from tracktion_dr.core.plan import load_plan
+    from tracktion_dr.postgres import rebuild
+    from tracktion_dr.scenarios import rebuild as scenario
+
+    layout = sandbox.layout
+    asides_before = set(layout.pg_root.iterdir())
+    archive_before = {p.name for p in layout.wal_archive.iterdir()}
+    killed_one = f"DR-{datetime.now(UTC) + timedelta(seconds=2):%Y%m%d-%H%M%S}"
+    another = f"DR-{datetime.now(UTC) + timedelta(seconds=3):%Y%m%d-%H%M%S}"
+    back = f"DR-{datetime.now(UTC) + timedelta(seconds=4):%Y%m%d-%H%M%S}"
+    plan = load_plan()
+    conf = {"environment": "drill", "cluster": "main", "maintenance_window_confirmed": True}
+    run = {**conf, "to_node": "replica", "incident_id": killed_one}
+    nodes = scenario.cluster_nodes(plan.environment("drill").clusters["main"], endpoint)
+    old, target = nodes["primary"], nodes["replica"]
+    wait_for(lambda: streams(sandbox, L.PRIMARY_PORT, "replica"), what="the replica streams")
+    finished = False
+    try:
+        rebuild.write_switchover_note(target, old, killed_one)
+        rebuild.stop_writes(old)
+        given_back = scenario.writes_given_back(plan, run, endpoint)
+        assert "left primary read-only" in given_back, given_back
+        with connect(sandbox, L.PRIMARY_PORT) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "off"
+
+        rebuild.stop_writes(old)
+        rebuild.wait_caught_up(old, target)
+        rebuild.shut_down_cleanly(old, target)  # ... and the worker dies here
+        refused = run_dag("dr_switchover", {**conf, "to_node": "replica", "incident_id": another})
+        assert task_states(refused)["preconditions"] == "failed", task_states(refused)
+        assert in_recovery(sandbox, L.REPLICA_PORT) is True, "another incident touched nothing"
+
+        resumed = run_dag(
+            "dr_switchover", {**conf, "to_node": "replica", "incident_id": killed_one}
+        )
+        assert task_states(resumed)["verdict"] == "success", task_states(resumed)
+        assert "resuming" in task_result(resumed, "preconditions")["event"]["detail"]
+        assert "promoted replica" in task_result(resumed, "switch")["event"]["detail"]
+        assert in_recovery(sandbox, L.REPLICA_PORT) is False
+        servers = backend("database")["servers"]
+        assert (
+            servers["replica"]["status"] == "enabled" and servers["primary"]["status"] == "disabled"
+        )
+        wait_for(lambda: streams(sandbox, L.REPLICA_PORT, "primary"), what="old one streams")
+
+        switched_back = run_dag(
+            "dr_switchover", {**conf, "to_node": "primary", "incident_id": back}
+        )
+        assert task_states(switched_back)["verdict"] == "success", task_states(switched_back)
+        wait_for(lambda: streams(sandbox, L.PRIMARY_PORT, "replica"), what="standard: streams")
+        finished = True
+    finally:
+        if not finished:
+            _back_to_standard(layout, archive_before)
+        # the test's own kept copies and notes go (disk); what they hold is checked above
+        for path in set(layout.pg_root.iterdir()) - asides_before:
+            if ".pre_" in path.name and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.endswith(".switchover.json"):
+                path.unlink()

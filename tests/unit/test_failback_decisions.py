@@ -144,3 +144,64 @@ def test_rebuild_and_switchover_are_refused_where_database_steps_go_to_host_queu
     sandbox = load_plan(ROOT / "include" / "config" / "sandbox.yaml")
     assert sandbox.queue_for("database_primary") is None
     scenario.refuse_in_host_topology(sandbox, "dr_standby_rebuild")  # one host: goes on
+
+
+OWN_NOTE = {"incident_id": INCIDENT["incident_id"], "to_node": "primary", "from_node": "replica"}
+
+
+@pytest.mark.parametrize(
+    ("to_role", "resumed"),
+    [("primary", "already promoted"), ("standby", "not promoted yet"), ("down", None)],
+)
+def test_this_incidents_half_done_switchover_is_resumed(to_role, resumed):
+    """Killed after the old primary's clean shutdown: promoted or not, the same incident
+    finishes the switch (balancer, services, rebuild) instead of being refused."""
+    left = scenario.resume_decision(
+        OWN_NOTE, INCIDENT["incident_id"], "primary", to_role, "shut down"
+    )
+    assert (left is None) if resumed is None else (resumed in left)
+
+
+@pytest.mark.parametrize(
+    ("note", "to_node", "old_state"),
+    [
+        (None, "primary", "shut down"),  # no note: nobody's switchover
+        ({**OWN_NOTE, "incident_id": "DR-20261127-040000"}, "primary", "shut down"),  # another
+        (OWN_NOTE, "replica", "shut down"),  # this incident switched to the other node
+        (OWN_NOTE, "primary", "in production"),  # the old primary did not stop cleanly
+        (OWN_NOTE, "primary", "running"),
+        ({**OWN_NOTE, "balancer_switched_at": "2026-11-27T03:20:00+00:00"}, "primary", "shut down"),
+    ],
+)
+def test_anything_else_is_left_to_the_ordinary_checks(note, to_node, old_state):
+    """Another incident's leftovers, a crash rather than a clean shutdown, a switch that
+    already finished: not resumed (the preconditions refuse as before)."""
+    for to_role in ("primary", "standby"):
+        assert (
+            scenario.resume_decision(note, INCIDENT["incident_id"], to_node, to_role, old_state)
+            is None
+        )
+
+
+def test_the_switchover_note_is_whole_and_marks_the_finished_switch(tmp_path):
+    endpoint = Endpoint("127.0.0.1", PRIMARY_PORT, "postgres", "x")
+    target = rebuild.Node("primary", endpoint, endpoint, PgCtlControl(tmp_path / "primary"))
+    old = rebuild.Node("replica", endpoint, endpoint, PgCtlControl(tmp_path / "replica"))
+    assert rebuild.read_switchover_note(target) is None
+    rebuild.write_switchover_note(target, old, INCIDENT["incident_id"])
+    assert rebuild.switchover_note_path(target).parent == tmp_path, "beside, not inside"
+    note = rebuild.read_switchover_note(target)
+    assert note is not None
+    assert (note["incident_id"], note["to_node"], note["from_node"]) == (
+        INCIDENT["incident_id"],
+        "primary",
+        "replica",
+    )
+    rebuild.note_balancer_switched(target)
+    note = rebuild.read_switchover_note(target)
+    assert note and note["balancer_switched_at"]
+    assert (
+        scenario.resume_decision(note, note["incident_id"], "primary", "primary", "shut down")
+        is None
+    )
+    assert not list(tmp_path.glob("*.tmp"))

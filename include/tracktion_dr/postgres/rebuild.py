@@ -37,11 +37,13 @@ undo, which it says).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -648,3 +650,78 @@ def promote(standby: Node, wait_seconds: int = 60) -> str:
     if not done:
         raise StepFailed(f"pg_promote of {standby.name} did not finish within {wait_seconds}s")
     return f"promoted {standby.name} with pg_promote"
+
+
+# --- a switchover's own note: which incident stopped writes, towards which node ---------
+
+
+def switchover_note_path(target: Node) -> Path:
+    """Beside the target's data directory (never inside the old primary's: the rebuild
+    moves that one aside). One note per target node; the next switchover to it replaces it."""
+    data = target.data_directory
+    return data.with_name(f".{data.name}.switchover.json")
+
+
+def write_switchover_note(target: Node, old: Node, incident_id: str) -> str:
+    """Written before the first write stop, so a re-run of the same incident can tell its
+    own half-done switchover from another's."""
+    note = {
+        "incident_id": incident_id,
+        "to_node": target.name,
+        "from_node": old.name,
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+    final = _write_note(target, note)
+    return f"switchover of {incident_id} to {target.name} noted in {final}"
+
+
+def note_balancer_switched(target: Node) -> None:
+    """The switch finished (the balancer points at the target): a re-run of the incident
+    then has nothing of the switch left to resume (only the rebuild, dr_standby_rebuild)."""
+    note = read_switchover_note(target)
+    if note is not None and not note.get("balancer_switched_at"):
+        _write_note(target, {**note, "balancer_switched_at": datetime.now(UTC).isoformat()})
+
+
+def _write_note(target: Node, note: dict[str, Any]) -> Path:
+    """Temp file, fsync, rename: a note is whole or absent."""
+    final = switchover_note_path(target)
+    partial = final.with_name(final.name + ".tmp")
+    with partial.open("w") as out:
+        out.write(json.dumps(note, indent=2) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, final)
+    return final
+
+
+def read_switchover_note(target: Node) -> dict[str, Any] | None:
+    try:
+        note = json.loads(switchover_note_path(target).read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def shutdown_state(node: Node) -> str:
+    """``pg_controldata``'s cluster state of a node that is not running ("shut down" after
+    a clean shutdown), or why there is none; never raises."""
+    control = node.control
+    if control.is_running():
+        return "running"
+    if not (control.data_directory / "global" / "pg_control").is_file():
+        return f"no cluster in {control.data_directory}"
+    try:
+        fields = controldata(control.data_directory, control.bindir, control.os_user)
+    except CommandError as exc:
+        return f"pg_controldata failed: {str(exc)[:160]}"
+    return fields.get("Database cluster state", "unknown")
+
+
+def read_only(node: Node) -> bool:
+    """Does the node make new transactions read-only (a switchover's :func:`stop_writes`)?"""
+    with _connect(node.admin) as conn:
+        row = conn.execute(
+            "SELECT pg_catalog.current_setting('default_transaction_read_only')"
+        ).fetchone()
+    return bool(row and row[0] == "on")

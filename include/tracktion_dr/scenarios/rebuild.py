@@ -259,11 +259,54 @@ def switchover_plan_of_actions(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def resume_decision(
+    note: Mapping[str, Any] | None, incident_id: str, to_node: str, to_role: str, old_state: str
+) -> str | None:
+    """What is left of *this incident's own* switchover to ``to_node`` when a run was killed
+    after the old primary's clean shutdown (``old_state``: its ``pg_controldata`` state,
+    or ``running``); None when the nodes show no such half-done switchover (the ordinary
+    checks then decide, and refuse another incident's leftovers as before)."""
+    if not note or note.get("incident_id") != incident_id or note.get("to_node") != to_node:
+        return None
+    if old_state != "shut down":
+        return None
+    if note.get("balancer_switched_at"):
+        return None  # the switch finished: only the rebuild is left (AlreadyRecovered says)
+    if to_role == "primary":
+        return (
+            f"{to_node} already promoted by this incident's switchover: the balancer is "
+            "repointed, the services started and the old primary rebuilt next"
+        )
+    if to_role == "standby":
+        return (
+            f"the old primary was shut down cleanly by this incident's switchover, {to_node} "
+            "not promoted yet: its shutdown checkpoint is checked on it, then it is promoted"
+        )
+    return None
+
+
+def own_switchover_left(nodes: Mapping[str, rebuild.Node], run: dict[str, Any]) -> str | None:
+    """:func:`resume_decision` for the live nodes (the note is read first: only this
+    incident's own note makes the nodes worth asking)."""
+    to = nodes[run["to_node"]]
+    old = next(node for name, node in nodes.items() if name != to.name)
+    note = rebuild.read_switchover_note(to)
+    if not note or note.get("incident_id") != run["incident_id"]:
+        return None
+    to_role, _ = rebuild.node_role(to)
+    return resume_decision(note, run["incident_id"], to.name, to_role, rebuild.shutdown_state(old))
+
+
 def switchover_preconditions(
     plan: Plan, run: dict[str, Any], endpoint: EndpointOf
 ) -> dict[str, Any]:
     nodes = cluster_nodes(_cluster(plan, run), endpoint)
     to = nodes[run["to_node"]]
+    left = own_switchover_left(nodes, run)
+    if left is not None:
+        old = next(name for name in nodes if name != to.name)
+        log.warning("resuming this incident's switchover: %s", left)
+        return {"detail": f"resuming: {left}", "from_node": old, "resumed": True}
     found = find_roles(nodes)
     if found["primary"] == to.name:
         streaming, why = standby_streaming(
@@ -288,21 +331,68 @@ def stop_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict
     return {"detail": f"stopped {', '.join(run['services']) or 'nothing'}"}
 
 
-def start_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
+def start_services(
+    plan: Plan, run: dict[str, Any], access: SystemAccess, endpoint: EndpointOf | None = None
+) -> dict[str, Any]:
+    """Start the database's users again, in dependency order; first (given ``endpoint``)
+    give writes back to an old primary this switchover left read-only without promoting
+    (a switch killed between its write stop and its give-back)."""
+    notes = [writes_given_back(plan, run, endpoint)] if endpoint is not None else []
     environment = environment_of(plan, run)
     for name in run["services"]:
         spec = environment.services[name]
         access.controller(environment.controllers[spec.controller]).start(spec.unit or name)
-    return {"detail": f"started {', '.join(run['services']) or 'nothing'}"}
+    notes.append(f"started {', '.join(run['services']) or 'nothing'}")
+    return {"detail": "; ".join(note for note in notes if note)}
+
+
+def writes_given_back(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> str:
+    """'' unless this incident's switchover stopped writes and did not promote: then the
+    old primary, still running but read-only, accepts writes again (said, never hidden);
+    shut down and not promoted, the database is down: said, and re-running the same
+    incident finishes the switchover."""
+    nodes = cluster_nodes(_cluster(plan, run), endpoint)
+    to = nodes[run["to_node"]]
+    old = next(node for name, node in nodes.items() if name != to.name)
+    note = rebuild.read_switchover_note(to)
+    if not note or note.get("incident_id") != run["incident_id"] or note.get("to_node") != to.name:
+        return ""
+    to_role, _ = rebuild.node_role(to)
+    if to_role != "standby":
+        return ""  # promoted (or down): not the old primary's writes to give back
+    old_role, said = rebuild.node_role(old)
+    if old_role == "down":
+        said = (
+            f"{old.name} is down ({rebuild.shutdown_state(old)}) and {to.name} was not "
+            "promoted: the database takes no writes; re-run dr_switchover with the same "
+            "incident_id to finish the switchover"
+        )
+        log.warning("%s", said)
+        return said
+    if old_role != "primary":
+        return ""
+    try:
+        if not rebuild.read_only(old):
+            return ""
+        said = (
+            f"the switch stopped before the promotion and left {old.name} read-only: "
+            + rebuild.allow_writes(old)
+        )
+    except Exception as exc:
+        said = f"could not make {old.name} writable again: {exc}"
+    log.warning("%s", said)
+    return said
 
 
 def switch(
     plan: Plan, run: dict[str, Any], endpoint: EndpointOf, access: SystemAccess
 ) -> dict[str, Any]:
-    """Stop writes, wait for the exact catch-up, shut the primary down cleanly, promote,
-    repoint the balancer. Resumable: a promoted target skips to the balancer; a primary
-    already shut down cleanly is only checked. Given up before the promotion, the old
-    primary is made writable again (started if it was stopped) and the step fails."""
+    """Note this incident's switchover beside the target, stop writes, wait for the exact
+    catch-up, shut the primary down cleanly, promote, repoint the balancer. Resumable: a
+    promoted target skips to the balancer; a primary already shut down cleanly is only
+    checked (the preconditions let this incident's own half-done switchover through).
+    Given up before the promotion, the old primary is made writable again (started if it
+    was stopped) and the step fails."""
     environment = environment_of(plan, run)
     nodes = cluster_nodes(_cluster(plan, run), endpoint)
     to = nodes[run["to_node"]]
@@ -312,6 +402,8 @@ def switch(
     if to_role == "down":
         raise StepFailed(f"{to.name} does not answer ({said}): not switching")
     if to_role == "standby":
+        if old.control.is_running():  # before the first write stop: a re-run finds it
+            actions.append(rebuild.write_switchover_note(to, old, run["incident_id"]))
         try:
             if old.control.is_running():
                 actions.append(rebuild.stop_writes(old))
@@ -332,6 +424,7 @@ def switch(
         "database", old.name, to.name
     )
     actions.append(f"load balancer database backend -> {to.name}")
+    rebuild.note_balancer_switched(to)
     for action in actions:
         log.info("%s", action)
     return {"detail": "; ".join(actions), "actions": actions, "old_primary": old.name}
