@@ -123,3 +123,23 @@ def test_one_bad_wal_object_is_left_out_of_the_mirror_not_raised(tmp_path, monke
     assert held == ["000000010000000000000001", "000000010000000000000003"], "the gap shows"
     assert list(catalog.unusable_wal) == ["000000010000000000000002"]
     assert "s3://copy/wal/000000010000000000000002" in catalog.describe_unusable_wal()
+
+
+def test_salvaged_wal_is_not_put_into_an_s3_archives_mirror(tmp_path):
+    """After a PITR against an s3:// archive the salvaged WAL stays in the salvage folder:
+    the mirror holds only verified downloads, and the step says where the WAL is."""
+    from types import SimpleNamespace
+
+    from tracktion_dr.postgres.salvage import salvage_dir_for
+    from tracktion_dr.scenarios.database import salvaged_history_kept
+
+    mirror = tmp_path / "offsite-cache" / "bucket" / "wal_archive"
+    mirror.mkdir(parents=True)
+    salvage = salvage_dir_for(mirror)
+    salvage.mkdir()
+    (salvage / "000000010000000000000003").write_bytes(b"salvaged")
+    cluster = SimpleNamespace(data_directory=str(tmp_path / "pg"), os_user="", bin_dir="/x")
+    plan = {"wal_archive": str(mirror), "wal_location": "s3://bucket/wal_archive"}
+    said = salvaged_history_kept(cluster, plan)
+    assert list(mirror.iterdir()) == []
+    assert str(salvage) in said and "NOT in the offsite archive s3://bucket/wal_archive" in said
