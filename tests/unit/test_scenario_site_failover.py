@@ -15,6 +15,7 @@ import yaml
 from tracktion_dr.core.errors import InvalidInput, StepFailed
 from tracktion_dr.core.plan import PlanError, load_plan, parse_plan
 from tracktion_dr.scenarios import SystemAccess, site_failover
+from tracktion_dr.scenarios import database as db
 from tracktion_dr.scenarios.site_failover import WalPoint, predicted_loss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,6 +216,10 @@ def test_a_rerun_after_staging_keeps_the_base_backup_it_staged(tmp_path, monkeyp
     planned = site_failover.site_pitr_plan(plan, environment, site, "main", "INC-7")
     assert planned["base_backup"]["id"] == "base_old"
     assert planned["resuming"]["base_backup"] == "base_old"
+    # base_old is gone from the copy meanwhile: the complete staged copy is still used.
+    assert planned["base_backup"]["path"] is None
+    staged = db.stage_recovery(site.clusters["main"], planned)
+    assert "already staged by an earlier attempt" in staged, staged
 
 
 def test_site_settings_win_over_what_the_restored_auto_conf_sets(tmp_path):

@@ -909,9 +909,19 @@ def stage_recovery(
             os_user,
         )
 
+    if base.get("path") is None:
+        # A resumed plan names the backup a complete staged copy came from; only that copy
+        # is usable then (stage_base_backup keeps it), the backup itself may be gone.
+        staged = pitr.staging_path(paths.data_directory, pitr_plan["tag"])
+        if own_recovery(staged, pitr_plan["incident_id"]) is None:
+            raise StepFailed(
+                f"base backup {base['id']} is no longer in the catalog and nothing complete "
+                f"is staged at {staged}",
+                hint="re-run with a new incident: its guard chooses from what is there now",
+            )
     try:
         _, detail = pitr.stage_base_backup(
-            Path(base["path"]),
+            Path(base["path"] or paths.data_directory),
             paths.data_directory,
             os_user,
             pitr_plan["tag"],
