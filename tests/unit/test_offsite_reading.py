@@ -3,6 +3,7 @@ which archive files are WAL, which snapshots a restore needs offsite."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +83,63 @@ def test_wal_fetch_serves_the_mirror_and_refuses_a_bad_name(tmp_path, capsys):
     (tmp_path / "000000010000000000000001").write_bytes(b"segment")
     assert wal_fetch.main([str(config), "000000010000000000000001", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p").read_bytes() == b"segment"
+
+
+def test_one_bad_wal_object_is_left_out_of_the_mirror_not_raised(tmp_path, monkeypatch):
+    """A WAL object that fails verification (or is gone) does not stop the mirror: the
+    others are fetched, it stays out, and the catalog names it for a refusal's hint."""
+    import boto3
+    from moto import mock_aws
+
+    from tracktion_dr.backups.catalog import Catalog
+    from tracktion_dr.core.plan import BackupLocations
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="copy")
+        good = b"good segment bytes"
+        for name, body, digest in [
+            ("000000010000000000000001", good, hashlib.sha256(good).hexdigest()),
+            ("000000010000000000000002", b"rotten bytes", hashlib.sha256(b"other").hexdigest()),
+            ("000000010000000000000003", good, hashlib.sha256(good).hexdigest()),
+        ]:
+            client.put_object(
+                Bucket="copy",
+                Key=f"wal/{name}",
+                Body=body,
+                Metadata={s3_objects.SHA256_METADATA: digest},
+            )
+        locations = BackupLocations(
+            logical="s3://copy/logical",
+            base="s3://copy/base",
+            wal_archive="s3://copy/wal",
+            configuration="s3://copy/configuration",
+            storage="s3://copy/storage",
+        )
+        catalog = Catalog(locations, cache_dir=tmp_path, s3_client=client, os_user="")
+        mirror = catalog.wal_archive_dir()
+    held = sorted(p.name for p in mirror.iterdir() if _is_wal_file(p.name))
+    assert held == ["000000010000000000000001", "000000010000000000000003"], "the gap shows"
+    assert list(catalog.unusable_wal) == ["000000010000000000000002"]
+    assert "s3://copy/wal/000000010000000000000002" in catalog.describe_unusable_wal()
+
+
+def test_salvaged_wal_is_not_put_into_an_s3_archives_mirror(tmp_path):
+    """After a PITR against an s3:// archive the salvaged WAL stays in the salvage folder:
+    the mirror holds only verified downloads, and the step says where the WAL is."""
+    from types import SimpleNamespace
+
+    from tracktion_dr.postgres.salvage import salvage_dir_for
+    from tracktion_dr.scenarios.database import salvaged_history_kept
+
+    mirror = tmp_path / "offsite-cache" / "bucket" / "wal_archive"
+    mirror.mkdir(parents=True)
+    salvage = salvage_dir_for(mirror)
+    salvage.mkdir()
+    (salvage / "000000010000000000000003").write_bytes(b"salvaged")
+    cluster = SimpleNamespace(data_directory=str(tmp_path / "pg"), os_user="", bin_dir="/x")
+    plan = {"wal_archive": str(mirror), "wal_location": "s3://bucket/wal_archive"}
+    said = salvaged_history_kept(cluster, plan)
+    assert list(mirror.iterdir()) == []
+    assert str(salvage) in said and "NOT in the offsite archive s3://bucket/wal_archive" in said

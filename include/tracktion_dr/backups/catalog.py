@@ -177,6 +177,8 @@ class Catalog:
         self.cache_dir = cache_dir or default_offsite_cache()
         self._s3_client = s3_client  # tests may pass one; else S3Hook on offsite_conn_id
         self._mirrors: dict[str, s3_objects.S3Mirror] = {}
+        # s3:// WAL objects gone or failing verification: relative name -> why.
+        self.unusable_wal: dict[str, str] = {}
 
     # -- s3:// locations ------------------------------------------------------------
 
@@ -211,13 +213,35 @@ class Catalog:
 
     def wal_archive_dir(self) -> Path:
         """The WAL archive as a local folder; an s3:// archive is mirrored first (every
-        segment and timeline history, each sha256-verified, none fetched twice)."""
+        segment and timeline history, each sha256-verified, none fetched twice).
+
+        An object that is gone or does not verify is left out of the mirror (logged, and
+        kept in :attr:`unusable_wal` with the reason): the WAL held then shows the gap,
+        so a guard plans replay up to it or refuses a target past it, instead of no
+        recovery starting at all."""
         mirror = self.mirror("wal_archive")
         if mirror is None:
             return local_path(self.locations.wal_archive)
-        mirror.fetch_all(_is_wal_file)
+        for relative in sorted(mirror.objects()):
+            if not _is_wal_file(relative):
+                continue
+            try:
+                mirror.fetch(relative)
+            except (s3_objects.MissingObject, s3_objects.ChecksumMismatch) as exc:
+                log.warning("WAL object left out of the mirror: %s", exc)
+                self.unusable_wal[relative] = str(exc)
+        mirror.hand_to_os_user()
         mirror.local.mkdir(parents=True, exist_ok=True)
         return mirror.local
+
+    def describe_unusable_wal(self) -> str:
+        """The offsite WAL objects left out of the mirror, for a refusal's hint ("" if none)."""
+        if not self.unusable_wal:
+            return ""
+        # Each reason names its object's s3:// URL.
+        return "offsite WAL objects left out of the mirror: " + "; ".join(
+            reason for _, reason in sorted(self.unusable_wal.items())
+        )
 
     def _sidecar(self, mirror: s3_objects.S3Mirror, relative: str) -> dict[str, Any] | None:
         """A downloaded, verified JSON sidecar; None when it is missing or does not verify."""

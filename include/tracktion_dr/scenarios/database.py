@@ -26,7 +26,7 @@ from tracktion_dr.backups.catalog import (
     record_verification,
     restore_command_for,
 )
-from tracktion_dr.backups.s3_objects import forget_fetch_config
+from tracktion_dr.backups.s3_objects import forget_fetch_config, is_s3
 from tracktion_dr.core.errors import (
     AlreadyRecovered,
     ControllerError,
@@ -909,9 +909,19 @@ def stage_recovery(
             os_user,
         )
 
+    if base.get("path") is None:
+        # A resumed plan names the backup a complete staged copy came from; only that copy
+        # is usable then (stage_base_backup keeps it), the backup itself may be gone.
+        staged = pitr.staging_path(paths.data_directory, pitr_plan["tag"])
+        if own_recovery(staged, pitr_plan["incident_id"]) is None:
+            raise StepFailed(
+                f"base backup {base['id']} is no longer in the catalog and nothing complete "
+                f"is staged at {staged}",
+                hint="re-run with a new incident: its guard chooses from what is there now",
+            )
     try:
         _, detail = pitr.stage_base_backup(
-            Path(base["path"]),
+            Path(base["path"] or paths.data_directory),
             paths.data_directory,
             os_user,
             pitr_plan["tag"],
@@ -1071,7 +1081,8 @@ def validate_recovered(admin: Endpoint, databases: list[str], bindir: Path) -> l
 def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoint) -> str:
     """``pg_promote(wait => true)``, then the recovery settings out of
     ``postgresql.auto.conf``, the marker notes the promotion, and the salvaged segments the
-    new timeline's history runs through are copied into the archive. Idempotent."""
+    new timeline's history runs through are copied into a local archive (an s3:// one:
+    :func:`salvaged_history_kept`). Idempotent."""
     data = Path(cluster.data_directory)
     marker = own_recovery(data, pitr_plan["incident_id"])
     if marker is None:
@@ -1080,18 +1091,39 @@ def promote_recovered(cluster: Cluster, pitr_plan: dict[str, Any], admin: Endpoi
     cleared = pitr.clear_recovery_settings(data, marker.recovery_settings)
     forget_fetch_config(Path(pitr_plan["wal_archive"]))  # S3 credentials of restore_command
     mark_promoted(data, timeline, cluster.os_user)
-    archived = archive_salvaged_history(
-        data, Path(pitr_plan["wal_archive"]), os_user=cluster.os_user, bindir=Path(cluster.bin_dir)
-    )
     return (
         f"{'promoted' if promoted_now else 'already promoted'}; now on timeline {timeline}; "
         f"recovery settings {'removed' if cleared else 'already removed'}"
-        + (
-            f"; {len(archived)} salvaged WAL file(s) the new timeline's history runs through "
-            "copied into the archive"
-            if archived
-            else ""
+        + salvaged_history_kept(cluster, pitr_plan)
+    )
+
+
+def salvaged_history_kept(cluster: Cluster, pitr_plan: dict[str, Any]) -> str:
+    """Where the salvaged WAL the new timeline's history runs through now is, said as it
+    is. A local archive gets copies (it is continuous again). An s3:// archive does not:
+    its local folder is the mirror, whose contract is verified downloads of what S3 lists
+    - a file put there would look offsite and is not - so the salvage folder keeps them."""
+    archive = Path(pitr_plan["wal_archive"])
+    location = pitr_plan.get("wal_location") or ""
+    if is_s3(location):
+        salvage = salvage_dir_for(archive)
+        held = sorted(p.name for p in salvage.iterdir()) if salvage.is_dir() else []
+        if not held:
+            return ""
+        return (
+            f"; salvaged WAL ({len(held)} file(s)) stays in {salvage}, NOT in the offsite "
+            f"archive {location} (its mirror holds only verified downloads): keep that "
+            "folder - a recovery from the offsite archive alone cannot replay the old "
+            "timeline's end without it"
         )
+    archived = archive_salvaged_history(
+        Path(cluster.data_directory), archive, os_user=cluster.os_user, bindir=Path(cluster.bin_dir)
+    )
+    if not archived:
+        return ""
+    return (
+        f"; {len(archived)} salvaged WAL file(s) the new timeline's history runs through "
+        f"copied into the archive {archive}"
     )
 
 

@@ -54,6 +54,7 @@ the primary's disks are gone, only "incident time - newest surviving write" is m
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ from tracktion_dr.postgres.commands import chown_tree
 from tracktion_dr.postgres.control import cluster_control
 from tracktion_dr.postgres.recovery_marker import mark_promoted, postmaster_pid, read_marker
 from tracktion_dr.postgres.salvage import WalHoldings, WalSource
-from tracktion_dr.postgres.wal import lsn_to_int
+from tracktion_dr.postgres.wal import Segment, lsn_to_int
 from tracktion_dr.scenarios import GateCheck, SystemAccess, joined
 from tracktion_dr.scenarios import database as db
 from tracktion_dr.scenarios import site as site_stack
@@ -284,6 +285,50 @@ def offsite_wal_end(location: str, archive: Path, bindir: Path) -> WalPoint | No
     )
 
 
+def _refuse_occupied_site(data: Path) -> None:
+    """A site data directory holding anything but this incident's recovery is refused."""
+    if data.exists() and any(data.iterdir()):
+        marker = read_marker(data)
+        whose = f"incident {marker.incident_id}'s recovery" if marker else "a database"
+        raise SiteNotEmpty(
+            f"the recovery site's data directory {data} already holds {whose}: a site "
+            "failover restores into an empty site",
+            hint=f"if it is a finished drill or an abandoned attempt, move {data} aside "
+            "(never delete it: it may be the only copy) and run again; to resume that "
+            "recovery, re-run its incident",
+        )
+
+
+def _unusable_wal_hint(catalog: Catalog) -> str:
+    described = catalog.describe_unusable_wal()
+    return f"; {described}" if described else ""
+
+
+def _refuse_gap_before_the_end(
+    catalog: Catalog, holdings: WalHoldings, start_lsn: str | None, field: str
+) -> None:
+    """The site replays to the newest WAL of the offsite copy (``latest``): an offsite WAL
+    object left out of the mirror (gone, or failing verification) after the base backup's
+    start - or a timeline history, which decides the path - would stop replay short of
+    the end the gate waits for. Refused, naming the objects; one before the start is
+    harmless."""
+    if not catalog.unusable_wal:
+        return
+    gap = holdings.missing(Segment.from_lsn(start_lsn or "0/0").number)
+    histories = [name for name in catalog.unusable_wal if name.endswith(".history")]
+    if not gap and not histories:
+        return
+    raise InvalidInput(
+        "recovery_site.backups",
+        f"the offsite copy {field} cannot be replayed to its end: "
+        + (f"WAL missing from {gap[0]} on; " if gap else "")
+        + catalog.describe_unusable_wal(),
+        hint="copy the archive again with dr_backup_offsite (from the primary's archive, if "
+        "it is still readable); or restore up to the gap with dr_database_pitr and a target "
+        "before it",
+    )
+
+
 def site_pitr_plan(
     plan: Plan,
     environment: Environment,
@@ -304,20 +349,15 @@ def site_pitr_plan(
     paths = db.pitr_paths(cluster, archive, tag)
     data = paths.data_directory
     resuming = db.own_recovery(data, incident_id)
+    if resuming is None:
+        _refuse_occupied_site(data)
+        # Staged by an earlier attempt (killed before the lay-down): that copy is kept as
+        # it is, so the plan must name the base backup it was staged from, not a newer one.
+        resuming = db.own_recovery(pitr.staging_path(data, tag), incident_id)
     target = pitr.parse_target("latest", None)
     if resuming is not None:
         base = db._base_backup_entry(catalog, resuming)
     else:
-        if data.exists() and any(data.iterdir()):
-            marker = read_marker(data)
-            whose = f"incident {marker.incident_id}'s recovery" if marker else "a database"
-            raise SiteNotEmpty(
-                f"the recovery site's data directory {data} already holds {whose}: a site "
-                "failover restores into an empty site",
-                hint=f"if it is a finished drill or an abandoned attempt, move {data} aside "
-                "(never delete it: it may be the only copy) and run again; to resume that "
-                "recovery, re-run its incident",
-            )
         holdings = WalHoldings.restorable_only(archive, Path(cluster.bin_dir))
         usable, rejected = catalog.usable_base_backups(holdings)
         if not usable:
@@ -325,9 +365,12 @@ def site_pitr_plan(
                 "recovery_site.backups",
                 f"nothing in the offsite copy {field} can be restored: "
                 + ("; ".join(rejected) or f"no base backup in {site.backups.base}"),
-                hint="run dr_backup_base and dr_backup_offsite (the copy the site restores from)",
+                hint="run dr_backup_base and dr_backup_offsite (the copy the site restores from)"
+                + _unusable_wal_hint(catalog),
             )
-        base = catalog.base_backup_for_target(target, usable, holdings, verify_now=False).as_dict()
+        chosen = catalog.base_backup_for_target(target, usable, holdings, verify_now=False)
+        _refuse_gap_before_the_end(catalog, holdings, chosen.start_lsn, field)
+        base = chosen.as_dict()
     databases = [
         name for name, spec in environment.databases.items() if spec.cluster == cluster_name
     ]
@@ -585,9 +628,13 @@ def stage_databases(plan: Plan, run: dict[str, Any]) -> str:
 
 def write_site_settings(data_directory: Path, settings: dict[str, str], os_user: str) -> bool:
     """The site's settings in their own include file, read after the restored
-    configuration's own (so they win) and kept after promotion. True when written now."""
+    ``postgresql.conf`` and kept after promotion. ``postgresql.auto.conf`` is read after
+    every include, so what a restored one sets there for these settings, the port or
+    archiving (a base backup of a node once rebuilt, or ``ALTER SYSTEM``) is commented
+    out: the site server must not start on the primary's port or archive into its
+    archive. True when anything was written now."""
     lines = ["# Written by dr_site_failover: this server runs in the recovery site."]
-    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
+    lines += [f"{key} = '{pitr._conf_escape(value)}'" for key, value in settings.items()]
     text = "\n".join(lines) + "\n"
     path = data_directory / SITE_SETTINGS_FILE
     changed = not path.exists() or path.read_text() != text
@@ -601,7 +648,34 @@ def write_site_settings(data_directory: Path, settings: dict[str, str], os_user:
         with main_conf.open("a") as handle:
             handle.write(f"\n{include}\n")
         changed = True
-    return changed
+    overridden = {key.lower() for key in settings} | {"port"}
+    return _comment_out_auto_settings(data_directory, overridden) or changed
+
+
+AUTO_CONF_SETTING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.$]*)\s*(=|\s)")
+SITE_OVERRIDE_NOTE = "# overridden in the recovery site by dr_site_failover: "
+
+
+def _comment_out_auto_settings(data_directory: Path, overridden: set[str]) -> bool:
+    """Comment out (never delete: the restored values stay readable) the lines of
+    ``postgresql.auto.conf`` that set one of ``overridden`` or any ``archive_*``
+    setting. True when the file changed."""
+    auto_conf = data_directory / "postgresql.auto.conf"
+    if not auto_conf.exists():
+        return False
+    text = auto_conf.read_text()
+    kept = []
+    for line in text.splitlines(keepends=True):
+        match = AUTO_CONF_SETTING.match(line)
+        key = match.group(1).lower() if match else ""
+        if key in overridden or key.startswith("archive_"):
+            line = SITE_OVERRIDE_NOTE + line
+        kept.append(line)
+    new_text = "".join(kept)
+    if new_text == text:
+        return False
+    auto_conf.write_text(new_text)  # keeps owner and mode
+    return True
 
 
 def lay_down_databases(plan: Plan, run: dict[str, Any]) -> str:
