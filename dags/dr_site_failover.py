@@ -56,6 +56,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail, take_exclusivity
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.site_steps import (
     STACK_REQUEST_KEY,
     RecoveryStackCreateOperator,
@@ -250,20 +251,20 @@ def dr_site_failover():
     started_pg = start_postgres(run, lay_down_database(run, stage_database(run, outputs)))
     gate_replay = gate(
         "gate_replay_caught_up",
-        site_failover.replay_caught_up(PLAN, _LazyAccess()),
+        named_check("site_replay_caught_up"),
         poke_interval=1,
     )
     validated = validate_database(run)
     started_pg >> gate_replay >> validated
     services_started = start_services(run, promote(run, validated))
-    gate_healthy = gate("gate_services_healthy", site_failover.services_healthy(PLAN))
-    gate_functional = gate("gate_functional_checks", site_failover.functional_checks_pass(PLAN))
+    gate_healthy = gate("gate_services_healthy", named_check("site_services_healthy"))
+    gate_functional = gate("gate_functional_checks", named_check("site_functional_checks_pass"))
     services_started >> gate_healthy >> gate_functional
     moved = move_traffic(run)
     gate_functional >> moved
     gate_traffic = gate(
         "gate_traffic_moved",
-        site_failover.traffic_moved(PLAN, _balancer_url, route53_client),
+        named_check("site_traffic_moved"),
         poke_interval=1,
     )
     moved >> gate_traffic
@@ -273,14 +274,6 @@ def dr_site_failover():
     dismantled = dismantle_drill_site()
     validated_site >> loss >> dismantled
     scenario_tail(PLAN, run, [dismantled], record_fields=_record_fields, exclusive=True)
-
-
-class _LazyAccess:
-    """The scenarios' SystemAccess, resolved in the task (no Airflow connection at parse
-    time)."""
-
-    def __getattr__(self, name: str):
-        return getattr(_access(), name)
 
 
 dr_site_failover()

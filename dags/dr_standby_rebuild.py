@@ -45,6 +45,7 @@ from tracktion_dr.airflow.dag_kit import (
     scenario_tail,
     take_exclusivity,
 )
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -123,7 +124,7 @@ def dr_standby_rebuild():
     find_roles(run) >> rebuilt
     gate = RtoGate(
         task_id="gate_standby_streaming",
-        check=rebuild.standby_streams(PLAN, _endpoint),
+        check=named_check("standby_streams"),
         incident=run,
         plan=PLAN,
         milestone="redundancy",

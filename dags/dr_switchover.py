@@ -55,6 +55,7 @@ from tracktion_dr.airflow.dag_kit import (
     scenario_tail,
     take_exclusivity,
 )
+from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -179,7 +180,7 @@ def dr_switchover():
     switched >> started
     service_gate = RtoGate(
         task_id="gate_new_primary",
-        check=rebuild.new_primary_serves(PLAN, ACCESS),
+        check=named_check("new_primary_serves"),
         incident=run,
         plan=PLAN,
     )
@@ -188,7 +189,7 @@ def dr_switchover():
     [switched, started] >> service_gate >> rebuilt
     redundancy_gate = RtoGate(
         task_id="gate_standby_streaming",
-        check=rebuild.standby_streams(PLAN, _endpoint),
+        check=named_check("standby_streams"),
         incident=run,
         plan=PLAN,
         milestone="redundancy",

@@ -449,6 +449,8 @@ def compose_environment(secrets: SandboxSecrets, home: str) -> dict[str, str]:
         environment[key] = json.dumps({**connection, "host": LOAD_BALANCER})
     connection = json.loads(environment["AIRFLOW_CONN_DR_SMTP"])
     environment["AIRFLOW_CONN_DR_SMTP"] = json.dumps({**connection, "host": SINK})
+    # The compose topology has no recovery site (its plan names none): no connection to it.
+    environment.pop("AIRFLOW_CONN_TRACKTION_PG_RECOVERY", None)
     environment["DR_SANDBOX_HOME"] = home
     environment["DR_PLAN"] = "compose"  # include/config/compose.yaml: these containers
     return environment

@@ -181,6 +181,50 @@ def _third_party_switched(plan: Plan) -> GateCheck:
     return third_party.gate_check(plan)
 
 
+def _standby_streams(plan: Plan) -> GateCheck:
+    from tracktion_dr.airflow.support import endpoint
+    from tracktion_dr.scenarios import rebuild
+
+    return rebuild.standby_streams(plan, endpoint)
+
+
+def _new_primary_serves(plan: Plan) -> GateCheck:
+    from tracktion_dr.airflow.access import ACCESS
+    from tracktion_dr.scenarios import rebuild
+
+    return rebuild.new_primary_serves(plan, ACCESS)
+
+
+def _site_replay_caught_up(plan: Plan) -> GateCheck:
+    from tracktion_dr.airflow.access import ACCESS
+    from tracktion_dr.scenarios import site_failover
+
+    return site_failover.replay_caught_up(plan, ACCESS)
+
+
+def _site_services_healthy(plan: Plan) -> GateCheck:
+    from tracktion_dr.scenarios import site_failover
+
+    return site_failover.services_healthy(plan)
+
+
+def _site_functional_checks_pass(plan: Plan) -> GateCheck:
+    from tracktion_dr.scenarios import site_failover
+
+    return site_failover.functional_checks_pass(plan)
+
+
+def _site_traffic_moved(plan: Plan) -> GateCheck:
+    from tracktion_dr.airflow.site_steps import cloudformation_client, route53_client
+    from tracktion_dr.scenarios import site, site_failover
+
+    def balancer_url(run: dict[str, Any]) -> str:
+        # the site's load balancer from the stack's Outputs (a gate has only the run)
+        return site.read_endpoints(plan, run, cloudformation_client)["endpoints"]["load_balancer"]
+
+    return site_failover.traffic_moved(plan, balancer_url, route53_client)
+
+
 GATE_CHECKS: dict[str, Callable[..., GateCheck]] = {
     "services_healthy": services_healthy,
     "functional_checks_pass": functional_checks_pass,
@@ -196,6 +240,12 @@ GATE_CHECKS: dict[str, Callable[..., GateCheck]] = {
     "infrastructure_repaired": _infrastructure_repaired,
     "failover_serving": _failover_serving,
     "third_party_switched": _third_party_switched,
+    "standby_streams": _standby_streams,
+    "new_primary_serves": _new_primary_serves,
+    "site_replay_caught_up": _site_replay_caught_up,
+    "site_services_healthy": _site_services_healthy,
+    "site_functional_checks_pass": _site_functional_checks_pass,
+    "site_traffic_moved": _site_traffic_moved,
 }
 
 
