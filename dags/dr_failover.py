@@ -12,12 +12,21 @@ weight 100, then the primary disabled at weight 0; `gate_failover` opens only wh
 request routed through the balancer is answered by the secondary.
 
 **Target `database`**: the primary is confirmed down and the replica a reachable standby;
-then the old primary is **fenced** (a running postmaster stopped, `standby.signal` and a
-`DR_FENCED` note written into its data directory, so it comes back read-only), the replica
-is promoted (`pg_promote`), the balancer's `database` backend repointed to it (the services
+then `fence_old_primary`, on the old primary's host (the worker queue of the cluster's
+`host` in the plan), proves its data directory is the old primary (system identifier, not
+in recovery, not the standby itself; otherwise it refuses and nothing is switched) and
+**fences** it (a running postmaster stopped, `standby.signal` and a `DR_FENCED` note
+written, so it comes back read-only); then `switch` promotes the replica (`pg_promote`), the balancer's `database` backend repointed to it (the services
 find the writable database there), `gate_failover` opens when a write commits on the new
 primary, and `measure_data_loss` reports the data lost: incident time − newest canary
 heartbeat that survived.
+
+**The old primary's host is gone** (its worker never takes `fence_old_primary`): nothing
+can be written to its disks. Once you know it is off, mark `fence_old_primary` *success* in
+the UI: the switch goes on and records that only the balancer keeps writes away from the
+old primary (rebuild it with `dr_standby_rebuild` before it starts again). Left alone, the
+queued task is failed by the scheduler (`[scheduler] task_queued_timeout`) and nothing is
+switched.
 
 **Mode `manual`**: before anything is touched, `approve` (Airflow's human-in-the-loop
 approval) shows what will happen and waits; the run proceeds only on **Approve**. Reject
@@ -170,9 +179,18 @@ def dr_failover():
         retries=0,
     )
 
+    @task.branch(retries=0, trigger_rule="none_failed_min_one_success")
+    def fence_path(run: dict) -> list[str]:
+        return failover.fence_branch(run)
+
+    @step("destructive", host="database_primary")
+    def fence_old_primary(run: dict, **context) -> dict:
+        return failover.fence(PLAN, run, ACCESS)
+
     @step("destructive", trigger_rule="none_failed_min_one_success")
     def switch(run: dict, **context) -> dict:
-        return failover.switch(PLAN, run, ACCESS)
+        fenced = context["ti"].xcom_pull(task_ids="fence_old_primary")
+        return failover.switch(PLAN, run, ACCESS, fenced)
 
     @step("check")
     def measure_data_loss(run: dict, **context) -> dict:
@@ -188,8 +206,14 @@ def dr_failover():
     run = check_inputs()
     path = approval_path(run)
     preconditions(run) >> path
+    approved = [approve, EmptyOperator(task_id="automatic")]
+    fencing = fence_path(run)
     switched = switch(run)
-    path >> [approve, EmptyOperator(task_id="automatic")] >> switched
+    # The switch is also directly below the approval: a Reject skips it by name (the
+    # operator skips its direct downstream only), never through trigger rules.
+    path >> approved >> fencing >> fence_old_primary(run) >> switched
+    approved >> switched
+    fencing >> switched
     gate = RtoGate(
         task_id="gate_failover",
         check=named_check("failover_serving"),

@@ -161,7 +161,7 @@ def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
 
 def test_a_failover_pointed_at_the_wrong_cluster_fences_nothing(sandbox):
     """The old primary is down; the plan names the replica's data directory (or the ops
-    cluster's) as the old primary. The switch checks what is there before it stops or
+    cluster's) as the old primary. The fence checks what is there before it stops or
     writes anything, and refuses: the replica keeps running as a standby, no fence file
     is written anywhere, nothing is promoted, the balancer is not touched."""
     layout, password = sandbox.layout, sandbox.secrets.postgres_password
@@ -189,9 +189,9 @@ def test_a_failover_pointed_at_the_wrong_cluster_fences_nothing(sandbox):
             found = failover.preconditions(plan, run, ACCESS)["found"]
             assert found["system_identifier"].isdigit(), "the guard records the pair's identity"
             with pytest.raises(FailoverRefused) as refused:
-                failover.switch(plan, run, ACCESS)
+                failover.fence(plan, run, ACCESS)
             assert refusal in str(refused.value)
-            assert "HINT: run the switch on the old primary's host" in str(refused.value)
+            assert "HINT: run the fence on the old primary's host" in str(refused.value)
         assert postmaster_started(L.REPLICA_PORT, password) == replica_before, (
             "the replica was neither stopped nor promoted"
         )

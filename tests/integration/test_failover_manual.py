@@ -208,6 +208,7 @@ def test_rejected_manual_failover_switches_nothing(airflow_api, secondary_regist
     run_id = run_until_awaiting_approval(airflow_api)
     answer(airflow_api, run_id, "Reject")
     assert wait_for(lambda: finished(airflow_api, run_id), "the run to finish") == "failed"
-    assert task_state(airflow_api, run_id, "switch") == "skipped"
+    for task_id in ("fence_path", "fence_old_primary", "switch"):
+        assert task_state(airflow_api, run_id, task_id) == "skipped", task_id
     assert task_state(airflow_api, run_id, "verdict") == "failed"
     assert backend(SERVICE)["servers"] == before

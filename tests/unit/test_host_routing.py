@@ -186,3 +186,21 @@ def test_queues_survive_serialization(monkeypatch):
 def test_without_hosts_every_pitr_task_stays_on_the_default_queue(monkeypatch, tmp_path):
     dag = pitr_dag(monkeypatch, SANDBOX_PLAN, str(tmp_path))
     assert {task.queue for task in dag.tasks} == {"default"}
+
+
+def test_a_database_failover_fences_on_the_old_primarys_host_and_switches_over_the_network(
+    monkeypatch,
+):
+    """dr_failover's fence writes into the old primary's data directory: its host's queue.
+    Everything else (preconditions, promote with pg_promote, the balancer, the gate) talks
+    over the network and stays on the default queue - a host that is gone cannot hold up
+    more than its own fence."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DR_PLAN", str(COMPOSE_PLAN))
+    monkeypatch.setenv("DR_SANDBOX_HOME", "/srv/tracktion")
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "dr_failover.py"))
+    assert bag.import_errors == {}
+    queues = {task.task_id: task.queue for task in bag.dags["dr_failover"].tasks}
+    assert queues.pop("fence_old_primary") == DB_PRIMARY
+    assert set(queues.values()) == {"default"}, queues

@@ -89,6 +89,14 @@ def test_manual_mode_goes_through_the_approval(plan):
     assert failover.approval_timeout(plan) == timedelta(minutes=30)
 
 
+def test_only_a_database_failover_goes_through_the_fence(plan):
+    assert failover.fence_branch(run_for(plan, target="database")) == [
+        "fence_old_primary",
+        "switch",
+    ]
+    assert failover.fence_branch(run_for(plan)) == ["switch"], "a service has nothing to fence"
+
+
 def test_an_unapproved_manual_failover_fails_saying_so(plan):
     manual = run_for(plan, mode="manual")
     approved = {"chosen_options": ["Approve"], "responded_by_user": {"id": "1", "name": "ana"}}

@@ -170,10 +170,35 @@ def approval_branch(run: dict[str, Any]) -> str:
     return "approve" if run["mode"] == "manual" else "automatic"
 
 
-def switch(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
-    """Move the traffic. Every part looks before it acts (a fenced primary is not fenced
-    twice, a promoted replica not promoted again, the balancer set to the same state), so
-    a retry or a re-run of the incident continues where the last one stopped."""
+def fence_branch(run: dict[str, Any]) -> list[str]:
+    """The tasks after the approval: a database failover fences the old primary before the
+    switch (on the old primary's host); a service failover has nothing to fence."""
+    return ["fence_old_primary", "switch"] if run["target"] == "database" else ["switch"]
+
+
+def fence(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
+    """Fence the old primary of a database failover, on its host (the step runs on the
+    host's worker queue: the data directory is there). Proves the directory is the old
+    primary before it stops or writes anything; a fence already in place is not redone."""
+    environment = environment_of(plan, run)
+    cluster = environment.clusters[environment.databases[run["database"]].cluster]
+    _, replica = database_conninfos(environment, run["database"], access)
+    actions = fence_old_primary(cluster, run["incident_id"], standby_conninfo=replica)
+    for action in actions:
+        log.info("%s", action)
+    return {"detail": "; ".join(actions), "actions": actions}
+
+
+def switch(
+    plan: Plan, run: dict[str, Any], access: SystemAccess, fenced: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Move the traffic. Every part looks before it acts (a promoted replica is not
+    promoted again, the balancer set to the same state), so a retry or a re-run of the
+    incident continues where the last one stopped.
+
+    A database switch comes after :func:`fence` (``fenced``: its result). None means the
+    fence task was marked done by hand - the old primary's host is gone and its worker can
+    never take the task -: the switch goes on, and says the balancer is the only fence."""
     environment = environment_of(plan, run)
     balancer = load_balancer(environment, access)
     primary, secondary = run["primary_server"], run["secondary_server"]
@@ -182,9 +207,16 @@ def switch(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, A
         balancer.switch(run["service"], primary, secondary)
         actions.append(f"load balancer {run['service']}: {secondary} in")
     else:
-        cluster = environment.clusters[environment.databases[run["database"]].cluster]
+        if fenced is None:
+            actions.append(
+                "the old primary was not fenced by this run (fence_old_primary was marked "
+                "done by hand): only the balancer keeps writes away from it - rebuild it "
+                "before it is started again"
+            )
+            log.warning("%s", actions[-1])
+        else:
+            actions += fenced.get("actions", [])
         _, replica = database_conninfos(environment, run["database"], access)
-        actions += fence_old_primary(cluster, run["incident_id"], standby_conninfo=replica)
         actions.append(promote(replica))
         balancer.switch("database", primary, secondary)
         actions.append(f"load balancer database backend -> {secondary}")

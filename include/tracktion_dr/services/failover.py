@@ -193,7 +193,8 @@ def check_fence_target(
         return None
     found = directory_identity(data, bindir=Path(cluster.bin_dir), os_user=cluster.os_user)
     hint = (
-        "run the switch on the old primary's host (its worker queue), or correct the "
+        "run the fence on the old primary's host (dr_failover's fence_old_primary goes to "
+        "the worker queue of the cluster's host in the plan), or correct the "
         "cluster's data_directory in the plan; nothing was stopped or fenced"
     )
     if found is None:
