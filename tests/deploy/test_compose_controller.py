@@ -426,12 +426,6 @@ def test_restart_runs_a_stopped_service(project):
     wait_for_state(project, "web", ServiceState.RUNNING)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="compose restart of a service without a container exits 0 and creates none "
-    "(Compose v2.40.3): the controller's restart reports success, the service stays down",
-)
 def test_restart_of_a_service_without_a_container_runs_it(project):
     project.compose("rm", "--stop", "--force", "spare")
 
@@ -441,12 +435,6 @@ def test_restart_of_a_service_without_a_container_runs_it(project):
     assert project.container("spare")["State"]["Running"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ControllerError,
-    reason="status reads a paused service STOPPED, but start (up --detach) cannot start a "
-    "paused container: the engine answers 'cannot start a paused container, try unpause'",
-)
 def test_start_of_a_paused_service_runs_it(project):
     project.up("web")
     project.compose("pause", "web")
