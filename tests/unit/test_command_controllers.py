@@ -1,14 +1,15 @@
 """The docker compose and systemd controllers, by their exact command lines.
 
-There is no Docker engine and no systemd (PID 1) on the test machine, so these controllers
-cannot drive real containers or units here. They are tested through their command runner:
+These tests run without a Docker engine or systemd (PID 1): the controllers are tested
+through their command runner:
 each test asserts the argv the controller would run, and feeds it the outputs that
 ``docker compose`` v2 and ``systemctl`` print (files under ``recorded/``, transcribed from
 those tools' documented output formats: ps as a JSON array before compose 2.21 and as one
 object per line after; ``systemctl show --property=...`` key=value lines) including their
 failures. The last tests run the real docker CLI and systemctl of this machine, which fail
-for real (no compose plugin or engine, no systemd as PID 1). The supervisord controller, by
-contrast, is tested against a real supervisord.
+for real (no such project or engine, no systemd as PID 1). The compose controller against
+real containers: tests/deploy/test_compose_controller.py; the supervisord controller
+against a real supervisord.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def test_compose_operations_are_scoped_to_the_file_and_project():
     controller.rebuild("analysis-service")
     assert runner.calls == [
         [*COMPOSE, "stop", "analysis-service"],
+        [*COMPOSE, "ps", "--all", "--format", "json", "analysis-service"],  # paused?
         [*COMPOSE, "up", "--detach", "--no-deps", "analysis-service"],
         [*COMPOSE, "restart", "analysis-service"],
+        [*COMPOSE, "up", "--detach", "--no-deps", "analysis-service"],  # gone: created
         [*COMPOSE, "pull", "analysis-service"],
         [*COMPOSE, "build", "--no-cache", "analysis-service"],
         [*COMPOSE, "up", "--detach", "--no-deps", "--force-recreate", "analysis-service"],

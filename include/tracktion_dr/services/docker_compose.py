@@ -7,8 +7,11 @@ shared host. Operations map to compose as follows (the seed's scripts, minus the
 =========  ===================================================================
 status     ``ps --all --format json SERVICE`` (state and health of its containers)
 stop       ``stop SERVICE``                 (idempotent: stopping stopped is success)
-start      ``up --detach --no-deps SERVICE`` (creates the container if it is gone)
-restart    ``restart SERVICE``
+start      ``unpause SERVICE`` when a container of it is paused (``up`` cannot start a
+           paused container), then ``up --detach --no-deps SERVICE`` (creates the
+           container if it is gone)
+restart    ``restart SERVICE`` then ``up --detach --no-deps SERVICE`` (compose restarts
+           only existing containers and exits 0 when there is none)
 pull       ``pull SERVICE``
 rebuild    ``build --no-cache SERVICE`` then ``up --detach --no-deps --force-recreate``
 =========  ===================================================================
@@ -94,8 +97,7 @@ class DockerComposeController(ServiceController):
         return result
 
     def status(self, service: str) -> ServiceStatus:
-        result = self._run("inspect", service, "ps", "--all", "--format", "json", service)
-        containers = parse_ps_json(result.stdout)
+        containers = self._containers(service)
         if not containers:
             return ServiceStatus(service, ServiceState.STOPPED, "no container")
         states = [_container_state(c) for c in containers]
@@ -114,13 +116,22 @@ class DockerComposeController(ServiceController):
         log.info("compose %s: stopping %s", self.project, service)
         self._run("stop", service, "stop", service)
 
+    def _containers(self, service: str) -> list[dict[str, Any]]:
+        result = self._run("inspect", service, "ps", "--all", "--format", "json", service)
+        return parse_ps_json(result.stdout)
+
     def start(self, service: str) -> None:
         log.info("compose %s: starting %s", self.project, service)
+        # status reads a paused container as stopped, and the engine refuses to start one
+        if any(str(c.get("State", "")).lower() == "paused" for c in self._containers(service)):
+            self._run("unpause", service, "unpause", service)
         self._run("start", service, "up", "--detach", "--no-deps", service)
 
     def restart(self, service: str) -> None:
         log.info("compose %s: restarting %s", self.project, service)
         self._run("restart", service, "restart", service)
+        # a service whose container was removed is not restarted (exit 0): create it
+        self._run("start", service, "up", "--detach", "--no-deps", service)
 
     def pull(self, service: str) -> None:
         log.info("compose %s: pulling %s", self.project, service)
