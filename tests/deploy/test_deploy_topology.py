@@ -139,6 +139,33 @@ def wait_for(predicate, timeout: float, interval: float, what: str):
         time.sleep(interval)
 
 
+def run_over_rest(api: Api, dag_id: str, conf: dict) -> tuple[str, dict, str, str]:
+    """Trigger ``dag_id`` over REST as an operator would (unpaused first), wait for it to
+    end; (state, task instances by id, a printable report, the run's API path)."""
+    wait_for(
+        lambda: api.get(f"/dags/{dag_id}").status_code == 200,
+        DAG_VISIBLE_TIMEOUT_SECONDS,
+        5,
+        f"the dag-processor to serialize {dag_id}",
+    )
+    api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    run = api.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+    run_path = f"/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}"
+    state = wait_for(
+        lambda: (s := api.get(run_path).json()["state"]) in ("success", "failed") and s,
+        RUN_TIMEOUT_SECONDS,
+        10,
+        f"run {run['dag_run_id']} to finish",
+    )
+    task_instances = api.get(f"{run_path}/taskInstances").json()["task_instances"]
+    report = "\n".join(
+        f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
+        for ti in sorted(task_instances, key=lambda ti: ti["start_date"] or "")
+    )
+    print(f"{dag_id} {run['dag_run_id']}: {state}\n{report}")
+    return state, {ti["task_id"]: ti for ti in task_instances}, report, run_path
+
+
 # --------------------------------------------------------------------------- the test
 
 
@@ -188,40 +215,17 @@ def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deploymen
     assert before.startswith(f"{CHECK_ROWS}:")
 
     # When dr_database_pitr is triggered over REST (the DAG unpaused first, as an operator).
-    wait_for(
-        lambda: api.get("/dags/dr_database_pitr").status_code == 200,
-        DAG_VISIBLE_TIMEOUT_SECONDS,
-        5,
-        "the dag-processor to serialize dr_database_pitr",
+    state, ran, report, _ = run_over_rest(
+        api,
+        "dr_database_pitr",
+        {"environment": "drill", "cluster": "main", "target_type": "latest"},
     )
-    api.call("PATCH", "/dags/dr_database_pitr", {"is_paused": False})
-    run = api.call(
-        "POST",
-        "/dags/dr_database_pitr/dagRuns",
-        {
-            "logical_date": None,
-            "conf": {"environment": "drill", "cluster": "main", "target_type": "latest"},
-        },
-    )
-    run_path = f"/dags/dr_database_pitr/dagRuns/{quote(run['dag_run_id'], safe='')}"
-    state = wait_for(
-        lambda: (s := api.get(run_path).json()["state"]) in ("success", "failed") and s,
-        RUN_TIMEOUT_SECONDS,
-        10,
-        f"run {run['dag_run_id']} to finish",
-    )
-    task_instances = api.get(f"{run_path}/taskInstances").json()["task_instances"]
-    report = "\n".join(
-        f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
-        for ti in sorted(task_instances, key=lambda ti: ti["start_date"] or "")
-    )
-    print(f"dr_database_pitr {run['dag_run_id']}: {state}\n{report}")
+    task_instances = list(ran.values())
 
     # Then the run succeeded,
     assert state == "success", report
     # each task ran on the worker of the host it acts on,
     default_worker = container_hostname(deployment, "airflow-worker")
-    ran = {ti["task_id"]: ti for ti in task_instances}
     assert set(ran) == set(EXPECTED_HOST), report
     for task_id, host in EXPECTED_HOST.items():
         ti = ran[task_id]
@@ -278,3 +282,113 @@ def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deploymen
         "SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()",
     )
     assert int(timeline) > 1  # really recovered: a new timeline, not the old server
+
+
+# --------------------------------------------------------------------------- failover
+
+PRIMARY_DATA = "/srv/tracktion/pg/primary"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+FENCE_NOTE = "DR_FENCED"  # tracktion_dr.services.failover.FENCE_NOTE
+
+
+def on_host(deployment, service: str, *argv: str, check: bool = True):
+    """A command on a host container, as root (the DR agent's user there)."""
+    return compose(deployment, "exec", "-T", service, *argv, check=check)
+
+
+def as_postgres(deployment, service: str, *argv: str):
+    return on_host(deployment, service, "runuser", "-u", "postgres", "--", *argv)
+
+
+def exists_on(deployment, service: str, path: str) -> bool:
+    return on_host(deployment, service, "test", "-e", path, check=False).returncode == 0
+
+
+def test_database_failover_fences_on_the_primary_host_and_refuses_the_wrong_cluster(
+    deployment, api
+):
+    """The primary's PostgreSQL stops (after the PITR test: it streams to the replica).
+
+    First its data directory on db-primary is not the old primary at all (moved aside, a
+    fresh cluster of its own made at that path, as after a host rebuilt by mistake):
+    dr_failover's fence, run on db-primary, finds another system identifier and refuses -
+    nothing is written there, the replica is not promoted. Then the real directory is put
+    back and the failover runs again: fenced on db-primary (standby.signal and the note
+    written), the replica promoted on db-replica, every row committed before the stop
+    there. The deployment stays failed over (the session removes it; with DEPLOY_KEEP=1 run
+    ``make deploy-down`` before the next session)."""
+    # Given known rows, streamed to the replica, and the primary stopped cleanly.
+    marker = uuid.uuid4().hex
+    psql(
+        deployment,
+        "db-primary",
+        55432,
+        f"CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id int, marker text, payload text, "
+        "PRIMARY KEY (id, marker)); "
+        f"INSERT INTO {CHECK_TABLE} SELECT i, '{marker}', md5(i::text || '{marker}') "
+        f"FROM generate_series(1, {CHECK_ROWS}) AS i",
+    )
+    checksum_sql = (
+        f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
+        f"FROM {CHECK_TABLE} WHERE marker = '{marker}'"
+    )
+    before = psql(deployment, "db-primary", 55432, checksum_sql)
+    as_postgres(
+        deployment, "db-primary", f"{PG_BIN}/pg_ctl", "-D", PRIMARY_DATA, "-m", "fast", "-w", "stop"
+    )
+    replica_in_recovery = "SELECT pg_catalog.pg_is_in_recovery()"
+    assert psql(deployment, "db-replica", 55433, replica_in_recovery) == "t"
+    default_worker = container_hostname(deployment, "airflow-worker")
+    conf = {"environment": "drill", "target": "database", "database": "tracktion"}
+
+    # When the directory at the old primary's path is another cluster,
+    real, wrong = f"{PRIMARY_DATA}.real-{marker[:8]}", f"{PRIMARY_DATA}.wrong-{marker[:8]}"
+    on_host(deployment, "db-primary", "mv", PRIMARY_DATA, real)
+    on_host(
+        deployment,
+        "db-primary",
+        "install",
+        "-d",
+        "-o",
+        "postgres",
+        "-g",
+        "postgres",
+        "-m",
+        "0700",
+        PRIMARY_DATA,
+    )
+    as_postgres(
+        deployment, "db-primary", f"{PG_BIN}/initdb", "--no-sync", "-A", "peer", "-D", PRIMARY_DATA
+    )
+    state, ran, report, run_path = run_over_rest(api, "dr_failover", conf)
+    # then the fence, on db-primary, refused it and nothing was switched,
+    assert state == "failed", report
+    fence = ran["fence_old_primary"]
+    assert (fence["state"], fence["hostname"]) == ("failed", "db-primary"), report
+    assert ran["switch"]["state"] == "upstream_failed", report
+    log = api.get(f"{run_path}/taskInstances/fence_old_primary/logs/{fence['try_number']}")
+    assert "is another cluster (system identifier" in log.text, log.text[-2000:]
+    assert not exists_on(deployment, "db-primary", f"{PRIMARY_DATA}/{FENCE_NOTE}")
+    assert not exists_on(deployment, "db-primary", f"{PRIMARY_DATA}/standby.signal")
+    assert psql(deployment, "db-replica", 55433, replica_in_recovery) == "t", "not promoted"
+
+    # When the real old primary is back at its path and the failover runs again,
+    on_host(deployment, "db-primary", "mv", PRIMARY_DATA, wrong)
+    on_host(deployment, "db-primary", "mv", real, PRIMARY_DATA)
+    state, ran, report, _ = run_over_rest(api, "dr_failover", conf)
+
+    # then the old primary was fenced on its host and the replica promoted from the default
+    # worker (pg_promote over the network),
+    assert state == "success", report
+    assert ran["fence_old_primary"]["hostname"] == "db-primary", report
+    for task_id in ("guard", "preconditions", "switch", "gate_failover", "measure_data_loss"):
+        assert ran[task_id]["state"] == "success", f"{task_id}\n{report}"
+        assert ran[task_id]["hostname"] == default_worker, f"{task_id}\n{report}"
+    assert exists_on(deployment, "db-primary", f"{PRIMARY_DATA}/standby.signal")
+    assert exists_on(deployment, "db-primary", f"{PRIMARY_DATA}/{FENCE_NOTE}")
+    assert not exists_on(deployment, "db-primary", f"{wrong}/{FENCE_NOTE}"), (
+        "the wrong one untouched"
+    )
+    assert psql(deployment, "db-replica", 55433, replica_in_recovery) == "f"
+    # and every row committed before the stop is on the new primary.
+    assert psql(deployment, "db-replica", 55433, checksum_sql) == before

@@ -221,3 +221,28 @@ def test_probes_called_from_inside_an_event_loop(endpoints):
 def test_no_targets():
     assert run_probes([]) == []
     assert overall_status([]) == "OPERATIONAL"
+
+
+def test_a_health_only_probe_of_services_leaves_out_their_functional_checks(
+    endpoints, tmp_path, monkeypatch
+):
+    """The failover gate runs on the triggerer, away from the application host where a
+    functional check's sample file is: it probes the health endpoints only. A service
+    probe with its functional check still needs the sample."""
+    from tracktion_dr.core.plan import load_plan
+    from tracktion_dr.services.recovery import probe_services
+
+    monkeypatch.setenv("DR_SANDBOX_HOME", str(tmp_path))  # no sample file there
+    root = Path(__file__).resolve().parents[2]
+    environment = load_plan(root / "include" / "config" / "sandbox.yaml").environment("drill")
+    service = environment.services["analysis-service"]
+    assert service.functional_check is not None and service.functional_check.sample_file
+    answering = service.model_copy(update={"health_url": f"{endpoints}/health/analysis"})
+    environment = environment.model_copy(
+        update={"services": {**environment.services, "analysis-service": answering}}
+    )
+
+    full = probe_services(environment, ["analysis-service"])["analysis-service"]
+    assert not full["healthy"] and "sample" in full["detail"] and "missing" in full["detail"]
+    health = probe_services(environment, ["analysis-service"], functional=False)
+    assert health["analysis-service"]["healthy"], health

@@ -231,11 +231,12 @@ def _database_back(environment: Environment, run: dict[str, Any], access: System
         written = verify_write(replica)
     except Exception as exc:  # not yet writable: keep waiting
         return False, str(exc).strip().splitlines()[-1][:160]
-    # the services that use this database must reach it through the repointed route
+    # the services that use this database must reach it through the repointed route: their
+    # health endpoints check it. (Their functional checks are validation's, on the
+    # application host: this gate runs on the triggerer, where the sample files are not.)
     users = [n for n, s in environment.services.items() if run["database"] in s.depends_on]
-    down = {
-        n: r["detail"] for n, r in probe_services(environment, users).items() if not r["healthy"]
-    }
+    probed = probe_services(environment, users, functional=False)
+    down = {n: r["detail"] for n, r in probed.items() if not r["healthy"]}
     if down:
         return False, f"{written}; services not back yet: {down}"
     return True, f"{written}; {len(users)} services using it healthy"

@@ -113,29 +113,36 @@ def functional_check(check: FunctionalCheck, timeout: float | None = None) -> st
     return f"functional check passed ({check.method} {check.url})"
 
 
-def service_check(environment: Environment, name: str) -> Any:
-    """A probe check (timeout -> detail, raises ProbeFailure): health, then functional."""
+def service_check(environment: Environment, name: str, *, functional: bool = True) -> Any:
+    """A probe check (timeout -> detail, raises ProbeFailure): health, then functional
+    (unless ``functional`` is False)."""
     service = environment.services[name]
     health = http_health(service.health_url)
+    functional_spec = service.functional_check if functional else None
 
     def check(timeout: float) -> str:
         detail = health(timeout)
-        if service.functional_check is not None:
-            detail += "; " + functional_check(service.functional_check)
+        if functional_spec is not None:
+            detail += "; " + functional_check(functional_spec)
         return detail
 
     return check
 
 
-def probe_services(environment: Environment, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``{name: {"healthy": bool, "detail": str}}`` for each service, probed concurrently."""
+def probe_services(
+    environment: Environment, names: Iterable[str], *, functional: bool = True
+) -> dict[str, dict[str, Any]]:
+    """``{name: {"healthy": bool, "detail": str}}`` for each service, probed concurrently.
+    ``functional=False``: the health endpoints only - for a check that runs away from the
+    application host, where a functional check's sample file is not."""
     targets = []
     for name in names:
         service = environment.services[name]
         timeout = service.probe_timeout.total_seconds()
-        if service.functional_check is not None:
+        if functional and service.functional_check is not None:
             timeout += service.functional_check.timeout.total_seconds()
-        targets.append(ProbeTarget(name, "service", service_check(environment, name), timeout))
+        check = service_check(environment, name, functional=functional)
+        targets.append(ProbeTarget(name, "service", check, timeout))
     return {r.name: {"healthy": r.healthy, "detail": r.detail} for r in run_probes(targets)}
 
 
