@@ -132,3 +132,24 @@ def test_a_rerun_keeps_its_first_dump():
     assert len(catalog.asked) == 2, "a validated copy exists: the dump is not read again"
     with pytest.raises(InvalidInput, match="backup: incident .* already restored"):
         pick_backup(catalog, TARGET, "tracktion_20261126T230000Z.dump", incomplete)
+
+
+@pytest.mark.parametrize("path", [None, "/nonexistent/base_20261126T013924Z"])
+def test_a_failed_lay_down_of_a_backup_that_is_gone_says_so_and_marks_nothing(tmp_path, path):
+    """The base backup the guard chose is no longer there (an offsite backup's mirror copy
+    removed, a local one moved): the step fails saying so - a retry, never a crash on the
+    missing path, and no verification record written for a backup nobody checked."""
+    from pathlib import Path
+
+    from tracktion_dr.core.errors import StepFailed
+    from tracktion_dr.scenarios.database import _judge_backup_after_failed_staging
+
+    base = {"id": "base_20261126T013924Z", "path": path}
+    with pytest.raises(StepFailed) as caught:
+        _judge_backup_after_failed_staging(
+            base, tmp_path / "data", OSError("No space left on device"), Path("/bin"), "postgres"
+        )
+    text = str(caught.value)
+    assert "no longer where the guard found it" in text and "No space left" in text
+    assert "nothing live was touched" in text
+    assert list(tmp_path.iterdir()) == []

@@ -949,6 +949,15 @@ def _judge_backup_after_failed_staging(
     directory may be full, or its path unusable. The backup itself is checked where it lies
     (independently of the staging): only a backup that fails there is marked failed - the
     next guard then chooses another; otherwise the step fails, to be retried, the backup kept."""
+    if not base.get("path") or not Path(base["path"]).exists():
+        # an offsite backup's mirror copy (or a local one) gone since the guard chose it
+        raise StepFailed(
+            f"base backup {base['id']} could not be laid down beside {data_directory} "
+            f"({staged_error}) and is no longer where the guard found it "
+            f"({base.get('path') or 'no local copy'}): nothing live was touched",
+            hint="re-run the same incident: the guard chooses again from what the catalog "
+            "holds now (for s3://, the mirror fetches and verifies the backup again)",
+        )
     source = Path(base["path"])
     try:
         basebackups.verify_base_backup(source, bindir=bindir, os_user=os_user)
