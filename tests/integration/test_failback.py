@@ -26,9 +26,13 @@ import pytest
 from harness.killable_run import KillableRun, fail_runs_left_running
 from harness.topology import _pg_ctl, kill_primary_at_once, restore_standard_topology
 
+from tracktion_dr.airflow import support as airflow_support
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
+from tracktion_dr.core.errors import AlreadyRecovered
+from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.pitr import aside_path
 from tracktion_dr.postgres.restore import incident_tag
+from tracktion_dr.scenarios import rebuild as switchover
 from tracktion_sandbox import cli, pg, topology
 from tracktion_sandbox import layout as L
 
@@ -279,6 +283,12 @@ def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
     }
     already = run_dag("dr_switchover", {**conf, "to_node": "primary"})
     assert task_states(already)["preconditions"] == "failed"
+    assert task_states(already)["switch"] in ("upstream_failed", "skipped")
+    # failed for the reason it should: asked again with the run's own guard result
+    with pytest.raises(AlreadyRecovered, match="primary is already the primary .*streams"):
+        switchover.switchover_preconditions(
+            load_plan(), task_result(already, "guard"), airflow_support.endpoint
+        )
     _pg_ctl(layout, layout.replica_data, "stop", "-m", "fast", "-w")
     try:
         refused = run_dag("dr_switchover", {**conf, "to_node": "replica"})
