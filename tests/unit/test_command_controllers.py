@@ -168,6 +168,21 @@ def test_the_real_runner_reports_a_missing_binary_and_runs_argument_lists(tmp_pa
     assert result.returncode == 0 and result.stdout == "$(id) *"
 
 
+def test_the_real_runner_leaves_out_the_environment_that_selects_a_compose_project(
+    monkeypatch,
+):
+    """The controllers name the file and project on every command line; a COMPOSE_* project
+    selection in the worker's environment must not change what Compose answers."""
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "someone-elses")
+    monkeypatch.setenv("COMPOSE_FILE", "/elsewhere/compose.yaml")
+    monkeypatch.setenv("TRACKTION_KEPT", "yes")
+    seen = dict(
+        line.split("=", 1) for line in run_command(["env"]).stdout.splitlines() if "=" in line
+    )
+    assert "COMPOSE_PROJECT_NAME" not in seen and "COMPOSE_FILE" not in seen
+    assert seen["TRACKTION_KEPT"] == "yes", "the rest of the environment is passed on"
+
+
 # --- the real binaries of this machine ---------------------------------------------------
 # Not recordings: the docker CLI (without the compose plugin or an engine) and systemctl
 # (without systemd as PID 1) really run here; the controllers must turn what they answer
@@ -191,10 +206,10 @@ def test_real_systemctl_without_systemd_is_a_clear_error():
 def test_real_docker_cli_answers_are_clear_errors():
     """What this machine's real docker CLI answers for a compose file that is not there.
     Without the compose plugin (Debian's docker.io alone): that the plugin is missing. With
-    it (CI installs Compose v2 for the deployment test): a restart is a clear error naming
-    the service or the file; a status is that error too, or - when Compose v2 finds the
-    project by its label without reading the file (COMPOSE_PROJECT_NAME set, as the
-    Makefile does) - "no container", never running."""
+    it (CI installs Compose v2 for the deployment test): a restart and a status are each a
+    clear error naming the service or the file - also with COMPOSE_PROJECT_NAME in the
+    environment (the Makefile exports it): the runner leaves it out, or Compose v2 would
+    find a project by its label without reading the file and answer "no container"."""
     import shutil
     import subprocess
 
@@ -213,9 +228,6 @@ def test_real_docker_cli_answers_are_clear_errors():
         controller.restart("analysis-service")
     message = str(caught.value)
     assert "analysis-service" in message or "/opt/tracktion/docker-compose.yml" in message
-    try:
-        status = controller.status("analysis-service")
-    except ControllerError as exc:
-        assert "/opt/tracktion/docker-compose.yml" in str(exc)
-    else:
-        assert status.state == ServiceState.STOPPED and status.detail == "no container"
+    with pytest.raises(ControllerError) as caught:
+        controller.status("analysis-service")
+    assert "/opt/tracktion/docker-compose.yml" in str(caught.value)

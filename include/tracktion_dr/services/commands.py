@@ -9,6 +9,7 @@ uses :func:`run_command`.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,9 +32,17 @@ class CommandResult:
 CommandRunner = Callable[[Sequence[str], float], CommandResult]
 
 
+# Compose settings of the worker's own environment that select a project or its files. The
+# controllers name both on every command line (-f, -p); left in the environment, they still
+# change what Compose v2 answers (with COMPOSE_PROJECT_NAME set, `ps` and `stop` of a service
+# the file does not have exit 0 instead of "no such service").
+_SELECTING_ENVIRONMENT = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES")
+
+
 def run_command(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_SECONDS) -> CommandResult:
     """Run ``argv`` (never through a shell); a missing binary or a hang is a ControllerError."""
     log.info("running: %s", " ".join(argv))
+    environment = {k: v for k, v in os.environ.items() if k not in _SELECTING_ENVIRONMENT}
     try:
         completed = subprocess.run(
             list(argv),
@@ -41,6 +50,7 @@ def run_command(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_SECONDS) -
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            env=environment,
             check=False,
         )
     except FileNotFoundError:
