@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 import psycopg
 
-from tracktion_dr.core.plan import Environment, format_duration
+from tracktion_dr.core.plan import Environment, HostRole, format_duration
 from tracktion_dr.services.checks import functional_checks, service_health
 
 CheckStatus = Literal["passed", "failed", "skipped"]
@@ -36,6 +36,21 @@ CHECKS = (
     "monitoring_systems",
     "backup_systems",
 )
+
+# The host each check reads local state of (the step kit's routing, ``on_host``); a check
+# not listed only talks over the network (HTTP, SQL, pg_amcheck over a connection) and runs
+# on the default queue.
+CHECK_HOSTS: dict[str, HostRole] = {
+    # the free disk of the first cluster's data directory (and that host's CPU and memory)
+    "system_health": "database_primary",
+    # the functional checks upload a sample file kept on the application host
+    "application_functionality": "application",
+    # the listening ports of the services' host and the modes of its configuration files
+    "security_posture": "application",
+    # the dumps and the WAL archive, read from the plan's backup locations as the database
+    # host's OS user, verified with its server tools (as the restore DAGs' guards do)
+    "backup_systems": "database_primary",
+}
 
 
 @dataclass
