@@ -18,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
@@ -163,6 +164,19 @@ def describe(dag_id: str, run_id: str, state: str, task_instances: list[dict]) -
     return "\n".join(lines)
 
 
+def schedule_caught_up(api: Api, dag_id: str) -> bool:
+    """Whether the scheduler has made every run the DAG's schedule owes by now: unpausing
+    a scheduled DAG makes the run of its latest interval at once (``catchup=False`` still
+    runs that one), and its next run is then in the future."""
+    after = api.get(f"/dags/{dag_id}").json().get("next_dagrun_run_after")
+    return after is None or datetime.fromisoformat(after) > datetime.now(UTC)
+
+
+def runs_still_active(api: Api, dag_id: str) -> list[str]:
+    runs = api.get(f"/dags/{dag_id}/dagRuns").json()["dag_runs"]
+    return [r["dag_run_id"] for r in runs if r["state"] not in ("success", "failed")]
+
+
 def archive_known_rows(deployment) -> None:
     """Switch the WAL segment holding the rows and wait until the archiver has it: the
     drill's loss leaves only the WAL archive (and the base backups) to recover from."""
@@ -216,6 +230,15 @@ def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(de
             f"the dag-processor to serialize {dag_id}",
         )
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    # Unpausing the drill makes its schedule's run of the latest quarter at once: let the
+    # scheduler make it first, so that it runs before this run (max_active_runs=1), never
+    # during the checks after it.
+    wait_for(
+        lambda: schedule_caught_up(api, DRILL_DAG),
+        DAG_VISIBLE_TIMEOUT_SECONDS,
+        2,
+        f"the scheduler to make the runs {DRILL_DAG}'s schedule owes",
+    )
     run = api.call(
         "POST",
         f"/dags/{DRILL_DAG}/dagRuns",
@@ -229,6 +252,8 @@ def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(de
         15,
         f"drill run {run_id} to finish",
     )
+    # (a drill the schedule made before this one has ended too: nothing acts any more)
+    assert runs_still_active(api, DRILL_DAG) == []
     runs = {DRILL_DAG: (run_id, state, api.task_instances(DRILL_DAG, run_id))}
     for index, dag_id in enumerate(CHAIN, 1):
         child_id = f"{run_id}__step_{index}_{dag_id}"
