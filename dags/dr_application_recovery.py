@@ -37,7 +37,7 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
 from tracktion_dr.airflow.gate_triggers import named_check
-from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.steps import guard, on_host, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -48,6 +48,9 @@ PLAN = load_plan()
 DAG_ID = "dr_application_recovery"
 SERVICE_RTO = application.service_rto_seconds(PLAN)  # parse time, no I/O
 SERVICE_DEPENDENCIES = application.service_dependencies(PLAN)
+# Probing a service whose functional check uploads a sample file reads the application
+# host's files: those steps and gates run there (the compose plan's analysis-service).
+PROBES_HOST = application.probes_host(PLAN)
 
 
 def record_fields(run: dict, context) -> dict:
@@ -93,18 +96,22 @@ def dr_application_recovery():
         notify_started(PLAN, run, DAG_ID, application.started_summary(run))
         return run
 
-    @step("check")
+    @step("check", host=PROBES_HOST)
     def probe(run: dict, **context) -> dict:
         return application.probe(PLAN, run)
 
     def recover_step(service: str):
-        @step("destructive", task_id=f"recover_{task_name(service)}")
+        @step(
+            "destructive",
+            task_id=f"recover_{task_name(service)}",
+            host=application.service_host(PLAN, service),
+        )
         def recover(run: dict, before: dict, **context) -> dict:
             return application.recover_service(PLAN, run, service, before, ACCESS)
 
         return recover
 
-    @step("check", after_all=True)
+    @step("check", after_all=True, host=PROBES_HOST)
     def report(run: dict, **context) -> dict:
         summary = application.summary_now(PLAN, run)
         context["ti"].xcom_push(key="summary", value=summary)  # for the record, even failed
@@ -121,6 +128,7 @@ def dr_application_recovery():
             incident=run,
             plan=PLAN,
             rto_seconds=rto_seconds,
+            **on_host(application.service_host(PLAN, service)),
         )
         recovers[service] >> gates[service]
     for service, dependencies in SERVICE_DEPENDENCIES.items():

@@ -53,6 +53,7 @@ RTO_SECONDS = config.rto_seconds(PLAN)
 # A failed step is answered by the exact rollback (it waits for a *failed* upstream), not
 # by a retry: these steps fail once and hand over to it.
 NO_RETRY = {"retries": 0}
+FILES_HOST = config.FILES_HOST  # the configuration files and snapshots live there
 
 
 def record_fields(run: dict, context) -> dict:
@@ -97,31 +98,33 @@ def record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_config_recovery():
-    @steps.guard()
+    @steps.guard(host=FILES_HOST)  # it picks the snapshot from the local backups
     def guard(**context) -> dict:
         run = config.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
         steps.print_plan_of_actions(run, config.plan_of_actions(run))
         notify_started(PLAN, run, DAG_ID, config.started_summary(run))
         return run
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=FILES_HOST, **NO_RETRY)
     def safety_snapshot(run: dict, **context) -> dict:
         return config.take_safety(PLAN, run)
 
-    @steps.step("destructive", skip_in_dry_run=False, **NO_RETRY)
+    @steps.step("destructive", skip_in_dry_run=False, host=FILES_HOST, **NO_RETRY)
     def restore(run: dict, safety: dict, **context) -> dict:
         """A dry run extracts and validates the snapshot in a temporary folder."""
         return config.restore(PLAN, run)
 
-    @steps.step("check", skip_in_dry_run=True, **NO_RETRY)
+    @steps.step("check", skip_in_dry_run=True, host=FILES_HOST, **NO_RETRY)
     def validate_live(run: dict, **context) -> str:
         return config.validate_live(PLAN, run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=config.restart_host(PLAN), **NO_RETRY)
     def restart_services(run: dict, **context) -> dict:
         return config.restart_services(PLAN, run, ACCESS)
 
-    @steps.step("destructive", after_all=True, trigger_rule="one_failed", **NO_RETRY)
+    @steps.step(
+        "destructive", after_all=True, trigger_rule="one_failed", host=FILES_HOST, **NO_RETRY
+    )
     def rollback(run: dict, **context) -> dict:
         """Runs when any step after the safety snapshot failed (or the gate breached)."""
         pulled = context["ti"].xcom_pull
@@ -138,6 +141,7 @@ def dr_config_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
+        **steps.on_host(config.gate_host(PLAN)),
     )
     restored >> validated >> restarted >> gate
     undo = rollback()

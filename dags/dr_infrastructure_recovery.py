@@ -32,7 +32,7 @@ from airflow.sdk import Param, dag
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
 from tracktion_dr.airflow.gate_triggers import named_check
-from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.steps import guard, on_host, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -92,15 +92,15 @@ def dr_infrastructure_recovery():
         notify_started(PLAN, run, DAG_ID, infrastructure.started_summary(run))
         return run
 
-    @step("check")
+    @step("check", host=infrastructure.HOST)
     def inspect(run: dict, **context) -> dict:
         return infrastructure.inspect(PLAN, run, ACCESS)
 
-    @step("destructive")
+    @step("destructive", host=infrastructure.HOST)
     def repair(run: dict, before: dict, **context) -> dict:
         return infrastructure.repair(PLAN, run, before, ACCESS)
 
-    @step("check", after_all=True)
+    @step("check", after_all=True, host=infrastructure.HOST)
     def report(run: dict, **context) -> dict:
         findings = infrastructure.summary_now(PLAN, run, ACCESS)
         after = [f.as_dict() for f in findings]
@@ -119,6 +119,7 @@ def dr_infrastructure_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
+        **on_host(infrastructure.HOST),  # it checks the same local paths again
     )
     reported = report()
     repaired >> gate >> reported

@@ -33,8 +33,10 @@ from tracktion_dr.airflow.dag_kit import (
     record_timeline,
     step_event,
 )
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
+from tracktion_dr.scenarios.validation import CHECK_HOSTS
 
 PLAN = load_plan()
 CHECK_TASKS = (
@@ -91,7 +93,11 @@ def dr_post_recovery_validation():
         return run_check(check_name, incident, context)
 
     incident = guard()
-    checks = [check.override(task_id=name)(incident, name) for name in CHECK_TASKS]
+    # Each check on the host whose local state it reads (CHECK_HOSTS), else the default queue.
+    checks = [
+        check.override(task_id=name, **on_host(CHECK_HOSTS.get(name)))(incident, name)
+        for name in CHECK_TASKS
+    ]
 
     @task(trigger_rule="all_done", retries=0)
     def record(incident: dict, **context) -> dict:

@@ -77,7 +77,9 @@ def record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_test_quarterly():
-    @steps.guard(**ONCE)
+    # The guard reads the cluster's backups (its recoverable window); the loss and the
+    # safety net act on the cluster's data directory: all on the primary's host.
+    @steps.guard(host="database_primary", **ONCE)
     def guard(**context) -> dict:
         incident = open_incident(context, PLAN)
         paused = None if incident["dry_run"] else dag_paused_in_airflow(context["ti"])
@@ -85,11 +87,11 @@ def dr_test_quarterly():
         steps.print_plan_of_actions(run, drills.quarterly_plan_of_actions(PLAN, run))
         return run
 
-    @steps.step("destructive", **ONCE)
+    @steps.step("destructive", host="database_primary", **ONCE)
     def simulate_loss(run: dict, **context) -> dict:
         return drills.lose_cluster(PLAN, run)
 
-    @steps.step("destructive", after_all=True, **ONCE)
+    @steps.step("destructive", after_all=True, host="database_primary", **ONCE)
     def safety_net(run: dict, **context) -> str:
         """Runs whatever happened: the drill never leaves the environment down."""
         return drills.safety_net(PLAN, run, context["ti"].xcom_pull(task_ids="simulate_loss"))

@@ -204,3 +204,146 @@ def test_a_database_failover_fences_on_the_old_primarys_host_and_switches_over_t
     queues = {task.task_id: task.queue for task in bag.dags["dr_failover"].tasks}
     assert queues.pop("fence_old_primary") == DB_PRIMARY
     assert set(queues.values()) == {"default"}, queues
+
+
+# --------------------------------------------------------------------------- the quarterly drill
+# dr_test_quarterly and the step DAGs of its chain (compose.yaml's drills.quarterly.steps)
+# after dr_database_pitr: each task on the host whose files or processes it touches. The
+# default worker (airflow-worker) mounts none of the hosts' volumes: no data directory, no
+# backups, no application files.
+
+QUARTERLY_QUEUES = {
+    "dr_test_quarterly": {
+        "guard": DB_PRIMARY,  # the cluster's recoverable window, from the local backups
+        "simulate_loss": DB_PRIMARY,  # pg_ctl stop, the data directory moved aside
+        "step_1_dr_database_pitr": "default",  # triggers the child run, waits deferred
+        "step_2_dr_infrastructure_recovery": "default",
+        "step_3_dr_application_recovery": "default",
+        "step_4_dr_config_recovery": "default",
+        "step_5_dr_post_recovery_validation": "default",
+        "safety_net": DB_PRIMARY,  # the lost data directory put back, pg_ctl start
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    "dr_infrastructure_recovery": {
+        "guard": "default",  # params and the plan only
+        "inspect": APP,  # storage areas writable, free disk, memory: the storage host's
+        "repair": APP,  # recreates a missing storage directory there
+        "gate_repaired": APP,  # the same local checks again
+        "report": APP,
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    "dr_application_recovery": {
+        "guard": "default",
+        "probe": APP,  # analysis-service's functional check uploads a local sample file
+        "recover_analysis_service": APP,  # probes it again before acting
+        "gate_analysis_service": APP,
+        # health URLs, the functional check's request, supervisord's XML-RPC: network only
+        "recover_file_watcher": "default",
+        "gate_file_watcher": "default",
+        "recover_tracklist_service": "default",
+        "gate_tracklist_service": "default",
+        "recover_notification_service": "default",
+        "gate_notification_service": "default",
+        "report": APP,
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    "dr_config_recovery": {
+        "guard": APP,  # picks the snapshot from the local backups.configuration
+        "safety_snapshot": APP,  # archives the live configuration files
+        "restore": APP,  # swaps the configuration folders
+        "validate_live": APP,
+        "restart_services": "default",  # supervisord's XML-RPC
+        "gate_services": APP,  # every service's probe, the sample file included
+        "rollback": APP,
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    "dr_post_recovery_validation": {
+        "guard": "default",
+        "system_health": DB_PRIMARY,  # free disk of the data directory
+        "data_integrity": "default",  # SQL and pg_amcheck over a connection
+        "application_functionality": APP,  # the sample file
+        "security_posture": APP,  # the services' listening ports and config file modes
+        "performance_baseline": "default",
+        "monitoring_systems": "default",
+        "backup_systems": DB_PRIMARY,  # dumps and WAL archive read locally, verified
+        "record": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+}
+
+
+def dag_of(monkeypatch, dag_id: str, plan: Path, home: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DR_PLAN", str(plan))
+    monkeypatch.setenv("DR_SANDBOX_HOME", home)
+    bag = DagBag(dag_folder=str(ROOT / "dags" / f"{dag_id}.py"))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]
+
+
+def test_the_quarterly_chain_is_the_one_routed_here(compose_data):
+    """The DAGs checked below are the compose plan's chain (PITR is checked above)."""
+    chain = [s["dag_id"] for s in compose_data["drills"]["quarterly"]["steps"]]
+    assert chain == ["dr_database_pitr", *list(QUARTERLY_QUEUES)[1:]]
+
+
+@pytest.mark.parametrize("dag_id", list(QUARTERLY_QUEUES))
+def test_quarterly_drill_tasks_run_on_the_hosts_they_act_on(monkeypatch, dag_id):
+    dag = dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/tracktion")
+    assert {task.task_id: task.queue for task in dag.tasks} == QUARTERLY_QUEUES[dag_id]
+
+
+@pytest.mark.parametrize("dag_id", list(QUARTERLY_QUEUES))
+def test_quarterly_drill_queues_survive_serialization(monkeypatch, dag_id):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/tracktion")
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert {t.task_id: t.queue for t in restored.tasks} == QUARTERLY_QUEUES[dag_id]
+
+
+@pytest.mark.parametrize("dag_id", list(QUARTERLY_QUEUES))
+def test_without_hosts_every_quarterly_drill_task_stays_on_the_default_queue(
+    monkeypatch, tmp_path, dag_id
+):
+    dag = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
+    assert {task.queue for task in dag.tasks} == {"default"}
+
+
+def test_an_application_service_is_host_bound_for_a_sample_file_or_a_local_controller(
+    compose_data,
+):
+    """The rule behind dr_application_recovery's queues: a probe uploading a sample file or
+    a controller that is a command on the host (docker compose, systemd) binds a service's
+    step and gate to the application host; health URLs and supervisord do not."""
+    from tracktion_dr.scenarios import application
+
+    plan = parse_plan(compose_data, COMPOSE_PLAN)
+    assert application.service_host(plan, "analysis-service") == "application"
+    assert application.service_host(plan, "tracklist-service") is None
+    assert application.probes_host(plan) == "application"
+
+    def compose_controller(env):
+        env["controllers"]["sandbox_supervisor"] = {
+            "kind": "docker_compose",
+            "host": "app",
+            "compose_file": "/srv/tracktion/app/docker-compose.yaml",
+            "project": "tracktion",
+        }
+
+    local = parse_plan(both(compose_data, compose_controller), COMPOSE_PLAN)
+    assert application.service_host(local, "tracklist-service") == "application"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tracktion_dr.core.errors import InvalidInput, ValidationFailed
-from tracktion_dr.core.plan import Plan
+from tracktion_dr.core.plan import HostRole, Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
 from tracktion_dr.services.recovery import (
     STRATEGIES,
@@ -66,6 +66,41 @@ def service_dependencies(plan: Plan) -> dict[str, set[str]]:
         }
         for name in known
     }
+
+
+def reads_local_files(plan: Plan, service: str) -> bool:
+    """Whether probing ``service`` reads a file of the application host: its functional
+    check uploads a sample file (in any environment of the plan)."""
+    return any(
+        spec.functional_check is not None and spec.functional_check.sample_file is not None
+        for environment in plan.environments.values()
+        if (spec := environment.services.get(service)) is not None
+    )
+
+
+def controlled_locally(plan: Plan, service: str) -> bool:
+    """Whether ``service``'s controller is a command on its host (docker compose, systemd)
+    rather than an API over the network (supervisord's XML-RPC)."""
+    return any(
+        environment.controllers[spec.controller].kind != "supervisord"
+        for environment in plan.environments.values()
+        if (spec := environment.services.get(service)) is not None
+    )
+
+
+def service_host(plan: Plan, service: str) -> HostRole | None:
+    """Where ``service``'s step and gate run (the step kit's ``host``): on the application
+    host when its probe uploads a sample file from there or its controller is a local
+    command; else on the default queue (health URLs, the functional check's request and
+    supervisord's XML-RPC all answer over the network)."""
+    local = reads_local_files(plan, service) or controlled_locally(plan, service)
+    return "application" if local else None
+
+
+def probes_host(plan: Plan) -> HostRole | None:
+    """Where a step probing every service (``probe``, ``report``) runs."""
+    probed = service_rto_seconds(plan)
+    return "application" if any(reads_local_files(plan, s) for s in probed) else None
 
 
 # --- guard -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, ValidationFailed
 from tracktion_dr.core.incident import check_confirmation
-from tracktion_dr.core.plan import Environment, Plan
+from tracktion_dr.core.plan import Environment, HostRole, Plan
 from tracktion_dr.files import config_restore
 from tracktion_dr.files.snapshots import SnapshotError, location_dir, pick_snapshot
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of
@@ -30,6 +30,31 @@ log = logging.getLogger(__name__)
 # (the run is failed either way: the restore it was asked for did not hold).
 ROLLBACK_HEALTH_WAIT_SECONDS = 30
 UNTOUCHED = "nothing was swapped: the live configuration was never touched"
+
+# Where the steps that touch files run (the step kit's ``host``): the configuration paths
+# and the environment file are the application host's files, and the snapshots are read
+# from (guard, rollback) and written to (safety snapshot) the plan's backups.configuration,
+# a local path that host mounts in the compose plan.
+FILES_HOST: HostRole = "application"
+
+
+def restart_host(plan: Plan) -> HostRole | None:
+    """Where restarting the services runs: on the application host when a controller is a
+    command there (docker compose, systemd); supervisord answers over the network."""
+    local = any(
+        controller.kind != "supervisord"
+        for environment in plan.environments.values()
+        for controller in environment.controllers.values()
+    )
+    return "application" if local else None
+
+
+def gate_host(plan: Plan) -> HostRole | None:
+    """Where the services' gate runs: it probes every service, functional checks included
+    (a sample file read on the application host)."""
+    from tracktion_dr.scenarios.application import probes_host
+
+    return probes_host(plan)
 
 
 def rto_seconds(plan: Plan) -> float:

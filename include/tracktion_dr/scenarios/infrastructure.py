@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tracktion_dr.core.errors import InvalidInput, ValidationFailed
-from tracktion_dr.core.plan import Controller, Environment, Plan
+from tracktion_dr.core.plan import Controller, Environment, HostRole, Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of, joined
 from tracktion_dr.services.commands import last_lines, run_command
 from tracktion_dr.services.dependencies import ensure_storage_area
@@ -29,6 +29,13 @@ from tracktion_dr.services.systemd import SystemdController
 log = logging.getLogger(__name__)
 
 __all__ = ["AREAS"]
+
+# The host the checks, the repairs and the gate run on (the step kit's ``host``): the
+# storage areas (writable, free disk, a missing directory recreated) are that host's files,
+# and so is the free memory measured. DNS and the service managers (supervisord's XML-RPC)
+# answer over the network from there as well. The configuration paths are checked in the
+# same pass: they are the application host's files (the same host in the compose plan).
+HOST: HostRole = "storage"
 
 MANAGER_PREFIX = "service manager "
 PRUNE = ["docker", "system", "prune", "--force"]

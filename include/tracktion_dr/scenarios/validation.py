@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 import psycopg
 
-from tracktion_dr.core.plan import Environment, format_duration
+from tracktion_dr.core.plan import Environment, HostRole, format_duration
 from tracktion_dr.services.checks import functional_checks, service_health
 
 CheckStatus = Literal["passed", "failed", "skipped"]
@@ -36,6 +36,21 @@ CHECKS = (
     "monitoring_systems",
     "backup_systems",
 )
+
+# The host each check reads local state of (the step kit's routing, ``on_host``); a check
+# not listed only talks over the network (HTTP, SQL, pg_amcheck over a connection) and runs
+# on the default queue.
+CHECK_HOSTS: dict[str, HostRole] = {
+    # the free disk of the first cluster's data directory (and that host's CPU and memory)
+    "system_health": "database_primary",
+    # the functional checks upload a sample file kept on the application host
+    "application_functionality": "application",
+    # the listening ports of the services' host and the modes of its configuration files
+    "security_posture": "application",
+    # the dumps and the WAL archive, read from the plan's backup locations as the database
+    # host's OS user, verified with its server tools (as the restore DAGs' guards do)
+    "backup_systems": "database_primary",
+}
 
 
 @dataclass
@@ -227,17 +242,27 @@ def performance_baseline(environment: Environment, samples: int = 3) -> CheckRes
 # --- security posture ------------------------------------------------------------------------
 
 
-def listening_ports() -> set[int]:
-    """TCP ports in LISTEN state (this network namespace), from /proc/net/tcp{,6}."""
+# Docker's embedded DNS server listens on 127.0.0.11 (/proc/net/tcp's little-endian hex),
+# on a random port, inside every container of a user-defined network: it answers that
+# container's own name lookups and nothing else. Not a service of the host, and no
+# allow-list can name its port.
+DOCKER_EMBEDDED_DNS = "0B00007F"
+
+
+def listening_ports(tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> set[int]:
+    """TCP ports in LISTEN state (this network namespace), from /proc/net/tcp{,6}, but
+    Docker's embedded DNS server's."""
     ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in tables:
         path = Path(table)
         if not path.exists():
             continue
         for line in path.read_text().splitlines()[1:]:
             fields = line.split()
             if len(fields) > 3 and fields[3] == "0A":  # 0A = TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                address, port = fields[1].rsplit(":", 1)
+                if address != DOCKER_EMBEDDED_DNS:
+                    ports.add(int(port, 16))
     return ports
 
 
