@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install postgres chromium demo-pitr sandbox-up sandbox-down sandbox-status sandbox-reset airflow-db \
         demo test lint airflow shell bench constraints \
-        deploy-image deploy-env deploy-up deploy-down deploy-status deploy-test
+        deploy-image deploy-env deploy-up deploy-down deploy-status deploy-test deploy-test-drill
 
 help:
 	@sed -n '2,8p' Makefile | sed 's/^# *//'
@@ -115,3 +115,8 @@ deploy-status:
 # keeps it running).
 deploy-test: install
 	@$(ENV) DEPLOY_TEST=required $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy $(PYTEST_ARGS)
+
+# The quarterly drill in the deployment, through the scheduler (tests/deploy/test_deploy_quarterly.py;
+# ~25 min on a fresh deployment, so not part of `make test`).
+deploy-test-drill: install
+	@$(ENV) DEPLOY_TEST=required DEPLOY_DRILL=1 $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy/test_deploy_quarterly.py $(PYTEST_ARGS)

@@ -11,10 +11,17 @@ each child run, ran on the worker its queue names (``host_db_primary`` on ``db-p
 ``host_db_replica`` on ``db-replica``, ``host_app`` on ``app``, ``default`` on the default
 worker) and the host-bound ones are where they act; and the known rows are exactly there
 on the recovered primary, on a new timeline.
+
+Opt-in (``DEPLOY_DRILL=1``, ``make deploy-test-drill``): on a fresh deployment, unpausing
+the drill first runs its latest missed quarter (catchup=False still runs the newest
+interval), which the test waits out before its own run - about 25 minutes under load, more
+than CI's run can give beside the other shards. It passed on a kept deployment; the CI run
+skips it, saying why.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -24,7 +31,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-pytestmark = pytest.mark.deploy
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(
+        os.environ.get("DEPLOY_DRILL") != "1",
+        reason="the quarterly drill in the deployment takes ~25 min: opt in with DEPLOY_DRILL=1 "
+        "(make deploy-test-drill)",
+    ),
+]
 
 DRILL_DAG = "dr_test_quarterly"
 # compose.yaml's drills.quarterly.steps, in order (the child runs' ids number them from 1).
