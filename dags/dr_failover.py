@@ -16,10 +16,11 @@ then `fence_old_primary`, on the old primary's host (the worker queue of the clu
 `host` in the plan), proves its data directory is the old primary (system identifier, not
 in recovery, not the standby itself; otherwise it refuses and nothing is switched) and
 **fences** it (a running postmaster stopped, `standby.signal` and a `DR_FENCED` note
-written, so it comes back read-only); then `switch` promotes the replica (`pg_promote`), the balancer's `database` backend repointed to it (the services
-find the writable database there), `gate_failover` opens when a write commits on the new
-primary, and `measure_data_loss` reports the data lost: incident time − newest canary
-heartbeat that survived.
+written, so it comes back read-only); then `switch` promotes the replica (`pg_promote`)
+and repoints the balancer's `database` backend to it (the services find the writable
+database there), `gate_failover` opens when a write commits on the new primary and the
+services using it answer healthy, and `measure_data_loss` reports the data lost:
+incident time − newest canary heartbeat that survived.
 
 **The old primary's host is gone** (its worker never takes `fence_old_primary`): nothing
 can be written to its disks. Once you know it is off, mark `fence_old_primary` *success* in

@@ -179,7 +179,8 @@ def fence_branch(run: dict[str, Any]) -> list[str]:
 def fence(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
     """Fence the old primary of a database failover, on its host (the step runs on the
     host's worker queue: the data directory is there). Proves the directory is the old
-    primary before it stops or writes anything; a fence already in place is not redone."""
+    primary before it stops or writes anything; a fence already in place is kept (a
+    re-run only confirms it and rewrites the note)."""
     environment = environment_of(plan, run)
     cluster = environment.clusters[environment.databases[run["database"]].cluster]
     _, replica = database_conninfos(environment, run["database"], access)
