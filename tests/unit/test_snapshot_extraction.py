@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from tracktion_dr.files.snapshots import extract_as_data
+from tracktion_dr.core.safe_tar import extract_as_data
 
 BOTH = pytest.mark.parametrize("native", [True, False], ids=["data-filter", "stand-in"])
 

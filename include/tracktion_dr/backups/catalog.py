@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tracktion_dr.backups import s3_objects
 from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, ValidationFailed
 from tracktion_dr.core.plan import BackupLocations
+from tracktion_dr.core.safe_tar import extract_as_data
 from tracktion_dr.postgres import basebackup_format, basebackups, dumps, wal
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, CommandError
 
@@ -799,7 +800,7 @@ def _unpack_base_backup(archive: Path, folder: Path) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with tarfile.open(archive) as opened:
-        opened.extractall(work, filter="tar")
+        extract_as_data(opened, work)
     unpacked = work / folder.name
     if not unpacked.is_dir():
         raise ValidationFailed(f"{archive.name} does not hold the folder {folder.name}/")

@@ -34,6 +34,7 @@ from typing import Any
 
 from tracktion_dr.core.incident import InvalidInput
 from tracktion_dr.core.plan import Environment, Plan
+from tracktion_dr.core.safe_tar import extract_as_data
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def storage_test(
         if test_file.exists():
             raise RuntimeError("test file still present after delete")
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(area_path, members=[tar.getmember(test_file.name)], filter="data")
+            extract_as_data(tar, area_path)  # the archive holds the test file alone
         restored = hashlib.sha256(test_file.read_bytes()).hexdigest()
     except Exception as exc:
         return StepResult(
