@@ -4,7 +4,9 @@
 The plan's monthly drill (`test_schedule.monthly.cron`), also triggerable by hand. It proves,
 on scratch resources, that backups restore and components recover within their RTO:
 
-1. **guard** - nothing touched yet: refuses the `production` environment, a scratch
+1. **guard** - nothing touched yet: skips a scheduled run started after its window
+   (`test_schedule.monthly.duration` from the cron's time: a DAG unpaused late does not
+   hold a missed drill unattended; trigger by hand instead); refuses the `production` environment, a scratch
    database named like a plan database, a scratch directory inside a production path, and
    services or storage that production also names (unless the drill environment is marked
    `shares_production_targets`, as the sandbox is).
@@ -37,7 +39,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.access import ACCESS
-from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail
+from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail, skip_a_missed_drill
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params, endpoint
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.scenarios import drills
@@ -93,6 +95,7 @@ def dr_test_monthly():
     def guard(**context) -> dict:
         from tracktion_dr.postgres.restore import incident_tag
 
+        skip_a_missed_drill(context, PLAN, "monthly")
         incident = open_incident(context, PLAN)
         tag = incident_tag(incident["incident_id"]).lower()
         run = {**incident, **drills.guard_monthly(PLAN, incident, tag)}

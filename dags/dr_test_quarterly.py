@@ -4,7 +4,9 @@
 The plan's quarterly drill (`test_schedule.quarterly.cron`) against the **drill**
 environment, with the RTO clock running from the simulated loss:
 
-1. **guard** - refuses `production`; the chain's DAGs exist; the cluster can be recovered
+1. **guard** - skips a scheduled run started after its window
+   (`test_schedule.quarterly.duration` from the cron's time: a DAG unpaused late does not
+   hold a missed drill unattended; trigger by hand instead); refuses `production`; the chain's DAGs exist; the cluster can be recovered
    (a recoverable window exists in the backups); nothing touched yet.
 2. **simulate_loss** - the drill cluster is lost: PostgreSQL stopped like a crash, its data
    directory moved aside to `<dir>.lost_<tag>` (kept, never deleted). The clock starts here.
@@ -35,7 +37,7 @@ from datetime import UTC, datetime
 from airflow.sdk import dag
 
 from tracktion_dr.airflow import steps
-from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail
+from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail, skip_a_missed_drill
 from tracktion_dr.airflow.drill_steps import DrillStepOperator, dag_paused_in_airflow
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
@@ -81,6 +83,7 @@ def dr_test_quarterly():
     # safety net act on the cluster's data directory: all on the primary's host.
     @steps.guard(host="database_primary", **ONCE)
     def guard(**context) -> dict:
+        skip_a_missed_drill(context, PLAN, "quarterly")
         incident = open_incident(context, PLAN)
         paused = None if incident["dry_run"] else dag_paused_in_airflow(context["ti"])
         run = {**incident, **drills.guard_quarterly(PLAN, incident, paused)}

@@ -4,10 +4,10 @@ separate processes on a temporary AIRFLOW_HOME (SQLite, LocalExecutor), wired to
 sandbox through the same AIRFLOW_CONN_* environment as ``make airflow``. No process
 outlives the module.
 
-Two differences from an operator's deployment, both for the tests' sake: the test-only
-fixture DAGs (tests/dags_fixtures) are a second DAG bundle, and the plan is the sandbox
-plan without the quarterly drill's schedule (a scheduled DAG with catchup off starts its
-latest past run as soon as it is unpaused; the drill test triggers its own run).
+One difference from an operator's deployment, for the tests' sake: the test-only fixture
+DAGs (tests/dags_fixtures) are a second DAG bundle. The plan is the sandbox's own, drill
+schedules included: a drill DAG unpaused here gets its missed run, which its guard skips
+(test_native_orchestration.py checks that).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tracktion_sandbox.airflow_stack import AirflowStack
 
@@ -24,16 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # The DAGs the end-to-end tests start (both unscheduled): the only ones unpaused.
 E2E_DAGS = ("dr_incident_response", "dr_initial_assessment")
 API_PORT = 18280  # inside the test's own network namespace; not the UI's 8080
-
-
-def unscheduled_drill_plan(directory: Path) -> Path:
-    from tracktion_dr.core.plan import plan_path
-
-    data = yaml.safe_load(plan_path().read_text())
-    data.get("test_schedule", {}).pop("quarterly", None)
-    path = directory / "plan.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def e2e_environment(home: Path) -> dict[str, str]:
@@ -51,7 +40,6 @@ def e2e_environment(home: Path) -> dict[str, str]:
     ]
     return {
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
-        "DR_PLAN": str(unscheduled_drill_plan(home)),
     }
 
 

@@ -17,7 +17,9 @@ from datetime import datetime
 import httpx
 import psycopg
 import pytest
+from harness.offsite import base_backup_on_current_timeline
 
+from tracktion_dr.core.drill_window import missed_window
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.evidence import reports
 from tracktion_sandbox import layout as L
@@ -77,18 +79,60 @@ def test_a_gate_still_closed_after_its_fast_window_waits_on_the_triggerer(
     assert datetime.fromisoformat(event["finished_at"]) <= datetime.fromisoformat(gate["end_date"])
 
 
-def sandbox_is_healthy(sandbox) -> bool:
-    def conninfo(port: int) -> str:
-        return (
-            f"host={L.HOST} port={port} user={L.SUPERUSER} dbname=postgres "
-            f"password={sandbox.secrets.postgres_password} connect_timeout=5"
-        )
+@pytest.mark.parametrize(
+    ("dag_id", "cadence"),
+    [("dr_test_quarterly", "quarterly"), ("dr_test_site_failover", "bi_annually")],
+)
+def test_a_drill_unpaused_after_its_window_skips_the_missed_run(
+    airflow, native_dags, dag_id, cadence
+):
+    """Unpausing a drill DAG makes Airflow run its newest due interval (catchup=False still
+    runs one): started after the window the plan gives the cadence, that run's guard skips
+    it, touching nothing - no incident, no record, no child run - and the run ends without
+    failing. (Before any run is triggered by hand: with one active, max_active_runs=1 keeps
+    the scheduler from making it.)"""
+    run = airflow.wait_until(
+        f"the scheduler to make {dag_id}'s missed run",
+        lambda: next((r for r in airflow.dag_runs(dag_id) if r["run_type"] == "scheduled"), None),
+        120,
+    )
+    state = airflow.wait_for_run(dag_id, run["dag_run_id"], timeout=600)
+    run = next(r for r in airflow.dag_runs(dag_id) if r["dag_run_id"] == run["dag_run_id"])
+    late = missed_window(
+        run_type="scheduled",
+        due_at=datetime.fromisoformat(run["run_after"]),
+        started_at=datetime.fromisoformat(run["start_date"]),
+        window=PLAN.test_schedule[cadence].duration,
+    )
+    if late is None:
+        pytest.skip(f"{dag_id}'s scheduled run started inside its window: it ran as a drill")
+    states = {t["task_id"]: t["state"] for t in airflow.task_instances(dag_id, run["dag_run_id"])}
+    assert state == "success", states
+    for task_id in ("guard", "record", "notify_outcome", "publish", "verdict"):
+        assert states[task_id] == "skipped", states
+    assert not [s for s in states.values() if s == "failed"], states
+    children = [
+        r
+        for child in [*CHAIN, "dr_site_failover"]
+        for r in airflow.dag_runs(child)
+        if r["dag_run_id"].startswith(run["dag_run_id"])
+    ]
+    assert children == [], children
 
-    with psycopg.connect(conninfo(L.PRIMARY_PORT)) as conn:
+
+def superuser_conninfo(sandbox, port: int) -> str:
+    return (
+        f"host={L.HOST} port={port} user={L.SUPERUSER} dbname=postgres "
+        f"password={sandbox.secrets.postgres_password} connect_timeout=5"
+    )
+
+
+def sandbox_is_healthy(sandbox) -> bool:
+    with psycopg.connect(superuser_conninfo(sandbox, L.PRIMARY_PORT)) as conn:
         replicas = conn.execute(
             "SELECT application_name, state FROM pg_stat_replication"
         ).fetchall()
-    with psycopg.connect(conninfo(L.REPLICA_PORT)) as conn:
+    with psycopg.connect(superuser_conninfo(sandbox, L.REPLICA_PORT)) as conn:
         in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
     services = all(
         httpx.get(f"http://{L.HOST}:{port}/health", timeout=3).status_code == 200
@@ -147,18 +191,22 @@ def test_the_quarterly_drill_chains_its_steps_through_the_scheduler(airflow, nat
         time.sleep(1)
 
 
-def test_the_site_failover_drill_runs_the_failover_dag_through_the_scheduler(airflow, native_dags):
+def test_the_site_failover_drill_runs_the_failover_dag_through_the_scheduler(
+    airflow, native_dags, sandbox
+):
     """dr_test_site_failover (dry run): the failover DAG runs as its own run (a dry run:
     it prints its plan, restores nothing), waited for deferred; production is refused."""
-    from tracktion_dr.airflow.backup_jobs import offsite_copy
-    from tracktion_dr.backups.catalog import Catalog, Status
+    from tracktion_dr.airflow.backup_jobs import base_backups, offsite_copy
+    from tracktion_dr.backups.catalog import Catalog
 
     # The site's guard reads the cross-region copy: make it (the job dr_backup_offsite
-    # runs), from a verified newest base backup (only verified backups go offsite).
-    catalog = Catalog(PLAN.environment("drill").backups)
-    newest = catalog.base_backups()[0]
-    if newest.status is not Status.VERIFIED:
-        assert catalog.verify(newest).status is Status.VERIFIED
+    # runs), from a verified newest base backup the site can replay to the end of the
+    # archive (on the primary's current timeline: earlier tests may have run a PITR).
+    base_backup_on_current_timeline(
+        Catalog(PLAN.environment("drill").backups),
+        superuser_conninfo(sandbox, L.PRIMARY_PORT),
+        lambda: base_backups(PLAN, "drill", notify=False),
+    )
     copied = offsite_copy(PLAN, "drill", dry_run=False, notify=False)
     assert copied, copied
     run_id = airflow.trigger("dr_test_site_failover", {"environment": "drill", "dry_run": True})

@@ -31,9 +31,10 @@ import psycopg
 import pytest
 import yaml
 from harness.killable_run import KillableRun, fail_runs_left_running
+from harness.offsite import base_backup_on_current_timeline
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
-from tracktion_dr.backups.catalog import Catalog, Status
+from tracktion_dr.backups.catalog import Catalog
 from tracktion_dr.backups.s3_objects import S3Location
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres.recovery_marker import postmaster_pid, read_marker, recovery_pending
@@ -80,33 +81,17 @@ def archive_current_wal(secrets) -> str:
     raise AssertionError(f"{segment} was not archived")
 
 
-def primary_timeline(secrets) -> int:
-    """The timeline the primary writes on now (its current WAL file's name says it)."""
-    with psycopg.connect(primary_conninfo(secrets), autocommit=True) as conn:
-        (walfile,) = conn.execute(
-            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
-        ).fetchone()
-    return int(walfile[:8], 16)
-
-
 def run_offsite_copy(secrets) -> dict:
-    """The offsite copy job, really run: dr_backup_offsite against moto (the newest base
-    backup verified first: the job copies only verified backups). Returns its result.
+    """The offsite copy job, really run: dr_backup_offsite against moto, from a verified
+    newest base backup on the primary's current timeline (the job copies only verified
+    backups; see harness.offsite). Returns its result."""
 
-    A base backup from an earlier timeline (tests before this one may have recovered the
-    primary to a point in time) is on a branch the archive's newest timeline left: the site
-    could not replay it to the end, and its guard rightly refuses. So the primary's
-    current timeline gets a base backup first, the way production takes one after a PITR."""
-    catalog = Catalog(load_plan(SANDBOX_PLAN).environment("drill").backups)
-    bases = catalog.base_backups()
-    if not bases or bases[0].timeline != primary_timeline(secrets):
+    def take_base_backup() -> None:
         dag_run = run_dag("dr_backup_base", {"environment": "drill", "notify": False})
         assert set(task_states(dag_run).values()) == {"success"}, task_states(dag_run)
-        bases = catalog.base_backups()
-    newest = bases[0]
-    assert newest.timeline == primary_timeline(secrets), newest
-    if newest.status is not Status.VERIFIED:
-        assert catalog.verify(newest).status is Status.VERIFIED
+
+    catalog = Catalog(load_plan(SANDBOX_PLAN).environment("drill").backups)
+    base_backup_on_current_timeline(catalog, primary_conninfo(secrets), take_base_backup)
     dag_run = run_dag("dr_backup_offsite", {"environment": "drill", "notify": False})
     assert task_states(dag_run) == {"copy_offsite": "success"}
     return task_result(dag_run, "copy_offsite")

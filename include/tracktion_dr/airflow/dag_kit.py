@@ -34,6 +34,7 @@ from airflow.sdk.exceptions import (
     AirflowFailException,
     AirflowRescheduleException,
     AirflowSensorTimeout,
+    AirflowSkipException,
 )
 
 from tracktion_dr.airflow.gate_triggers import GateCheck, GateTrigger, NamedCheck
@@ -383,6 +384,44 @@ def raise_for_outcome(timeline: dict[str, Any]) -> None:
         raise AirflowFailException(f"recovery failed: {', '.join(failed) or 'see the timeline'}")
 
 
+def skip_a_missed_drill(context: Any, plan: Plan, cadence: str) -> None:
+    """A drill guard's first check: a *scheduled* run started after the window the plan
+    gives its cadence (``test_schedule.<cadence>.duration`` from the cron's time) is
+    skipped, touching nothing (Airflow creates the newest due run of a drill DAG unpaused
+    long after it; see ``core.drill_window``). The run ends skipped, not failed: its
+    record, notification and report are skipped too."""
+    from tracktion_dr.core.drill_window import missed_window
+
+    scheduled = plan.test_schedule.get(cadence)
+    dag_run = context["dag_run"]
+    if scheduled is None:
+        return
+    reason = missed_window(
+        run_type=str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+        due_at=getattr(dag_run, "run_after", None),
+        started_at=dag_run.start_date or datetime.now(UTC),
+        window=scheduled.duration,
+    )
+    if reason:
+        log.warning("skipped, nothing was touched: %s", reason)
+        raise AirflowSkipException(reason)
+
+
+def guard_skipped(context: Any) -> bool:
+    """Whether this run's guard ended skipped (a missed drill window)."""
+    ti = context["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["guard"], run_ids=[ti.run_id])
+    run_states = states.get(ti.run_id, {}) if isinstance(states, dict) else {}
+    return str(getattr(run_states.get("guard"), "value", run_states.get("guard"))) == "skipped"
+
+
+def skip_when_the_guard_skipped(timeline: dict[str, Any] | None, context: Any) -> None:
+    """A tail task (trigger rule *all done*) has nothing to do when the guard skipped the
+    run: no record was made, so there is nothing to notify or publish."""
+    if timeline is None and guard_skipped(context):
+        raise AirflowSkipException("the guard skipped this run: nothing to report")
+
+
 def open_incident(context: Any, plan: Plan) -> dict[str, Any]:
     """The guard's first check, shared by every DAG: the common params, resolved."""
     from tracktion_dr.core.incident import resolve_incident
@@ -542,6 +581,7 @@ def publish_task(plan: Plan, timeline: Any) -> Any:
 
     @task(task_id="publish", trigger_rule="all_done", retries=0)
     def publish(timeline: dict[str, Any], **context: Any) -> dict[str, Any]:
+        skip_when_the_guard_skipped(timeline, context)
         return publish_report(context, plan, timeline)
 
     published = publish(timeline)
@@ -562,6 +602,7 @@ def finish_run(plan: Plan, incident: Any, timeline: Any) -> None:
         from tracktion_dr.airflow.steps import guard_result
         from tracktion_dr.notify.runs import notify_outcome as send
 
+        skip_when_the_guard_skipped(timeline, context)
         return send(plan, guard_result(context), timeline)
 
     @task(task_id="verdict", retries=0)
@@ -595,6 +636,8 @@ def scenario_tail(
         from tracktion_dr.airflow.steps import guard_result
 
         incident = guard_result(context)
+        if incident is None and guard_skipped(context):
+            raise AirflowSkipException("the guard skipped this run: nothing to record")
         if incident is None:
             return {"outcome": "failed", "details": {"failed_tasks": ["guard"]}, "refused": True}
         try:
