@@ -22,6 +22,11 @@ database there), `gate_failover` opens when a write commits on the new primary a
 services using it answer healthy, and `measure_data_loss` reports the data lost:
 incident time − newest canary heartbeat that survived.
 
+**A run cut short** (its worker died after `pg_promote`): re-run the same `incident_id`. A
+replica found promoted already passes the preconditions, and `fence_old_primary` goes on
+only if the old primary carries this incident's `DR_FENCED` note; the switch then only
+repoints what is left. Another incident finds the pair failed over and its fence refuses.
+
 **The old primary's host is gone** (its worker never takes `fence_old_primary`): nothing
 can be written to its disks. Once you know it is off, mark `fence_old_primary` *success* in
 the UI: the switch goes on and records that only the balancer keeps writes away from the

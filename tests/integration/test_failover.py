@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 from failover_support import SERVICE, backend, secondary_registered
-from harness.topology import kill_primary_at_once, restore_standard_topology
+from harness.topology import kill_primary_at_once, restore_standard_topology, set_server
 
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
@@ -139,6 +139,44 @@ def test_database_failover_promotes_the_replica_and_measures_the_loss(sandbox):
                 standby_conninfo=conninfo("tracktion_pg_replica", "tracktion"),
             )
         assert pg.port_open(L.REPLICA_PORT), "the new primary still runs"
+
+        # A run of this incident cut short after pg_promote (the replica promoted, the
+        # balancer not yet repointed): a re-run of the incident finishes the switch - the
+        # fence on the old primary is this incident's own - and the gate opens.
+        incident = task_result(dag_run, "guard")["incident_id"]
+        set_server("database", "primary", weight=100, status="enabled")
+        set_server("database", "replica", weight=0, status="disabled")
+        rerun = run_dag(
+            "dr_failover",
+            {
+                "environment": "drill",
+                "target": "database",
+                "incident_id": incident,
+                "incident_started_at": killed_at.isoformat(),
+            },
+        )
+        states = task_states(rerun)
+        assert states["verdict"] == "success", states
+        actions = task_result(rerun, "switch")["actions"]
+        assert f"the standby was promoted by an earlier run of {incident}: resuming" in actions
+        assert "already promoted" in actions
+        servers = backend("database")["servers"]
+        assert servers["replica"]["status"] == "enabled" and servers["replica"]["weight"] == 100
+        assert servers["primary"]["status"] == "disabled"
+        # Another incident finds the pair failed over by this one: its fence refuses (the
+        # note is not its own), nothing is switched.
+        before = backend("database")
+        other = run_dag(
+            "dr_failover",
+            {"environment": "drill", "target": "database", "incident_id": "DR-20260101-000003"},
+        )
+        states = task_states(other)
+        assert states["fence_old_primary"] == "failed", states
+        assert states["switch"] in ("upstream_failed", "skipped"), states
+        assert backend("database") == before
+        assert (
+            f"Fenced by dr_failover ({incident})" in (layout.primary_data / FENCE_NOTE).read_text()
+        ), "the first incident's fence note kept"
     finally:
         restore_standard_topology(layout, archive_before)
     # the next test finds the standard sandbox: primary writable, replica streaming

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 VERIFY_WRITER = "dr-failover-verify"
 FENCE_NOTE = "DR_FENCED"
+PROMOTED_ALREADY = (
+    "promoted already (writable): the fence goes on only if this incident fenced the old "
+    "primary (a re-run after the switch was cut short)"
+)
 HTTP_TIMEOUT = 5.0
 
 
@@ -164,11 +168,13 @@ def check_database_preconditions(primary_conninfo: str, replica_conninfo: str) -
         raise FailoverRefused(
             f"the primary is up and writable ({primary_detail}): nothing switched"
         )
-    if not in_recovery:
-        raise FailoverRefused("the replica is not a standby (already promoted?): nothing switched")
+    # A replica already promoted is either this incident's own switch, killed after
+    # pg_promote (a re-run must finish it: repoint, gate, measure), or another failover's.
+    # Only the old primary's host can tell (this incident's fence note in its data
+    # directory): fence_old_primary checks it there before anything is switched.
     return {
         "primary": primary_detail,
-        "replica": "standby (in recovery)",
+        "replica": "standby (in recovery)" if in_recovery else PROMOTED_ALREADY,
         "replica_last_replay": replay.isoformat() if replay else None,
         "system_identifier": system_identifier,
     }
@@ -240,10 +246,21 @@ def fenced_by(data_directory: Path, incident_id: str) -> bool:
         return False
 
 
+def _fence_note_line(data_directory: Path) -> str:
+    try:
+        return (data_directory / FENCE_NOTE).read_text().splitlines()[0][:200]
+    except (OSError, IndexError):
+        return f"no {FENCE_NOTE} note"
+
+
 def fence_old_primary(cluster: Cluster, incident_id: str, *, standby_conninfo: str) -> list[str]:
     """Make sure the old primary cannot accept writes if it comes back: after proving the
     data directory is the old primary (:func:`check_fence_target`, against the standby on
-    ``standby_conninfo``), stop it the way its host runs it and write standby.signal."""
+    ``standby_conninfo``), stop it the way its host runs it and write standby.signal.
+
+    A standby found promoted already is accepted only when this incident's fence note is
+    in the directory (the run that wrote it was cut short after pg_promote): the fence is
+    confirmed and the switch finishes; otherwise another failover promoted it - refused."""
     try:
         standby = server_identity(standby_conninfo)
     except psycopg.Error as exc:
@@ -255,7 +272,17 @@ def fence_old_primary(cluster: Cluster, incident_id: str, *, standby_conninfo: s
     data = Path(cluster.data_directory)
     if found is None:
         return [f"{data} is not reachable from here: fence it on its host"]
+    if not standby.in_recovery and not fenced_by(data, incident_id):
+        raise FailoverRefused(
+            f"the standby is promoted already ({standby.describe()}) and {data} carries no "
+            f"fence of {incident_id}: another failover promoted it - nothing fenced, nothing "
+            f"switched ({_fence_note_line(data)})",
+            hint="the pair is failed over already: rebuild the old primary as a standby "
+            "(dr_standby_rebuild), or re-run the incident that fenced it",
+        )
     actions = [f"checked: {found.describe()}; the standby: {standby.describe()}"]
+    if not standby.in_recovery:
+        actions.append(f"the standby was promoted by an earlier run of {incident_id}: resuming")
     control = cluster_control(cluster)
     if control.is_running():
         try:
