@@ -116,7 +116,7 @@ deploy-status:
 deploy-test: install
 	@$(ENV) DEPLOY_TEST=required $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy $(PYTEST_ARGS)
 
-# The quarterly drill in the deployment, through the scheduler (tests/deploy/test_deploy_quarterly.py;
-# ~25 min on a fresh deployment, so not part of `make test`).
+# Only the quarterly drill in the deployment, through the scheduler (tests/deploy/test_deploy_quarterly.py,
+# also part of deploy-test and of `make test`).
 deploy-test-drill: install
-	@$(ENV) DEPLOY_TEST=required DEPLOY_DRILL=1 $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy/test_deploy_quarterly.py $(PYTEST_ARGS)
+	@$(ENV) DEPLOY_TEST=required $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy/test_deploy_quarterly.py $(PYTEST_ARGS)

@@ -12,33 +12,24 @@ each child run, ran on the worker its queue names (``host_db_primary`` on ``db-p
 worker) and the host-bound ones are where they act; and the known rows are exactly there
 on the recovered primary, on a new timeline.
 
-Opt-in (``DEPLOY_DRILL=1``, ``make deploy-test-drill``): on a fresh deployment, unpausing
-the drill first runs its latest missed quarter (catchup=False still runs the newest
-interval), which the test waits out before its own run - about 25 minutes under load, more
-than CI's run can give beside the other shards. It passed on a kept deployment; the CI run
-skips it, saying why.
+Unpausing the drill makes Airflow create the run of its latest quarter at once (catchup=False
+still creates the newest interval's): started long after its window, that run's guard skips
+it (the plan's ``test_schedule.quarterly.duration``), so the test's own run follows at once.
+The deployment must be in its standard topology (db-primary the primary): the module runs
+before the failover test of test_deploy_topology.py, which leaves it failed over.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 import uuid
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-import httpx
 import pytest
+from harness.deployment import Api, container_hostname, describe, wait_for
+from harness.deployment import psql as psql_on
 
-pytestmark = [
-    pytest.mark.deploy,
-    pytest.mark.skipif(
-        os.environ.get("DEPLOY_DRILL") != "1",
-        reason="the quarterly drill in the deployment takes ~25 min: opt in with DEPLOY_DRILL=1 "
-        "(make deploy-test-drill)",
-    ),
-]
+pytestmark = pytest.mark.deploy
 
 DRILL_DAG = "dr_test_quarterly"
 # compose.yaml's drills.quarterly.steps, in order (the child runs' ids number them from 1).
@@ -81,101 +72,11 @@ CHECK_ROWS = 2000
 
 
 # --------------------------------------------------------------------------- helpers
-# (the same small helpers as test_deploy_topology.py's, which is being edited elsewhere)
 
 
-def compose(deployment, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*deployment.compose, *args],
-        cwd=deployment.root,
-        env=deployment.env,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=300,
-    )
-
-
-def psql(deployment, sql: str, service: str = "db-primary", port: int = 55432) -> str:
-    """SQL on a DB host, over its local socket as the postgres OS user (peer auth)."""
-    result = compose(
-        deployment,
-        "exec",
-        "-T",
-        service,
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-h",
-        "/srv/tracktion/pg/sockets",
-        "-p",
-        str(port),
-        "-d",
-        "tracktion",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-Atc",
-        sql,
-    )
-    return result.stdout.strip()
-
-
-def container_hostname(deployment, service: str) -> str:
-    container = compose(deployment, "ps", "-q", service).stdout.strip()
-    assert container, f"service {service} is not running"
-    inspect = subprocess.run(
-        ["docker", "inspect", "-f", "{{.Config.Hostname}}", container],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return inspect.stdout.strip()
-
-
-class Api:
-    """The Airflow REST API (v2) with a bearer token from ``POST /auth/token``."""
-
-    def __init__(self, url: str, password: str):
-        self.http = httpx.Client(base_url=url, timeout=60)
-        answer = self.http.post("/auth/token", json={"username": "admin", "password": password})
-        answer.raise_for_status()
-        self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(f"/api/v2{path}")
-
-    def call(self, method: str, path: str, body: dict) -> dict:
-        answer = self.http.request(method, f"/api/v2{path}", json=body)
-        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
-        return answer.json()
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
-        answer = self.get(path)
-        assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text}"
-        return answer.json()["task_instances"]
-
-
-def wait_for(predicate, timeout: float, interval: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(interval)
-
-
-def describe(dag_id: str, run_id: str, state: str, task_instances: list[dict]) -> str:
-    lines = [f"{dag_id} {run_id}: {state}"]
-    for ti in sorted(task_instances, key=lambda ti: ti["start_date"] or "~"):
-        lines.append(
-            f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
-        )
-    return "\n".join(lines)
+def psql(deployment, sql: str) -> str:
+    """SQL on the primary's host (db-primary)."""
+    return psql_on(deployment, "db-primary", 55432, sql)
 
 
 def schedule_caught_up(api: Api, dag_id: str) -> bool:
@@ -215,6 +116,10 @@ def api(deployment) -> Api:
 
 
 def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(deployment, api):
+    assert psql(deployment, "SELECT pg_catalog.pg_is_in_recovery()") == "f", (
+        "db-primary is not the primary: the deployment is failed over (a failover test ran "
+        "first?); `make deploy-down` and start it again"
+    )
     # Given known rows on the primary, committed and archived before the drill.
     marker = uuid.uuid4().hex
     psql(
@@ -244,9 +149,9 @@ def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(de
             f"the dag-processor to serialize {dag_id}",
         )
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-    # Unpausing the drill makes its schedule's run of the latest quarter at once: let the
-    # scheduler make it first, so that it runs before this run (max_active_runs=1), never
-    # during the checks after it.
+    # Unpausing the drill makes its schedule's run of the latest quarter at once (its guard
+    # skips it when started after its window): let the scheduler make it first, so that it
+    # ends before this run starts (max_active_runs=1), never during the checks after it.
     wait_for(
         lambda: schedule_caught_up(api, DRILL_DAG),
         DAG_VISIBLE_TIMEOUT_SECONDS,

@@ -13,12 +13,11 @@ known rows are exactly there.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from urllib.parse import quote
 
-import httpx
 import pytest
+from harness.deployment import Api, compose, container_hostname, describe, psql, wait_for
 
 pytestmark = pytest.mark.deploy
 
@@ -60,85 +59,6 @@ CHECK_ROWS = 2000
 # --------------------------------------------------------------------------- helpers
 
 
-def compose(deployment, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*deployment.compose, *args],
-        cwd=deployment.root,
-        env=deployment.env,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=300,
-    )
-
-
-def psql(deployment, service: str, port: int, sql: str) -> str:
-    """SQL on a DB host, over its local socket as the postgres OS user (peer auth)."""
-    result = compose(
-        deployment,
-        "exec",
-        "-T",
-        service,
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-h",
-        "/srv/tracktion/pg/sockets",
-        "-p",
-        str(port),
-        "-d",
-        "tracktion",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-Atc",
-        sql,
-    )
-    return result.stdout.strip()
-
-
-def container_hostname(deployment, service: str) -> str:
-    container = compose(deployment, "ps", "-q", service).stdout.strip()
-    assert container, f"service {service} is not running"
-    inspect = subprocess.run(
-        ["docker", "inspect", "-f", "{{.Config.Hostname}}", container],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return inspect.stdout.strip()
-
-
-class Api:
-    """The Airflow REST API (v2) with a bearer token from ``POST /auth/token``."""
-
-    def __init__(self, url: str, password: str):
-        self.http = httpx.Client(base_url=url, timeout=60)
-        answer = self.http.post("/auth/token", json={"username": "admin", "password": password})
-        answer.raise_for_status()
-        self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(f"/api/v2{path}")
-
-    def call(self, method: str, path: str, body: dict) -> dict:
-        answer = self.http.request(method, f"/api/v2{path}", json=body)
-        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
-        return answer.json()
-
-
-def wait_for(predicate, timeout: float, interval: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(interval)
-
-
 def run_over_rest(api: Api, dag_id: str, conf: dict) -> tuple[str, dict, str, str]:
     """Trigger ``dag_id`` over REST as an operator would (unpaused first), wait for it to
     end; (state, task instances by id, a printable report, the run's API path)."""
@@ -157,12 +77,9 @@ def run_over_rest(api: Api, dag_id: str, conf: dict) -> tuple[str, dict, str, st
         10,
         f"run {run['dag_run_id']} to finish",
     )
-    task_instances = api.get(f"{run_path}/taskInstances").json()["task_instances"]
-    report = "\n".join(
-        f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
-        for ti in sorted(task_instances, key=lambda ti: ti["start_date"] or "")
-    )
-    print(f"{dag_id} {run['dag_run_id']}: {state}\n{report}")
+    task_instances = api.task_instances(dag_id, run["dag_run_id"])
+    report = describe(dag_id, run["dag_run_id"], state, task_instances)
+    print(report)
     return state, {ti["task_id"]: ti for ti in task_instances}, report, run_path
 
 

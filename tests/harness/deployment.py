@@ -1,0 +1,105 @@
+"""Reaching the compose deployment under test (tests/deploy/conftest.py's ``deployment``):
+compose commands, SQL on a DB host, a container's hostname, the REST API, waiting."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from urllib.parse import quote
+
+import httpx
+
+
+def compose(deployment, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*deployment.compose, *args],
+        cwd=deployment.root,
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
+    )
+
+
+def psql(deployment, service: str, port: int, sql: str) -> str:
+    """SQL on a DB host, over its local socket as the postgres OS user (peer auth)."""
+    result = compose(
+        deployment,
+        "exec",
+        "-T",
+        service,
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-h",
+        "/srv/tracktion/pg/sockets",
+        "-p",
+        str(port),
+        "-d",
+        "tracktion",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-Atc",
+        sql,
+    )
+    return result.stdout.strip()
+
+
+def container_hostname(deployment, service: str) -> str:
+    container = compose(deployment, "ps", "-q", service).stdout.strip()
+    assert container, f"service {service} is not running"
+    inspect = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Config.Hostname}}", container],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return inspect.stdout.strip()
+
+
+class Api:
+    """The Airflow REST API (v2) with a bearer token from ``POST /auth/token``."""
+
+    def __init__(self, url: str, password: str):
+        self.http = httpx.Client(base_url=url, timeout=60)
+        answer = self.http.post("/auth/token", json={"username": "admin", "password": password})
+        answer.raise_for_status()
+        self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def get(self, path: str) -> httpx.Response:
+        return self.http.get(f"/api/v2{path}")
+
+    def call(self, method: str, path: str, body: dict) -> dict:
+        answer = self.http.request(method, f"/api/v2{path}", json=body)
+        assert answer.status_code < 300, f"{method} {path}: {answer.status_code} {answer.text}"
+        return answer.json()
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=200"
+        answer = self.get(path)
+        assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text}"
+        return answer.json()["task_instances"]
+
+
+def wait_for(predicate, timeout: float, interval: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(interval)
+
+
+def describe(dag_id: str, run_id: str, state: str, task_instances: list[dict]) -> str:
+    """A run's task instances, in the order they started: state, host and queue."""
+    lines = [f"{dag_id} {run_id}: {state}"]
+    for ti in sorted(task_instances, key=lambda ti: ti["start_date"] or "~"):
+        lines.append(
+            f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
+        )
+    return "\n".join(lines)
