@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -39,7 +40,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_base():
-    @task(execution_timeout=timedelta(hours=2))
+    @task(execution_timeout=timedelta(hours=2), **on_host("backups"))
     def base_backup(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

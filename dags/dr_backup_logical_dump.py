@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -40,7 +41,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_logical_dump():
-    @task(execution_timeout=timedelta(hours=2))
+    @task(execution_timeout=timedelta(hours=2), **on_host("backups"))
     def dump_and_check(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -38,7 +39,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_retention():
-    @task(retries=0, execution_timeout=timedelta(hours=2))
+    @task(retries=0, execution_timeout=timedelta(hours=2), **on_host("backups"))
     def apply_retention(**context) -> dict:
         from tracktion_dr.airflow import backup_jobs as jobs
 

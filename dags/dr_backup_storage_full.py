@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -34,7 +35,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_storage_full():
-    @task(execution_timeout=timedelta(hours=2))
+    @task(execution_timeout=timedelta(hours=2), **on_host("storage"))
     def snapshot_storage(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -35,7 +36,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_storage_sync():
-    @task(execution_timeout=timedelta(minutes=30))
+    @task(execution_timeout=timedelta(minutes=30), **on_host("storage"))
     def sync_storage(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -39,13 +40,13 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_verify():
-    @task(retries=0, execution_timeout=timedelta(hours=2))
+    @task(retries=0, execution_timeout=timedelta(hours=2), **on_host("backups"))
     def check_backups(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 
         return jobs.verify_all(PLAN, context["params"]["environment"])
 
-    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    @task(retries=0, execution_timeout=timedelta(minutes=10), **on_host("backups"))
     def check_wal_continuity(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
         from tracktion_dr.backups import watch
@@ -64,7 +65,7 @@ def dr_backup_verify():
             }
         ]
 
-    @task(retries=0, execution_timeout=timedelta(hours=4))
+    @task(retries=0, execution_timeout=timedelta(hours=4), **on_host("backups"))
     def test_restore(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

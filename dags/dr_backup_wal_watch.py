@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -37,7 +38,7 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_backup_wal_watch():
-    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    @task(retries=0, execution_timeout=timedelta(minutes=10), **on_host("backups"))
     def check_wal_archive(**context) -> dict:
         from tracktion_dr.airflow import backup_jobs as jobs
 

@@ -151,7 +151,7 @@ def _record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_database_restore():
-    @steps.guard()
+    @steps.guard(host="backups")  # reads the dumps
     def guard(**context) -> dict:
         from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.scenarios.database import guard_restore
@@ -165,7 +165,7 @@ def dr_database_restore():
         exclusivity = {} if incident["dry_run"] else take_exclusivity(context, incident, resources)
         return {**incident, **restore_plan, **exclusivity}
 
-    @steps.step("destructive")
+    @steps.step("destructive", host="application")
     def stop_services(run: dict, **context) -> dict:
         from tracktion_dr.airflow.support import controller
         from tracktion_dr.scenarios.database import stop_services_for_restore
@@ -173,7 +173,7 @@ def dr_database_restore():
         environment = PLAN.environment(run["environment"])
         return stop_services_for_restore(_admin(run)[0], run, environment, controller)
 
-    @steps.step("destructive")
+    @steps.step("destructive", host="backups")  # pg_restore reads the dump there
     def restore_beside(run: dict, **context) -> dict:
         from tracktion_dr.airflow.support import controller
         from tracktion_dr.scenarios.database import restore_step, stop_services_for_restore
@@ -200,7 +200,7 @@ def dr_database_restore():
 
         return swap_step(_admin(run)[0], run)
 
-    @steps.step("destructive", after_all=True)
+    @steps.step("destructive", after_all=True, host="application")
     def start_services(run: dict, **context) -> dict | str:
         """Runs even when a step after stop_services failed: the services go back up (on
         the old database if nothing was swapped) - a failed recovery must not leave
@@ -247,6 +247,8 @@ def dr_database_restore():
         check=named_check("functional_checks_pass"),
         incident=run,
         plan=PLAN,
+        # a functional check uploads its sample file, which lives on the application host
+        **steps.on_host("application"),
     )
     swapped >> gate_database
     [swapped, started] >> gate_services

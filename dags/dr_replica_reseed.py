@@ -66,7 +66,7 @@ def primary_accepts(run: dict, **context) -> str:
         ) from None
 
 
-@steps.step("destructive", milestone="redundancy")
+@steps.step("destructive", milestone="redundancy", host="database_replica")
 def reseed_replica(run: dict, **context) -> str:
     from tracktion_dr.airflow.support import reseed_standby
 

@@ -347,3 +347,85 @@ def test_an_application_service_is_host_bound_for_a_sample_file_or_a_local_contr
 
     local = parse_plan(both(compose_data, compose_controller), COMPOSE_PLAN)
     assert application.service_host(local, "tracklist-service") == "application"
+
+
+# --------------------------------------------------------------------------- backups, restore
+
+# The backup jobs run where the backups are (the plan's backup_host: the compose plan's is
+# the DB primary's host, whose archive_command writes the WAL archive onto the backups
+# volume), the configuration snapshot where the files are, the storage jobs on the storage
+# host; dr_database_restore reads its dump there and stops/starts services on the app host.
+BACKUP_AND_RESTORE_QUEUES = {
+    "dr_backup_base": {"base_backup": DB_PRIMARY},
+    "dr_backup_logical_dump": {"dump_and_check": DB_PRIMARY},
+    "dr_backup_verify": {
+        "check_backups": DB_PRIMARY,
+        "check_wal_continuity": DB_PRIMARY,
+        "test_restore": DB_PRIMARY,
+        "record": "default",
+        "verdict": "default",
+    },
+    "dr_backup_wal_watch": {"check_wal_archive": DB_PRIMARY},
+    "dr_backup_retention": {"apply_retention": DB_PRIMARY},
+    "dr_backup_offsite": {"copy_offsite": DB_PRIMARY},
+    "dr_backup_config_snapshot": {"snapshot_configuration": APP},
+    "dr_backup_storage_sync": {"sync_storage": APP},
+    "dr_backup_storage_incremental": {"snapshot_storage": APP},
+    "dr_backup_storage_full": {"snapshot_storage": APP},
+    "dr_database_restore": {
+        "guard": DB_PRIMARY,  # reads the dumps
+        "stop_services": APP,
+        "restore_beside": DB_PRIMARY,  # pg_restore reads the dump file
+        "validate_restored": "default",
+        "swap": "default",
+        "start_services": APP,
+        "gate_database_accepts": "default",
+        "gate_services_healthy": "default",
+        "gate_functional_checks": APP,  # its sample file is on the app host
+        "measure_data_loss": "default",
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    "dr_replica_reseed": {
+        "guard": "default",
+        "primary_accepts": "default",
+        "reseed_replica": DB_REPLICA,
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+}
+
+
+@pytest.mark.parametrize("dag_id", list(BACKUP_AND_RESTORE_QUEUES))
+def test_backup_and_restore_tasks_run_where_the_backups_and_services_are(monkeypatch, dag_id):
+    dag = dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/tracktion")
+    assert {t.task_id: t.queue for t in dag.tasks} == BACKUP_AND_RESTORE_QUEUES[dag_id]
+
+
+@pytest.mark.parametrize("dag_id", list(BACKUP_AND_RESTORE_QUEUES))
+def test_without_hosts_backup_and_restore_tasks_stay_on_the_default_queue(
+    monkeypatch, tmp_path, dag_id
+):
+    dag = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
+    assert {task.queue for task in dag.tasks} == {"default"}
+
+
+def test_an_unknown_backup_host_is_named(compose_data):
+    for env in compose_data["environments"].values():
+        env["backup_host"] = "vault"
+    text = problems_of(compose_data)
+    assert "environments.drill.backup_host: unknown host 'vault'" in text
+
+
+def test_a_backup_host_in_one_environment_only_is_refused(compose_data):
+    """Its runs in the other environment would read that host's backups."""
+    compose_data["environments"]["production"] = {
+        **compose_data["environments"]["production"],
+        "backup_host": None,
+    }
+    text = problems_of(compose_data)
+    assert "environments.production" in text and "names no host for its backups steps" in text

@@ -268,8 +268,14 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 
 # What a host-bound step acts on (the step kit's ``@step(kind, host=...)``): the host of the
 # clusters' primaries, of their replicas, of the services' controllers, of the storage.
-HostRole = Literal["database_primary", "database_replica", "application", "storage"]
-HOST_ROLES: tuple[str, ...] = ("database_primary", "database_replica", "application", "storage")
+HostRole = Literal["database_primary", "database_replica", "application", "storage", "backups"]
+HOST_ROLES: tuple[str, ...] = (
+    "database_primary",
+    "database_replica",
+    "application",
+    "storage",
+    "backups",
+)
 
 
 def _check_queue(value: Any) -> str:
@@ -974,10 +980,14 @@ class Environment(_Model):
     services: dict[str, Service]
     controllers: dict[str, Controller]
     storage: dict[str, StorageArea] = {}
-    # The machines DR steps act on and their workers' queues; clusters, controllers and
-    # storage_host name them. No hosts: every step stays on the default queue.
+    # The machines DR steps act on and their workers' queues; clusters, controllers,
+    # storage_host and backup_host name them. No hosts: every step stays on the default queue.
     hosts: dict[str, Host] = {}
     storage_host: str | None = None  # the host that holds the storage areas' paths
+    # The host that holds the file:// backup locations (dumps, base backups, the WAL
+    # archive its archive_command writes, snapshots): the backup jobs and the steps that
+    # read backups run there.
+    backup_host: str | None = None
     config_paths: list[str] = []
     # dr_config_recovery: the modes the seed sets on restored files (glob -> octal mode),
     # the owner (user:group) when the plan says so, which environment variables a
@@ -1023,6 +1033,8 @@ class Environment(_Model):
             return {f"controllers.{n}.host": c.host for n, c in self.controllers.items() if c.host}
         if role == "storage":
             return {"storage_host": self.storage_host} if self.storage_host else {}
+        if role == "backups":
+            return {"backup_host": self.backup_host} if self.backup_host else {}
         raise ValueError(f"unknown host role {role!r} (known: {list(HOST_ROLES)})")
 
     def dependents_of(self, name: str) -> list[str]:
@@ -1463,6 +1475,17 @@ def _role_applies(env: Environment, role: str) -> bool:
         return any(c.replica_data_directory for c in env.clusters.values())
     if role == "application":
         return bool(env.services)
+    if role == "backups":
+        return any(
+            str(location).startswith("file://")
+            for location in (
+                env.backups.logical,
+                env.backups.base,
+                env.backups.wal_archive,
+                env.backups.configuration,
+                env.backups.storage,
+            )
+        )
     return bool(env.storage)
 
 
