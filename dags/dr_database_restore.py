@@ -187,7 +187,7 @@ def dr_database_restore():
             stop_dependents=lambda: stop_services_for_restore(admin, run, environment, controller),
         )
 
-    @steps.step("check", skip_in_dry_run=True)
+    @steps.step("check", skip_in_dry_run=True, host="backups")  # the dump's manifest
     def validate_restored(run: dict, **context) -> dict:
         from tracktion_dr.scenarios.database import validate_restored as validate
 

@@ -21,12 +21,11 @@ before the failover test of test_deploy_topology.py, which leaves it failed over
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
-from harness.deployment import Api, container_hostname, describe, wait_for
+from harness.deployment import Api, container_hostname, describe, wait_for, write_known_rows
 from harness.deployment import psql as psql_on
 
 pytestmark = pytest.mark.deploy
@@ -121,20 +120,7 @@ def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(de
         "first?); `make deploy-down` and start it again"
     )
     # Given known rows on the primary, committed and archived before the drill.
-    marker = uuid.uuid4().hex
-    psql(
-        deployment,
-        f"CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id int, marker text, payload text, "
-        "PRIMARY KEY (id, marker)); "
-        f"INSERT INTO {CHECK_TABLE} SELECT i, '{marker}', md5(i::text || '{marker}') "
-        f"FROM generate_series(1, {CHECK_ROWS}) AS i",
-    )
-    checksum_sql = (
-        f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
-        f"FROM {CHECK_TABLE} WHERE marker = '{marker}'"
-    )
-    before = psql(deployment, checksum_sql)
-    assert before.startswith(f"{CHECK_ROWS}:")
+    marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)
     timeline_before = int(
         psql(deployment, "SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()")
     )

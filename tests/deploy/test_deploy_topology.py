@@ -7,17 +7,27 @@ then the run succeeds; each task instance ran on the worker of the host it acts 
 ``hostname``: stop/start services on ``app``, the data directory on ``db-primary``, the
 re-seed on ``db-replica``, gates and the record on the default worker); the services answer
 healthy from another container; the replica streams from the recovered primary; and the
-known rows are exactly there.
+known rows are exactly there. Then a logical dump and a restore from it over REST run
+where the backups are (db-primary) and the services are (app), and bring back destroyed
+rows exactly; the monthly drill runs each test where what it tests is; then a database
+failover (its own docstring).
 """
 
 from __future__ import annotations
 
 import subprocess
-import uuid
 from urllib.parse import quote
 
 import pytest
-from harness.deployment import Api, compose, container_hostname, describe, psql, wait_for
+from harness.deployment import (
+    Api,
+    compose,
+    container_hostname,
+    describe,
+    psql,
+    wait_for,
+    write_known_rows,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -114,22 +124,7 @@ def test_every_service_of_the_deployment_is_healthy(deployment):
 
 def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deployment, api):
     # Given known rows on the primary, committed before the incident.
-    marker = uuid.uuid4().hex
-    psql(
-        deployment,
-        "db-primary",
-        55432,
-        f"CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id int, marker text, payload text, "
-        "PRIMARY KEY (id, marker)); "
-        f"INSERT INTO {CHECK_TABLE} SELECT i, '{marker}', md5(i::text || '{marker}') "
-        f"FROM generate_series(1, {CHECK_ROWS}) AS i",
-    )
-    checksum_sql = (
-        f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
-        f"FROM {CHECK_TABLE} WHERE marker = '{marker}'"
-    )
-    before = psql(deployment, "db-primary", 55432, checksum_sql)
-    assert before.startswith(f"{CHECK_ROWS}:")
+    marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)
 
     # When dr_database_pitr is triggered over REST (the DAG unpaused first, as an operator).
     state, ran, report, _ = run_over_rest(
@@ -201,6 +196,77 @@ def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deploymen
     assert int(timeline) > 1  # really recovered: a new timeline, not the old server
 
 
+def test_a_dump_taken_and_restored_over_rest_runs_where_the_backups_are(deployment, api):
+    """dr_backup_logical_dump, then dr_database_restore after rows are destroyed, both over
+    REST: the dump is written and read on db-primary (the plan's backup_host: the backups
+    volume), the services stopped and started on app, the swap over the network from the
+    default worker; every row committed before the dump is back exactly."""
+    # Given known rows, committed before the dump,
+    marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)
+    default_worker = container_hostname(deployment, "airflow-worker")
+
+    # when the dump job runs, it runs on the backup host,
+    state, ran, report, _ = run_over_rest(
+        api, "dr_backup_logical_dump", {"environment": "drill", "notify": False}
+    )
+    assert state == "success", report
+    assert ran["dump_and_check"]["hostname"] == "db-primary", report
+
+    # and when the rows are destroyed and the database restored from that dump,
+    psql(
+        deployment,
+        "db-primary",
+        55432,
+        f"DELETE FROM {CHECK_TABLE} WHERE marker = '{marker}' AND id % 2 = 0; "
+        f"UPDATE {CHECK_TABLE} SET payload = 'garbage' WHERE marker = '{marker}'",
+    )
+    assert psql(deployment, "db-primary", 55432, checksum_sql) != before
+    state, ran, report, _ = run_over_rest(
+        api, "dr_database_restore", {"environment": "drill", "database": "tracktion"}
+    )
+
+    # then each step ran where it acts: the dump (and its manifest) read on db-primary,
+    # services on app,
+    assert state == "success", report
+    expected = {
+        "guard": "db-primary",
+        "restore_beside": "db-primary",
+        "stop_services": "app",
+        "start_services": "app",
+        "gate_functional_checks": "app",
+        "validate_restored": "db-primary",
+        "swap": default_worker,
+        "gate_services_healthy": default_worker,
+    }
+    for task_id, host in expected.items():
+        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", host), (
+            f"{task_id}\n{report}"
+        )
+    # and every row is back as it was committed before the dump.
+    assert psql(deployment, "db-primary", 55432, checksum_sql) == before
+
+
+def test_the_monthly_drill_runs_each_test_where_what_it_tests_is(deployment, api):
+    """dr_test_monthly over REST (after the dump test: it restores the newest dump into a
+    scratch database): the database test on db-primary (the backup host), the service and
+    storage tests and the teardown on app, the RPO measured where the archive is."""
+    state, ran, report, _ = run_over_rest(
+        api, "dr_test_monthly", {"environment": "drill", "notify": False}
+    )
+    assert state == "success", report
+    expected = {
+        "test_databases": "db-primary",
+        "test_services": "app",
+        "test_storage": "app",
+        "teardown": "app",
+        "measure_rpo": "db-primary",
+    }
+    for task_id, host in expected.items():
+        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", host), (
+            f"{task_id}\n{report}"
+        )
+
+
 # --------------------------------------------------------------------------- failover
 
 PRIMARY_DATA = "/srv/tracktion/pg/primary"
@@ -235,21 +301,7 @@ def test_database_failover_fences_on_the_primary_host_and_refuses_the_wrong_clus
     there. The deployment stays failed over (the session removes it; with DEPLOY_KEEP=1 run
     ``make deploy-down`` before the next session)."""
     # Given known rows, streamed to the replica, and the primary stopped cleanly.
-    marker = uuid.uuid4().hex
-    psql(
-        deployment,
-        "db-primary",
-        55432,
-        f"CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id int, marker text, payload text, "
-        "PRIMARY KEY (id, marker)); "
-        f"INSERT INTO {CHECK_TABLE} SELECT i, '{marker}', md5(i::text || '{marker}') "
-        f"FROM generate_series(1, {CHECK_ROWS}) AS i",
-    )
-    checksum_sql = (
-        f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
-        f"FROM {CHECK_TABLE} WHERE marker = '{marker}'"
-    )
-    before = psql(deployment, "db-primary", 55432, checksum_sql)
+    marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)
     as_postgres(
         deployment, "db-primary", f"{PG_BIN}/pg_ctl", "-D", PRIMARY_DATA, "-m", "fast", "-w", "stop"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
+from typing import NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -103,3 +105,31 @@ def describe(dag_id: str, run_id: str, state: str, task_instances: list[dict]) -
             f"  {ti['task_id']}: {ti['state']} on {ti['hostname']!r} (queue {ti['queue']})"
         )
     return "\n".join(lines)
+
+
+class KnownRows(NamedTuple):
+    marker: str  # this batch's rows carry it
+    checksum_sql: str  # count and md5 of the batch, in id order
+    before: str  # that checksum when written
+
+
+def write_known_rows(deployment, table: str, rows: int) -> KnownRows:
+    """``rows`` rows committed on the primary (db-primary) in ``table``, marked as one batch,
+    and their checksum: what a recovery must bring back exactly."""
+    marker = uuid.uuid4().hex
+    psql(
+        deployment,
+        "db-primary",
+        55432,
+        f"CREATE TABLE IF NOT EXISTS {table} (id int, marker text, payload text, "
+        "PRIMARY KEY (id, marker)); "
+        f"INSERT INTO {table} SELECT i, '{marker}', md5(i::text || '{marker}') "
+        f"FROM generate_series(1, {rows}) AS i",
+    )
+    checksum_sql = (
+        f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
+        f"FROM {table} WHERE marker = '{marker}'"
+    )
+    before = psql(deployment, "db-primary", 55432, checksum_sql)
+    assert before.startswith(f"{rows}:"), before
+    return KnownRows(marker, checksum_sql, before)

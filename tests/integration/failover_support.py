@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from harness.topology import set_server
 
 from tracktion_sandbox import layout as L
 
@@ -19,11 +20,6 @@ SECONDARY_PORT = 18104
 
 def backend(name: str) -> dict:
     return httpx.get(f"{LB}/api/v1/backends/{name}", timeout=5).json()
-
-
-def set_server(service: str, server: str, **body) -> None:
-    response = httpx.post(f"{LB}/api/v1/backends/{service}/servers/{server}", json=body, timeout=5)
-    response.raise_for_status()
 
 
 def wait_healthy(url: str, timeout: float = 20) -> None:

@@ -316,14 +316,6 @@ def test_quarterly_drill_queues_survive_serialization(monkeypatch, dag_id):
     assert {t.task_id: t.queue for t in restored.tasks} == QUARTERLY_QUEUES[dag_id]
 
 
-@pytest.mark.parametrize("dag_id", list(QUARTERLY_QUEUES))
-def test_without_hosts_every_quarterly_drill_task_stays_on_the_default_queue(
-    monkeypatch, tmp_path, dag_id
-):
-    dag = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
-    assert {task.queue for task in dag.tasks} == {"default"}
-
-
 def test_an_application_service_is_host_bound_for_a_sample_file_or_a_local_controller(
     compose_data,
 ):
@@ -355,7 +347,7 @@ def test_an_application_service_is_host_bound_for_a_sample_file_or_a_local_contr
 # the DB primary's host, whose archive_command writes the WAL archive onto the backups
 # volume), the configuration snapshot where the files are, the storage jobs on the storage
 # host; dr_database_restore reads its dump there and stops/starts services on the app host.
-BACKUP_AND_RESTORE_QUEUES = {
+BACKUP_RESTORE_MONTHLY_QUEUES = {
     "dr_backup_base": {"base_backup": DB_PRIMARY},
     "dr_backup_logical_dump": {"dump_and_check": DB_PRIMARY},
     "dr_backup_verify": {
@@ -376,13 +368,26 @@ BACKUP_AND_RESTORE_QUEUES = {
         "guard": DB_PRIMARY,  # reads the dumps
         "stop_services": APP,
         "restore_beside": DB_PRIMARY,  # pg_restore reads the dump file
-        "validate_restored": "default",
+        "validate_restored": DB_PRIMARY,  # against the dump's manifest
         "swap": "default",
         "start_services": APP,
         "gate_database_accepts": "default",
         "gate_services_healthy": "default",
         "gate_functional_checks": APP,  # its sample file is on the app host
         "measure_data_loss": "default",
+        "record": "default",
+        "notify_outcome": "default",
+        "publish": "default",
+        "verdict": "default",
+    },
+    # the monthly drill: each test where what it acts on is
+    "dr_test_monthly": {
+        "guard": "default",
+        "test_databases": DB_PRIMARY,  # restores the newest dumps
+        "test_services": APP,
+        "test_storage": APP,  # the storage host
+        "teardown": APP,  # empties the scratch directory on the storage host
+        "measure_rpo": DB_PRIMARY,  # reads the WAL archive and base backups
         "record": "default",
         "notify_outcome": "default",
         "publish": "default",
@@ -400,16 +405,14 @@ BACKUP_AND_RESTORE_QUEUES = {
 }
 
 
-@pytest.mark.parametrize("dag_id", list(BACKUP_AND_RESTORE_QUEUES))
-def test_backup_and_restore_tasks_run_where_the_backups_and_services_are(monkeypatch, dag_id):
+@pytest.mark.parametrize("dag_id", list(BACKUP_RESTORE_MONTHLY_QUEUES))
+def test_backup_restore_and_monthly_tasks_run_where_what_they_act_on_is(monkeypatch, dag_id):
     dag = dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/tracktion")
-    assert {t.task_id: t.queue for t in dag.tasks} == BACKUP_AND_RESTORE_QUEUES[dag_id]
+    assert {t.task_id: t.queue for t in dag.tasks} == BACKUP_RESTORE_MONTHLY_QUEUES[dag_id]
 
 
-@pytest.mark.parametrize("dag_id", list(BACKUP_AND_RESTORE_QUEUES))
-def test_without_hosts_backup_and_restore_tasks_stay_on_the_default_queue(
-    monkeypatch, tmp_path, dag_id
-):
+@pytest.mark.parametrize("dag_id", [*QUARTERLY_QUEUES, *BACKUP_RESTORE_MONTHLY_QUEUES])
+def test_without_hosts_every_routed_dag_stays_on_the_default_queue(monkeypatch, tmp_path, dag_id):
     dag = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
     assert {task.queue for task in dag.tasks} == {"default"}
 
