@@ -102,26 +102,29 @@ def dr_test_monthly():
         steps.print_plan_of_actions(run, drills.monthly_plan_of_actions(run))
         return run
 
-    @steps.step("check", **DRILL_TEST)
+    # Each test runs where what it acts on is: the dumps on the backup host, the services'
+    # controller on the application host, the storage areas (and the drill's scratch
+    # directory, which the teardown empties) on the storage host.
+    @steps.step("check", host="backups", **DRILL_TEST)
     def test_databases(run: dict, **context) -> str:
         return judged("test_databases", drills.test_databases(PLAN, run, endpoint), context)
 
-    @steps.step("check", after_all=True, **DRILL_TEST)
+    @steps.step("check", after_all=True, host="application", **DRILL_TEST)
     def test_services(run: dict, **context) -> str:
         timeout = float(context["params"]["service_timeout_seconds"])
         parts = drills.test_services(PLAN, run, ACCESS.controller, timeout)
         return judged("test_services", parts, context)
 
-    @steps.step("check", after_all=True, **DRILL_TEST)
+    @steps.step("check", after_all=True, host="storage", **DRILL_TEST)
     def test_storage(run: dict, **context) -> str:
         return judged("test_storage", drills.test_storage(PLAN, run), context)
 
-    @steps.step("bookkeeping", after_all=True, skip_in_dry_run=True)
+    @steps.step("bookkeeping", after_all=True, skip_in_dry_run=True, host="storage")
     def teardown(run: dict, **context) -> dict:
         """Runs whatever happened: nothing a drill created outlives it."""
         return drills.teardown(PLAN, run, endpoint, ACCESS.controller)
 
-    @steps.step("check", after_all=True, retries=0)
+    @steps.step("check", after_all=True, retries=0, host="backups")
     def measure_rpo(run: dict, **context) -> dict:
         return drills.measure_rpo(PLAN, run)
 
