@@ -206,11 +206,18 @@ def test_a_dump_taken_and_restored_over_rest_runs_where_the_backups_are(deployme
     default_worker = container_hostname(deployment, "airflow-worker")
 
     # when the dump job runs, it runs on the backup host,
-    state, ran, report, _ = run_over_rest(
+    state, ran, report, run_path = run_over_rest(
         api, "dr_backup_logical_dump", {"environment": "drill", "notify": False}
     )
     assert state == "success", report
     assert ran["dump_and_check"]["hostname"] == "db-primary", report
+    # (its dump, by id: unpausing the job also runs its missed nightly dump, which may
+    # come after this one - and after the rows are destroyed below)
+    xcom = api.get(
+        f"{run_path}/taskInstances/dump_and_check/xcomEntries/return_value"
+        "?deserialize=true&stringify=false"
+    ).json()["value"]
+    (dump,) = [d["id"] for d in xcom if d["database"] == "tracktion"]
 
     # and when the rows are destroyed and the database restored from that dump,
     psql(
@@ -222,7 +229,9 @@ def test_a_dump_taken_and_restored_over_rest_runs_where_the_backups_are(deployme
     )
     assert psql(deployment, "db-primary", 55432, checksum_sql) != before
     state, ran, report, _ = run_over_rest(
-        api, "dr_database_restore", {"environment": "drill", "database": "tracktion"}
+        api,
+        "dr_database_restore",
+        {"environment": "drill", "database": "tracktion", "backup": dump},
     )
 
     # then each step ran where it acts: the dump (and its manifest) read on db-primary,

@@ -77,3 +77,20 @@ def test_the_stand_in_refuses_an_absolute_name(tmp_path):
     with tarfile.open(path, "r:gz") as opened, pytest.raises(tarfile.TarError):
         extract_as_data(opened, out, native=False)
     assert not (tmp_path / "escaped.json").exists()
+
+
+@BOTH
+def test_a_base_backup_keeps_its_directory_modes(tmp_path, native):
+    """PostgreSQL refuses a data directory that is not 0700/0750: the ``data`` filter would
+    make it 0755, so a base backup is extracted keeping its modes."""
+    path = archive(
+        tmp_path,
+        member("base_1", tarfile.DIRTYPE, mode=0o700),
+        member("base_1/PG_VERSION", mode=0o600),
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    with tarfile.open(path) as opened:
+        extract_as_data(opened, out, native=native, keep_modes=True)
+    assert (out / "base_1").stat().st_mode & 0o777 == 0o700
+    assert (out / "base_1" / "PG_VERSION").stat().st_mode & 0o777 == 0o600

@@ -800,7 +800,7 @@ def _unpack_base_backup(archive: Path, folder: Path) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with tarfile.open(archive) as opened:
-        extract_as_data(opened, work)
+        extract_as_data(opened, work, keep_modes=True)  # a data directory's modes
     unpacked = work / folder.name
     if not unpacked.is_dir():
         raise ValidationFailed(f"{archive.name} does not hold the folder {folder.name}/")

@@ -14,14 +14,22 @@ HAS_EXTRACTION_FILTERS = hasattr(tarfile, "data_filter")
 
 
 def extract_as_data(
-    opened: tarfile.TarFile, destination: Path, native: bool = HAS_EXTRACTION_FILTERS
+    opened: tarfile.TarFile,
+    destination: Path,
+    native: bool = HAS_EXTRACTION_FILTERS,
+    *,
+    keep_modes: bool = False,
 ) -> None:
-    """Extract with tarfile's ``data`` filter; without one (``native`` False), a stricter
-    stand-in: only regular files and directories, every name inside ``destination``, owned
-    by whoever extracts, no setuid/setgid/sticky or group/other write bits. A member that
-    breaks these fails the whole extraction before anything is written."""
+    """Extract with tarfile's ``data`` filter (``keep_modes``: its ``tar`` filter, which
+    keeps each directory's mode - a PostgreSQL data directory must stay 0700/0750, and the
+    ``data`` filter makes every directory 0755); without filters (``native`` False), a
+    stricter stand-in: only regular files and directories, every name inside
+    ``destination``, owned by whoever extracts, modes kept without setuid/setgid/sticky or
+    group/other write bits. A member that breaks these fails the whole extraction before
+    anything is written."""
     if native:
-        opened.extractall(destination, filter="data")
+        chosen = "tar" if keep_modes else "data"  # both refuse names outside destination
+        opened.extractall(destination, filter=chosen)  # noqa: S202
         return
     root = destination.resolve()
     members = opened.getmembers()
