@@ -22,14 +22,27 @@ def primary(dbname: str = "tracktion"):
     )
 
 
-def switch_wal() -> None:
+# PostgreSQL's archiver waits a minute after three failed archive_command attempts (e.g.
+# while an earlier test had the backup directory moved away): wait past that retry.
+ARCHIVE_WAIT_SECONDS = 90
+
+
+def switch_wal() -> str:
+    """Switch the primary's WAL and wait until the segment is archived; its name."""
     with primary("postgres") as conn:
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
-        for _ in range(100):
+        deadline = time.monotonic() + ARCHIVE_WAIT_SECONDS
+        while time.monotonic() < deadline:
             if segment_archived(conn, segment):
-                return
+                return segment
             time.sleep(0.3)
-    raise AssertionError(f"{segment} not archived")
+        (failed, last_failed) = conn.execute(
+            "SELECT failed_count, last_failed_wal FROM pg_catalog.pg_stat_archiver"
+        ).fetchone()
+    raise AssertionError(
+        f"{segment} not archived within {ARCHIVE_WAIT_SECONDS}s "
+        f"(archiver: {failed} failures, last failed {last_failed})"
+    )
 
 
 def kill_primary(data_directory: Path) -> None:

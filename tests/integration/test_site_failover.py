@@ -32,6 +32,7 @@ import pytest
 import yaml
 from harness.killable_run import KillableRun, fail_runs_left_running
 from harness.offsite import base_backup_on_current_timeline
+from pitr_support import switch_wal
 
 from tracktion_dr.airflow.dag_runs import run_dag, task_result, task_states
 from tracktion_dr.backups.catalog import Catalog
@@ -62,23 +63,6 @@ def write_marker(secrets, writer: str) -> datetime:
             "INSERT INTO dr_canary.heartbeat (writer) VALUES (%s) RETURNING written_at", (writer,)
         ).fetchone()
     return written_at
-
-
-def archive_current_wal(secrets) -> str:
-    """Switch the primary's WAL and wait until the segment is archived."""
-    with psycopg.connect(primary_conninfo(secrets), autocommit=True) as conn:
-        (segment,) = conn.execute(
-            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())"
-        ).fetchone()
-        for _ in range(300):
-            (ready,) = conn.execute(
-                "SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name = %s",
-                (f"{segment}.ready",),
-            ).fetchone()
-            if ready == 0:
-                return segment
-            time.sleep(0.1)
-    raise AssertionError(f"{segment} was not archived")
 
 
 def run_offsite_copy(secrets) -> dict:
@@ -197,7 +181,7 @@ def test_the_site_failover_brings_tracktion_up_in_the_recovery_site_from_the_off
     # The offsite copy job: everything archived up to the marker written before it, in S3
     # (us-east-1) and copied to the site's us-west-2 bucket.
     write_marker(secrets, before)
-    segment = archive_current_wal(secrets)
+    segment = switch_wal()
     copied = run_offsite_copy(sandbox.secrets)
     assert copied["cross_region"], copied
     assert listed_in_site_copy(f"wal_archive/{segment}"), f"{segment} not in the site's copy"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pwd
 import struct
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -342,6 +343,17 @@ def test_a_pid_file_proves_nothing_without_its_postmaster(tmp_path):
     assert postmaster_pid(tmp_path) is None  # alive, but not a postgres process
     (tmp_path / "postmaster.pid").write_text("999999999\n")
     assert postmaster_pid(tmp_path) is None
+
+
+def test_a_process_that_only_mentions_postgres_in_its_arguments_is_no_postmaster(tmp_path):
+    """A live process whose arguments say postgres (pytest given test_sandbox_postgres.py)."""
+    sleeper = subprocess.Popen(["sleep", "30", "postgres"])
+    try:
+        (tmp_path / "postmaster.pid").write_text(f"{sleeper.pid}\n{tmp_path}\n")
+        assert postmaster_pid(tmp_path) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_the_fatal_line_is_quoted_from_the_log(tmp_path):

@@ -109,7 +109,12 @@ def postmaster_pid(data_directory: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    if stat.rpartition(")")[2].split()[0] == "Z" or b"postgres" not in cmdline:
+    # The program, not any argument: a process whose arguments merely mention postgres (a
+    # test runner given test_sandbox_postgres.py, an editor) is not a postmaster.
+    program = Path(cmdline.split(b"\0", 1)[0].decode(errors="replace")).name
+    if stat.rpartition(")")[2].split()[0] == "Z" or not program.startswith(
+        ("postgres", "postmaster")
+    ):
         return None
     return pid
 
