@@ -267,7 +267,8 @@ _HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 
 # What a host-bound step acts on (the step kit's ``@step(kind, host=...)``): the host of the
-# clusters' primaries, of their replicas, of the services' controllers, of the storage.
+# clusters' primaries, of their replicas, of the services' controllers, of the storage, of
+# the file:// backups.
 HostRole = Literal["database_primary", "database_replica", "application", "storage", "backups"]
 HOST_ROLES: tuple[str, ...] = (
     "database_primary",
