@@ -93,6 +93,14 @@ def run_over_rest(api: Api, dag_id: str, conf: dict) -> tuple[str, dict, str, st
     return state, {ti["task_id"]: ti for ti in task_instances}, report, run_path
 
 
+def assert_succeeded_on(ran: dict, expected: dict[str, str], report: str) -> None:
+    """Each task of ``expected`` succeeded on the host (container hostname) it names."""
+    for task_id, host in expected.items():
+        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", host), (
+            f"{task_id}\n{report}"
+        )
+
+
 # --------------------------------------------------------------------------- the test
 
 
@@ -247,10 +255,7 @@ def test_a_dump_taken_and_restored_over_rest_runs_where_the_backups_are(deployme
         "swap": default_worker,
         "gate_services_healthy": default_worker,
     }
-    for task_id, host in expected.items():
-        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", host), (
-            f"{task_id}\n{report}"
-        )
+    assert_succeeded_on(ran, expected, report)
     # and every row is back as it was committed before the dump.
     assert psql(deployment, "db-primary", 55432, checksum_sql) == before
 
@@ -270,10 +275,7 @@ def test_the_monthly_drill_runs_each_test_where_what_it_tests_is(deployment, api
         "teardown": "app",
         "measure_rpo": "db-primary",
     }
-    for task_id, host in expected.items():
-        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", host), (
-            f"{task_id}\n{report}"
-        )
+    assert_succeeded_on(ran, expected, report)
 
 
 # --------------------------------------------------------------------------- failover
