@@ -115,7 +115,13 @@ def guard(**context) -> dict:
 
 @steps.step("check")
 def assess(run: dict, **context) -> dict:
-    return incident.assess(PLAN, run)
+    return incident.assess(PLAN, run, context)
+
+
+# Only under a plan whose storage is on a host of its own: probed there, beside assess.
+@task(task_id=incident.STORAGE_PROBE_TASK, retries=0, **steps.on_host("storage"))
+def probe_storage(run: dict) -> list[dict]:
+    return incident.probe_storage(PLAN, run["environment"])
 
 
 @task.branch(retries=0)
@@ -264,6 +270,9 @@ def dr_incident_response():
     # The verdict also waits on the guard: a refused guard is the run's one failed task.
     closed >> timeline >> review >> judged
     run >> judged
+    if incident.storage_probed_on_its_host(PLAN):
+        # beside assess, which reads its results; the record waits for it (never the verdict)
+        probe_storage(run) >> timeline
 
 
 dr_incident_response()

@@ -13,6 +13,11 @@ timeout, never the sum):
 | every storage area | directory present and writable |
 | external dependencies | `GET` their health URL (down = *degraded*, not ours to fix) |
 
+**Where it runs**: over the network from the default worker; under a plan that puts the
+storage on a host of its own, `probe_storage` checks the storage areas on that host's
+worker at the same time and `probe_platform` takes its results (waiting at most the probe
+timeout plus 15 s: a storage host that does not answer is reported *not assessed*, DOWN).
+
 **Output**: a readable table in the `probe_platform` log, and the structured result in XCom
 (`status`, `down`, `degraded`, `results`). Touches nothing, so `dry_run` changes nothing.
 
@@ -31,6 +36,13 @@ from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.incident_steps import (
+    STORAGE_PROBE_TASK,
+    assessment_of,
+    storage_probed_on_its_host,
+)
+from tracktion_dr.airflow.incident_steps import probe_storage as probe_storage_areas
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 
@@ -72,13 +84,10 @@ def dr_initial_assessment():
 
     # Re-probing on retry would describe a different moment; the operator re-runs instead.
     @task(retries=0)
-    def probe_platform(incident: dict) -> dict:
-        from tracktion_dr.airflow.support import conninfo
+    def probe_platform(incident: dict, **context) -> dict:
         from tracktion_dr.core.plan import load_plan as load_current_plan
-        from tracktion_dr.scenarios.assessment import assess
 
-        environment = load_current_plan().environment(incident["environment"])
-        assessment = assess(environment, conninfo_for=conninfo)
+        assessment = assessment_of(load_current_plan(), incident["environment"], context)
         log.info("\n%s", assessment.report(incident["incident_id"], incident["environment"]))
         return {"incident": incident, **assessment.as_dict()}
 
@@ -93,7 +102,15 @@ def dr_initial_assessment():
         # The assessment is a status report: chat and e-mail, no paging.
         return deliver(PLAN, assessment_message(result), channels=["slack", "email"]).as_dict()
 
-    notify_channels(probe_platform(open_incident()))
+    incident = open_incident()
+    notify_channels(probe_platform(incident))
+    if storage_probed_on_its_host(PLAN):
+        # the storage areas are that host's directories: probed there, beside the rest
+        @task(task_id=STORAGE_PROBE_TASK, retries=0, **on_host("storage"))
+        def probe_storage(incident: dict) -> list[dict]:
+            return probe_storage_areas(PLAN, incident["environment"])
+
+        probe_storage(incident)
 
 
 dr_initial_assessment()

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tracktion_dr.airflow.steps import on_host
 from tracktion_dr.airflow.support import DEFAULT_ARGS, backup_params
 from tracktion_dr.core.plan import load_plan
 
@@ -40,7 +41,9 @@ PLAN = load_plan()
     doc_md=__doc__,
 )
 def dr_rpo_watch():
-    @task(retries=0, execution_timeout=timedelta(minutes=10))
+    # Every figure is read from the backups (the WAL archive, dumps, storage mirrors and
+    # snapshots, configuration snapshots): on the backup host.
+    @task(retries=0, execution_timeout=timedelta(minutes=10), **on_host("backups"))
     def check_rpo(**context) -> list[dict]:
         from tracktion_dr.airflow import backup_jobs as jobs
 

@@ -13,10 +13,13 @@ the evidence and the data safe: **contain, preserve, recover beside, swap, rotat
 2. **isolate** — the affected services out of the load balancer (every server at weight 0,
    disabled); `ALTER ROLE … NOLOGIN` and `pg_terminate_backend` for each role. DR access is
    proven still working.
-3. **preserve_evidence** — *before anything is repaired*: `pg_dump -Fc` of the compromised
-   database, the PostgreSQL log tail, the configuration files, a SHA-256 manifest, uploaded
-   to the plan's `security.evidence_location` with an Object Lock retention
-   (`security.lock_mode`, `security.retention`), read back and hash-checked.
+3. **preserve_application_files**, then **preserve_evidence** — *before anything is
+   repaired*: the application's configuration files and environment file (archived and
+   stored on the application host), then `pg_dump -Fc` of the compromised database, the
+   PostgreSQL log tail and the cluster's `*.conf` (on the database host), and one SHA-256
+   manifest listing both parts, uploaded to the plan's `security.evidence_location` with an
+   Object Lock retention (`security.lock_mode`, `security.retention`), read back and
+   hash-checked.
 4. **recover_clean_point** — the newest verified logical dump finished before
    `compromised_at`, restored **beside** the compromised database into
    `<db>_restore_<incident>` and validated (dr_database_restore's own steps).
@@ -31,6 +34,12 @@ the evidence and the data safe: **contain, preserve, recover beside, swap, rotat
    services put back in the load balancer as they were.
 8. **report** — evidence keys and SHA-256s, roles blocked, credentials rotated (names
    only), recovery point used; then **record**, **notify**, **verdict**.
+
+**Where each step runs** (a plan with `hosts`, CeleryExecutor): the guard and the restore
+of the clean point where the dumps are (`backup_host`); the application's evidence and the
+credential rotation on the application host (its configuration and environment file); the
+database's evidence on the cluster's host (its logs and `*.conf`); isolation, approval and
+swap over the network on the default queue.
 
 **Re-runs**: trigger again with the same `incident_id`: blocked roles are not altered again,
 stored evidence is verified (not uploaded twice), a validated copy is not restored again,
@@ -52,6 +61,7 @@ from tracktion_dr.airflow.dag_kit import open_incident, scenario_tail, take_excl
 from tracktion_dr.airflow.notifier import DrNotifier
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
+from tracktion_dr.scenarios import config
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +143,7 @@ def _record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_security_incident():
-    @steps.guard()
+    @steps.guard(host="backups")  # picks the clean point from the local dumps
     def guard(**context) -> dict:
         from tracktion_dr.airflow.support import endpoint
         from tracktion_dr.scenarios.security import check_inputs
@@ -152,14 +162,21 @@ def dr_security_incident():
 
         return contain(PLAN, run, _admin(run)[0], ACCESS)
 
-    @steps.step("destructive")
-    def preserve_evidence(run: dict, **context) -> dict:
+    @steps.step("destructive", host=config.FILES_HOST)  # the configuration files
+    def preserve_application_files(run: dict, **context) -> dict:
+        from tracktion_dr.scenarios.security import preserve_application_files as preserve
+
+        return preserve(PLAN, run, _s3())
+
+    # the dump, the server logs and the cluster's *.conf; the manifest lists both parts
+    @steps.step("destructive", host="database_primary")
+    def preserve_evidence(run: dict, application: dict, **context) -> dict:
         from tracktion_dr.scenarios.security import preserve_evidence as preserve
 
         admin, bindir = _admin(run)
-        return preserve(PLAN, run, admin, _s3(), bindir)
+        return preserve(PLAN, run, admin, _s3(), bindir, application.get("entry"))
 
-    @steps.step("destructive")
+    @steps.step("destructive", host="backups")  # pg_restore reads the dump there
     def recover_clean_point(run: dict, **context) -> dict:
         from tracktion_dr.scenarios.security import recover_clean_point as recover
 
@@ -196,8 +213,9 @@ def dr_security_incident():
 
         return swap_in(_admin(run)[0], run)
 
-    # none_failed: a rejected swap still rotates the stolen credentials.
-    @steps.step("destructive", trigger_rule="none_failed")
+    # none_failed: a rejected swap still rotates the stolen credentials. On the application
+    # host: it rewrites the environment file the services read.
+    @steps.step("destructive", trigger_rule="none_failed", host=config.FILES_HOST)
     def rotate_credentials(run: dict, **context) -> dict:
         from tracktion_dr.airflow.access import ACCESS
         from tracktion_dr.scenarios.security import rotate_credentials as rotate
@@ -215,10 +233,12 @@ def dr_security_incident():
 
     run = guard()
     isolated = isolate(run)
-    preserved = preserve_evidence(run)
+    application_files = preserve_application_files(run)
+    preserved = preserve_evidence(run, application_files)
     recovered = recover_clean_point(run)
     path = approval_path(run)
-    isolated >> preserved >> recovered >> path
+    isolated >> application_files
+    preserved >> recovered >> path
     swapped = swap(run)
     path >> [approve_swap, EmptyOperator(task_id="approval_not_required")] >> swapped
     rotated = rotate_credentials(run)

@@ -30,7 +30,7 @@ from airflow.sdk import dag
 from tracktion_dr.airflow.access import ACCESS
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
 from tracktion_dr.airflow.gate_triggers import named_check
-from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.steps import guard, on_host, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -54,7 +54,9 @@ RTO_SECONDS = dependencies.rto_seconds(PLAN)
     doc_md=__doc__,
 )
 def dr_service_dependencies_recovery():
-    @guard()
+    # A dry run looks at every layer from the application host: the services' functional
+    # checks read their samples there, and the storage areas are the ones its services use.
+    @guard(host=dependencies.gate_host(PLAN, "application"))
     def check_inputs(**context) -> dict:
         run = open_incident(context, PLAN)
         health = dependencies.health_for_the_plan(PLAN, run, ACCESS)
@@ -63,7 +65,7 @@ def dr_service_dependencies_recovery():
         return run
 
     def recover_step(layer: str):
-        @step("destructive", task_id=f"recover_{layer}")
+        @step("destructive", task_id=f"recover_{layer}", host=dependencies.step_host(PLAN, layer))
         def recover(run: dict, **context) -> dict:
             return dependencies.recover_layer(PLAN, run, layer, ACCESS)
 
@@ -80,6 +82,7 @@ def dr_service_dependencies_recovery():
             incident=run,
             plan=PLAN,
             rto_seconds=RTO_SECONDS,
+            **on_host(dependencies.gate_host(PLAN, layer)),
         )
         recovered >> previous
     scenario_tail(

@@ -12,8 +12,9 @@ switchover back, `dr_switchover`, becomes possible).
 2. **find_roles** - both nodes are asked which one is the primary now (the plan's names
    `primary` / `replica` do not say: a failover moved the role). No primary, or two, is
    refused with what to run.
-3. **rebuild_standby** - unless the other node already streams from the primary: its WAL
-   the archive lacks salvaged, stopped, its data directory moved aside
+3. **rebuild_primary** or **rebuild_replica** - `rebuild_where` picks the node that is not
+   the primary now - unless it already streams from the primary: its WAL the archive lacks
+   salvaged, stopped, its data directory moved aside
    (`<dir>.pre_<incident>`, kept: it holds whatever the failover lost); **pg_rewind** of a
    copy of it from the new primary when possible (same cluster, data checksums or
    `wal_log_hints` on), a fresh **pg_basebackup** otherwise or when pg_rewind fails;
@@ -23,6 +24,12 @@ switchover back, `dr_switchover`, becomes possible).
    asked: `pg_stat_replication` on the primary, `pg_stat_wal_receiver` on the standby).
    Its budget is the tier's RTO; it records *redundancy restored*, not the service RTO.
 5. **record**, **notify_outcome**, **publish**, **verdict**.
+
+**Where each step runs** (a plan with `hosts`, CeleryExecutor): the rebuild on the worker
+of the rebuilt node's host (`rebuild_primary` on the cluster's `host`, `rebuild_replica` on
+its `replica_host`: a step's queue is fixed when the DAG is parsed, so the step is laid out
+once per node and the branch runs the one the roles call for); everything else asks both
+nodes over the network and runs on the default queue.
 
 **Killed mid-way?** Re-run with the same `incident_id`: a node already rebuilt by this
 incident is only started; the original directory is moved aside once and never deleted;
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import Param, dag
+from airflow.sdk import Param, dag, task
 
 from tracktion_dr.airflow import steps
 from tracktion_dr.airflow.dag_kit import (
@@ -53,6 +60,7 @@ from tracktion_dr.scenarios import rebuild
 
 PLAN = load_plan()
 DAG_ID = "dr_standby_rebuild"
+NODES = rebuild.NODE_NAMES
 
 
 def _endpoint(conn_id: str):
@@ -76,13 +84,30 @@ def find_roles(run: dict, **context) -> dict:
     return rebuild.roles_step(PLAN, run, _endpoint)
 
 
-@steps.step("destructive", milestone="redundancy")
-def rebuild_standby(run: dict, **context) -> dict:
-    return rebuild.rebuild_standby(PLAN, run, _endpoint)
+@task.branch(retries=0)
+def rebuild_where(roles: dict) -> str:
+    """The node that is not the primary now is rebuilt by its own host's worker."""
+    return rebuild.rebuild_task_id(roles["standby"])
+
+
+def rebuild_step(node: str):
+    """The rebuild laid out for ``node``, on its host's queue (the branch picks one)."""
+
+    @steps.step(
+        "destructive",
+        task_id=rebuild.rebuild_task_id(node),
+        milestone="redundancy",
+        host=rebuild.NODE_HOSTS[node],
+    )
+    def rebuild_standby(run: dict, **context) -> dict:
+        return rebuild.rebuild_standby(PLAN, run, _endpoint, node=node)
+
+    return rebuild_standby
 
 
 def record_fields(run: dict, context) -> dict:
-    built = context["ti"].xcom_pull(task_ids="rebuild_standby") or {}
+    pulled = context["ti"].xcom_pull(task_ids=[rebuild.rebuild_task_id(n) for n in NODES])
+    built = next((result for result in pulled or [] if result), {})
     return {
         "rto_target_seconds": run["rto_seconds"],
         "details": {"method": built.get("method"), "standby": built.get("standby")},
@@ -120,14 +145,15 @@ def record_fields(run: dict, context) -> dict:
 )
 def dr_standby_rebuild():
     run = guard()
-    rebuilt = rebuild_standby(run)
-    find_roles(run) >> rebuilt
+    rebuilt = [rebuild_step(node)(run) for node in NODES]
+    rebuild_where(find_roles(run)) >> rebuilt
     gate = RtoGate(
         task_id="gate_standby_streaming",
         check=named_check("standby_streams"),
         incident=run,
         plan=PLAN,
         milestone="redundancy",
+        trigger_rule="none_failed_min_one_success",  # one rebuild ran, the other skipped
     )
     rebuilt >> gate
     scenario_tail(PLAN, run, [gate], record_fields=record_fields, exclusive=True)

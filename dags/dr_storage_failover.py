@@ -49,13 +49,16 @@ from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
-from tracktion_dr.scenarios import config, storage_failover
+from tracktion_dr.scenarios import config, storage, storage_failover
 
 PLAN = load_plan()
 DAG_ID = "dr_storage_failover"
 RTO_SECONDS = storage_failover.rto_seconds(PLAN)
 # A failed step is answered by the exact rollback (it waits for a *failed* upstream).
 NO_RETRY = {"retries": 0}
+# The configuration (path setting, safety snapshot) is the application host's; the files
+# are copied on the storage host (the same host in the compose plan).
+FILES_HOST = config.FILES_HOST
 AREAS = sorted(
     {a for env in PLAN.environments.values() for a in storage_failover.failover_areas(env)}
 )
@@ -102,31 +105,33 @@ def record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_storage_failover():
-    @steps.guard()
+    @steps.guard(host=FILES_HOST)  # reads the path setting from the services' configuration
     def guard(**context) -> dict:
         run = storage_failover.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
         steps.print_plan_of_actions(run, storage_failover.plan_of_actions(run))
         notify_started(PLAN, run, DAG_ID, storage_failover.started_summary(run))
         return run
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=FILES_HOST, **NO_RETRY)
     def safety_snapshot(run: dict, **context) -> dict:
         return config.take_safety(PLAN, run)
 
-    @steps.step("destructive", skip_in_dry_run=False, **NO_RETRY)
+    @steps.step("destructive", skip_in_dry_run=False, host=storage.HOST, **NO_RETRY)
     def bring_up_to_date(run: dict, safety: dict, **context) -> dict:
         """A dry run lists what would be copied."""
         return storage_failover.bring_up_to_date(PLAN, run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=FILES_HOST, **NO_RETRY)
     def repoint(run: dict, **context) -> dict:
         return storage_failover.repoint(run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=config.restart_host(PLAN), **NO_RETRY)
     def restart_services(run: dict, **context) -> dict:
         return storage_failover.restart_services(PLAN, run, ACCESS)
 
-    @steps.step("destructive", after_all=True, trigger_rule="one_failed", **NO_RETRY)
+    @steps.step(
+        "destructive", after_all=True, trigger_rule="one_failed", host=FILES_HOST, **NO_RETRY
+    )
     def rollback(run: dict, **context) -> dict:
         """Runs when any step after the safety snapshot failed (or the gate breached)."""
         pulled = context["ti"].xcom_pull
@@ -143,6 +148,7 @@ def dr_storage_failover():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
+        **steps.on_host(config.gate_host(PLAN)),  # functional checks read a sample file
     )
     filled >> pointed >> restarted >> gate
     undo = rollback()

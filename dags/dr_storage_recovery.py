@@ -51,7 +51,7 @@ from airflow.sdk import Param, dag
 
 from tracktion_dr.airflow.dag_kit import RtoGate, open_incident, scenario_tail
 from tracktion_dr.airflow.gate_triggers import named_check
-from tracktion_dr.airflow.steps import guard, print_plan_of_actions, step
+from tracktion_dr.airflow.steps import guard, on_host, print_plan_of_actions, step
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
@@ -114,22 +114,23 @@ def record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_storage_recovery():
-    @guard()
+    # Every step reads or writes the storage areas and their snapshots: the storage host's.
+    @guard(host=storage.HOST)
     def check_inputs(**context) -> dict:
         run = storage.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
         print_plan_of_actions(run, storage.plan_of_actions(run))
         notify_started(PLAN, run, DAG_ID, storage.started_summary(run))
         return run
 
-    @step("check")
+    @step("check", host=storage.HOST)
     def inspect_before(run: dict, **context) -> dict:
         return storage.inspect_before(PLAN, run)
 
-    @step("destructive")
+    @step("destructive", host=storage.HOST)
     def restore_from_backup(run: dict, before: dict, **context) -> dict:
         return storage.restore(PLAN, run, before)
 
-    @step("check", after_all=True)
+    @step("check", after_all=True, host=storage.HOST)
     def report(run: dict, **context) -> dict:
         reports = storage.summary_now(PLAN, run)
         summary = {r.name: r.as_dict() for r in reports}
@@ -144,6 +145,7 @@ def dr_storage_recovery():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
+        **on_host(storage.HOST),  # the same file checks again
     )
     reported = report()
     restored >> gate >> reported

@@ -49,7 +49,7 @@ from tracktion_dr.airflow.gate_triggers import named_check
 from tracktion_dr.airflow.support import DEFAULT_ARGS, common_params
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.notify.runs import notify_started
-from tracktion_dr.scenarios import third_party
+from tracktion_dr.scenarios import config, third_party
 
 PLAN = load_plan()
 DAG_ID = "dr_third_party_failover"
@@ -58,6 +58,9 @@ DEPENDENCIES = third_party.switchable_dependencies(PLAN)
 # A failed step is answered by the exact rollback (it waits for a *failed* upstream), not
 # by a retry: these steps fail once and hand over to it.
 NO_RETRY = {"retries": 0}
+# The dependents' configuration and environment file, and the safety snapshots, are the
+# application host's files; the provider's probe answers over the network (default queue).
+FILES_HOST = config.FILES_HOST
 
 
 def record_fields(run: dict, context) -> dict:
@@ -105,7 +108,7 @@ def record_fields(run: dict, context) -> dict:
     doc_md=__doc__,
 )
 def dr_third_party_failover():
-    @steps.guard()
+    @steps.guard(host=FILES_HOST)  # reads where the dependents point now
     def guard(**context) -> dict:
         run = third_party.check_inputs(PLAN, open_incident(context, PLAN), context["params"])
         steps.print_plan_of_actions(run, third_party.plan_of_actions(run))
@@ -116,19 +119,21 @@ def dr_third_party_failover():
     def probe(run: dict, **context) -> dict:
         return third_party.probe_target(PLAN, run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=FILES_HOST, **NO_RETRY)
     def safety_snapshot(run: dict, probed: dict, **context) -> dict:
         return third_party.take_safety(PLAN, run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=FILES_HOST, **NO_RETRY)
     def switch_configuration(run: dict, safety: dict, **context) -> dict:
         return third_party.switch_configuration(PLAN, run)
 
-    @steps.step("destructive", **NO_RETRY)
+    @steps.step("destructive", host=config.restart_host(PLAN), **NO_RETRY)
     def restart_dependents(run: dict, switched: dict, **context) -> dict:
         return third_party.restart_dependents(PLAN, run, ACCESS)
 
-    @steps.step("destructive", after_all=True, trigger_rule="one_failed", **NO_RETRY)
+    @steps.step(
+        "destructive", after_all=True, trigger_rule="one_failed", host=FILES_HOST, **NO_RETRY
+    )
     def rollback(run: dict, **context) -> dict:
         """Runs when a step after the probe failed (or the gate breached)."""
         safety = context["ti"].xcom_pull(task_ids="safety_snapshot")
@@ -144,6 +149,7 @@ def dr_third_party_failover():
         incident=run,
         plan=PLAN,
         rto_seconds=RTO_SECONDS,
+        **steps.on_host(FILES_HOST),  # reads the settings back; functional checks' samples
     )
     restarted >> gate
     undo = rollback()

@@ -10,12 +10,14 @@ healthy from another container; the replica streams from the recovered primary; 
 known rows are exactly there. Then a logical dump and a restore from it over REST run
 where the backups are (db-primary) and the services are (app), and bring back destroyed
 rows exactly; the monthly drill runs each test where what it tests is; then a database
-failover (its own docstring).
+failover (its own docstring) and the fail-back: the old primary rebuilt as a standby on its
+own host, and a switchover back whose old-primary steps run on db-replica.
 """
 
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
@@ -128,6 +130,26 @@ def test_every_service_of_the_deployment_is_healthy(deployment):
         for n in services
     }
     assert services == expected
+
+
+def test_the_assessment_looks_at_the_storage_on_its_host(deployment, api):
+    """dr_initial_assessment over REST: the storage areas are app's directories (the default
+    worker does not mount them), so probe_storage runs there and probe_platform, on the
+    default worker, reports what it found - operational, not a false DOWN."""
+    state, ran, report, run_path = run_over_rest(
+        api, "dr_initial_assessment", {"environment": "drill", "notify": False}
+    )
+    assert state == "success", report
+    assert_succeeded_on(ran, {"probe_storage": "app"}, report)
+    default_worker = container_hostname(deployment, "airflow-worker")
+    assert ran["probe_platform"]["hostname"] == default_worker, report
+    result = api.get(
+        f"{run_path}/taskInstances/probe_platform/xcomEntries/return_value"
+        "?deserialize=true&stringify=false"
+    ).json()["value"]
+    storage = {r["name"]: r for r in result["results"] if r["kind"] == "storage"}
+    assert storage and {r["status"] for r in storage.values()} == {"OPERATIONAL"}, storage
+    assert not any(r["detail"].startswith("not assessed") for r in storage.values())
 
 
 def test_pitr_over_rest_runs_each_step_on_its_host_and_keeps_every_row(deployment, api):
@@ -372,3 +394,95 @@ def test_database_failover_fences_on_the_primary_host_and_refuses_the_wrong_clus
     assert psql(deployment, "db-replica", 55433, replica_in_recovery) == "f"
     # and every row committed before the stop is on the new primary.
     assert psql(deployment, "db-replica", 55433, checksum_sql) == before
+
+
+def test_after_the_failover_the_old_primary_is_rebuilt_as_a_standby_on_its_own_host(
+    deployment, api
+):
+    """dr_standby_rebuild over REST after the failover test: the roles are read over the
+    network (db-replica is the primary now), the branch picks the node that is not the
+    primary, and its rebuild runs on that node's host (db-primary), the other node's step
+    skipped; db-primary then streams from db-replica and replays what is written there.
+    Its fenced directory is kept beside (``<dir>.pre_<incident>``), never deleted."""
+    replica_in_recovery = "SELECT pg_catalog.pg_is_in_recovery()"
+    assert psql(deployment, "db-replica", 55433, replica_in_recovery) == "f", "failed over"
+    default_worker = container_hostname(deployment, "airflow-worker")
+    stamp = datetime.now(UTC)
+    incident = f"DR-{stamp:%Y%m%d-%H%M%S}"
+    state, ran, report, _ = run_over_rest(
+        api,
+        "dr_standby_rebuild",
+        {"environment": "drill", "cluster": "main", "incident_id": incident, "notify": False},
+    )
+    assert state == "success", report
+    assert_succeeded_on(ran, {"rebuild_primary": "db-primary"}, report)
+    assert ran["rebuild_replica"]["state"] == "skipped", report
+    for task_id in ("find_roles", "rebuild_where", "gate_standby_streaming"):
+        assert (ran[task_id]["state"], ran[task_id]["hostname"]) == ("success", default_worker), (
+            f"{task_id}\n{report}"
+        )
+    assert psql(deployment, "db-primary", 55432, replica_in_recovery) == "t"
+    streaming = (
+        "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = 'primary'"
+    )
+    assert psql(deployment, "db-replica", 55433, streaming) == "streaming"
+    kept = f"{PRIMARY_DATA}.pre_{stamp:%Y%m%d_%H%M%S}"  # <dir>.pre_<incident tag>
+    assert exists_on(deployment, "db-primary", f"{kept}/{FENCE_NOTE}"), "the fenced copy kept"
+    # what the new primary commits reaches the rebuilt standby
+    _, checksum_sql, on_new_primary = write_known_rows(
+        deployment, f"{CHECK_TABLE}_rebuilt", 100, service="db-replica", port=55433
+    )
+    wait_for(
+        lambda: psql(deployment, "db-primary", 55432, checksum_sql, check=False) == on_new_primary,
+        120,
+        2,
+        "the rows written on db-replica to be replayed on db-primary",
+    )
+
+
+def test_a_switchover_back_runs_the_old_primarys_steps_on_its_host(deployment, api):
+    """dr_switchover over REST after the rebuild (db-replica primary, db-primary its
+    standby): back to the home primary. The branch picks the set of steps laid out for the
+    node the role moves away from (replica): its preconditions, switch (note, write stop,
+    clean shutdown, promotion, balancer), give-back and rebuild run on db-replica; the
+    primary's set is skipped. Afterwards db-primary takes writes, db-replica streams from it
+    and every row committed before the switch is there."""
+    in_recovery = "SELECT pg_catalog.pg_is_in_recovery()"
+    assert psql(deployment, "db-primary", 55432, in_recovery) == "t", "after the rebuild"
+    _, checksum_sql, before = write_known_rows(
+        deployment, f"{CHECK_TABLE}_switch", 500, service="db-replica", port=55433
+    )
+    state, ran, report, _ = run_over_rest(
+        api,
+        "dr_switchover",
+        {
+            "environment": "drill",
+            "cluster": "main",
+            "to_node": "primary",
+            "maintenance_window_confirmed": True,
+            "notify": False,
+        },
+    )
+    assert state == "success", report
+    on_replica = (
+        "preconditions_from_replica",
+        "switch_from_replica",
+        "give_writes_back_from_replica",
+    )
+    assert_succeeded_on(
+        ran, {**dict.fromkeys(on_replica, "db-replica"), "rebuild_replica": "db-replica"}, report
+    )
+    for task_id in ("preconditions_from_primary", "switch_from_primary", "rebuild_primary"):
+        assert ran[task_id]["state"] == "skipped", f"{task_id}\n{report}"
+    assert psql(deployment, "db-primary", 55432, in_recovery) == "f"
+    assert psql(deployment, "db-replica", 55433, in_recovery) == "t"
+    assert psql(deployment, "db-primary", 55432, checksum_sql) == before, "nothing lost"
+    streaming = (
+        "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = 'replica'"
+    )
+    wait_for(
+        lambda: psql(deployment, "db-primary", 55432, streaming, check=False) == "streaming",
+        120,
+        2,
+        "db-replica to stream from db-primary again",
+    )

@@ -24,8 +24,9 @@ def compose(deployment, *args: str, check: bool = True) -> subprocess.CompletedP
     )
 
 
-def psql(deployment, service: str, port: int, sql: str) -> str:
-    """SQL on a DB host, over its local socket as the postgres OS user (peer auth)."""
+def psql(deployment, service: str, port: int, sql: str, *, check: bool = True) -> str:
+    """SQL on a DB host, over its local socket as the postgres OS user (peer auth);
+    ``check=False``: an error is an empty answer (e.g. a table a standby has not replayed)."""
     result = compose(
         deployment,
         "exec",
@@ -46,8 +47,9 @@ def psql(deployment, service: str, port: int, sql: str) -> str:
         "ON_ERROR_STOP=1",
         "-Atc",
         sql,
+        check=check,
     )
-    return result.stdout.strip()
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def container_hostname(deployment, service: str) -> str:
@@ -113,14 +115,17 @@ class KnownRows(NamedTuple):
     before: str  # that checksum when written
 
 
-def write_known_rows(deployment, table: str, rows: int) -> KnownRows:
-    """``rows`` rows committed on the primary (db-primary) in ``table``, marked as one batch,
-    and their checksum: what a recovery must bring back exactly."""
+def write_known_rows(
+    deployment, table: str, rows: int, *, service: str = "db-primary", port: int = 55432
+) -> KnownRows:
+    """``rows`` rows committed on the primary (db-primary unless a failover moved it) in
+    ``table``, marked as one batch, and their checksum: what a recovery must bring back
+    exactly."""
     marker = uuid.uuid4().hex
     psql(
         deployment,
-        "db-primary",
-        55432,
+        service,
+        port,
         f"CREATE TABLE IF NOT EXISTS {table} (id int, marker text, payload text, "
         "PRIMARY KEY (id, marker)); "
         f"INSERT INTO {table} SELECT i, '{marker}', md5(i::text || '{marker}') "
@@ -130,6 +135,6 @@ def write_known_rows(deployment, table: str, rows: int) -> KnownRows:
         f"SELECT count(*) || ':' || md5(string_agg(id || '/' || payload, ',' ORDER BY id)) "
         f"FROM {table} WHERE marker = '{marker}'"
     )
-    before = psql(deployment, "db-primary", 55432, checksum_sql)
+    before = psql(deployment, service, port, checksum_sql)
     assert before.startswith(f"{rows}:"), before
     return KnownRows(marker, checksum_sql, before)

@@ -182,7 +182,7 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox, tmp_path):
         fail_runs_left_running("dr_standby_rebuild")
         rebuilt = run_dag("dr_standby_rebuild", conf)
         assert task_states(rebuilt)["verdict"] == "success", task_states(rebuilt)
-        result = task_result(rebuilt, "rebuild_standby")
+        result = task_result(rebuilt, "rebuild_primary")
         assert result["method"] == "pg_rewind", result["event"]["detail"]
         assert "no rewind required" not in result["event"]["detail"], "the timelines diverged"
         assert in_recovery(sandbox, L.PRIMARY_PORT) is True
@@ -197,7 +197,7 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox, tmp_path):
             "dr_standby_rebuild",
             {"environment": "drill", "cluster": "main", "incident_id": REBUILD},
         )
-        assert task_result(again, "rebuild_standby")["method"] == "none", "a re-run does nothing"
+        assert task_result(again, "rebuild_primary")["method"] == "none", "a re-run does nothing"
 
         # --- down and up in the swapped topology ------------------------------------------
         down_and_up(layout)
@@ -242,7 +242,8 @@ def test_failover_rebuild_and_switch_back_lose_nothing(sandbox, tmp_path):
         assert not lost, f"{len(lost)} acknowledged rows lost: {lost[:10]}"
         assert in_recovery(sandbox, L.PRIMARY_PORT) is False
         wait_for(lambda: streams(sandbox, L.PRIMARY_PORT, "replica"), what="old one streams")
-        detail = task_result(switched, "switch")["event"]["detail"]
+        # switched away from the replica node: its host's set ran
+        detail = task_result(switched, "switch_from_replica")["event"]["detail"]
         assert "replayed its shutdown checkpoint" in detail and "promoted primary" in detail
 
         # --- and down and up in the standard topology again -------------------------------
@@ -282,8 +283,9 @@ def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
         "catch_up_seconds": 5,
     }
     already = run_dag("dr_switchover", {**conf, "to_node": "primary"})
-    assert task_states(already)["preconditions"] == "failed"
-    assert task_states(already)["switch"] in ("upstream_failed", "skipped")
+    assert task_states(already)["preconditions_from_replica"] == "failed"
+    assert task_states(already)["switch_from_replica"] in ("upstream_failed", "skipped")
+    assert task_states(already)["preconditions_from_primary"] == "skipped", "the other set"
     # failed for the reason it should: asked again with the run's own guard result
     with pytest.raises(AlreadyRecovered, match="primary is already the primary .*streams"):
         switchover.switchover_preconditions(
@@ -293,9 +295,10 @@ def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
     try:
         refused = run_dag("dr_switchover", {**conf, "to_node": "replica"})
         states = task_states(refused)
-        assert states["preconditions"] == "failed" and states["verdict"] == "failed"
+        assert states["preconditions_from_primary"] == "failed"
+        assert states["verdict"] == "failed"
         assert states["stop_services"] in ("upstream_failed", "skipped")
-        assert states["switch"] in ("upstream_failed", "skipped")
+        assert states["switch_from_primary"] in ("upstream_failed", "skipped")
         assert states["gate_new_primary"] in ("upstream_failed", "skipped")
         assert in_recovery(sandbox, L.PRIMARY_PORT) is False
         with connect(sandbox, L.PRIMARY_PORT) as conn:
@@ -308,7 +311,7 @@ def test_a_switchover_to_a_standby_that_does_not_stream_is_refused(sandbox):
 
 def test_a_switchover_killed_after_the_clean_shutdown_is_finished_by_its_own_incident(sandbox):
     """The state a switch leaves when killed between its write stop and its promotion, made
-    by the same library calls: its start_services gives writes back to the read-only old
+    by the same library calls: its give_writes_back gives writes back to the read-only old
     primary; once the old primary is also shut down cleanly, another incident is refused
     (nothing touched), and a re-run of the same incident promotes the target, repoints the
     balancer, restarts the services and rebuilds the old primary. Then switched back."""
@@ -344,15 +347,15 @@ def test_a_switchover_killed_after_the_clean_shutdown_is_finished_by_its_own_inc
         rebuild.wait_caught_up(old, target)
         rebuild.shut_down_cleanly(old, target)  # ... and the worker dies here
         refused = run_dag("dr_switchover", {**conf, "to_node": "replica", "incident_id": another})
-        assert task_states(refused)["preconditions"] == "failed", task_states(refused)
+        assert task_states(refused)["preconditions_from_primary"] == "failed", task_states(refused)
         assert in_recovery(sandbox, L.REPLICA_PORT) is True, "another incident touched nothing"
 
         resumed = run_dag(
             "dr_switchover", {**conf, "to_node": "replica", "incident_id": killed_one}
         )
         assert task_states(resumed)["verdict"] == "success", task_states(resumed)
-        assert "resuming" in task_result(resumed, "preconditions")["event"]["detail"]
-        assert "promoted replica" in task_result(resumed, "switch")["event"]["detail"]
+        assert "resuming" in task_result(resumed, "preconditions_from_primary")["event"]["detail"]
+        assert "promoted replica" in task_result(resumed, "switch_from_primary")["event"]["detail"]
         assert in_recovery(sandbox, L.REPLICA_PORT) is False
         servers = backend("database")["servers"]
         assert (

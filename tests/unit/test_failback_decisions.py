@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracktion_dr.core.errors import InvalidInput
+from tracktion_dr.core.errors import FailoverRefused, InvalidInput
 from tracktion_dr.core.plan import load_plan
 from tracktion_dr.postgres import rebuild
 from tracktion_dr.postgres.commands import Endpoint
@@ -130,20 +130,33 @@ def test_standby_settings_replace_the_copied_ones(tmp_path):
     assert topology.followed_port(tmp_path) == REPLICA_PORT
 
 
-def test_rebuild_and_switchover_are_refused_where_database_steps_go_to_host_queues():
-    """The compose topology's plan routes database steps to its hosts' queues; the
-    fail-back DAGs choose their node at run time and are not routed yet: refused, naming
-    the hosts field, before anything is touched."""
+def test_rebuild_and_switchover_go_on_where_database_steps_go_to_host_queues():
+    """Under the compose topology's plan (database steps on their hosts' queues) the
+    fail-back DAGs are routed - their node's steps laid out once per node, a branch picks -
+    so their guards go on; the switchover's run says which node it moves away from."""
     compose = load_plan(ROOT / "include" / "config" / "compose.yaml")
     assert compose.queue_for("database_primary") is not None
-    for check in (scenario.check_rebuild_inputs, scenario.check_switchover_inputs):
-        params = {"cluster": "main", "to_node": "primary", "maintenance_window_confirmed": True}
-        with pytest.raises(InvalidInput) as caught:
-            check(compose, INCIDENT, params)
-        assert "environments.*.hosts" in str(caught.value) and "HINT:" in str(caught.value)
-    sandbox = load_plan(ROOT / "include" / "config" / "sandbox.yaml")
-    assert sandbox.queue_for("database_primary") is None
-    scenario.refuse_in_host_topology(sandbox, "dr_standby_rebuild")  # one host: goes on
+    params = {"cluster": "main", "to_node": "primary", "maintenance_window_confirmed": True}
+    run = scenario.check_switchover_inputs(compose, INCIDENT, params)
+    assert (run["to_node"], run["from_node"]) == ("primary", "replica")
+    assert scenario.switchover_task_id("switch", run["from_node"]) == "switch_from_replica"
+    assert scenario.check_rebuild_inputs(compose, INCIDENT, {"cluster": "main"})["cluster"] == (
+        "main"
+    )
+
+
+def test_a_rebuild_routed_for_one_node_refuses_when_the_other_is_the_standby(monkeypatch):
+    """The branch picked the node from the roles it read; if they moved before the step ran
+    on that node's host, the step touches nothing and says so."""
+    compose = load_plan(ROOT / "include" / "config" / "compose.yaml")
+    monkeypatch.setattr(scenario, "cluster_nodes", lambda cluster, endpoint: {})
+    monkeypatch.setattr(
+        scenario, "find_roles", lambda nodes: {"primary": "primary", "standby": "replica"}
+    )
+    run = {**INCIDENT, "environment": "drill", "cluster": "main"}
+    with pytest.raises(FailoverRefused) as caught:
+        scenario.rebuild_standby(compose, run, lambda conn_id: None, node="primary")
+    assert "the roles moved" in str(caught.value) and "nothing was touched" in str(caught.value)
 
 
 OWN_NOTE = {"incident_id": INCIDENT["incident_id"], "to_node": "primary", "from_node": "replica"}
@@ -187,18 +200,20 @@ def test_the_switchover_note_is_whole_and_marks_the_finished_switch(tmp_path):
     endpoint = Endpoint("127.0.0.1", PRIMARY_PORT, "postgres", "x")
     target = rebuild.Node("primary", endpoint, endpoint, PgCtlControl(tmp_path / "primary"))
     old = rebuild.Node("replica", endpoint, endpoint, PgCtlControl(tmp_path / "replica"))
-    assert rebuild.read_switchover_note(target) is None
+    assert rebuild.read_switchover_note(old) is None
     rebuild.write_switchover_note(target, old, INCIDENT["incident_id"])
-    assert rebuild.switchover_note_path(target).parent == tmp_path, "beside, not inside"
-    note = rebuild.read_switchover_note(target)
+    # beside the old primary's data directory (its host runs every step reading it)
+    assert rebuild.switchover_note_path(old) == tmp_path / ".replica.switchover.json"
+    assert rebuild.read_switchover_note(target) is None
+    note = rebuild.read_switchover_note(old)
     assert note is not None
     assert (note["incident_id"], note["to_node"], note["from_node"]) == (
         INCIDENT["incident_id"],
         "primary",
         "replica",
     )
-    rebuild.note_balancer_switched(target)
-    note = rebuild.read_switchover_note(target)
+    rebuild.note_balancer_switched(old)
+    note = rebuild.read_switchover_note(old)
     assert note and note["balancer_switched_at"]
     assert (
         scenario.resume_decision(note, note["incident_id"], "primary", "primary", "shut down")

@@ -62,6 +62,21 @@ def problems_of(data: dict) -> str:
     return str(caught.value)
 
 
+def with_a_local_controller(data: dict):
+    """The compose plan with its services run by docker compose on the app host (a command
+    there) instead of supervisord (answered over the network)."""
+
+    def compose_controller(env):
+        env["controllers"]["sandbox_supervisor"] = {
+            "kind": "docker_compose",
+            "host": "app",
+            "compose_file": "/srv/tracktion/app/docker-compose.yaml",
+            "project": "tracktion",
+        }
+
+    return parse_plan(both(data, compose_controller), COMPOSE_PLAN)
+
+
 def both(data: dict, edit) -> dict:
     """Apply ``edit`` to the shared environment block (both environments use it)."""
     data = copy.deepcopy(data)
@@ -329,15 +344,7 @@ def test_an_application_service_is_host_bound_for_a_sample_file_or_a_local_contr
     assert application.service_host(plan, "tracklist-service") is None
     assert application.probes_host(plan) == "application"
 
-    def compose_controller(env):
-        env["controllers"]["sandbox_supervisor"] = {
-            "kind": "docker_compose",
-            "host": "app",
-            "compose_file": "/srv/tracktion/app/docker-compose.yaml",
-            "project": "tracktion",
-        }
-
-    local = parse_plan(both(compose_data, compose_controller), COMPOSE_PLAN)
+    local = with_a_local_controller(compose_data)
     assert application.service_host(local, "tracklist-service") == "application"
 
 
@@ -358,6 +365,7 @@ BACKUP_RESTORE_MONTHLY_QUEUES = {
         "verdict": "default",
     },
     "dr_backup_wal_watch": {"check_wal_archive": DB_PRIMARY},
+    "dr_rpo_watch": {"check_rpo": DB_PRIMARY},  # every restorable point is a backup
     "dr_backup_retention": {"apply_retention": DB_PRIMARY},
     "dr_backup_offsite": {"copy_offsite": DB_PRIMARY},
     "dr_backup_config_snapshot": {"snapshot_configuration": APP},
@@ -411,7 +419,127 @@ def test_backup_restore_and_monthly_tasks_run_where_what_they_act_on_is(monkeypa
     assert {t.task_id: t.queue for t in dag.tasks} == BACKUP_RESTORE_MONTHLY_QUEUES[dag_id]
 
 
-@pytest.mark.parametrize("dag_id", [*QUARTERLY_QUEUES, *BACKUP_RESTORE_MONTHLY_QUEUES])
+# --------------------------------------------------------------------------- the other scenarios
+# Storage work on the storage host; the services' configuration, environment file and
+# safety snapshots on the application host (config.FILES_HOST); supervisord restarts and
+# health URLs over the network; a cluster started on its host; the standby rebuild on the
+# host of the node the roles say is not the primary (one step per node, a branch picks).
+TAIL = {
+    "record": "default",
+    "notify_outcome": "default",
+    "publish": "default",
+    "verdict": "default",
+}
+SCENARIO_QUEUES = {
+    "dr_storage_recovery": {
+        "guard": APP,  # picks the storage snapshots from the local backups.storage
+        "inspect_before": APP,
+        "restore_from_backup": APP,
+        "gate_integrity": APP,
+        "report": APP,
+        **TAIL,
+    },
+    "dr_storage_failover": {
+        "guard": APP,  # reads the path setting from the configuration
+        "safety_snapshot": APP,
+        "bring_up_to_date": APP,  # the storage host (the app host in the compose plan)
+        "repoint": APP,
+        "restart_services": "default",  # supervisord's XML-RPC
+        "gate_services": APP,  # functional checks read their samples there
+        "rollback": APP,
+        **TAIL,
+    },
+    "dr_third_party_failover": {
+        "guard": APP,
+        "probe": "default",  # the provider's URL
+        "safety_snapshot": APP,
+        "switch_configuration": APP,
+        "restart_dependents": "default",
+        "gate_services": APP,
+        "rollback": APP,
+        **TAIL,
+    },
+    "dr_service_dependencies_recovery": {
+        "guard": APP,
+        "recover_database": DB_PRIMARY,  # starts the cluster the way its host runs it
+        "gate_database": "default",  # a query over the network
+        "recover_cache": "default",
+        "gate_cache": "default",
+        "recover_queue": "default",
+        "gate_queue": "default",
+        "recover_storage": APP,  # recreates a missing directory on the storage host
+        "gate_storage": APP,
+        "recover_application": APP,  # probes with sample files before restarting
+        "gate_application": APP,
+        **TAIL,
+    },
+    "dr_standby_rebuild": {
+        "guard": "default",
+        "find_roles": "default",  # asks both nodes over the network
+        "rebuild_where": "default",
+        "rebuild_primary": DB_PRIMARY,
+        "rebuild_replica": DB_REPLICA,
+        "gate_standby_streaming": "default",
+        **TAIL,
+    },
+    "dr_security_incident": {
+        "guard": DB_PRIMARY,  # the backup host: picks the clean point from the local dumps
+        "isolate": "default",  # the balancer and ALTER ROLE over the network
+        "preserve_application_files": APP,  # the configuration and environment file
+        "preserve_evidence": DB_PRIMARY,  # server logs and *.conf; one manifest for both
+        "recover_clean_point": DB_PRIMARY,  # pg_restore reads the dump on the backup host
+        "approval_path": "default",
+        "approve_swap": "default",
+        "approval_not_required": "default",
+        "swap": "default",
+        "rotate_credentials": APP,  # rewrites the environment file the services read
+        "report": "default",
+        **TAIL,
+    },
+    # the old primary's steps on its host, one set per node (a branch picks by to_node)
+    "dr_switchover": {
+        "guard": "default",
+        "switch_from": "default",
+        **{
+            f"{step}_{node}": host
+            for node, host in (("primary", DB_PRIMARY), ("replica", DB_REPLICA))
+            for step in ("preconditions_from", "switch_from", "give_writes_back_from", "rebuild")
+        },
+        "stop_services": "default",  # supervisord's XML-RPC
+        "start_services": "default",
+        "gate_new_primary": APP,  # the services' functional checks
+        "gate_standby_streaming": "default",
+        **TAIL,
+    },
+}
+
+
+@pytest.mark.parametrize("dag_id", list(SCENARIO_QUEUES))
+def test_the_other_scenarios_run_each_task_where_what_it_acts_on_is(monkeypatch, dag_id):
+    dag = dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/tracktion")
+    assert {t.task_id: t.queue for t in dag.tasks} == SCENARIO_QUEUES[dag_id]
+
+
+def test_a_service_layer_under_a_local_controller_is_restarted_on_the_application_host(
+    compose_data,
+):
+    """The rule behind the dependency recovery's cache/queue steps: supervisord answers
+    over the network; a controller that is a command on the host binds them to it."""
+    from tracktion_dr.scenarios import dependencies
+
+    plan = parse_plan(compose_data, COMPOSE_PLAN)
+    assert dependencies.step_host(plan, "cache") is None
+    assert dependencies.step_host(plan, "database") == "database_primary"
+    assert dependencies.gate_host(plan, "database") is None
+
+    local = with_a_local_controller(compose_data)
+    assert dependencies.step_host(local, "cache") == "application"
+    assert dependencies.step_host(local, "queue") == "application"
+
+
+@pytest.mark.parametrize(
+    "dag_id", [*QUARTERLY_QUEUES, *BACKUP_RESTORE_MONTHLY_QUEUES, *SCENARIO_QUEUES]
+)
 def test_without_hosts_every_routed_dag_stays_on_the_default_queue(monkeypatch, tmp_path, dag_id):
     dag = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
     assert {task.queue for task in dag.tasks} == {"default"}
@@ -432,3 +560,17 @@ def test_a_backup_host_in_one_environment_only_is_refused(compose_data):
     }
     text = problems_of(compose_data)
     assert "environments.production" in text and "names no host for its backups steps" in text
+
+
+@pytest.mark.parametrize("dag_id", ["dr_initial_assessment", "dr_incident_response"])
+def test_the_assessment_probes_storage_on_the_storage_host_and_the_rest_over_the_network(
+    monkeypatch, tmp_path, dag_id
+):
+    """The storage areas are the storage host's directories: a probe_storage task there,
+    beside the assessment; everything else answers over the network. Without hosts the
+    assessment looks at the storage itself (no extra task)."""
+    queues = {t.task_id: t.queue for t in dag_of(monkeypatch, dag_id, COMPOSE_PLAN, "/srv/t").tasks}
+    assert queues.pop("probe_storage") == APP
+    assert set(queues.values()) == {"default"}
+    local = dag_of(monkeypatch, dag_id, SANDBOX_PLAN, str(tmp_path))
+    assert "probe_storage" not in local.task_ids

@@ -185,4 +185,6 @@ def test_the_dag_asks_a_human_before_the_swap_and_preserves_evidence_first():
         "approval_not_required",
     }
     assert "preserve_evidence" in dag.get_task("recover_clean_point").upstream_task_ids
-    assert "isolate" in dag.get_task("preserve_evidence").upstream_task_ids
+    # the application host's part first, then the database host's (one manifest for both)
+    assert "isolate" in dag.get_task("preserve_application_files").upstream_task_ids
+    assert "preserve_application_files" in dag.get_task("preserve_evidence").upstream_task_ids

@@ -8,6 +8,8 @@ tested there. Airflow-facing: they read connections, variables and XCom.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,12 +60,69 @@ def open_incident(plan: Plan, context: Any) -> dict[str, Any]:
     }
 
 
-def assess(plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
+# --- the assessment (dr_incident_response, dr_initial_assessment) -----------------------
+
+# The task that probes the storage areas on the storage host, beside the assessment, when
+# the plan puts the storage on a host of its own (its directories are not on the default
+# worker). The assessment waits for its results at most the probe timeout plus this long
+# after its own probes are done (the queue's pick-up), then says the storage was not
+# assessed - a dead storage host must not hold up the first minutes of an incident.
+STORAGE_PROBE_TASK = "probe_storage"
+STORAGE_REPORT_GRACE_SECONDS = 15.0
+
+
+def storage_probed_on_its_host(plan: Plan) -> bool:
+    from tracktion_dr.airflow.steps import host_queue
+
+    return host_queue("storage", plan) is not None
+
+
+def probe_storage(plan: Plan, environment: str) -> list[dict[str, Any]]:
+    """The storage host's part of the assessment (names, statuses and details only)."""
+    from tracktion_dr.scenarios.assessment import probe_storage as probe
+
+    return probe(plan.environment(environment))
+
+
+def storage_report(context: Any, wait_seconds: float) -> Callable[[], list[dict[str, Any]] | None]:
+    """Reads :data:`STORAGE_PROBE_TASK`'s results (XCom) once they are there, waiting up to
+    ``wait_seconds``; None when they did not come."""
+
+    def read() -> list[dict[str, Any]] | None:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            found = context["ti"].xcom_pull(task_ids=STORAGE_PROBE_TASK)
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "%s reported nothing within %.0fs: storage not assessed",
+                    STORAGE_PROBE_TASK,
+                    wait_seconds,
+                )
+                return None
+            time.sleep(0.25)
+
+    return read
+
+
+def assessment_of(plan: Plan, environment_name: str, context: Any) -> Any:
+    """The platform assessed now; the storage from its host's probe when it has one."""
     from tracktion_dr.airflow.support import conninfo
     from tracktion_dr.scenarios.assessment import assess as run_assessment
+
+    environment = plan.environment(environment_name)
+    storage_from = None
+    if storage_probed_on_its_host(plan) and environment.storage:
+        wait = environment.probe_timeout.total_seconds() + STORAGE_REPORT_GRACE_SECONDS
+        storage_from = storage_report(context, wait)
+    return run_assessment(environment, conninfo, storage_from=storage_from)
+
+
+def assess(plan: Plan, run: dict[str, Any], context: Any) -> dict[str, Any]:
     from tracktion_dr.scenarios.recovery_routes import false_positive
 
-    assessment = run_assessment(plan.environment(run["environment"]), conninfo)
+    assessment = assessment_of(plan, run["environment"], context)
     report = assessment.report(run["incident_id"], run["environment"])
     log.info("\n%s", report)
     found = assessment.as_dict()

@@ -1,10 +1,12 @@
 """Forensic evidence of a security incident: collected once, hashed, kept where a
 compromised host cannot reach it.
 
-The bundle (a local folder per incident): a ``pg_dump -Fc`` of the affected database, the
-tail of each PostgreSQL server log, the configuration files (the environment's config
-paths, its environment file, the cluster's ``*.conf``) in one tar, and ``manifest.json``
-with every file's SHA-256. It is uploaded to an S3 bucket created with **Object Lock**:
+The bundle (a local folder per incident, on the database host): a ``pg_dump -Fc`` of the
+affected database, the tail of each PostgreSQL server log, the cluster's ``*.conf`` in one
+tar, and ``manifest.json`` with every file's SHA-256. The application's configuration
+files (the environment's config paths and environment file) live on another host: that
+host's step archives them and stores the archive first (:func:`store_config_archive`); the
+manifest lists it with the rest. It is uploaded to an S3 bucket created with **Object Lock**:
 each object carries a retention (COMPLIANCE or GOVERNANCE mode) until which no one - not
 the host that uploaded it, not an operator with its credentials - can delete or overwrite
 that version. The manifest goes last, so its presence in S3 means the bundle is complete.
@@ -17,6 +19,8 @@ evidence is collected exactly once per incident.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -36,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SHA256_METADATA = "sha256"
-CONFIG_ARCHIVE = "configuration.tar.gz"
+CONFIG_ARCHIVE = "configuration.tar.gz"  # the application's configuration files
+POSTGRES_CONFIG_ARCHIVE = "postgres-configuration.tar.gz"  # the cluster's *.conf
 DUMP_DIR = "database"
 
 
@@ -87,9 +92,12 @@ def collect_bundle(
     incident_id: str,
     *,
     bindir: Path = DEFAULT_BINDIR,
+    stored_elsewhere: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     """Make the local bundle (or return the one an earlier attempt completed): the
-    manifest, written last, is the mark of a complete bundle."""
+    manifest, written last, is the mark of a complete bundle. ``stored_elsewhere``: parts
+    another host already stored under the incident (:func:`store_config_archive`'s
+    entries), listed in the manifest with their hashes."""
     manifest_path = bundle / MANIFEST
     if manifest_path.is_file():
         return json.loads(manifest_path.read_text())
@@ -105,25 +113,65 @@ def collect_bundle(
             tail = bundle / f"postgres-{log_file.stem}.tail.log"
             tail.write_bytes(tail_lines(log_file, sources.log_tail_lines))
             files.append(tail)
-    archived = _tar_config(sources.config_files, bundle / CONFIG_ARCHIVE)
-    files.append(bundle / CONFIG_ARCHIVE)
+    archived = _tar_config(sources.config_files, bundle / POSTGRES_CONFIG_ARCHIVE)
+    files.append(bundle / POSTGRES_CONFIG_ARCHIVE)
     manifest = {
         "incident_id": incident_id,
         "database": sources.database,
         "collected_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config_files": archived,
+        "config_files": [*(f for part in stored_elsewhere for f in part["files"]), *archived],
         "postgres_logs": [str(p) for p in sources.postgres_logs if p.is_file()],
         "files": [
-            {
-                "name": str(f.relative_to(bundle)),
-                "size_bytes": f.stat().st_size,
-                "sha256": sha256_file(f),
-            }
-            for f in files
+            *({k: part[k] for k in ("name", "size_bytes", "sha256")} for part in stored_elsewhere),
+            *(
+                {
+                    "name": str(f.relative_to(bundle)),
+                    "size_bytes": f.stat().st_size,
+                    "sha256": sha256_file(f),
+                }
+                for f in files
+            ),
         ],
     }
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def store_config_archive(
+    client: Any,
+    location_url: str,
+    incident_id: str,
+    files: list[Path],
+    work: Path,
+    *,
+    mode: str,
+    retention: timedelta,
+) -> dict[str, Any]:
+    """The application host's part of the evidence: ``files`` in one archive
+    (:data:`CONFIG_ARCHIVE`), stored with Object Lock under the incident's prefix and read
+    back. Returns its manifest entry (name, size, sha256, the files archived: paths only,
+    never their content). Captured once: an archive already stored for the incident is
+    only read back (the files may have changed since - a rotation rewrites the environment
+    file - and the evidence is what they held first)."""
+    location = S3Location.parse(location_url)
+    key = location.key(incident_id, CONFIG_ARCHIVE)
+    if head_object(client, location.bucket, key) is None:
+        work.mkdir(parents=True, exist_ok=True)
+        os.chmod(work, 0o700)
+        archive = work / CONFIG_ARCHIVE
+        _tar_config(files, archive)
+        retain_until = datetime.now(UTC) + retention
+        _locked_upload(client, archive, location, key, sha256_file(archive), mode, retain_until)
+    body = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as stored:
+        archived = ["/" + member.name for member in stored.getmembers() if member.isfile()]
+    return {
+        "name": CONFIG_ARCHIVE,
+        "size_bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "files": archived,
+        **_lock_of(client, location.bucket, key),
+    }
 
 
 def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -171,8 +219,6 @@ def verify_stored(client: Any, location: S3Location, prefix: str) -> dict[str, A
     manifest_key = location.key(prefix, MANIFEST)
     body = client.get_object(Bucket=location.bucket, Key=manifest_key)["Body"].read()
     manifest = json.loads(body)
-    import hashlib
-
     objects = [
         {
             "key": manifest_key,

@@ -655,37 +655,40 @@ def promote(standby: Node, wait_seconds: int = 60) -> str:
 # --- a switchover's own note: which incident stopped writes, towards which node ---------
 
 
-def switchover_note_path(target: Node) -> Path:
-    """Beside the target's data directory (never inside the old primary's: the rebuild
-    moves that one aside). One note per target node; the next switchover to it replaces it."""
-    data = target.data_directory
+def switchover_note_path(old: Node) -> Path:
+    """Beside the data directory of the node the switchover moves the primary role away
+    from (the old primary): every step that reads or writes the note (the preconditions, the
+    switch, the give-back, the rebuild) acts on that node's host anyway. Beside, never
+    inside: the rebuild moves that directory aside. One note per old primary; the next
+    switchover away from it replaces it."""
+    data = old.data_directory
     return data.with_name(f".{data.name}.switchover.json")
 
 
 def write_switchover_note(target: Node, old: Node, incident_id: str) -> str:
-    """Written before the first write stop, so a re-run of the same incident can tell its
-    own half-done switchover from another's."""
+    """Written (beside ``old``) before the first write stop, so a re-run of the same
+    incident can tell its own half-done switchover from another's."""
     note = {
         "incident_id": incident_id,
         "to_node": target.name,
         "from_node": old.name,
         "started_at": datetime.now(UTC).isoformat(),
     }
-    final = _write_note(target, note)
+    final = _write_note(old, note)
     return f"switchover of {incident_id} to {target.name} noted in {final}"
 
 
-def note_balancer_switched(target: Node) -> None:
-    """The switch finished (the balancer points at the target): a re-run of the incident
-    then has nothing of the switch left to resume (only the rebuild, dr_standby_rebuild)."""
-    note = read_switchover_note(target)
+def note_balancer_switched(old: Node) -> None:
+    """The switch away from ``old`` finished (the balancer points at the target): a re-run
+    of the incident then has nothing of the switch left to resume (only the rebuild)."""
+    note = read_switchover_note(old)
     if note is not None and not note.get("balancer_switched_at"):
-        _write_note(target, {**note, "balancer_switched_at": datetime.now(UTC).isoformat()})
+        _write_note(old, {**note, "balancer_switched_at": datetime.now(UTC).isoformat()})
 
 
-def _write_note(target: Node, note: dict[str, Any]) -> Path:
+def _write_note(old: Node, note: dict[str, Any]) -> Path:
     """Temp file, fsync, rename: a note is whole or absent."""
-    final = switchover_note_path(target)
+    final = switchover_note_path(old)
     partial = final.with_name(final.name + ".tmp")
     with partial.open("w") as out:
         out.write(json.dumps(note, indent=2) + "\n")
@@ -695,9 +698,10 @@ def _write_note(target: Node, note: dict[str, Any]) -> Path:
     return final
 
 
-def read_switchover_note(target: Node) -> dict[str, Any] | None:
+def read_switchover_note(old: Node) -> dict[str, Any] | None:
+    """The note of the last switchover away from ``old``, or None."""
     try:
-        note = json.loads(switchover_note_path(target).read_text())
+        note = json.loads(switchover_note_path(old).read_text())
     except (OSError, ValueError):
         return None
     return note if isinstance(note, dict) else None

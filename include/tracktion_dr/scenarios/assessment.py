@@ -3,12 +3,20 @@
 This replaces the seed's ``initial_assessment.sh``: the same components (every service's
 health URL, every database, storage, external dependencies) but probed concurrently with a
 timeout each, reported as one structured result and one readable table.
+
+Storage is the one local check (a directory present and writable): under a plan that puts
+the storage on a host of its own, that host's worker probes it (:func:`probe_storage`) while
+the default worker probes the rest over the network, and :func:`assess` takes its results
+(``storage_from``); an answer that does not come in time is reported as not assessed, DOWN,
+never as healthy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from tracktion_dr.core.plan import Environment
 from tracktion_dr.services.probes import (
@@ -28,8 +36,9 @@ ConninfoResolver = Callable[[str, str], str]
 
 
 def assessment_targets(
-    environment: Environment, conninfo_for: ConninfoResolver
+    environment: Environment, conninfo_for: ConninfoResolver, *, storage: bool = True
 ) -> list[ProbeTarget]:
+    """Every component's probe (``storage=False``: all but the storage areas)."""
     timeout = environment.probe_timeout.total_seconds()
     targets = [
         ProbeTarget(
@@ -61,15 +70,8 @@ def assessment_targets(
                     status_when_failing="DEGRADED",
                 )
             )
-    for name, area in environment.storage.items():
-        targets.append(
-            ProbeTarget(
-                name=f"storage:{name}",
-                kind="storage",
-                check=storage_writable(area.path, area.must_be_writable),
-                timeout=timeout,
-            )
-        )
+    if storage:
+        targets += storage_targets(environment)
     for name, dependency in environment.external_dependencies.items():
         targets.append(
             ProbeTarget(
@@ -83,6 +85,33 @@ def assessment_targets(
             )
         )
     return targets
+
+
+def storage_targets(environment: Environment) -> list[ProbeTarget]:
+    timeout = environment.probe_timeout.total_seconds()
+    return [
+        ProbeTarget(
+            name=f"storage:{name}",
+            kind="storage",
+            check=storage_writable(area.path, area.must_be_writable),
+            timeout=timeout,
+        )
+        for name, area in environment.storage.items()
+    ]
+
+
+def probe_storage(environment: Environment) -> list[dict[str, object]]:
+    """The storage areas' probes, run where they are (the storage host's part)."""
+    return [r.as_dict() for r in run_probes(storage_targets(environment))]
+
+
+def storage_not_assessed(environment: Environment, why: str) -> list[ProbeResult]:
+    """Each storage area DOWN with why it was not looked at: unknown is not healthy."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return [
+        ProbeResult(f"storage:{name}", "storage", "DOWN", f"not assessed: {why}", 0.0, now)
+        for name in environment.storage
+    ]
 
 
 @dataclass(frozen=True)
@@ -124,5 +153,26 @@ class Assessment:
         }
 
 
-def assess(environment: Environment, conninfo_for: ConninfoResolver) -> Assessment:
-    return Assessment(run_probes(assessment_targets(environment, conninfo_for)))
+def assess(
+    environment: Environment,
+    conninfo_for: ConninfoResolver,
+    *,
+    storage_from: Callable[[], list[dict[str, Any]] | None] | None = None,
+) -> Assessment:
+    """Probe every component at once. ``storage_from``: the storage is probed elsewhere;
+    called once the other probes are done, it returns that host's results (None: they did
+    not come, and the storage is reported not assessed)."""
+    if storage_from is None:
+        return Assessment(run_probes(assessment_targets(environment, conninfo_for)))
+    results = run_probes(assessment_targets(environment, conninfo_for, storage=False))
+    found = storage_from()
+    storage = (
+        [ProbeResult(**row) for row in found]
+        if found is not None
+        else storage_not_assessed(
+            environment, "the storage host's worker did not report in time (is the host up?)"
+        )
+    )
+    # the usual order: services and databases, storage, external dependencies
+    external = [r for r in results if r.kind == "external"]
+    return Assessment([*(r for r in results if r.kind != "external"), *storage, *external])

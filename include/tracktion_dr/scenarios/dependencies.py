@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tracktion_dr.core.plan import Environment, Plan
+from tracktion_dr.core.plan import Environment, HostRole, Plan
 from tracktion_dr.scenarios import GateCheck, SystemAccess, environment_of, joined
 from tracktion_dr.services.dependencies import (
     LAYERS,
@@ -39,6 +39,36 @@ LAYER_ACTIONS = {
     "storage": "recreate the missing directory with the plan's owner and mode",
     "application": "restart it through its controller, in dependency order",
 }
+
+
+def step_host(plan: Plan, layer: str) -> HostRole | None:
+    """Where a layer's step runs (the step kit's ``host``): a cluster is started on its
+    host, a missing storage directory recreated on the storage host; a service is restarted
+    where its controller runs a command (docker compose, systemd) or its check reads a
+    sample file; supervisord and health URLs answer over the network (default queue)."""
+    from tracktion_dr.scenarios.application import probes_host
+    from tracktion_dr.scenarios.config import restart_host
+
+    if layer == "database":
+        return "database_primary"
+    if layer == "storage":
+        return "storage"
+    if layer == "application":
+        return restart_host(plan) or probes_host(plan)
+    return restart_host(plan)
+
+
+def gate_host(plan: Plan, layer: str) -> HostRole | None:
+    """Where a layer's gate looks: a database answers over the network; storage directories
+    are looked at on their host; the application's functional checks read their samples on
+    the application host."""
+    from tracktion_dr.scenarios.application import probes_host
+
+    if layer == "storage":
+        return "storage"
+    if layer == "application":
+        return probes_host(plan)
+    return None
 
 
 def rto_seconds(plan: Plan) -> float:

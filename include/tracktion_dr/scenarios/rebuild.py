@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tracktion_dr.core.errors import AlreadyRecovered, FailoverRefused, InvalidInput, StepFailed
-from tracktion_dr.core.plan import Cluster, Environment, Plan
+from tracktion_dr.core.plan import Cluster, Environment, HostRole, Plan
 from tracktion_dr.postgres import rebuild
 from tracktion_dr.postgres.commands import Endpoint
 from tracktion_dr.postgres.control import cluster_control, wait_until_accepting
@@ -35,6 +35,11 @@ from tracktion_dr.services.recovery import dependency_order, probe_services
 log = logging.getLogger(__name__)
 
 NODE_NAMES = ("primary", "replica")
+# Where a node's own work runs (the step kit's ``host``): the plan's ``primary`` node on the
+# cluster's ``host``, its ``replica`` on the ``replica_host``. Which node a step acts on is
+# known only at run time (a failover moves the roles), so such a step is laid out once per
+# node and a branch picks the one to run.
+NODE_HOSTS: dict[str, HostRole] = {"primary": "database_primary", "replica": "database_replica"}
 EndpointOf = Callable[[str], Endpoint]  # conn id -> Endpoint (airflow.support.endpoint)
 
 __all__ = ["clusters_with_replicas"]
@@ -89,9 +94,9 @@ def find_roles(nodes: Mapping[str, rebuild.Node]) -> dict[str, Any]:
 
 
 def refuse_in_host_topology(plan: Plan, dag_id: str) -> None:
-    """Which node a step acts on is decided at run time here (the roles move with a
-    failover), so these steps are not routed to the hosts' queues yet: in a plan whose
-    hosts have workers they would run on a worker that holds neither data directory.
+    """For a DAG whose hosts do not exist when it is parsed (a site failover builds its
+    cluster on hosts the recovery site creates at run time): in a plan whose hosts have
+    workers its steps would run on a worker that holds none of those directories.
     Refused before anything is touched."""
     queue = plan.queue_for("database_primary") or plan.queue_for("database_replica")
     if queue is not None:
@@ -100,8 +105,8 @@ def refuse_in_host_topology(plan: Plan, dag_id: str) -> None:
             f"{dag_id} acts on data directories chosen at run time and is not yet routed to "
             f"the hosts' worker queues (this plan routes database steps to {queue!r}): its "
             "steps would run on a worker without those directories",
-            hint="run it where Airflow's workers share the database hosts' files (one host), "
-            "or follow the README's fail-back runbook by hand on each host",
+            hint="run it from an Airflow whose workers share the hosts' files (one host), "
+            "e.g. the recovery site's own",
         )
 
 
@@ -109,7 +114,6 @@ def check_rebuild_inputs(
     plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The cluster names both nodes completely (like a re-seed) - nothing touched."""
-    refuse_in_host_topology(plan, "dr_standby_rebuild")
     run = reseed_inputs(plan, incident, dict(params))
     cluster = plan.environment(incident["environment"]).clusters[run["cluster"]]
     run["data_directories"] = {
@@ -152,11 +156,27 @@ def log_file_for(node: rebuild.Node, tag: str) -> Path:
     return data.with_name(f"{data.name}_rebuild_{tag}.log")
 
 
-def rebuild_standby(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> dict[str, Any]:
-    """Rebuild the node that is not the primary as its standby (resumable)."""
+def rebuild_task_id(node: str) -> str:
+    """The rebuild step laid out for ``node`` (on its host's worker)."""
+    return f"rebuild_{node}"
+
+
+def rebuild_standby(
+    plan: Plan, run: dict[str, Any], endpoint: EndpointOf, node: str | None = None
+) -> dict[str, Any]:
+    """Rebuild the node that is not the primary as its standby (resumable). ``node``: the
+    node this step was routed for (its host's worker); refused, nothing touched, when the
+    roles say another node is the one to rebuild (they moved since they were read)."""
     cluster = _cluster(plan, run)
     nodes = cluster_nodes(cluster, endpoint)
     found = find_roles(nodes)
+    if node is not None and found["standby"] != node:
+        raise FailoverRefused(
+            f"this step rebuilds {node} (on its host), but {found['standby']} is the node "
+            f"that is not the primary now ({found['primary']} is): the roles moved during the "
+            "run; nothing was touched",
+            hint="re-run dr_standby_rebuild: it reads the roles again",
+        )
     new_primary, old = nodes[found["primary"]], nodes[found["standby"]]
     result = rebuild.rebuild_as_standby(
         new_primary,
@@ -194,7 +214,6 @@ def check_switchover_inputs(
     plan: Plan, incident: dict[str, Any], params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The window confirmed, a known node to switch to, a complete cluster; nothing touched."""
-    refuse_in_host_topology(plan, "dr_switchover")
     if not params.get("maintenance_window_confirmed"):
         raise InvalidInput(
             "maintenance_window_confirmed",
@@ -227,11 +246,25 @@ def check_switchover_inputs(
     return {
         **run,
         "to_node": to_node,
+        "from_node": source_node(to_node),
         "catch_up_seconds": catch_up,
         "databases": databases,
         "services": services_using(environment, databases),
         "prefer_rewind": True,
     }
+
+
+def source_node(to_node: str) -> str:
+    """The node a switchover to ``to_node`` moves the primary role away from (it must be
+    the primary now: the preconditions check). Its host runs every step that acts on a
+    node's files or processes - the note, the clean shutdown, the give-back, the rebuild -
+    so those steps are laid out once per node and a branch picks this one."""
+    return next(node for node in NODE_NAMES if node != to_node)
+
+
+def switchover_task_id(step: str, source: str) -> str:
+    """The ``step`` laid out for a switchover away from ``source`` (on its host)."""
+    return f"{step}_from_{source}"
 
 
 def services_using(environment: Environment, databases: list[str]) -> list[str]:
@@ -290,7 +323,7 @@ def own_switchover_left(nodes: Mapping[str, rebuild.Node], run: dict[str, Any]) 
     incident's own note makes the nodes worth asking)."""
     to = nodes[run["to_node"]]
     old = next(node for name, node in nodes.items() if name != to.name)
-    note = rebuild.read_switchover_note(to)
+    note = rebuild.read_switchover_note(old)
     if not note or note.get("incident_id") != run["incident_id"]:
         return None
     to_role, _ = rebuild.node_role(to)
@@ -331,19 +364,19 @@ def stop_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict
     return {"detail": f"stopped {', '.join(run['services']) or 'nothing'}"}
 
 
-def start_services(
-    plan: Plan, run: dict[str, Any], access: SystemAccess, endpoint: EndpointOf | None = None
-) -> dict[str, Any]:
-    """Start the database's users again, in dependency order; first (given ``endpoint``)
-    give writes back to an old primary this switchover left read-only without promoting
-    (a switch killed between its write stop and its give-back)."""
-    notes = [writes_given_back(plan, run, endpoint)] if endpoint is not None else []
+def start_services(plan: Plan, run: dict[str, Any], access: SystemAccess) -> dict[str, Any]:
+    """Start the database's users again, in dependency order."""
     environment = environment_of(plan, run)
     for name in run["services"]:
         spec = environment.services[name]
         access.controller(environment.controllers[spec.controller]).start(spec.unit or name)
-    notes.append(f"started {', '.join(run['services']) or 'nothing'}")
-    return {"detail": "; ".join(note for note in notes if note)}
+    return {"detail": f"started {', '.join(run['services']) or 'nothing'}"}
+
+
+def give_writes_back(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> dict[str, Any]:
+    """The step before the services start again, whatever the switch did (on the old
+    primary's host: it reads the note beside its data directory and its shutdown state)."""
+    return {"detail": writes_given_back(plan, run, endpoint) or "nothing to give back"}
 
 
 def writes_given_back(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> str:
@@ -354,7 +387,7 @@ def writes_given_back(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> 
     nodes = cluster_nodes(_cluster(plan, run), endpoint)
     to = nodes[run["to_node"]]
     old = next(node for name, node in nodes.items() if name != to.name)
-    note = rebuild.read_switchover_note(to)
+    note = rebuild.read_switchover_note(old)
     if not note or note.get("incident_id") != run["incident_id"] or note.get("to_node") != to.name:
         return ""
     to_role, _ = rebuild.node_role(to)
@@ -387,7 +420,7 @@ def writes_given_back(plan: Plan, run: dict[str, Any], endpoint: EndpointOf) -> 
 def switch(
     plan: Plan, run: dict[str, Any], endpoint: EndpointOf, access: SystemAccess
 ) -> dict[str, Any]:
-    """Note this incident's switchover beside the target, stop writes, wait for the exact
+    """Note this incident's switchover beside the old primary, stop writes, wait for the exact
     catch-up, shut the primary down cleanly, promote, repoint the balancer. Resumable: a
     promoted target skips to the balancer; a primary already shut down cleanly is only
     checked (the preconditions let this incident's own half-done switchover through).
@@ -424,7 +457,7 @@ def switch(
         "database", old.name, to.name
     )
     actions.append(f"load balancer database backend -> {to.name}")
-    rebuild.note_balancer_switched(to)
+    rebuild.note_balancer_switched(old)
     for action in actions:
         log.info("%s", action)
     return {"detail": "; ".join(actions), "actions": actions, "old_primary": old.name}

@@ -256,8 +256,9 @@ def plan_of_actions(run: Mapping[str, Any]) -> list[str]:
     return [
         f"isolate: take {services} out of the load balancer; ALTER ROLE ... NOLOGIN and end "
         f"the sessions of {', '.join(run['roles'])} (DR access keeps working)",
-        f"preserve evidence: pg_dump -Fc of {run['database_name']}, PostgreSQL log tail, "
-        f"configuration files, SHA-256 manifest -> {run['evidence_location']}/"
+        "preserve evidence: the application's configuration and environment file (archived "
+        f"on its host), then pg_dump -Fc of {run['database_name']}, PostgreSQL log tail, the "
+        f"cluster's *.conf, one SHA-256 manifest -> {run['evidence_location']}/"
         f"{run['incident_id']}/ (Object Lock)",
         f"recover the clean point {run['backup']['id']} (before {run['compromised_at']}) into "
         f"{run['restore_name']} beside the compromised database; validate it",
@@ -358,12 +359,9 @@ def dr_access_ok(admin: Endpoint) -> None:
 # --- evidence -----------------------------------------------------------------------------
 
 
-def evidence_sources(
-    plan: Plan, run: Mapping[str, Any], state: restore.RestoreState
-) -> forensics.EvidenceSources:
-    environment = environment_of(plan, run)
-    security = security_of(plan)
-    cluster = environment.clusters[run["cluster"]]
+def application_config_files(environment: Environment) -> list[Path]:
+    """The application's configuration: every file of the config paths and the environment
+    file (the application host's files)."""
     files: list[Path] = []
     for folder in environment.config_paths:
         root = Path(folder)
@@ -371,8 +369,40 @@ def evidence_sources(
             files += sorted(p for p in root.rglob("*") if p.is_file())
     if environment.config_env_file:
         files.append(Path(environment.config_env_file))
+    return files
+
+
+def preserve_application_files(
+    plan: Plan, run: Mapping[str, Any], s3_client: Any
+) -> dict[str, Any]:
+    """The application host's evidence, stored locked before the database host's step
+    lists it in the manifest (paths and hashes only reach XCom, never a file's content)."""
+    security = security_of(plan)
+    entry = forensics.store_config_archive(
+        s3_client,
+        security.evidence_location,
+        run["incident_id"],
+        application_config_files(environment_of(plan, run)),
+        work_dir(plan, run) / "evidence-application",
+        mode=security.lock_mode,
+        retention=security.retention,
+    )
+    return {
+        "detail": f"{len(entry['files'])} configuration file(s) stored as {entry['name']} "
+        f"(sha256 {entry['sha256'][:12]}…, {entry['lock_mode']} lock)",
+        "entry": entry,
+    }
+
+
+def evidence_sources(
+    plan: Plan, run: Mapping[str, Any], state: restore.RestoreState
+) -> forensics.EvidenceSources:
+    """The database host's evidence: the database, its server logs, the cluster's *.conf."""
+    environment = environment_of(plan, run)
+    security = security_of(plan)
+    cluster = environment.clusters[run["cluster"]]
     data = Path(cluster.data_directory)
-    files += sorted(data.glob("*.conf")) if data.is_dir() else []
+    files = sorted(data.glob("*.conf")) if data.is_dir() else []
     # After a swap the compromised database lives on under its kept name.
     database = run["kept_as"] if state.phase is restore.Phase.SWAPPED else run["database_name"]
     return forensics.EvidenceSources(
@@ -384,8 +414,15 @@ def evidence_sources(
 
 
 def preserve_evidence(
-    plan: Plan, run: Mapping[str, Any], admin: Endpoint, s3_client: Any, bindir: Path
+    plan: Plan,
+    run: Mapping[str, Any],
+    admin: Endpoint,
+    s3_client: Any,
+    bindir: Path,
+    application: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The database host's evidence, with ``application`` (the application host's stored
+    archive, :func:`preserve_application_files`'s entry) listed in one manifest."""
     security = security_of(plan)
     location = forensics.S3Location.parse(security.evidence_location)
     incident_id = run["incident_id"]
@@ -406,7 +443,14 @@ def preserve_evidence(
     else:
         state = restore.inspect_state(admin, run["database_name"], run["tag"])
         sources = evidence_sources(plan, run, state)
-        manifest = forensics.collect_bundle(admin, sources, bundle, incident_id, bindir=bindir)
+        manifest = forensics.collect_bundle(
+            admin,
+            sources,
+            bundle,
+            incident_id,
+            bindir=bindir,
+            stored_elsewhere=(dict(application),) if application else (),
+        )
         result = forensics.store_evidence(
             s3_client,
             security.evidence_location,

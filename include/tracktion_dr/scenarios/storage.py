@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from tracktion_dr.core.errors import InvalidInput, NoUsableBackup, ValidationFailed
-from tracktion_dr.core.plan import Plan
+from tracktion_dr.core.plan import HostRole, Plan
 from tracktion_dr.files import storage_copies
 from tracktion_dr.files.snapshots import (
     Snapshot,
@@ -37,6 +37,11 @@ from tracktion_dr.files.storage_integrity import (
 from tracktion_dr.scenarios import GateCheck, environment_of
 
 log = logging.getLogger(__name__)
+
+# Where every step runs (the step kit's ``host``): the storage areas, their sync mirrors and
+# snapshots (the plan's backups.storage, written there by dr_backup_storage_*) are that
+# host's files.
+HOST: HostRole = "storage"
 
 ALL = ([], ["all"], "all")
 
