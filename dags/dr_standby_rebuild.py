@@ -17,9 +17,12 @@ switchover back, `dr_switchover`, becomes possible).
    salvaged, stopped, its data directory moved aside
    (`<dir>.pre_<incident>`, kept: it holds whatever the failover lost); **pg_rewind** of a
    copy of it from the new primary when possible (same cluster, data checksums or
-   `wal_log_hints` on), a fresh **pg_basebackup** otherwise or when pg_rewind fails;
+   `wal_log_hints` on; a `CHECKPOINT` on the new primary first, so pg_rewind reads its new
+   timeline), a fresh **pg_basebackup** otherwise or when pg_rewind fails;
    standby settings written (`primary_conninfo` to the new primary, its slot, its own
    port), renamed into place, started with the plan's `control`.
+   The step waits until it streams; a standby still replaying (its replay LSN moving) is
+   waited on, one that stops moving for two minutes is given up on with its log's FATAL line.
 4. **gate_standby_streaming** - opens when it streams on the primary's timeline (both ends
    asked: `pg_stat_replication` on the primary, `pg_stat_wal_receiver` on the standby).
    Its budget is the tier's RTO; it records *redundancy restored*, not the service RTO.

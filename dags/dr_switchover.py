@@ -117,7 +117,7 @@ def on_the_old_primary(node: str):
     def switch(run: dict, **context) -> dict:
         return rebuild.switch(PLAN, run, _endpoint, ACCESS)
 
-    # Whatever the switch did (a skipped switch means the other node's set ran).
+    # Whatever the switch did; never for the other node's set (see the graph below).
     @steps.step(
         "destructive",
         after_all=True,
@@ -223,7 +223,11 @@ def dr_switchover():
         checked, switch_done = preconditions(run), switch(run)
         # the other node's set is skipped: its switch waits on its own preconditions too
         chosen >> checked >> services_stopped
-        [checked, services_stopped] >> switch_done >> give_writes_back() >> services_started
+        given_back = give_writes_back()
+        [checked, services_stopped] >> switch_done
+        # after the switch, whatever it did - only in the chosen set: a skipped check (the
+        # other node's) skips it, a failed one lets it look
+        [checked, switch_done] >> given_back >> services_started
         rebuilt_node = rebuild_old_primary(run)
         switch_done >> rebuilt_node
         switched.append(switch_done)

@@ -91,6 +91,10 @@ def run_over_rest(api: Api, dag_id: str, conf: dict) -> tuple[str, dict, str, st
     )
     task_instances = api.task_instances(dag_id, run["dag_run_id"])
     report = describe(dag_id, run["dag_run_id"], state, task_instances)
+    for ti in task_instances:  # what a failed task said, for the one reading a CI log
+        if ti["state"] == "failed":
+            log = api.get(f"{run_path}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}")
+            report += f"\n--- {ti['task_id']} log (end) ---\n" + log.text[-3000:]
     print(report)
     return state, {ti["task_id"]: ti for ti in task_instances}, report, run_path
 

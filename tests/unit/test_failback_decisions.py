@@ -3,6 +3,7 @@ the switchover's guard, and the standby settings written into a rebuilt director
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,55 @@ def test_the_switchover_note_is_whole_and_marks_the_finished_switch(tmp_path):
         is None
     )
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_only_the_chosen_nodes_set_of_switchover_steps_can_run():
+    """Each node's set hangs off its own preconditions: the branch skips the other set's
+    preconditions, and that skip reaches its switch, give-back and rebuild (the give-back
+    runs whatever the switch did, but never for a skipped set), so no step of the other
+    node's set is queued on its host."""
+    from tracktion_dr.airflow.dag_runs import load_dag
+
+    dag = load_dag("dr_switchover")
+    assert dag.get_task("switch_from").downstream_task_ids == {
+        "preconditions_from_primary",
+        "preconditions_from_replica",
+    }
+    for node in ("primary", "replica"):
+        checked = f"preconditions_from_{node}"
+        give_back = dag.get_task(f"give_writes_back_from_{node}")
+        assert {checked, f"switch_from_{node}"} <= give_back.upstream_task_ids
+        assert give_back.trigger_rule == "none_skipped"
+        assert checked in dag.get_task(f"switch_from_{node}").upstream_task_ids
+        assert f"switch_from_{node}" in dag.get_task(f"rebuild_{node}").upstream_task_ids
+
+
+def test_a_rebuilt_standby_still_replaying_is_waited_for_and_a_stuck_one_is_not(
+    monkeypatch, tmp_path
+):
+    """On a busy host the rebuilt standby may take longer than the stream wait to catch up
+    from the archive: while its replay LSN moves, the wait goes on; once it stops moving for
+    the whole wait, the step gives up with what the standby said."""
+    from tracktion_dr.core.errors import StepFailed
+
+    endpoint = Endpoint("127.0.0.1", PRIMARY_PORT, "postgres", "x")
+    primary = rebuild.Node("replica", endpoint, endpoint, PgCtlControl(tmp_path / "replica"))
+    standby = rebuild.Node("primary", endpoint, endpoint, PgCtlControl(tmp_path / "primary"))
+    monkeypatch.setattr(rebuild, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(rebuild, "postmaster_pid", lambda data: 4242)
+    started = time.monotonic()
+
+    def streams_after(seconds):
+        return lambda *args: (time.monotonic() - started > seconds, "not streaming yet")
+
+    moving = iter(f"0/{n:X}" for n in range(1, 10**6))
+    monkeypatch.setattr(rebuild, "replay_lsn", lambda node: next(moving))
+    monkeypatch.setattr(rebuild, "standby_streaming", streams_after(0.6))
+    rebuild.wait_streaming(primary, standby, tmp_path / "log", timeout=0.2)  # no raise
+
+    started = time.monotonic()
+    monkeypatch.setattr(rebuild, "replay_lsn", lambda node: "0/5000000")
+    monkeypatch.setattr(rebuild, "standby_streaming", streams_after(60))
+    with pytest.raises(StepFailed, match="does not stream from replica: not streaming yet"):
+        rebuild.wait_streaming(primary, standby, tmp_path / "log", timeout=0.2)
+    assert time.monotonic() - started < 2, "a standby that does not move is not waited on"

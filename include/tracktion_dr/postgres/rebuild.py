@@ -422,6 +422,11 @@ def _lay_down_standby(
     )
     notes.append(f"pg_rewind {'possible' if possible else 'not possible'}: {why}")
     if possible:
+        # pg_rewind reads the source's timeline from its control file, which a recently
+        # promoted server updates only at its next checkpoint (the one after promotion is
+        # spread out): before it, pg_rewind sees one timeline, says "no rewind required",
+        # and the standby can never follow the new one. The pg_rewind docs ask for this.
+        notes.append(checkpoint(new_primary))
         staging = rewind_staging_path(old.data_directory, tag)
         try:
             said = rewind_into_staging(
@@ -464,15 +469,44 @@ def _lay_down_standby(
     return "pg_basebackup"
 
 
+def checkpoint(node: Node) -> str:
+    """A ``CHECKPOINT`` on ``node`` (its control file then shows its current timeline)."""
+    with _connect(node.admin) as conn:
+        conn.execute("SET statement_timeout = 0")
+        conn.execute("CHECKPOINT")
+    return f"checkpoint on {node.name}"
+
+
+# A standby still replaying (its replay LSN moves) is waited for up to this many times the
+# stream wait: on a busy host, catching up from the archive takes longer, but is not stuck.
+PROGRESS_WAIT_FACTOR = 5
+
+
+def _replayed(standby: Node) -> str | None:
+    try:
+        return replay_lsn(standby)
+    except psycopg.Error:  # not accepting connections yet (not consistent): no news
+        return None
+
+
 def wait_streaming(new_primary: Node, standby: Node, log_file: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    why = ""
-    while time.monotonic() < deadline:
+    """Until the standby streams from ``new_primary``. Gives up when it died, after
+    ``timeout`` seconds in which its replay did not move, or after
+    ``PROGRESS_WAIT_FACTOR`` x ``timeout`` in all."""
+    started = logged = time.monotonic()
+    deadline, last_replayed, why = started + timeout, None, ""
+    while time.monotonic() < min(deadline, started + PROGRESS_WAIT_FACTOR * timeout):
         streaming, why = standby_streaming(new_primary.admin, standby.admin, standby.name)
         if streaming:
             return
         if postmaster_pid(standby.data_directory) is None:
             break  # it died: waiting longer shows nothing new
+        replayed = _replayed(standby)
+        if replayed is not None and replayed != last_replayed:
+            last_replayed, deadline = replayed, time.monotonic() + timeout
+            if time.monotonic() - logged >= 10:
+                log.info("%s not streaming yet, still replaying (at %s)", standby.name, replayed)
+                logged = time.monotonic()
         time.sleep(POLL_SECONDS)
     fatal = last_fatal_line(log_file)
     raise StepFailed(
