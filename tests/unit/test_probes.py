@@ -143,16 +143,19 @@ def test_every_hung_endpoint_is_waited_on_at_once(endpoints):
 
 def test_a_large_batch_with_a_tenth_hung(endpoints):
     """Three hundred endpoints (more than one client's share), every tenth hung: every
-    healthy one is UP and every hung one DOWN, each in its place."""
+    healthy one is UP and every hung one DOWN, each in its place. The timeout is generous:
+    this checks what is reported where, not how fast (bench/bench_assessment_probes.py
+    measures that); on a loaded CI machine a 2 s one once let a healthy endpoint's first
+    answer miss it."""
     group = uuid.uuid4().hex
     targets = []
     for i in range(300):
         path = f"/hang/{group}/{i}" if i % 10 == 9 else f"/health/{i}"
-        targets.append(ProbeTarget(f"endpoint-{i}", "service", http_health(endpoints + path), 2))
+        targets.append(ProbeTarget(f"endpoint-{i}", "service", http_health(endpoints + path), 6))
     results = run_probes(targets)
     assert [r.name for r in results] == [t.name for t in targets]
     for i, result in enumerate(results):
-        expected = ("DOWN", "no answer within 2s") if i % 10 == 9 else ("OPERATIONAL", "HTTP 200")
+        expected = ("DOWN", "no answer within 6s") if i % 10 == 9 else ("OPERATIONAL", "HTTP 200")
         assert (result.status, result.detail) == expected, result.name
     assert hanging_peak(endpoints, group) == 30
 
