@@ -3,9 +3,11 @@
 ``deployment`` brings the ``topology`` profile of docker-compose.yaml up on this machine's
 Docker engine (scripts/ensure-docker.sh installs and starts it when missing; the base image
 and the project image are built when missing, then brought up to date from the build
-cache), in a compose project of its own (``tracktion-deploy-test``, the REST API on
-127.0.0.1:18380) so it never touches an operator's deployment. With ``DEPLOY_KEEP=1`` it
-stays up after the session (and is reused by the next one).
+cache), in a compose project of its own (``tracktion-deploy-test-<clone>``, named after
+this clone's path, the REST API on 127.0.0.1:18380, or a free port when another clone's
+deployment holds it) so it never touches an operator's deployment nor another checkout's
+test run on the same engine. With ``DEPLOY_KEEP=1`` it stays up after the session (and is
+reused by the next one from the same clone).
 
 When Docker cannot be had (not root and no engine), the deployment tests are skipped with
 the reason; ``DEPLOY_TEST=required`` (make deploy-test) makes that a failure, and
@@ -14,9 +16,11 @@ the reason; ``DEPLOY_TEST=required`` (make deploy-test) makes that a failure, an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,8 +28,50 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = os.environ.get("DEPLOY_TEST_PROJECT", "tracktion-deploy-test")
-API_PORT = os.environ.get("DEPLOY_TEST_PORT", "18380")
+# Named after the clone: two checkouts testing on one Docker engine (a developer's run
+# beside CI's) would otherwise recreate, and then remove, each other's containers.
+PROJECT = os.environ.get(
+    "DEPLOY_TEST_PROJECT",
+    "tracktion-deploy-test-" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:8],
+)
+DEFAULT_API_PORT = 18380
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _ours_is_running() -> bool:
+    """Whether this clone's deployment (kept by DEPLOY_KEEP=1) already runs: it holds
+    the default port itself."""
+    try:
+        found = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(found.stdout.strip())
+
+
+def _api_port() -> str:
+    """DEPLOY_TEST_PORT, else 18380 unless something other than this clone's deployment
+    holds it, else a free port the kernel picks."""
+    if os.environ.get("DEPLOY_TEST_PORT"):
+        return os.environ["DEPLOY_TEST_PORT"]
+    if not _port_taken(DEFAULT_API_PORT) or _ours_is_running():
+        return str(DEFAULT_API_PORT)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return str(free.getsockname()[1])
 
 
 def pytest_configure(config):
@@ -60,10 +106,12 @@ def deployment():
     if ensure.returncode != 0:
         _unavailable((ensure.stderr or ensure.stdout).strip()[-500:])
     compose = [*_compose_command(), "--profile", "topology"]
+    api_port = _api_port()
+    print(f"deploy: compose project {PROJECT}, REST API on 127.0.0.1:{api_port}")
     env = {
         **os.environ,
         "COMPOSE_PROJECT_NAME": PROJECT,
-        "AIRFLOW_PORT": API_PORT,
+        "AIRFLOW_PORT": api_port,
         "DEPLOY_PROFILES": "topology",
     }
     up = subprocess.run(
@@ -74,7 +122,7 @@ def deployment():
     handle = SimpleNamespace(
         compose=compose,
         env=env,
-        url=f"http://127.0.0.1:{API_PORT}",
+        url=f"http://127.0.0.1:{api_port}",
         password=_admin_password(),
         root=ROOT,
     )
