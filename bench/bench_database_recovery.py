@@ -26,8 +26,11 @@
    start-up (task duration − the step's measured work). Writes
    ``bench/results/database_recovery_<size>.md`` and ``.json``.
 
-Not a test: timings are written, never asserted. It changes the sandbox (a bigger database,
-kept ``*_pre_*`` copies); ``make sandbox-reset`` afterwards returns to a small one.
+Not a test: timings are written, never asserted. It changes the sandbox: a bigger
+database, and between rounds it removes what no later round uses (the ``*_pre_*`` copies
+the runs kept, archived WAL older than the primary's current segment, its own base
+backups but the newest) so a 10 GB run fits the disk; ``make sandbox-reset`` afterwards
+returns to a small sandbox with a full archive again.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from tracktion_dr.postgres import basebackups, dumps, pitr
 from tracktion_dr.postgres.commands import Endpoint
 from tracktion_dr.postgres.integrity import validate_database
 from tracktion_dr.postgres.salvage import WalHoldings
-from tracktion_dr.postgres.wal import lsn_to_int
+from tracktion_dr.postgres.wal import Segment, lsn_to_int
 from tracktion_dr.scenarios.database import start_services, stop_services
 from tracktion_dr.services.checks import functional_checks, service_health
 from tracktion_dr.services.supervisord import SupervisordController
@@ -197,9 +200,11 @@ def write_after_backup(admin: Endpoint, megabytes: int) -> None:
     raise SystemExit(f"bench: {segment} was not archived within 120 s")
 
 
-def discard_kept_copies(bare: Bare) -> None:
+def discard_kept_copies(bare: Bare, base_backups_taken: list[Path]) -> None:
     """The bench's own sandbox, not a recovery: the copies each run kept (``*.pre_*``
-    data directories, ``tracktion_pre_*`` databases) are removed so a 10 GB run fits the disk."""
+    data directories, ``tracktion_pre_*`` databases) are removed so a 10 GB run fits the
+    disk, and so are the WAL and base backups no later round can use."""
+    trim_wal_archive(bare, base_backups_taken)
     for kept in bare.layout.pg_root.glob("*.pre_*"):
         shutil.rmtree(kept)
     with psycopg.connect(bare.admin.conninfo("postgres"), autocommit=True) as conn:
@@ -208,6 +213,39 @@ def discard_kept_copies(bare: Bare) -> None:
         ).fetchall()
     for (name,) in names:
         dumps.drop_database(bare.admin, name)
+
+
+def trim_wal_archive(bare: Bare, base_backups_taken: list[Path]) -> None:
+    """The bench's own sandbox: archived WAL older than both the segment the primary writes
+    now and every replication slot's restart point is removed, and so are the bench's base
+    backups but the newest. Every later PITR round starts from a base backup taken after
+    this point and a restore needs no WAL, so nothing measured loses what it replays; a
+    10 GB run's generation alone archives ~18 GB of WAL, and each restore round a
+    database's worth."""
+    with psycopg.connect(bare.admin.conninfo("postgres")) as conn:
+        keep_from = conn.execute(
+            "SELECT pg_catalog.pg_walfile_name(LEAST(pg_catalog.pg_current_wal_lsn(), "
+            "(SELECT min(restart_lsn) FROM pg_catalog.pg_replication_slots)))"
+        ).fetchone()[0]  # type: ignore[index]
+    oldest_kept = Segment.parse(keep_from).number
+    removed = 0
+    for path in bare.layout.wal_archive.iterdir():
+        head = path.name.split(".", 1)[0]  # <segment>, <segment>.zst, <segment>.<off>.backup
+        try:
+            segment = Segment.parse(head)
+        except ValueError:
+            continue  # timeline history files and anything else stay
+        if len(head) == 24 and segment.number < oldest_kept:
+            path.unlink()
+            removed += 1
+    for old in base_backups_taken[:-1]:
+        for path in [old, *old.parent.glob(f"{old.name}.*")]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    del base_backups_taken[:-1]
+    print(f"bench: trimmed {removed} archived WAL files older than {keep_from}", flush=True)
 
 
 def _t(value: str | None) -> float | None:
@@ -303,6 +341,9 @@ def main() -> int:
     base = basebackups.take_base_backup(
         replication, layout.base_backups, label_prefix="bench", bindir=BINDIR
     )
+    base_backup_bytes = basebackups.directory_size(base)  # it is trimmed away later
+    base_backups_taken = [base]
+    trim_wal_archive(bare, base_backups_taken)  # the generation's WAL: no round replays it
 
     def fresh_pitr_round() -> Path:
         """Every PITR replays the same WAL: a new base backup, then the same writes after
@@ -310,6 +351,7 @@ def main() -> int:
         newest = basebackups.take_base_backup(
             replication, layout.base_backups, label_prefix="bench", bindir=BINDIR
         )
+        base_backups_taken.append(newest)
         write_after_backup(bare.admin, args.wal_mb)
         return newest
 
@@ -354,15 +396,15 @@ def main() -> int:
                 continue
             print(f"bench: {name}: bare steps ...", flush=True)
             bare_s = bare_run(False)
-            discard_kept_copies(bare)
+            discard_kept_copies(bare, base_backups_taken)
             print(f"bench: {name}: bare steps + validation ...", flush=True)
             bare_validated_s = bare_run(True)
-            discard_kept_copies(bare)
+            discard_kept_copies(bare, base_backups_taken)
             print(f"bench: {name}: {dag_id} over REST ...", flush=True)
             if dag_id == "dr_database_pitr":
                 fresh_pitr_round()  # the DAG's guard takes the newest base backup
             measured = dag_run(stack, dag_id, conf)
-            discard_kept_copies(bare)
+            discard_kept_copies(bare, base_backups_taken)
             rows.append(
                 {
                     "scenario": name,
@@ -383,7 +425,7 @@ def main() -> int:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "database_bytes": size_bytes,
         "dump_bytes": dump.stat().st_size,
-        "base_backup_bytes": basebackups.directory_size(base),
+        "base_backup_bytes": base_backup_bytes,
         "jobs": args.jobs,
         "machine": f"{os.cpu_count()} cores",
         "scheduler": "real: api-server + scheduler + dag-processor, LocalExecutor, REST trigger",
