@@ -109,10 +109,10 @@ deploy-status:
 	@$(DEPLOY_COMPOSE) ps
 
 # The deployment test (tests/deploy/test_deploy_topology.py): starts Docker if needed, builds
-# the images when missing, brings the `topology` profile up (project tracktion-deploy-test-<hash
-# of the clone's path>, API on 127.0.0.1:18380 or a free port), recovers the primary with dr_database_pitr over REST and checks
-# where each task ran, the services and the data; then removes the project (DEPLOY_KEEP=1
-# keeps it running).
+# the images when missing, brings the `topology` profile up (project
+# tracktion-deploy-test-<hash of the clone's path>, API on 127.0.0.1:18380 or a free port),
+# recovers the primary with dr_database_pitr over REST and checks where each task ran, the
+# services and the data; then removes the project (DEPLOY_KEEP=1 keeps it running).
 deploy-test: install
 	@$(ENV) DEPLOY_TEST=required $(VENV)/bin/pytest -p no:cacheprovider -m deploy tests/deploy $(PYTEST_ARGS)
 

@@ -117,7 +117,8 @@ def api(deployment) -> Api:
 def test_the_quarterly_drill_runs_through_the_scheduler_each_step_on_its_host(deployment, api):
     assert psql(deployment, "SELECT pg_catalog.pg_is_in_recovery()") == "f", (
         "db-primary is not the primary: the deployment is failed over (a failover test ran "
-        "first?); `make deploy-down` and start it again"
+        "first in a kept deployment?); remove it with `docker compose -p "
+        f"{deployment.env['COMPOSE_PROJECT_NAME']} --profile topology down -v` and run again"
     )
     # Given known rows on the primary, committed and archived before the drill.
     marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)

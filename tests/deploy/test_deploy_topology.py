@@ -351,8 +351,8 @@ def test_database_failover_fences_on_the_primary_host_and_refuses_the_wrong_clus
     nothing is written there, the replica is not promoted. Then the real directory is put
     back and the failover runs again: fenced on db-primary (standby.signal and the note
     written), the replica promoted on db-replica, every row committed before the stop
-    there. The deployment stays failed over (the session removes it; with DEPLOY_KEEP=1 run
-    ``make deploy-down`` before the next session)."""
+    there. The deployment stays failed over until the fail-back tests after it (the session
+    removes it at the end)."""
     # Given known rows, streamed to the replica, and the primary stopped cleanly.
     marker, checksum_sql, before = write_known_rows(deployment, CHECK_TABLE, CHECK_ROWS)
     as_postgres(
