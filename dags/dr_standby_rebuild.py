@@ -20,9 +20,13 @@ switchover back, `dr_switchover`, becomes possible).
    `wal_log_hints` on; a `CHECKPOINT` on the new primary first, so pg_rewind reads its new
    timeline), a fresh **pg_basebackup** otherwise or when pg_rewind fails;
    standby settings written (`primary_conninfo` to the new primary, its slot, its own
-   port), renamed into place, started with the plan's `control`.
-   The step waits until it streams; a standby still replaying (its replay LSN moving) is
-   waited on, one that stops moving for two minutes is given up on with its log's FATAL line.
+   port, and a `restore_command` reading the WAL archive when this host has it: the
+   rewound copy replays from before the failover, WAL the new primary may have recycled
+   since), renamed into place, started with the plan's `control`.
+   The step waits until it streams; a standby still replaying (its replay LSN or the
+   archive's segments moving) is waited on, one that stops moving for two minutes is given
+   up on with its log's FATAL line. A rewound copy asking for WAL that neither the new
+   primary nor the archive still holds is replaced by a fresh pg_basebackup (30 s).
 4. **gate_standby_streaming** - opens when it streams on the primary's timeline (both ends
    asked: `pg_stat_replication` on the primary, `pg_stat_wal_receiver` on the standby).
    Its budget is the tier's RTO; it records *redundancy restored*, not the service RTO.

@@ -10,9 +10,10 @@ import pytest
 
 from tracktion_dr.core.errors import FailoverRefused, InvalidInput
 from tracktion_dr.core.plan import load_plan
-from tracktion_dr.postgres import rebuild
+from tracktion_dr.postgres import pitr, rebuild
 from tracktion_dr.postgres.commands import Endpoint
 from tracktion_dr.postgres.control import PgCtlControl
+from tracktion_dr.postgres.recovery_marker import last_fatal_line
 from tracktion_dr.scenarios import rebuild as scenario
 from tracktion_sandbox import topology
 from tracktion_sandbox.layout import PRIMARY_PORT, REPLICA_PORT
@@ -129,6 +130,44 @@ def test_standby_settings_replace_the_copied_ones(tmp_path):
     assert "work_mem = '8MB'" in lines and "port = '55432'" in lines
     assert not [line for line in lines if "read_only" in line], "promoted one day: writable"
     assert topology.followed_port(tmp_path) == REPLICA_PORT
+
+
+def test_a_rebuilt_standby_reads_the_archive_only_when_the_host_has_it(tmp_path):
+    """The rewound standby replays from the last common checkpoint: WAL the new primary may
+    have recycled since the failover. With the archive on this host its restore_command
+    reads it (quoted, the same command as a PITR's); without one, no restore_command."""
+    upstream = Endpoint("127.0.0.1", REPLICA_PORT, "replicator", "pw")
+    new_primary = rebuild.Node("replica", upstream, upstream, PgCtlControl(tmp_path / "x"))
+    archive = tmp_path / "wal archive"
+    with_archive = rebuild.standby_settings(new_primary, "primary", 55432, archive)
+    assert with_archive["restore_command"] == pitr.restore_command_for(archive)
+    assert "'" + str(archive) + "'" in with_archive["restore_command"]
+    assert "restore_command" not in rebuild.standby_settings(new_primary, "primary", 55432)
+
+    notes: list[str] = []
+    assert rebuild._archive_readable_here(archive, notes) is None
+    assert "not on this host" in notes[-1]
+    archive.mkdir()
+    assert rebuild._archive_readable_here(archive, notes) == archive
+
+
+def test_only_this_starts_log_lines_say_why_a_standby_is_stuck(tmp_path):
+    """A rebuilt standby's log is appended to by every start: the WAL a start before the
+    fallback could not get is not this start's reason."""
+    log_file = tmp_path / "rebuild.log"
+    log_file.write_text(
+        "FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment "
+        "000000040000000000000018 has already been removed\n"
+        'LOG:  restored log file "000000040000000000000017" from archive\n'
+    )
+    offset = log_file.stat().st_size
+    assert rebuild.WAL_GONE in last_fatal_line(log_file)
+    assert last_fatal_line(log_file, after=offset) is None
+    assert rebuild._last_restored(log_file, 0).endswith('"000000040000000000000017" from archive')
+    assert rebuild._last_restored(log_file, offset) is None
+    with log_file.open("a") as handle:
+        handle.write("FATAL:  the database system is starting up\n")
+    assert last_fatal_line(log_file, after=offset) == "FATAL:  the database system is starting up"
 
 
 def test_rebuild_and_switchover_go_on_where_database_steps_go_to_host_queues():

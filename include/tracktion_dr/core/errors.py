@@ -77,6 +77,11 @@ class ValidationFailed(StepFailed):
     """A restored copy or recovered system failed its checks; nothing was swapped."""
 
 
+class WalUnavailable(StepFailed):
+    """A standby asks for WAL that neither its upstream nor the archive it reads still holds:
+    it can never catch up by replaying (a fresh base backup can)."""
+
+
 class ServerDied(StepFailed):
     """PostgreSQL exited while we waited for it; the message quotes its FATAL line."""
 

@@ -17,9 +17,13 @@ lost, the evidence of what was lost). pg_rewind works on a *copy* of it in a sta
 directory named for the incident (``.<dir>.rewind_<tag>``), so a rewind killed half-way
 leaves nothing broken that a re-run cannot discard and redo. The standby settings
 (``standby.signal``, ``primary_conninfo`` to the new primary, its replication slot, its own
-port) and this incident's recovery marker are written into the staging copy before it is
-renamed into place; then it is started (the plan's ``control``) and waited for until it
-streams on the new primary's timeline (asked of both ends).
+port, a ``restore_command`` reading the WAL archive when this host has it) and this
+incident's recovery marker are written into the staging copy before it is renamed into
+place; then it is started (the plan's ``control``) and waited for until it streams on the
+new primary's timeline (asked of both ends). A rewound copy replays from the last
+checkpoint before the timelines diverged: WAL the new primary may have recycled since the
+failover. The archive has it; when it does not either (not on this host), the copy can
+never catch up and is replaced by a fresh base backup.
 
 Resumable like the re-seed: a node that already streams from the new primary is left
 alone; one that is this incident's rebuilt standby is only started; the original
@@ -50,13 +54,14 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from tracktion_dr.core.errors import CommandError, FailoverRefused, StepFailed
+from tracktion_dr.core.errors import CommandError, FailoverRefused, StepFailed, WalUnavailable
 from tracktion_dr.postgres.commands import DEFAULT_BINDIR, Endpoint, as_os_user, chown_tree, run
 from tracktion_dr.postgres.control import ClusterControl
 from tracktion_dr.postgres.identity import directory_identity, parse_controldata, server_identity
 from tracktion_dr.postgres.pitr import (
     aside_path,
     clear_recovery_settings,
+    restore_command_for,
     start_server,
     stop_server,
 )
@@ -180,10 +185,16 @@ def set_auto_conf(
     path.write_text("\n".join(kept) + "\n")
 
 
-def standby_settings(new_primary: Node, standby_name: str, standby_port: int) -> dict[str, str]:
+def standby_settings(
+    new_primary: Node, standby_name: str, standby_port: int, wal_archive: Path | None = None
+) -> dict[str, str]:
     """What makes a directory a standby of ``new_primary`` (the conninfo holds the
-    replication password, as ``pg_basebackup -R`` writes it: the file is 0600)."""
+    replication password, as ``pg_basebackup -R`` writes it: the file is 0600), and with
+    ``wal_archive`` a ``restore_command`` reading it: a rewound standby replays from the
+    last checkpoint before the timelines diverged, and the new primary may have recycled
+    that WAL since the failover (archived first: the archive still has it)."""
     upstream = new_primary.replication
+    archive = {"restore_command": restore_command_for(wal_archive)} if wal_archive else {}
     return {
         "port": str(int(standby_port)),
         "primary_conninfo": make_conninfo(
@@ -196,6 +207,7 @@ def standby_settings(new_primary: Node, standby_name: str, standby_port: int) ->
         ),
         "primary_slot_name": SLOT,
         "recovery_target_timeline": "latest",
+        **archive,
     }
 
 
@@ -271,12 +283,14 @@ def _make_standby(
     incident_id: str,
     cluster_name: str,
     how: str,
+    wal_archive: Path | None,
 ) -> None:
     """Standby settings and this incident's marker into ``staging``, then rename it in."""
     clear_recovery_settings(staging, None)
+    _drop_copied_slots(staging)
     set_auto_conf(
         staging,
-        standby_settings(new_primary, old.name, old.admin.port),
+        standby_settings(new_primary, old.name, old.admin.port, wal_archive),
         drop=DROPPED_FROM_STANDBY,
     )
     (staging / "standby.signal").write_text("")
@@ -298,6 +312,17 @@ def _make_standby(
     staging.chmod(0o700)
     chown_tree(staging, old.control.os_user)
     staging.rename(old.data_directory)
+
+
+def _drop_copied_slots(staging: Path) -> None:
+    """The replication slots of the copy's primary days (pg_rewind removes them, except when
+    there is nothing to rewind): a standby would keep WAL for them that no one reads, and a
+    later promotion would start with them. The kept original still has them."""
+    slots = staging / "pg_replslot"
+    for slot in sorted(slots.iterdir()) if slots.is_dir() else []:
+        if slot.is_dir():
+            log.info("dropping the copied replication slot %s from %s", slot.name, staging)
+            shutil.rmtree(slot)
 
 
 def _move_old_aside(old: Node, aside: Path, wal_archive: Path, bindir: Path) -> list[str]:
@@ -358,10 +383,13 @@ def rebuild_as_standby(
     data = old.data_directory
     aside = aside_path(data, tag)
     notes = [why]
+    readable_archive = _archive_readable_here(wal_archive, notes)
+    since = 0
     if rebuilt_by(data, incident_id):
         notes.append(f"{data} is already this incident's rebuilt standby")
         method = "started"
         if postmaster_pid(data) is None:
+            since = _log_size(log_file)
             start_server(old.control, log_file)
             notes.append("started it")
     else:
@@ -379,12 +407,71 @@ def rebuild_as_standby(
             cluster_name=cluster_name,
             bindir=bindir,
             prefer_rewind=prefer_rewind,
+            wal_archive=readable_archive,
         )
-        start_server(old.control, log_file)
-        notes.append(f"started as a standby of {new_primary.name} on port {old.admin.port}")
-    wait_streaming(new_primary, old, log_file, stream_wait_seconds)
+        since = _start_standby(new_primary, old, log_file, notes)
+    try:
+        wait_streaming(new_primary, old, log_file, stream_wait_seconds, log_offset=since)
+    except WalUnavailable as exc:
+        if method == "pg_basebackup":
+            raise
+        # The rewound copy can never catch up; a base backup carries its own WAL.
+        log.warning("%s; replacing the rewound standby by a fresh base backup", exc)
+        notes.append(f"{exc}: replaced by a fresh base backup")
+        stop_server(old.control)
+        _discard_rewound(old, tag)
+        method = _base_backup_standby(
+            new_primary,
+            old,
+            notes,
+            tag=tag,
+            incident_id=incident_id,
+            cluster_name=cluster_name,
+            bindir=bindir,
+            wal_archive=readable_archive,
+        )
+        since = _start_standby(new_primary, old, log_file, notes)
+        wait_streaming(new_primary, old, log_file, stream_wait_seconds, log_offset=since)
     notes.append(f"{old.name} streams from {new_primary.name}")
     return {"detail": "; ".join(notes), "method": method}
+
+
+def _archive_readable_here(wal_archive: Path, notes: list[str]) -> Path | None:
+    """The archive when this host sees it (then the standby's ``restore_command`` reads
+    it), else None: the standby then catches up only from the new primary."""
+    if wal_archive.is_dir():
+        notes.append(f"the standby reads the WAL archive {wal_archive} when it lacks WAL")
+        return wal_archive
+    notes.append(
+        f"the WAL archive {wal_archive} is not on this host: the standby catches up only "
+        "by streaming"
+    )
+    return None
+
+
+def _start_standby(new_primary: Node, old: Node, log_file: Path, notes: list[str]) -> int:
+    """Start the laid-down standby; returns where this start's lines begin in its log."""
+    since = _log_size(log_file)
+    start_server(old.control, log_file)
+    notes.append(f"started as a standby of {new_primary.name} on port {old.admin.port}")
+    return since
+
+
+def _log_size(log_file: Path) -> int:
+    try:
+        return log_file.stat().st_size
+    except OSError:
+        return 0
+
+
+def _discard_rewound(old: Node, tag: str) -> None:
+    """The rewound copy (made by this incident from the kept ``.pre_<tag>`` directory, so
+    nothing is lost) goes the way a half-rewound one does: through the staging path."""
+    staging = rewind_staging_path(old.data_directory, tag)
+    if staging.exists():
+        shutil.rmtree(staging)
+    old.data_directory.rename(staging)
+    shutil.rmtree(staging)
 
 
 def rebuilt_by(data_directory: Path, incident_id: str) -> bool:
@@ -412,6 +499,7 @@ def _lay_down_standby(
     cluster_name: str,
     bindir: Path,
     prefer_rewind: bool,
+    wal_archive: Path | None,
 ) -> str:
     """pg_rewind a copy of the kept directory when possible, else a fresh base backup."""
     identity = server_identity(new_primary.admin.conninfo("postgres"))
@@ -426,6 +514,8 @@ def _lay_down_standby(
         # promoted server updates only at its next checkpoint (the one after promotion is
         # spread out): before it, pg_rewind sees one timeline, says "no rewind required",
         # and the standby can never follow the new one. The pg_rewind docs ask for this.
+        # The slot first: from here on the new primary keeps the WAL the standby will ask for.
+        notes.append(ensure_slot(new_primary.admin))
         notes.append(checkpoint(new_primary))
         staging = rewind_staging_path(old.data_directory, tag)
         try:
@@ -436,7 +526,6 @@ def _lay_down_standby(
             notes.append(f"pg_rewind failed, a fresh base backup instead: {exc}"[:600])
             shutil.rmtree(staging, ignore_errors=True)
         else:
-            notes.append(ensure_slot(new_primary.admin))
             _make_standby(
                 staging,
                 new_primary,
@@ -445,9 +534,34 @@ def _lay_down_standby(
                 incident_id=incident_id,
                 cluster_name=cluster_name,
                 how=f"pg_rewind of {aside} from {new_primary.name}",
+                wal_archive=wal_archive,
             )
             notes.append(f"rewound a copy of the old directory from {new_primary.name} ({said})")
             return "pg_rewind"
+    return _base_backup_standby(
+        new_primary,
+        old,
+        notes,
+        tag=tag,
+        incident_id=incident_id,
+        cluster_name=cluster_name,
+        bindir=bindir,
+        wal_archive=wal_archive,
+    )
+
+
+def _base_backup_standby(
+    new_primary: Node,
+    old: Node,
+    notes: list[str],
+    *,
+    tag: str,
+    incident_id: str,
+    cluster_name: str,
+    bindir: Path,
+    wal_archive: Path | None,
+) -> str:
+    """A fresh ``pg_basebackup`` of the new primary at the old node's path, as its standby."""
     _clone_primary(
         new_primary.replication,
         new_primary.admin,
@@ -462,7 +576,7 @@ def _lay_down_standby(
     # the copy carries the new primary's own settings; this node streams from it
     set_auto_conf(
         old.data_directory,
-        standby_settings(new_primary, old.name, old.admin.port),
+        standby_settings(new_primary, old.name, old.admin.port, wal_archive),
         drop=DROPPED_FROM_STANDBY,
     )
     notes.append(f"fresh base backup of {new_primary.name} (pg_basebackup)")
@@ -480,6 +594,12 @@ def checkpoint(node: Node) -> str:
 # A standby still replaying (its replay LSN moves) is waited for up to this many times the
 # stream wait: on a busy host, catching up from the archive takes longer, but is not stuck.
 PROGRESS_WAIT_FACTOR = 5
+# What a standby's log says when its upstream no longer has the WAL it asks for; its
+# restore_command (tried first) did not have it either when replay stops moving.
+WAL_GONE = "has already been removed"
+# How long a standby may ask for such WAL without replaying anything before it is given up
+# (restore_command runs between two requests: a replay that moves is never cut short).
+WAL_GONE_GRACE_SECONDS = 30
 
 
 def _replayed(standby: Node) -> str | None:
@@ -489,12 +609,29 @@ def _replayed(standby: Node) -> str | None:
         return None
 
 
-def wait_streaming(new_primary: Node, standby: Node, log_file: Path, timeout: float) -> None:
+def _last_restored(log_file: Path, after: int) -> str | None:
+    """The newest 'restored log file' line of this start (replay from the archive, also
+    before the standby accepts connections)."""
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(max(after, log_file.stat().st_size - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = [line for line in text.splitlines() if "restored log file" in line]
+    return found[-1] if found else None
+
+
+def wait_streaming(
+    new_primary: Node, standby: Node, log_file: Path, timeout: float, *, log_offset: int = 0
+) -> None:
     """Until the standby streams from ``new_primary``. Gives up when it died, after
     ``timeout`` seconds in which its replay did not move, or after
-    ``PROGRESS_WAIT_FACTOR`` x ``timeout`` in all."""
-    started = logged = time.monotonic()
-    deadline, last_replayed, why = started + timeout, None, ""
+    ``PROGRESS_WAIT_FACTOR`` x ``timeout`` in all. Raises ``WalUnavailable`` when its log
+    (past ``log_offset``: this start's lines) says the new primary no longer has the WAL it
+    asks for and nothing was replayed for ``WAL_GONE_GRACE_SECONDS``."""
+    started = logged = moved = time.monotonic()
+    deadline, last_progress, why = started + timeout, None, ""
     while time.monotonic() < min(deadline, started + PROGRESS_WAIT_FACTOR * timeout):
         streaming, why = standby_streaming(new_primary.admin, standby.admin, standby.name)
         if streaming:
@@ -502,13 +639,23 @@ def wait_streaming(new_primary: Node, standby: Node, log_file: Path, timeout: fl
         if postmaster_pid(standby.data_directory) is None:
             break  # it died: waiting longer shows nothing new
         replayed = _replayed(standby)
-        if replayed is not None and replayed != last_replayed:
-            last_replayed, deadline = replayed, time.monotonic() + timeout
-            if time.monotonic() - logged >= 10:
+        progress = (replayed, _last_restored(log_file, log_offset))
+        if progress != last_progress and progress != (None, None):
+            last_progress, moved = progress, time.monotonic()
+            deadline = moved + timeout
+            if moved - logged >= 10:
                 log.info("%s not streaming yet, still replaying (at %s)", standby.name, replayed)
-                logged = time.monotonic()
+                logged = moved
+        elif time.monotonic() - moved >= WAL_GONE_GRACE_SECONDS:
+            fatal = last_fatal_line(log_file, after=log_offset)
+            if fatal and WAL_GONE in fatal:
+                raise WalUnavailable(
+                    f"the rebuilt standby {standby.name} needs WAL that neither "
+                    f"{new_primary.name} nor the archive it reads still holds (its log "
+                    f"{log_file}: {fatal})"
+                )
         time.sleep(POLL_SECONDS)
-    fatal = last_fatal_line(log_file)
+    fatal = last_fatal_line(log_file, after=log_offset)
     raise StepFailed(
         f"the rebuilt standby {standby.name} does not stream from {new_primary.name}: {why}"
         + (f"; its log {log_file} says: {fatal}" if fatal else f" (see {log_file})")

@@ -119,11 +119,13 @@ def postmaster_pid(data_directory: Path) -> int | None:
     return pid
 
 
-def last_fatal_line(log_file: Path, *, tail_bytes: int = 256 * 1024) -> str | None:
-    """The newest FATAL or PANIC line of a server log (where a dying server says why)."""
+def last_fatal_line(log_file: Path, *, tail_bytes: int = 256 * 1024, after: int = 0) -> str | None:
+    """The newest FATAL or PANIC line of a server log (where a dying server says why);
+    ``after``: only what was written past that offset (this start's lines, in a log
+    appended to by an earlier one)."""
     try:
         with log_file.open("rb") as handle:
-            handle.seek(max(0, log_file.stat().st_size - tail_bytes))
+            handle.seek(max(after, log_file.stat().st_size - tail_bytes))
             text = handle.read().decode(errors="replace")
     except OSError:
         return None

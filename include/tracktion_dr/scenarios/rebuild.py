@@ -137,8 +137,11 @@ def rebuild_plan_of_actions(run: dict[str, Any]) -> list[str]:
         f"salvage its WAL the archive lacks into {run['wal_archive']}.salvage",
         f"stop it and move its data directory aside to <dir>.pre_{run['tag']} (kept)",
         how + ", in a staging directory; standby settings (primary_conninfo to the new "
-        "primary, its slot, its own port), then rename it into place",
-        "start it (the plan's control) and wait until it streams on the primary's timeline",
+        f"primary, its slot, its own port, restore_command reading {run['wal_archive']} "
+        "when this host has it), then rename it into place",
+        "start it (the plan's control) and wait until it streams on the primary's timeline "
+        "(a rewound copy that needs WAL neither the primary nor the archive still holds: "
+        "replaced by a fresh pg_basebackup)",
     ]
 
 
