@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ LOW_LATENCY = {
     # processes fork with the DR library already loaded.
     "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
 }
+
+TRIGGER_ATTEMPTS = 3  # see AirflowStack.trigger
 
 
 class AirflowStack:
@@ -180,10 +183,20 @@ class AirflowStack:
         return dags
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf}
-        if run_id:
-            body["dag_run_id"] = run_id
-        response = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        """A run over REST. Its id is chosen here, so the trigger can be sent again: this
+        stack's SQLite lets one writer in at a time, and two transactions of the api-server
+        that wait on each other end with one rolled back and an HTTP 500 after sqlite3's
+        5 s lock timeout (a longer one only lengthens the wait). The trigger is retried;
+        a 409 on a retry means the earlier attempt got through after all."""
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+        body: dict[str, Any] = {"logical_date": None, "conf": conf, "dag_run_id": run_id}
+        for attempt in range(TRIGGER_ATTEMPTS):
+            response = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+            if attempt and response.status_code == 409:
+                return run_id
+            if response.status_code < 500 or attempt == TRIGGER_ATTEMPTS - 1:
+                break
+            time.sleep(1)
         response.raise_for_status()
         return response.json()["dag_run_id"]
 
