@@ -525,9 +525,10 @@ def dag_run(stack: Any, dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
 # --- the whole run ----------------------------------------------------------------------
 
 
-def compose_up(keep: bool) -> tuple[list[str], dict[str, str], str, str]:
+def compose_up() -> tuple[list[str], dict[str, str], str, str]:
     """The deployment in the bench's own compose project (the Makefile's deploy-up: Docker
-    started, images built when missing, healthy when it returns)."""
+    started, images built when missing, healthy when it returns); the caller removes it
+    unless ``--keep``."""
     compose = os.environ.get(
         "COMPOSE", "docker-compose" if shutil.which("docker-compose") else "docker compose"
     ).split()
@@ -550,7 +551,6 @@ def compose_up(keep: bool) -> tuple[list[str], dict[str, str], str, str]:
         for line in (ROOT / "deploy" / "airflow-admin.env").read_text().splitlines()
         if line.startswith("AIRFLOW_ADMIN_PASSWORD=")
     )
-    del keep  # the caller removes it
     return (
         [*compose, "--profile", "topology"],
         env,
@@ -700,7 +700,7 @@ def main() -> int:
         return 0
     args = parser.parse_args()
     if args.compose:
-        compose, env, url, password = compose_up(args.keep)
+        compose, env, url, password = compose_up()
         try:
             stack = ComposeAirflow(compose, env, url, password)
             for dag_id in ("dr_database_restore", "dr_database_pitr"):
